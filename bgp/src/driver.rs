@@ -1,0 +1,486 @@
+//! The tokio driver: owns the listening socket, the TCP connections and the clock, and
+//! feeds a [`Speaker`] with what happens. Everything BGP is decided inside the speaker.
+//!
+//! One task runs the speaker. Each connection has a reader task (bytes → speaker) and a
+//! writer task (speaker → bytes). Commands from the agent (add or remove a peer,
+//! originate, query, shut down) arrive on a channel; route and peer events leave on
+//! another.
+
+use crate::fsm::{ConnId, Direction};
+use crate::md5;
+use crate::speaker::{Event, PeerConfig, Speaker, SpeakerError};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// A peer as the driver needs it: the speaker's settings plus transport details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub config: PeerConfig,
+    /// TCP port to connect to.
+    pub port: u16,
+    /// TCP MD5 key (RFC 2385).
+    pub password: Option<String>,
+}
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Where to listen for peers' connections; None: never listen.
+    pub listen: Option<SocketAddr>,
+    /// How long one outgoing connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// Errors of driver start-up and commands.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot listen on {addr}: {source} (is another BGP daemon bound to the port, or is the address not configured here?)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set the TCP MD5 password for peer {peer}: {source}")]
+    Md5 {
+        peer: IpAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Speaker(#[from] SpeakerError),
+    #[error("the BGP speaker has stopped")]
+    Stopped,
+}
+
+type Query = Box<dyn FnOnce(&mut Speaker) + Send>;
+
+enum Command {
+    AddPeer(PeerSpec, oneshot::Sender<Result<(), DriverError>>),
+    RemovePeer(IpAddr, oneshot::Sender<Result<(), DriverError>>),
+    Originate(IpNet, Vec<u32>),
+    Withdraw(IpNet),
+    Query(Query),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Io {
+    Accepted(TcpStream, SocketAddr),
+    Connected(IpAddr, TcpStream),
+    ConnectFailed(IpAddr, String),
+    Data(IpAddr, ConnId, Vec<u8>),
+    Closed(IpAddr, ConnId),
+}
+
+/// The agent's handle on the running speaker.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Adds and starts a peer.
+    pub async fn add_peer(&self, spec: PeerSpec) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::AddPeer(spec, tx)).await?;
+        rx.await.map_err(|_| DriverError::Stopped)?
+    }
+    /// Stops and removes a peer (CEASE / Peer De-configured); its routes are withdrawn.
+    pub async fn remove_peer(&self, address: IpAddr) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::RemovePeer(address, tx)).await?;
+        rx.await.map_err(|_| DriverError::Stopped)?
+    }
+    /// Originates a prefix with communities.
+    pub async fn originate(&self, prefix: IpNet, communities: Vec<u32>) -> Result<(), DriverError> {
+        self.send(Command::Originate(prefix, communities)).await
+    }
+    /// Withdraws a local prefix.
+    pub async fn withdraw(&self, prefix: IpNet) -> Result<(), DriverError> {
+        self.send(Command::Withdraw(prefix)).await
+    }
+    /// Runs `f` on the speaker inside its task and returns the result.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Speaker) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query = Box::new(move |s: &mut Speaker| {
+            let _ = tx.send(f(s));
+        });
+        self.send(Command::Query(q)).await?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+    /// Sends CEASE to every peer, waits (bounded) for the NOTIFICATIONs to leave, stops.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+    async fn send(&self, c: Command) -> Result<(), DriverError> {
+        self.tx.send(c).await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+struct ConnTask {
+    peer: IpAddr,
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer_task: JoinHandle<()>,
+    reader_task: JoinHandle<()>,
+}
+
+struct Driver {
+    speaker: Speaker,
+    config: DriverConfig,
+    peers: HashMap<IpAddr, PeerSpec>,
+    conns: HashMap<ConnId, ConnTask>,
+    next_conn: ConnId,
+    io_tx: mpsc::Sender<Io>,
+    listener_fd: Option<(std::os::fd::RawFd, bool)>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+/// Starts the speaker task. `events` receives every [`Event::Route`] and
+/// [`Event::PeerState`] / [`Event::PeerError`] for the rest of the agent.
+pub async fn spawn(
+    speaker: Speaker,
+    config: DriverConfig,
+    peers: Vec<PeerSpec>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<(Handle, JoinHandle<()>), DriverError> {
+    let (io_tx, io_rx) = mpsc::channel::<Io>(4096);
+    let listener = match config.listen {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    let listener_fd = listener.as_ref().map(|l| {
+        (
+            l.as_raw_fd(),
+            matches!(config.listen, Some(SocketAddr::V6(_))),
+        )
+    });
+    let mut driver = Driver {
+        speaker,
+        config,
+        peers: HashMap::new(),
+        conns: HashMap::new(),
+        next_conn: 1,
+        io_tx: io_tx.clone(),
+        listener_fd,
+        events,
+    };
+    if let Some(l) = listener {
+        let tx = io_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, a)) => {
+                        if tx.send(Io::Accepted(s, a)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accepting a BGP connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    for p in peers {
+        driver.add_peer(p)?;
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(driver.run(rx, io_rx));
+    Ok((Handle { tx }, task))
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, DriverError> {
+    let err = |source| DriverError::Listen { addr, source };
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    if addr.is_ipv6() {
+        // Accept IPv4 peers on "::" too.
+        let s = socket2::SockRef::from(&socket);
+        s.set_only_v6(false).map_err(err)?;
+    }
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(64).map_err(err)
+}
+
+impl Driver {
+    fn add_peer(&mut self, spec: PeerSpec) -> Result<(), DriverError> {
+        let addr = spec.config.address;
+        if self.peers.contains_key(&addr) {
+            return Err(SpeakerError::DuplicatePeer(addr).into());
+        }
+        if let (Some(pw), Some((fd, v6))) = (&spec.password, self.listener_fd) {
+            md5::set_key(fd, v6, addr, Some(pw.as_bytes()))
+                .map_err(|source| DriverError::Md5 { peer: addr, source })?;
+        }
+        self.speaker.add_peer(Instant::now(), spec.config.clone())?;
+        info!(peer = %addr, asn = spec.config.remote_as, kind = %spec.config.kind, "peer added");
+        self.peers.insert(addr, spec);
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, addr: IpAddr) -> Result<(), DriverError> {
+        self.speaker.remove_peer(addr)?;
+        if let Some(spec) = self.peers.remove(&addr) {
+            if let (Some(_), Some((fd, v6))) = (&spec.password, self.listener_fd) {
+                let _ = md5::set_key(fd, v6, addr, None);
+            }
+        }
+        info!(peer = %addr, "peer removed");
+        Ok(())
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<Command>, mut io: mpsc::Receiver<Io>) {
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        loop {
+            let deadline = self.speaker.poll_timeout();
+            tokio::select! {
+                biased;
+                c = cmds.recv() => match c {
+                    Some(Command::Shutdown(tx)) => { shutdown = Some(tx); }
+                    Some(c) => self.command(c),
+                    None => { shutdown = None; self.speaker.shutdown(); self.pump(); break; }
+                },
+                Some(ev) = io.recv() => {
+                    self.io(ev);
+                    // Take whatever else is already waiting, so one flush covers a batch.
+                    for _ in 0..256 {
+                        match io.try_recv() {
+                            Ok(ev) => self.io(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    self.speaker.handle_timeout(Instant::now());
+                }
+            }
+            self.speaker.flush();
+            self.pump();
+            if shutdown.is_some() {
+                self.speaker.shutdown();
+                self.pump();
+                break;
+            }
+        }
+        // Let the writers deliver the CEASE NOTIFICATIONs, bounded.
+        let writers: Vec<JoinHandle<()>> = self
+            .conns
+            .drain()
+            .map(|(_, c)| {
+                c.reader_task.abort();
+                drop(c.writer);
+                c.writer_task
+            })
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+        if let Some(tx) = shutdown {
+            let _ = tx.send(());
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::AddPeer(spec, tx) => {
+                let _ = tx.send(self.add_peer(spec));
+            }
+            Command::RemovePeer(a, tx) => {
+                let _ = tx.send(self.remove_peer(a));
+            }
+            Command::Originate(p, c) => self.speaker.originate(p, c),
+            Command::Withdraw(p) => {
+                self.speaker.withdraw(p);
+            }
+            Command::Query(q) => q(&mut self.speaker),
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn io(&mut self, ev: Io) {
+        let now = Instant::now();
+        match ev {
+            Io::Accepted(stream, from) => {
+                let peer = from.ip().to_canonical();
+                if !self.speaker.is_peer(&peer) {
+                    warn!(%from, "refused a BGP connection: {peer} is not a configured peer");
+                    drop(stream);
+                    return;
+                }
+                debug!(%peer, "accepted a connection");
+                self.start_conn(peer, stream, Direction::Incoming, now);
+            }
+            Io::Connected(peer, stream) => {
+                if !self.speaker.is_peer(&peer) {
+                    return;
+                }
+                debug!(%peer, "connected");
+                self.start_conn(peer, stream, Direction::Outgoing, now);
+            }
+            Io::ConnectFailed(peer, why) => {
+                debug!(%peer, error = %why, "connection attempt failed");
+                self.speaker.connect_failed(now, peer);
+            }
+            Io::Data(peer, conn, bytes) => {
+                if self.conns.contains_key(&conn) {
+                    self.speaker.received(now, peer, conn, &bytes);
+                }
+            }
+            Io::Closed(peer, conn) => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    c.writer_task.abort();
+                    self.speaker.closed(now, peer, conn);
+                }
+            }
+        }
+    }
+
+    fn start_conn(&mut self, peer: IpAddr, stream: TcpStream, dir: Direction, now: Instant) {
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (mut rd, mut wr) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer_task = tokio::spawn(async move {
+            while let Some(buf) = wrx.recv().await {
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let io_tx = self.io_tx.clone();
+        let reader_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io_tx
+                            .send(Io::Data(peer, id, buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = io_tx.send(Io::Closed(peer, id)).await;
+        });
+        self.conns.insert(
+            id,
+            ConnTask {
+                peer,
+                writer: wtx,
+                writer_task,
+                reader_task,
+            },
+        );
+        self.speaker.connected(now, peer, id, dir, local);
+    }
+
+    fn connect(&self, peer: IpAddr) {
+        let Some(spec) = self.peers.get(&peer) else {
+            return;
+        };
+        let addr = SocketAddr::new(peer, spec.port);
+        let password = spec.password.clone();
+        let timeout = self.config.connect_timeout;
+        let tx = self.io_tx.clone();
+        tokio::spawn(async move {
+            let res = async {
+                let socket = match addr {
+                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                };
+                if let Some(pw) = &password {
+                    md5::set_key(
+                        socket.as_raw_fd(),
+                        addr.is_ipv6(),
+                        peer,
+                        Some(pw.as_bytes()),
+                    )?;
+                }
+                tokio::time::timeout(timeout, socket.connect(addr))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+            }
+            .await;
+            let _ = match res {
+                Ok(s) => tx.send(Io::Connected(peer, s)).await,
+                Err(e) => tx.send(Io::ConnectFailed(peer, e.to_string())).await,
+            };
+        });
+    }
+
+    /// Carries out what the speaker asked for.
+    fn pump(&mut self) {
+        while let Some(ev) = self.speaker.poll_output() {
+            match ev {
+                Event::Connect(peer) => self.connect(peer),
+                Event::Send(_, conn, bytes) => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        let _ = c.writer.send(bytes);
+                    }
+                }
+                Event::Close(_, conn) => {
+                    if let Some(c) = self.conns.remove(&conn) {
+                        // Dropping the sender lets the writer flush what is queued and
+                        // shut the socket down; the reader stops now.
+                        c.reader_task.abort();
+                        drop(c.writer);
+                        debug!(peer = %c.peer, conn, "connection closed");
+                    }
+                }
+                Event::PeerState { peer, from, to } => {
+                    info!(%peer, %from, %to, "BGP session state changed");
+                    self.emit(Event::PeerState { peer, from, to });
+                }
+                Event::PeerError { peer, reason } => {
+                    warn!(%peer, %reason, "BGP session error");
+                    self.emit(Event::PeerError { peer, reason });
+                }
+                ev @ Event::Route(_) => self.emit(ev),
+            }
+        }
+    }
+
+    fn emit(&mut self, ev: Event) {
+        if let Some(tx) = &self.events {
+            if tx.send(ev).is_err() {
+                self.events = None;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,18 @@
+//! ferrovia's BGP speaker.
+//!
+//! - [`message`]: our model of BGP messages; [`wire`]: bytes ⇄ messages (netgauze-bgp-pkt
+//!   underneath, hidden here so the codec can be swapped).
+//! - [`fsm`]: the RFC 4271 session state machine, sans-IO.
+//! - [`rib`]: Adj-RIB-In, Loc-RIB with best path and multipath, Adj-RIB-Out.
+//! - [`policy`]: import and export rules.
+//! - [`speaker`]: sessions, RIBs and policy together, sans-IO.
+//! - [`driver`]: the tokio task that owns sockets and clocks; [`md5`]: TCP MD5 signatures.
+
+pub mod driver;
+pub mod fsm;
+pub mod md5;
+pub mod message;
+pub mod policy;
+pub mod rib;
+pub mod speaker;
+pub mod wire;

@@ -1,0 +1,679 @@
+//! The BGP speaker, sans-IO: every peer's session, the RIBs and the policy in one place.
+//!
+//! The driver calls the event methods with the current time and then [`Speaker::flush`]
+//! once per batch of events, so that route changes caused by many UPDATEs leave as few,
+//! well-packed UPDATEs as possible. It then drains [`Event`]s with
+//! [`Speaker::poll_output`].
+
+use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
+use crate::message::{Family, NextHop, PathAttributes, Reach, Update};
+use crate::policy::{self, ExportTarget};
+use crate::rib::{AdjRibIn, AdjRibOut, Best, Candidate, Change, LocRib, Route, Source};
+use crate::wire;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Speaker-wide settings.
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub families: Vec<Family>,
+    /// Graceful restart time to advertise (the capability; full behaviour comes later).
+    pub graceful_restart: Option<u16>,
+    /// IPv4 next hop to use when a session runs over IPv6.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// IPv6 next hop to use when a session runs over IPv4.
+    pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+/// One configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    pub passive: bool,
+    /// Where the peer comes from, for operators ("global", "mesh", "node").
+    pub kind: String,
+}
+
+/// Errors of speaker operations.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpeakerError {
+    #[error("peer {0} is already configured; remove it first or change its address")]
+    DuplicatePeer(IpAddr),
+    #[error("peer {0} is not configured")]
+    UnknownPeer(IpAddr),
+    #[error(
+        "hold time {0} s for peer {1} is invalid: use 0 or at least 3 seconds (RFC 4271 §4.2)"
+    )]
+    BadHoldTime(u16, IpAddr),
+}
+
+/// What the speaker asks the driver and the rest of the agent to do or know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Open a TCP connection to this peer.
+    Connect(IpAddr),
+    /// Write bytes on a connection of this peer.
+    Send(IpAddr, ConnId, Vec<u8>),
+    /// Close a connection of this peer.
+    Close(IpAddr, ConnId),
+    /// A peer's session state changed.
+    PeerState {
+        peer: IpAddr,
+        from: State,
+        to: State,
+    },
+    /// A peer's session failed or went down, with the reason.
+    PeerError { peer: IpAddr, reason: DownReason },
+    /// The Loc-RIB selection for a prefix changed.
+    Route(Change),
+}
+
+/// Counters and times of one peer, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    pub updates_received: u64,
+    pub updates_sent: u64,
+    pub prefixes_received: usize,
+    pub prefixes_sent: usize,
+    pub since: Option<SystemTime>,
+    pub transitions: u64,
+}
+
+/// A snapshot of one peer for status.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub config: PeerConfig,
+    pub state: State,
+    pub ebgp: bool,
+    pub stats: PeerStats,
+    pub last_error: Option<String>,
+    pub peer_id: Option<Ipv4Addr>,
+    pub families: Vec<Family>,
+}
+
+struct Peer {
+    config: PeerConfig,
+    session: Session,
+    ebgp: bool,
+    adj_in: AdjRibIn,
+    adj_out: AdjRibOut,
+    /// Local socket address of each live connection (for next-hop-self).
+    local_addrs: HashMap<ConnId, SocketAddr>,
+    /// Set when the whole Adj-RIB-Out must be (re)computed at the next flush.
+    full_sync: HashSet<Family>,
+    /// End-of-RIB still owed for these families after the next full sync.
+    eor_pending: Vec<Family>,
+    negotiated: Option<Negotiated>,
+    target: Option<ExportTarget>,
+    stats: PeerStats,
+}
+
+/// The speaker.
+pub struct Speaker {
+    config: SpeakerConfig,
+    peers: BTreeMap<IpAddr, Peer>,
+    loc_rib: LocRib,
+    originated: BTreeMap<IpNet, Arc<Route>>,
+    /// Prefixes whose Loc-RIB selection changed since the last flush.
+    dirty: Vec<IpNet>,
+    events: VecDeque<Event>,
+}
+
+impl Speaker {
+    pub fn new(config: SpeakerConfig) -> Self {
+        Speaker {
+            config,
+            peers: BTreeMap::new(),
+            loc_rib: LocRib::default(),
+            originated: BTreeMap::new(),
+            dirty: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SpeakerConfig {
+        &self.config
+    }
+
+    // ----- configuration -----
+
+    /// Adds a peer and starts its session.
+    pub fn add_peer(&mut self, now: Instant, config: PeerConfig) -> Result<(), SpeakerError> {
+        if self.peers.contains_key(&config.address) {
+            return Err(SpeakerError::DuplicatePeer(config.address));
+        }
+        if matches!(config.hold_time, 1 | 2) {
+            return Err(SpeakerError::BadHoldTime(config.hold_time, config.address));
+        }
+        let session = Session::new(SessionConfig {
+            local_as: self.config.local_as,
+            peer_as: config.remote_as,
+            local_id: self.config.router_id,
+            hold_time: config.hold_time,
+            connect_retry: config.connect_retry,
+            max_retry: Duration::from_secs(60).max(config.connect_retry),
+            passive: config.passive,
+            families: self.config.families.clone(),
+            graceful_restart: self.config.graceful_restart,
+        });
+        let address = config.address;
+        let ebgp = config.remote_as != self.config.local_as;
+        self.peers.insert(
+            address,
+            Peer {
+                config,
+                session,
+                ebgp,
+                adj_in: AdjRibIn::default(),
+                adj_out: AdjRibOut::default(),
+                local_addrs: HashMap::new(),
+                full_sync: HashSet::new(),
+                eor_pending: Vec::new(),
+                negotiated: None,
+                target: None,
+                stats: PeerStats::default(),
+            },
+        );
+        if let Some(p) = self.peers.get_mut(&address) {
+            p.session.start(now);
+        }
+        self.drain_session(address);
+        Ok(())
+    }
+
+    /// Stops a peer's session with CEASE/Peer De-configured and forgets it and its routes.
+    pub fn remove_peer(&mut self, address: IpAddr) -> Result<(), SpeakerError> {
+        let p = self
+            .peers
+            .get_mut(&address)
+            .ok_or(SpeakerError::UnknownPeer(address))?;
+        p.session.stop(crate::message::notif::PEER_DECONFIGURED);
+        self.drain_session(address);
+        self.flush_peer_routes(address);
+        self.peers.remove(&address);
+        Ok(())
+    }
+
+    /// Configured peers.
+    pub fn peer_addresses(&self) -> Vec<IpAddr> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// Whether this address is a configured peer (the driver refuses others).
+    pub fn is_peer(&self, address: &IpAddr) -> bool {
+        self.peers.contains_key(address)
+    }
+
+    /// Sends CEASE/Administrative Shutdown on every session.
+    pub fn shutdown(&mut self) {
+        let addrs = self.peer_addresses();
+        for a in addrs {
+            if let Some(p) = self.peers.get_mut(&a) {
+                p.session
+                    .stop(crate::message::notif::ADMINISTRATIVE_SHUTDOWN);
+            }
+            self.drain_session(a);
+        }
+    }
+
+    // ----- local routes -----
+
+    /// Originates (or updates) a local prefix with the given communities.
+    pub fn originate(&mut self, prefix: IpNet, communities: Vec<u32>) {
+        let prefix = prefix.trunc();
+        let unspecified = match prefix {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let route = Arc::new(Route {
+            attrs: PathAttributes {
+                communities,
+                ..Default::default()
+            },
+            next_hop: NextHop::new(unspecified),
+        });
+        self.originated.insert(prefix, route.clone());
+        let cand = Candidate {
+            source: Source::Local,
+            route,
+            ebgp: false,
+            peer_id: Ipv4Addr::UNSPECIFIED,
+        };
+        self.rib_update(prefix, Source::Local, Some(cand));
+    }
+
+    /// Withdraws a local prefix. Returns whether it was originated.
+    pub fn withdraw(&mut self, prefix: IpNet) -> bool {
+        let prefix = prefix.trunc();
+        let had = self.originated.remove(&prefix).is_some();
+        if had {
+            self.rib_update(prefix, Source::Local, None);
+        }
+        had
+    }
+
+    /// Locally originated prefixes.
+    pub fn originated(&self) -> impl Iterator<Item = &IpNet> {
+        self.originated.keys()
+    }
+
+    // ----- I/O events -----
+
+    /// A TCP connection to/from `peer` is up.
+    pub fn connected(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        conn: ConnId,
+        dir: Direction,
+        local: SocketAddr,
+    ) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.local_addrs.insert(conn, local);
+            p.session.connected(now, conn, dir);
+        }
+        self.drain_session(peer);
+    }
+
+    /// The outgoing connection attempt to `peer` failed.
+    pub fn connect_failed(&mut self, now: Instant, peer: IpAddr) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.session.connect_failed(now);
+        }
+        self.drain_session(peer);
+    }
+
+    /// A connection closed (peer closed, reset, or error).
+    pub fn closed(&mut self, now: Instant, peer: IpAddr, conn: ConnId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.session.closed(now, conn);
+            p.local_addrs.remove(&conn);
+        }
+        self.drain_session(peer);
+    }
+
+    /// Bytes read from a connection.
+    pub fn received(&mut self, now: Instant, peer: IpAddr, conn: ConnId, bytes: &[u8]) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.session.received(now, conn, bytes);
+        }
+        self.drain_session(peer);
+    }
+
+    /// Fires every deadline that has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.poll_timeout().is_some_and(|d| d <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            if let Some(p) = self.peers.get_mut(&a) {
+                p.session.handle_timeout(now);
+            }
+            self.drain_session(a);
+        }
+    }
+
+    /// The earliest deadline across every session.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter_map(|p| p.session.poll_timeout())
+            .min()
+    }
+
+    /// Next event for the driver or the agent.
+    pub fn poll_output(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Turns the route changes since the last flush into UPDATEs for every Established peer.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for addr in addrs {
+            self.flush_peer(addr, &dirty);
+        }
+    }
+
+    /// Asks every Established peer that supports it to resend its routes.
+    pub fn refresh_all(&mut self) {
+        for p in self.peers.values_mut() {
+            for f in &self.config.families {
+                p.session.request_refresh(*f);
+            }
+        }
+        let addrs = self.peer_addresses();
+        for a in addrs {
+            self.drain_session(a);
+        }
+    }
+
+    // ----- views -----
+
+    pub fn loc_rib(&self) -> &LocRib {
+        &self.loc_rib
+    }
+
+    /// Status of every peer.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .values()
+            .map(|p| {
+                let mut stats = p.stats.clone();
+                stats.prefixes_received = p.adj_in.len();
+                stats.prefixes_sent = p.adj_out.len();
+                PeerStatus {
+                    config: p.config.clone(),
+                    state: p.session.state(),
+                    ebgp: p.ebgp,
+                    stats,
+                    last_error: p.session.last_error().map(|e| e.to_string()),
+                    peer_id: p.negotiated.as_ref().map(|n| n.peer_open.bgp_id),
+                    families: p
+                        .negotiated
+                        .as_ref()
+                        .map(|n| n.families.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The Adj-RIB-In of a peer.
+    pub fn adj_rib_in(&self, peer: &IpAddr) -> Option<&AdjRibIn> {
+        self.peers.get(peer).map(|p| &p.adj_in)
+    }
+
+    // ----- internals -----
+
+    fn drain_session(&mut self, addr: IpAddr) {
+        while let Some(out) = self
+            .peers
+            .get_mut(&addr)
+            .and_then(|p| p.session.poll_output())
+        {
+            match out {
+                fsm::Output::Connect => self.events.push_back(Event::Connect(addr)),
+                fsm::Output::Send(c, b) => self.events.push_back(Event::Send(addr, c, b)),
+                fsm::Output::Close(c) => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.local_addrs.remove(&c);
+                    }
+                    self.events.push_back(Event::Close(addr, c))
+                }
+                fsm::Output::StateChanged { from, to } => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.stats.transitions += 1;
+                    }
+                    self.events.push_back(Event::PeerState {
+                        peer: addr,
+                        from,
+                        to,
+                    })
+                }
+                fsm::Output::Established(conn, n) => self.on_established(addr, conn, *n),
+                fsm::Output::Down(reason) => {
+                    self.on_down(addr);
+                    self.events
+                        .push_back(Event::PeerError { peer: addr, reason });
+                }
+                fsm::Output::Error(reason) => self
+                    .events
+                    .push_back(Event::PeerError { peer: addr, reason }),
+                fsm::Output::Update(u) => self.on_update(addr, u),
+                fsm::Output::RouteRefresh(f) => {
+                    if let Some(p) = self.peers.get_mut(&addr) {
+                        p.full_sync.insert(f);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_established(&mut self, addr: IpAddr, conn: ConnId, n: Negotiated) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        // A v4-mapped local address means an IPv4 session on a dual-stack socket.
+        let local = p.local_addrs.get(&conn).map(|s| s.ip().to_canonical());
+        let next_hop_v4 = match local {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => self.config.next_hop_v4,
+        };
+        let next_hop_v6 = match local {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => self.config.next_hop_v6,
+        };
+        p.target = Some(ExportTarget {
+            local_as: self.config.local_as,
+            local_id: self.config.router_id,
+            peer: addr,
+            ebgp: p.ebgp,
+            next_hop_v4,
+            next_hop_v6,
+        });
+        p.full_sync = n.families.iter().copied().collect();
+        p.eor_pending = n.families.clone();
+        p.adj_out.clear();
+        p.stats.since = Some(SystemTime::now());
+        p.negotiated = Some(n);
+    }
+
+    fn on_down(&mut self, addr: IpAddr) {
+        self.flush_peer_routes(addr);
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.adj_out.clear();
+            p.full_sync.clear();
+            p.eor_pending.clear();
+            p.negotiated = None;
+            p.target = None;
+            p.stats.since = None;
+        }
+    }
+
+    fn flush_peer_routes(&mut self, addr: IpAddr) {
+        let prefixes = match self.peers.get_mut(&addr) {
+            Some(p) => p.adj_in.drain(),
+            None => return,
+        };
+        for prefix in prefixes {
+            self.rib_update(prefix, Source::Peer(addr), None);
+        }
+    }
+
+    fn on_update(&mut self, addr: IpAddr, u: Update) {
+        let (local_as, local_id) = (self.config.local_as, self.config.router_id);
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        p.stats.updates_received += 1;
+        let families = p
+            .negotiated
+            .as_ref()
+            .map(|n| n.families.clone())
+            .unwrap_or_default();
+        let ebgp = p.ebgp;
+        let peer_id = p
+            .negotiated
+            .as_ref()
+            .map(|n| n.peer_open.bgp_id)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let mut changes: Vec<(IpNet, Option<Candidate>)> = Vec::new();
+        for prefix in &u.withdrawn {
+            if p.adj_in.remove(prefix) {
+                changes.push((*prefix, None));
+            }
+        }
+        if let Some(attrs) = &u.attributes {
+            for reach in &u.reach {
+                let route = Route {
+                    attrs: attrs.clone(),
+                    next_hop: reach.next_hop,
+                };
+                let imported = policy::import(route, ebgp, local_as, local_id).map(Arc::new);
+                for prefix in &reach.prefixes {
+                    if !families.contains(&Family::of(prefix)) {
+                        continue;
+                    }
+                    match &imported {
+                        Ok(route) => {
+                            if p.adj_in.insert(*prefix, route.clone()) {
+                                changes.push((
+                                    *prefix,
+                                    Some(Candidate {
+                                        source: Source::Peer(addr),
+                                        route: route.clone(),
+                                        ebgp,
+                                        peer_id,
+                                    }),
+                                ));
+                            }
+                        }
+                        Err(_) => {
+                            if p.adj_in.remove(prefix) {
+                                changes.push((*prefix, None));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (prefix, cand) in changes {
+            self.rib_update(prefix, Source::Peer(addr), cand);
+        }
+    }
+
+    fn rib_update(&mut self, prefix: IpNet, source: Source, cand: Option<Candidate>) {
+        if let Some(change) = self.loc_rib.update(prefix, source, cand) {
+            self.dirty.push(prefix);
+            self.events.push_back(Event::Route(change));
+        }
+    }
+
+    fn export_for(&self, p: &Peer, target: &ExportTarget, prefix: &IpNet) -> Option<Arc<Route>> {
+        let best: &Best = self.loc_rib.best(prefix)?;
+        let source = best.best.source;
+        let out = policy::export(
+            &best.best.route,
+            source,
+            best.best.ebgp,
+            matches!(prefix, IpNet::V6(_)),
+            target,
+        )?;
+        // Reuse the Arc when nothing changed, so equal attribute sets group cheaply.
+        match p.adj_out.get(prefix) {
+            Some(old) if **old == out => Some(old.clone()),
+            _ => Some(Arc::new(out)),
+        }
+    }
+
+    fn flush_peer(&mut self, addr: IpAddr, dirty: &[IpNet]) {
+        let Some(p) = self.peers.get(&addr) else {
+            return;
+        };
+        let (Some(target), Some(n)) = (p.target, p.negotiated.as_ref()) else {
+            return;
+        };
+        let ctx = n.context;
+        let families = n.families.clone();
+        let full: HashSet<Family> = p.full_sync.clone();
+        // The prefixes to look at: every Loc-RIB prefix of a fully resynced family plus
+        // what was advertised before in it, and the dirty ones of the others.
+        let mut todo: Vec<IpNet> = Vec::new();
+        if !full.is_empty() {
+            todo.extend(
+                self.loc_rib
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|q| full.contains(&Family::of(q))),
+            );
+            todo.extend(
+                p.adj_out
+                    .prefixes()
+                    .filter(|q| full.contains(&Family::of(q)))
+                    .copied(),
+            );
+        }
+        todo.extend(
+            dirty
+                .iter()
+                .filter(|q| !full.contains(&Family::of(q)))
+                .copied(),
+        );
+        let mut withdrawn: Vec<IpNet> = Vec::new();
+        let mut groups: HashMap<Arc<Route>, Vec<IpNet>> = HashMap::new();
+        let mut seen: HashSet<IpNet> = HashSet::with_capacity(todo.len());
+        for prefix in todo {
+            if !families.contains(&Family::of(&prefix)) || !seen.insert(prefix) {
+                continue;
+            }
+            let new = self.export_for(p, &target, &prefix);
+            let old = p.adj_out.get(&prefix);
+            match (old, new) {
+                (Some(o), Some(n)) if Arc::ptr_eq(o, &n) || **o == *n => {}
+                (_, Some(n)) => groups.entry(n).or_default().push(prefix),
+                (Some(_), None) => withdrawn.push(prefix),
+                (None, None) => {}
+            }
+        }
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        for prefix in &withdrawn {
+            p.adj_out.remove(prefix);
+        }
+        // Withdrawals per family, then announcements per attribute set.
+        for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+            let w: Vec<IpNet> = withdrawn
+                .iter()
+                .filter(|q| Family::of(q) == fam)
+                .copied()
+                .collect();
+            if !w.is_empty() {
+                messages.extend(wire::pack_updates(&w, None, &ctx));
+            }
+        }
+        for (route, prefixes) in groups {
+            for prefix in &prefixes {
+                p.adj_out.insert(*prefix, route.clone());
+            }
+            for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+                let ps: Vec<IpNet> = prefixes
+                    .iter()
+                    .filter(|q| Family::of(q) == fam)
+                    .copied()
+                    .collect();
+                if ps.is_empty() {
+                    continue;
+                }
+                let reach = Reach {
+                    next_hop: route.next_hop,
+                    prefixes: ps,
+                };
+                messages.extend(wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx));
+            }
+        }
+        let eor: Vec<Family> = std::mem::take(&mut p.eor_pending);
+        for fam in eor {
+            messages.push(wire::end_of_rib(fam, &ctx));
+        }
+        p.full_sync.clear();
+        p.stats.updates_sent += messages.len() as u64;
+        for m in messages {
+            p.session.send_established(m);
+        }
+        self.drain_session(addr);
+    }
+}

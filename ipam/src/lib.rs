@@ -1,0 +1,1 @@
+//! IP address management for ferrovia. Populated by the IPAM/CNI issue.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every ferrovia test. On a fresh Debian bookworm machine (as root) it first installs
+# what the tests need: the real BGP peers (BIRD 2, FRR, GoBGP), iproute2 and tcpdump.
+# Network tests create their own namespaces and remove them, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=(bird2 frr gobgpd iproute2 tcpdump procps)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "the tests need root (network namespaces) and these packages: ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The packaged daemons must not run in the root namespace; tests start their own.
+for svc in bird frr gobgpd; do
+  command -v systemctl >/dev/null 2>&1 && systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+echo "==> formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "==> tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log

@@ -1,0 +1,459 @@
+//! The agent's configuration file (YAML, camelCase keys like Kubernetes objects).
+//!
+//! Unknown keys and invalid values are refused at start, and the error names the key
+//! with its full path (for example `bgp.peers[1].asNumber`). See `config/` for documented
+//! examples; every one of them is loaded by a test.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+/// Default control socket, shared by the agent, the CLI and (later) the CNI plugin.
+pub const DEFAULT_SOCKET: &str = "/run/ferrovia/ferrovia.sock";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub node: Node,
+    #[serde(default)]
+    pub bgp: Bgp,
+    #[serde(default)]
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    pub as_number: u32,
+    pub router_id: Ipv4Addr,
+    /// The node's own addresses; the first IPv4 and the first IPv6 one serve as next hop
+    /// for the other family when a session runs over one family only.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bgp {
+    #[serde(default)]
+    pub listen: Listen,
+    /// Hold time proposed to every peer, seconds (0, or 3 and more).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: u16,
+    /// First reconnect delay in seconds; doubles after each failure up to 60 s.
+    #[serde(default = "default_connect_retry")]
+    pub connect_retry: u64,
+    /// Restart time advertised in the graceful restart capability, seconds (≤ 4095).
+    #[serde(default = "default_gr_time")]
+    pub graceful_restart_time: u16,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub originate: Vec<Originate>,
+}
+
+impl Default for Bgp {
+    fn default() -> Self {
+        Bgp {
+            listen: Listen::default(),
+            hold_time: default_hold_time(),
+            connect_retry: default_connect_retry(),
+            graceful_restart_time: default_gr_time(),
+            peers: Vec::new(),
+            originate: Vec::new(),
+        }
+    }
+}
+
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+fn default_gr_time() -> u16 {
+    120
+}
+fn default_port() -> u16 {
+    179
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listen {
+    #[serde(default = "default_listen_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Set false to never accept connections (every peer must then be active).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_listen_address() -> IpAddr {
+    IpAddr::from([0u16; 8])
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            address: default_listen_address(),
+            port: default_port(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Peer {
+    pub address: IpAddr,
+    pub as_number: u32,
+    /// A file holding the TCP MD5 password (RFC 2385); trailing newlines are ignored.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Only wait for the peer to connect.
+    #[serde(default)]
+    pub passive: bool,
+    /// Overrides `bgp.holdTime` for this peer.
+    #[serde(default)]
+    pub hold_time: Option<u16>,
+}
+
+/// A prefix to originate, bare or with communities.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Originate {
+    Prefix(IpNet),
+    Detailed(OriginateDetailed),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OriginateDetailed {
+    pub prefix: IpNet,
+    /// RFC 1997 communities as "ASN:VALUE" (each part 0..65535).
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+impl Originate {
+    pub fn prefix(&self) -> IpNet {
+        match self {
+            Originate::Prefix(p) => *p,
+            Originate::Detailed(d) => d.prefix,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Status {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            socket: default_socket(),
+        }
+    }
+}
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// A fully checked configuration plus what was read from files it points to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    /// Passwords in the order of `bgp.peers`.
+    pub passwords: Vec<Option<String>>,
+    /// Originated prefixes with their communities as 32-bit values.
+    pub originate: Vec<(IpNet, Vec<u32>)>,
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        key: "(file)".into(),
+        message: format!("cannot read the configuration: {e}"),
+    })?;
+    parse(&file, &text)
+}
+
+/// Parses and validates configuration text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
+    let err = |key: &str, message: String| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." {
+            "(top level)".to_string()
+        } else {
+            key
+        };
+        err(&key, e.into_inner().to_string())
+    })?;
+
+    let n = &config.node;
+    if n.name.is_empty() {
+        return Err(err("node.name", "must not be empty".into()));
+    }
+    if n.as_number == 0 || n.as_number == u32::from(ferrovia_bgp::message::AS_TRANS) {
+        return Err(err(
+            "node.asNumber",
+            format!("{} is reserved and cannot be a speaker's AS", n.as_number),
+        ));
+    }
+    if n.router_id.is_unspecified() || n.router_id.is_multicast() || n.router_id.is_broadcast() {
+        return Err(err(
+            "node.routerId",
+            format!(
+                "{} is not a valid BGP Identifier; use a unicast IPv4 address of the node",
+                n.router_id
+            ),
+        ));
+    }
+    let b = &config.bgp;
+    check_hold("bgp.holdTime", b.hold_time).map_err(|m| err("bgp.holdTime", m))?;
+    if b.connect_retry == 0 || b.connect_retry > 3600 {
+        return Err(err(
+            "bgp.connectRetry",
+            "must be between 1 and 3600 seconds".into(),
+        ));
+    }
+    if b.graceful_restart_time > 4095 {
+        return Err(err(
+            "bgp.gracefulRestartTime",
+            "must be at most 4095 seconds (12 bits, RFC 4724)".into(),
+        ));
+    }
+    let mut passwords = Vec::new();
+    for (i, p) in b.peers.iter().enumerate() {
+        let key = |k: &str| format!("bgp.peers[{i}].{k}");
+        if p.as_number == 0 {
+            return Err(err(&key("asNumber"), "must not be 0".into()));
+        }
+        if let Some(h) = p.hold_time {
+            check_hold("", h).map_err(|m| err(&key("holdTime"), m))?;
+        }
+        if p.address.is_unspecified() || p.address.is_multicast() {
+            return Err(err(
+                &key("address"),
+                format!("{} is not a unicast address", p.address),
+            ));
+        }
+        if b.peers[..i].iter().any(|q| q.address == p.address) {
+            return Err(err(
+                &key("address"),
+                format!("peer {} is listed twice", p.address),
+            ));
+        }
+        let pw = match &p.password_file {
+            None => None,
+            Some(f) => {
+                let s = std::fs::read_to_string(f).map_err(|e| {
+                    err(
+                        &key("passwordFile"),
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                let s = s.trim_end_matches(['\n', '\r']).to_string();
+                if s.is_empty() || s.len() > ferrovia_bgp::md5::MAX_KEY_LEN {
+                    return Err(err(
+                        &key("passwordFile"),
+                        format!("{} must hold a password of 1 to 80 bytes", f.display()),
+                    ));
+                }
+                Some(s)
+            }
+        };
+        passwords.push(pw);
+    }
+    let mut originate = Vec::new();
+    for (i, o) in b.originate.iter().enumerate() {
+        let key = format!("bgp.originate[{i}]");
+        let p = o.prefix();
+        if p.trunc() != p {
+            return Err(err(
+                &key,
+                format!("{p} has host bits set; did you mean {}?", p.trunc()),
+            ));
+        }
+        let communities = match o {
+            Originate::Prefix(_) => Vec::new(),
+            Originate::Detailed(d) => d
+                .communities
+                .iter()
+                .map(|c| parse_community(c).map_err(|m| err(&format!("{key}.communities"), m)))
+                .collect::<Result<Vec<u32>, _>>()?,
+        };
+        if originate.iter().any(|(q, _)| *q == p) {
+            return Err(err(&key, format!("{p} is listed twice")));
+        }
+        originate.push((p, communities));
+    }
+    Ok(Loaded {
+        config,
+        passwords,
+        originate,
+    })
+}
+
+fn check_hold(_key: &str, h: u16) -> Result<(), String> {
+    if h == 1 || h == 2 {
+        Err(format!(
+            "{h} is not allowed: use 0 (no keepalives) or at least 3 seconds (RFC 4271 §4.2)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses "ASN:VALUE" into an RFC 1997 community.
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    let bad =
+        || format!("{s:?} is not a community; write it as ASN:VALUE with both parts 0..65535");
+    let (a, v) = s.split_once(':').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let v: u16 = v.trim().parse().map_err(|_| bad())?;
+    Ok((u32::from(a) << 16) | u32::from(v))
+}
+
+/// Formats an RFC 1997 community as "ASN:VALUE".
+pub fn format_community(c: u32) -> String {
+    format!("{}:{}", c >> 16, c & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: { name: node1, asNumber: 64512, routerId: 198.18.0.1 }
+bgp:
+  listen: { address: "::", port: 179 }
+  peers:
+    - { address: 198.18.0.254, asNumber: 65000 }
+  originate: [10.244.1.0/26, "fd00:10:244:1::/122", { prefix: 10.244.2.0/26, communities: ["64512:100"] }]
+status: { socket: /run/ferrovia/ferrovia.sock }
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let l = parse("t", GOOD).expect("loads");
+        assert_eq!(l.config.bgp.hold_time, 90);
+        assert_eq!(l.config.bgp.peers[0].port, 179);
+        assert_eq!(l.originate.len(), 3);
+        assert_eq!(l.originate[2].1, vec![(64512 << 16) | 100]);
+    }
+
+    fn key_of(text: &str) -> String {
+        parse("t", text).expect_err("must fail").key
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1, colour: red }"),
+            "node"
+        );
+        let e = parse(
+            "t",
+            "node: { name: a, asNumber: 1, routerId: 1.1.1.1, colour: red }",
+        )
+        .expect_err("fails");
+        assert!(e.message.contains("colour"), "{e}");
+        let t = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumbr: 5 } ] }";
+        let e = parse("t", t).expect_err("fails");
+        assert_eq!(e.key, "bgp.peers[0]");
+        assert!(e.message.contains("asNumbr"), "{e}");
+        assert_eq!(key_of("nodes: {}"), "(top level)");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert_eq!(
+            key_of("node: { name: a, asNumber: x, routerId: 1.1.1.1 }"),
+            "node.asNumber"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 300.1.1.1 }"),
+            "node.routerId"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 0.0.0.0 }"),
+            "node.routerId"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { holdTime: 2 }"),
+            "bgp.holdTime"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { originate: [10.244.1.1/26] }"),
+            "bgp.originate[0]"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { originate: [{ prefix: 10.0.0.0/8, communities: [\"1:99999\"] }] }"),
+            "bgp.originate[0].communities"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumber: 5, passwordFile: /nonexistent/pw } ] }"),
+            "bgp.peers[0].passwordFile"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumber: 5 }, { address: 1.2.3.4, asNumber: 6 } ] }"),
+            "bgp.peers[1].address"
+        );
+    }
+
+    #[test]
+    fn communities_round_trip() {
+        assert_eq!(parse_community("65000:1"), Ok(65000 << 16 | 1));
+        assert_eq!(format_community(65000 << 16 | 1), "65000:1");
+        assert!(parse_community("65000").is_err());
+    }
+
+    #[test]
+    fn every_example_in_config_dir_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 1,
+            "no example configurations found in {}",
+            dir.display()
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The agent's control socket: a unix socket speaking one JSON request line per
+//! connection, answered with one JSON document. `ferrovia status` and `ferrovia routes`
+//! are its clients; the CNI plugin will be one too.
+
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "camelCase")]
+pub enum Request {
+    Status,
+    Routes,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReply {
+    pub node: NodeInfo,
+    pub peers: Vec<PeerInfo>,
+    pub routes: RouteCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub name: String,
+    pub as_number: u32,
+    pub router_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    pub address: String,
+    pub as_number: u32,
+    /// Where the peer is configured: "global" (config file) for now.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "eBGP" or "iBGP".
+    pub session: String,
+    /// RFC 4271 state name.
+    pub state: String,
+    /// When the session reached Established (RFC 3339), if it is.
+    pub since: Option<String>,
+    pub prefixes_received: usize,
+    pub prefixes_sent: usize,
+    pub updates_received: u64,
+    pub updates_sent: u64,
+    pub peer_router_id: Option<String>,
+    pub families: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCounts {
+    pub loc_rib: usize,
+    pub originated: usize,
+}
+
+/// One Loc-RIB entry, for [`Request::Routes`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteInfo {
+    pub prefix: String,
+    pub next_hops: Vec<String>,
+    pub as_path: Vec<u32>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub origin: String,
+    pub communities: Vec<String>,
+    /// The peer the best path came from; null when originated here.
+    pub peer: Option<String>,
+}
+
+/// Errors of the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the ferrovia agent at {path}: {source}; is the agent running (and is this the socket of its status.socket setting)?")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent at {path} failed: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the agent at {path} answered something unexpected: {message}")]
+    Decode { path: String, message: String },
+}
+
+/// Sends one request and decodes the answer.
+pub fn call<T: for<'de> Deserialize<'de>>(socket: &Path, req: &Request) -> Result<T, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(io)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(io)?;
+    #[derive(Deserialize)]
+    struct ErrorReply {
+        error: String,
+    }
+    if let Ok(e) = serde_json::from_slice::<ErrorReply>(&buf) {
+        return Err(ClientError::Decode {
+            path,
+            message: e.error,
+        });
+    }
+    serde_json::from_slice(&buf).map_err(|e| ClientError::Decode {
+        path,
+        message: e.to_string(),
+    })
+}

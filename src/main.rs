@@ -1,0 +1,217 @@
+//! `ferrovia`: the node agent, its CLI and (later) the CNI plugin, in one binary.
+
+mod agent;
+mod config;
+mod control;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrovia",
+    version,
+    about = "BGP-routed, pure-L3 network agent for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Agent {
+        /// The configuration file (YAML); see config/ for examples.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log level or filter (overrides FERROVIA_LOG), e.g. info, debug, ferrovia_bgp=trace.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log as human-readable text or as JSON lines.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Check a configuration file and exit (0: valid, 2: invalid).
+    CheckConfig { config: PathBuf },
+    /// Show the BGP peers and route counts of the running agent.
+    Status {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the Loc-RIB (selected routes) of the running agent.
+    Routes {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(level: Option<String>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = level
+        .or_else(|| std::env::var("FERROVIA_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("ferrovia: ignoring log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent {
+            config,
+            log_level,
+            log_format,
+        } => {
+            init_logging(log_level, log_format);
+            let loaded = match config::load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("ferrovia: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ferrovia: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(agent::run(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferrovia: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrovia: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Status { socket, json } => {
+            let r: Result<control::StatusReply, _> =
+                control::call(&socket, &control::Request::Status);
+            match r {
+                Ok(s) if json => print_json(&s),
+                Ok(s) => {
+                    print_status(&s);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Routes { socket, json } => {
+            let r: Result<Vec<control::RouteInfo>, _> =
+                control::call(&socket, &control::Request::Routes);
+            match r {
+                Ok(s) if json => print_json(&s),
+                Ok(s) => {
+                    print_routes(&s);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ferrovia: {e}");
+    ExitCode::FAILURE
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> ExitCode {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn print_status(s: &control::StatusReply) {
+    println!(
+        "node {}  AS {}  router id {}",
+        s.node.name, s.node.as_number, s.node.router_id
+    );
+    println!(
+        "{:<40} {:>10}  {:<12} {:<12} {:<21} {:>9} {:>9}",
+        "PEER", "AS", "TYPE", "STATE", "SINCE", "RECEIVED", "SENT"
+    );
+    for p in &s.peers {
+        println!(
+            "{:<40} {:>10}  {:<12} {:<12} {:<21} {:>9} {:>9}",
+            p.address,
+            p.as_number,
+            format!("{}/{}", p.kind, p.session),
+            p.state,
+            p.since.as_deref().unwrap_or("-"),
+            p.prefixes_received,
+            p.prefixes_sent
+        );
+        if let Some(e) = &p.last_error {
+            println!("    last error: {e}");
+        }
+    }
+    println!(
+        "routes: {} in the Loc-RIB, {} originated here",
+        s.routes.loc_rib, s.routes.originated
+    );
+}
+
+fn print_routes(routes: &[control::RouteInfo]) {
+    println!(
+        "{:<44} {:<40} {:<20} {:>6}",
+        "PREFIX", "NEXT HOPS", "AS PATH", "LPREF"
+    );
+    for r in routes {
+        let nh = if r.next_hops.is_empty() {
+            "local".to_string()
+        } else {
+            r.next_hops.join(",")
+        };
+        let path: Vec<String> = r.as_path.iter().map(|a| a.to_string()).collect();
+        println!(
+            "{:<44} {:<40} {:<20} {:>6}",
+            r.prefix,
+            nh,
+            path.join(" "),
+            r.local_pref
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+}
