@@ -58,6 +58,9 @@ pub enum DriverError {
     Stopped,
 }
 
+/// Most BGP bytes handled between two flushes (a flush packs and sends UPDATEs).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
 type Query = Box<dyn FnOnce(&mut Speaker) + Send>;
 
 enum Command {
@@ -146,15 +149,17 @@ struct Driver {
     events: Option<mpsc::UnboundedSender<Event>>,
 }
 
-/// Starts the speaker task. `events` receives every [`Event::Route`] and
-/// [`Event::PeerState`] / [`Event::PeerError`] for the rest of the agent.
+/// Starts the speaker task. `events`, when given, receives [`Event::Routes`] batches
+/// (coalesced Loc-RIB changes) and [`Event::PeerState`] / [`Event::PeerError`].
 pub async fn spawn(
     speaker: Speaker,
     config: DriverConfig,
     peers: Vec<PeerSpec>,
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<(Handle, JoinHandle<()>), DriverError> {
-    let (io_tx, io_rx) = mpsc::channel::<Io>(4096);
+    // Small on purpose: when the speaker falls behind, unread data waits in the kernel's
+    // socket buffers (TCP flow control) rather than in our heap.
+    let (io_tx, io_rx) = mpsc::channel::<Io>(16);
     let listener = match config.listen {
         Some(addr) => Some(bind(addr)?),
         None => None,
@@ -165,6 +170,8 @@ pub async fn spawn(
             matches!(config.listen, Some(SocketAddr::V6(_))),
         )
     });
+    let mut speaker = speaker;
+    speaker.track_changes(events.is_some());
     let mut driver = Driver {
         speaker,
         config,
@@ -257,11 +264,12 @@ impl Driver {
                     None => { shutdown = None; self.speaker.shutdown(); self.pump(); break; }
                 },
                 Some(ev) = io.recv() => {
-                    self.io(ev);
-                    // Take whatever else is already waiting, so one flush covers a batch.
-                    for _ in 0..256 {
+                    // Take whatever else is already waiting, so one flush covers a batch;
+                    // bounded so that a full-table burst is flushed in pieces.
+                    let mut bytes = self.io(ev);
+                    while bytes < MAX_BATCH_BYTES {
                         match io.try_recv() {
-                            Ok(ev) => self.io(ev),
+                            Ok(ev) => bytes += self.io(ev),
                             Err(_) => break,
                         }
                     }
@@ -272,6 +280,12 @@ impl Driver {
             }
             self.speaker.flush();
             self.pump();
+            if self.events.is_some() {
+                let changes = self.speaker.take_changes();
+                if !changes.is_empty() {
+                    self.emit(Event::Routes(changes));
+                }
+            }
             if shutdown.is_some() {
                 self.speaker.shutdown();
                 self.pump();
@@ -316,22 +330,24 @@ impl Driver {
         }
     }
 
-    fn io(&mut self, ev: Io) {
+    /// Handles one I/O event; returns how many bytes of BGP data it carried.
+    fn io(&mut self, ev: Io) -> usize {
         let now = Instant::now();
+        let mut size = 0;
         match ev {
             Io::Accepted(stream, from) => {
                 let peer = from.ip().to_canonical();
                 if !self.speaker.is_peer(&peer) {
                     warn!(%from, "refused a BGP connection: {peer} is not a configured peer");
                     drop(stream);
-                    return;
+                    return 0;
                 }
                 debug!(%peer, "accepted a connection");
                 self.start_conn(peer, stream, Direction::Incoming, now);
             }
             Io::Connected(peer, stream) => {
                 if !self.speaker.is_peer(&peer) {
-                    return;
+                    return 0;
                 }
                 debug!(%peer, "connected");
                 self.start_conn(peer, stream, Direction::Outgoing, now);
@@ -342,6 +358,7 @@ impl Driver {
             }
             Io::Data(peer, conn, bytes) => {
                 if self.conns.contains_key(&conn) {
+                    size = bytes.len();
                     self.speaker.received(now, peer, conn, &bytes);
                 }
             }
@@ -352,6 +369,7 @@ impl Driver {
                 }
             }
         }
+        size
     }
 
     fn start_conn(&mut self, peer: IpAddr, stream: TcpStream, dir: Direction, now: Instant) {
@@ -464,7 +482,7 @@ impl Driver {
                     warn!(%peer, %reason, "BGP session error");
                     self.emit(Event::PeerError { peer, reason });
                 }
-                ev @ Event::Route(_) => self.emit(ev),
+                ev @ Event::Routes(_) => self.emit(ev),
             }
         }
     }

@@ -329,11 +329,11 @@ impl Session {
             return;
         };
         conn.buf.extend_from_slice(bytes);
-        loop {
-            let Some(conn) = self.conns.iter_mut().find(|c| c.id == id) else {
-                break;
-            };
-            let len = match wire::frame_len(&conn.buf) {
+        let mut buf = std::mem::take(&mut conn.buf);
+        let mut at = 0;
+        while let Some(conn) = self.conns.iter().find(|c| c.id == id) {
+            let rest = buf.get(at..).unwrap_or_default();
+            let len = match wire::frame_len(rest) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(n) => {
@@ -341,16 +341,22 @@ impl Session {
                     break;
                 }
             };
-            let frame: Vec<u8> = conn.buf.drain(..len).collect();
             let ctx = conn
                 .negotiated
                 .as_ref()
                 .map(|n| n.context)
                 .unwrap_or_default();
-            match wire::decode(&frame, &ctx) {
+            let frame = rest.get(..len).unwrap_or_default();
+            at += len;
+            match wire::decode(frame, &ctx) {
                 Ok(msg) => self.on_message(now, id, msg),
                 Err(n) => self.fail_conn(id, Some(n), None, true),
             }
+        }
+        // Keep the unfinished tail for the next read, if the connection is still there.
+        if let Some(conn) = self.conns.iter_mut().find(|c| c.id == id) {
+            buf.drain(..at.min(buf.len()));
+            conn.buf = buf;
         }
         if self.started && self.conns.is_empty() && !self.connecting && self.retry_at.is_none() {
             self.schedule_retry(now);

@@ -2,8 +2,8 @@
 //! decision process of §9.1.2 and equal-cost multipath, Adj-RIB-Out per peer.
 
 use crate::message::{NextHop, PathAttributes};
-use ipnet::IpNet;
-use std::collections::HashMap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -71,40 +71,15 @@ pub struct Change {
     pub best: Option<Best>,
 }
 
-/// Adj-RIB-In of one peer: the routes as received, after import policy.
-#[derive(Debug, Default)]
-pub struct AdjRibIn {
-    routes: HashMap<IpNet, Arc<Route>>,
-}
-
-impl AdjRibIn {
-    /// Stores a route; returns true when it differs from what was there.
-    pub fn insert(&mut self, prefix: IpNet, route: Arc<Route>) -> bool {
-        match self.routes.insert(prefix, route.clone()) {
-            Some(old) => old != route,
-            None => true,
-        }
-    }
-    /// Removes a route; returns true when there was one.
-    pub fn remove(&mut self, prefix: &IpNet) -> bool {
-        self.routes.remove(prefix).is_some()
-    }
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-    pub fn get(&self, prefix: &IpNet) -> Option<&Arc<Route>> {
-        self.routes.get(prefix)
-    }
-    /// Empties the table and returns what it held.
-    pub fn drain(&mut self) -> Vec<IpNet> {
-        self.routes.drain().map(|(p, _)| p).collect()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &Arc<Route>)> {
-        self.routes.iter()
-    }
+/// What one [`LocRib::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    /// The source had a path for the prefix before.
+    pub had: bool,
+    /// The source has a path for the prefix now.
+    pub has: bool,
+    /// The selection (best path or multipath next hops) moved.
+    pub best_changed: bool,
 }
 
 /// Adj-RIB-Out of one peer: what we last advertised to it.
@@ -137,80 +112,241 @@ impl AdjRibOut {
     }
 }
 
-#[derive(Debug, Default)]
-struct Destination {
-    candidates: Vec<Candidate>,
-    best: Option<Best>,
+const NO_BEST: u8 = u8::MAX;
+
+/// One prefix: every source's path (the Adj-RIBs-In after import policy, RFC 4271 §3.2,
+/// kept in one table) and the selection over them. A full table has a million of these,
+/// nearly all with a single path, so that case is one inline candidate (32 bytes).
+#[derive(Debug)]
+enum Destination {
+    One(Candidate),
+    Many(Box<ManyPaths>),
 }
 
-/// The Loc-RIB: every usable path per prefix, and the selected one.
+#[derive(Debug)]
+struct ManyPaths {
+    candidates: Vec<Candidate>,
+    /// Index of the best path, or [`NO_BEST`].
+    best: u8,
+    /// Bit i set: candidate i is in the multipath set.
+    multipath: u32,
+}
+
+impl Destination {
+    fn candidates(&self) -> &[Candidate] {
+        match self {
+            Destination::One(c) => std::slice::from_ref(c),
+            Destination::Many(m) => &m.candidates,
+        }
+    }
+
+    fn best_index(&self) -> usize {
+        match self {
+            Destination::One(_) => 0,
+            Destination::Many(m) => usize::from(m.best),
+        }
+    }
+
+    fn best(&self) -> Option<&Candidate> {
+        self.candidates().get(self.best_index())
+    }
+
+    fn selection(&self) -> Option<Best> {
+        let best = self.best()?.clone();
+        let mut next_hops = vec![best.route.next_hop.address];
+        if let Destination::Many(m) = self {
+            for (i, c) in m.candidates.iter().enumerate().take(32) {
+                let nh = c.route.next_hop.address;
+                if m.multipath & (1 << i) != 0 && !next_hops.contains(&nh) {
+                    next_hops.push(nh);
+                }
+            }
+        }
+        Some(Best { best, next_hops })
+    }
+
+    /// Builds the destination for a set of paths; None when there is none.
+    fn from_paths(mut candidates: Vec<Candidate>) -> Option<Destination> {
+        match candidates.len() {
+            0 => None,
+            1 => candidates.pop().map(Destination::One),
+            _ => {
+                let (best, multipath) = select_indices(&candidates)
+                    .map(|(b, m)| (u8::try_from(b).unwrap_or(NO_BEST), m))
+                    .unwrap_or((NO_BEST, 0));
+                Some(Destination::Many(Box::new(ManyPaths {
+                    candidates,
+                    best,
+                    multipath,
+                })))
+            }
+        }
+    }
+
+    fn into_paths(self) -> Vec<Candidate> {
+        match self {
+            Destination::One(c) => vec![c],
+            Destination::Many(m) => m.candidates,
+        }
+    }
+}
+
+/// The Loc-RIB: every usable path per prefix, and the selected one. IPv4 and IPv6 live
+/// in separate tables so IPv4 keys stay five bytes.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    dests: HashMap<IpNet, Destination>,
+    v4: BTreeMap<Ipv4Net, Destination>,
+    v6: BTreeMap<Ipv6Net, Destination>,
 }
 
 impl LocRib {
-    /// Sets (Some) or removes (None) the path of `source` for `prefix`, runs the decision
-    /// process for it, and returns the change when the selection moved.
+    /// Sets (Some) or removes (None) the path of `source` for `prefix` and runs the
+    /// decision process for it.
     pub fn update(
         &mut self,
         prefix: IpNet,
         source: Source,
         candidate: Option<Candidate>,
-    ) -> Option<Change> {
-        let dest = self.dests.entry(prefix).or_default();
-        let pos = dest.candidates.iter().position(|c| c.source == source);
-        match (pos, candidate) {
-            (Some(i), Some(c)) => {
-                if dest.candidates[i] == c {
-                    return None;
-                }
-                dest.candidates[i] = c;
-            }
-            (None, Some(c)) => dest.candidates.push(c),
-            (Some(i), None) => {
-                dest.candidates.swap_remove(i);
-            }
-            (None, None) => {
-                if dest.candidates.is_empty() {
-                    self.dests.remove(&prefix);
-                }
-                return None;
-            }
+    ) -> Updated {
+        match prefix {
+            IpNet::V4(p) => update_in(&mut self.v4, p, source, candidate),
+            IpNet::V6(p) => update_in(&mut self.v6, p, source, candidate),
         }
-        let new_best = select(&dest.candidates);
-        if dest.candidates.is_empty() {
-            self.dests.remove(&prefix);
-        } else if new_best == dest.best {
-            return None;
-        } else {
-            dest.best = new_best.clone();
+    }
+
+    fn dest(&self, prefix: &IpNet) -> Option<&Destination> {
+        match prefix {
+            IpNet::V4(p) => self.v4.get(p),
+            IpNet::V6(p) => self.v6.get(p),
         }
-        Some(Change {
-            prefix,
-            best: new_best,
-        })
     }
 
     /// The selected route for a prefix.
-    pub fn best(&self, prefix: &IpNet) -> Option<&Best> {
-        self.dests.get(prefix).and_then(|d| d.best.as_ref())
+    pub fn best(&self, prefix: &IpNet) -> Option<Best> {
+        self.dest(prefix).and_then(Destination::selection)
+    }
+
+    /// The single best path for a prefix, without building the multipath set.
+    pub fn best_candidate(&self, prefix: &IpNet) -> Option<&Candidate> {
+        self.dest(prefix).and_then(Destination::best)
+    }
+
+    /// The path `source` gave for `prefix` (a look into that source's Adj-RIB-In).
+    pub fn candidate(&self, prefix: &IpNet, source: Source) -> Option<&Candidate> {
+        self.dest(prefix)
+            .and_then(|d| d.candidates().iter().find(|c| c.source == source))
     }
 
     /// Every prefix with its selection.
-    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &Best)> {
-        self.dests
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, Best)> + '_ {
+        self.prefixes()
+            .filter_map(|p| self.best(&p).map(|b| (p, b)))
+    }
+
+    /// Every prefix in the table.
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.v4
+            .keys()
+            .map(|p| IpNet::V4(*p))
+            .chain(self.v6.keys().map(|p| IpNet::V6(*p)))
+    }
+
+    /// Every prefix for which `source` has a path: that source's Adj-RIB-In.
+    pub fn prefixes_from(&self, source: Source) -> Vec<IpNet> {
+        let has = |d: &Destination| d.candidates().iter().any(|c| c.source == source);
+        self.v4
             .iter()
-            .filter_map(|(p, d)| d.best.as_ref().map(|b| (p, b)))
+            .filter(|(_, d)| has(d))
+            .map(|(p, _)| IpNet::V4(*p))
+            .chain(
+                self.v6
+                    .iter()
+                    .filter(|(_, d)| has(d))
+                    .map(|(p, _)| IpNet::V6(*p)),
+            )
+            .collect()
     }
 
     /// Number of prefixes with a selected route.
     pub fn len(&self) -> usize {
-        self.dests.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dests.is_empty()
+        self.len() == 0
+    }
+}
+
+fn update_in<K: Ord + Copy>(
+    map: &mut BTreeMap<K, Destination>,
+    key: K,
+    source: Source,
+    candidate: Option<Candidate>,
+) -> Updated {
+    let unchanged = |had: bool, has: bool| Updated {
+        had,
+        has,
+        best_changed: false,
+    };
+    let has = candidate.is_some();
+    let Some(d) = map.get_mut(&key) else {
+        if let Some(c) = candidate {
+            map.insert(key, Destination::One(c));
+            return Updated {
+                had: false,
+                has,
+                best_changed: true,
+            };
+        }
+        return unchanged(false, false);
+    };
+    let pos = d.candidates().iter().position(|c| c.source == source);
+    let had = pos.is_some();
+    // The common case, one path replaced by a new one from the same source, in place.
+    if let (Destination::One(only), Some(0), Some(c)) = (&mut *d, pos, &candidate) {
+        if only == c {
+            return unchanged(had, has);
+        }
+        *only = c.clone();
+        return Updated {
+            had,
+            has,
+            best_changed: true,
+        };
+    }
+    if pos.is_none() && candidate.is_none() {
+        return unchanged(had, has);
+    }
+    if let (Some(i), Some(c)) = (pos, &candidate) {
+        if d.candidates().get(i) == Some(c) {
+            return unchanged(had, has);
+        }
+    }
+    let before = d.selection();
+    let Some(old) = map.remove(&key) else {
+        return unchanged(had, has);
+    };
+    let mut paths = old.into_paths();
+    match (pos, candidate) {
+        (Some(i), Some(c)) => paths[i] = c,
+        (None, Some(c)) => paths.push(c),
+        (Some(i), None) => {
+            paths.swap_remove(i);
+        }
+        (None, None) => {}
+    }
+    let after = match Destination::from_paths(paths) {
+        Some(d) => {
+            let sel = d.selection();
+            map.insert(key, d);
+            sel
+        }
+        None => None,
+    };
+    Updated {
+        had,
+        has,
+        best_changed: before != after,
     }
 }
 
@@ -220,51 +356,50 @@ impl LocRib {
 /// set; the final tie breaks (BGP Identifier, CLUSTER_LIST length, peer address) choose
 /// the single best.
 pub fn select(candidates: &[Candidate]) -> Option<Best> {
+    Destination::from_paths(candidates.to_vec())?.selection()
+}
+
+/// [`select`] as indices: the best path and a bit mask of the multipath set (the first
+/// 32 candidates can take part in multipath).
+fn select_indices(candidates: &[Candidate]) -> Option<(usize, u32)> {
     if candidates.is_empty() {
         return None;
     }
-    if let Some(local) = candidates.iter().find(|c| c.source == Source::Local) {
-        return Some(Best {
-            best: local.clone(),
-            next_hops: vec![local.route.next_hop.address],
-        });
+    if let Some(i) = candidates.iter().position(|c| c.source == Source::Local) {
+        return Some((i, 1u32.checked_shl(i as u32).unwrap_or(0)));
     }
-    let mut set: Vec<&Candidate> = candidates.iter().collect();
+    let mut set: Vec<(usize, &Candidate)> = candidates.iter().enumerate().take(255).collect();
     keep_min(&mut set, |c| std::cmp::Reverse(c.local_pref()));
     keep_min(&mut set, |c| c.route.attrs.as_path_len());
     keep_min(&mut set, |c| c.route.attrs.origin);
     // MED is compared only between routes from the same neighbouring AS; a missing MED
     // is the lowest value (§9.1.2.2 c).
     let snapshot = set.clone();
-    set.retain(|c| {
+    set.retain(|(_, c)| {
         let med = c.route.attrs.med.unwrap_or(0);
         let nas = c.route.attrs.first_as();
-        !snapshot
-            .iter()
-            .any(|o| o.route.attrs.first_as() == nas && o.route.attrs.med.unwrap_or(0) < med)
+        !snapshot.iter().any(|(_, o)| {
+            o.route.attrs.first_as() == nas && o.route.attrs.med.unwrap_or(0) < med
+        })
     });
-    if set.iter().any(|c| c.ebgp) {
-        set.retain(|c| c.ebgp);
+    if set.iter().any(|(_, c)| c.ebgp) {
+        set.retain(|(_, c)| c.ebgp);
     }
-    let mut next_hops: Vec<IpAddr> = Vec::with_capacity(set.len());
-    let mut tie = set.clone();
+    let multipath = set
+        .iter()
+        .filter(|(i, _)| *i < 32)
+        .fold(0u32, |m, (i, _)| m | (1 << i));
+    let mut tie = set;
     keep_min(&mut tie, |c| c.tie_id());
     keep_min(&mut tie, |c| c.route.attrs.cluster_list.len());
     keep_min(&mut tie, |c| c.peer_addr());
-    let best = (*tie.first()?).clone();
-    next_hops.push(best.route.next_hop.address);
-    for c in &set {
-        let nh = c.route.next_hop.address;
-        if !next_hops.contains(&nh) {
-            next_hops.push(nh);
-        }
-    }
-    Some(Best { best, next_hops })
+    let (best, _) = *tie.first()?;
+    Some((best, multipath))
 }
 
-fn keep_min<K: Ord, F: Fn(&Candidate) -> K>(set: &mut Vec<&Candidate>, key: F) {
-    if let Some(min) = set.iter().map(|c| key(c)).min() {
-        set.retain(|c| key(c) == min);
+fn keep_min<K: Ord, F: Fn(&Candidate) -> K>(set: &mut Vec<(usize, &Candidate)>, key: F) {
+    if let Some(min) = set.iter().map(|(_, c)| key(c)).min() {
+        set.retain(|(_, c)| key(c) == min);
     }
 }
 
@@ -374,22 +509,19 @@ mod tests {
         let p: IpNet = "10.244.1.0/26".parse().expect("prefix");
         let a = cand([10, 0, 0, 1], false, |_| {});
         let b = cand([10, 0, 0, 2], false, |a| a.local_pref = Some(50));
-        assert!(rib.update(p, a.source, Some(a.clone())).is_some());
-        assert!(
-            rib.update(p, a.source, Some(a.clone())).is_none(),
-            "same path"
-        );
-        assert!(
-            rib.update(p, b.source, Some(b.clone())).is_none(),
-            "worse path"
-        );
-        let ch = rib.update(p, a.source, None).expect("best moved");
+        assert!(rib.update(p, a.source, Some(a.clone())).best_changed);
+        assert!(!rib.update(p, a.source, Some(a.clone())).best_changed, "same path");
+        let u = rib.update(p, b.source, Some(b.clone()));
+        assert!(!u.best_changed && !u.had && u.has, "worse path");
+        assert!(rib.update(p, a.source, None).best_changed, "best moved");
         assert_eq!(
-            ch.best.expect("b remains").best.source,
+            rib.best(&p).expect("b remains").best.source,
             Source::Peer(IpAddr::from([10, 0, 0, 2]))
         );
-        let ch = rib.update(p, b.source, None).expect("gone");
-        assert!(ch.best.is_none());
+        assert_eq!(rib.prefixes_from(b.source), vec![p]);
+        let u = rib.update(p, b.source, None);
+        assert!(u.best_changed && u.had && !u.has);
+        assert!(rib.best(&p).is_none());
         assert!(rib.is_empty());
     }
 }

@@ -8,7 +8,7 @@
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
 use crate::message::{Family, NextHop, PathAttributes, Reach, Update};
 use crate::policy::{self, ExportTarget};
-use crate::rib::{AdjRibIn, AdjRibOut, Best, Candidate, Change, LocRib, Route, Source};
+use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -72,8 +72,9 @@ pub enum Event {
     },
     /// A peer's session failed or went down, with the reason.
     PeerError { peer: IpAddr, reason: DownReason },
-    /// The Loc-RIB selection for a prefix changed.
-    Route(Change),
+    /// Loc-RIB selections that changed (one entry per prefix, coalesced over a batch).
+    /// Built by the driver from [`Speaker::take_changes`], never queued per prefix.
+    Routes(Vec<Change>),
 }
 
 /// Counters and times of one peer, for status and metrics.
@@ -103,7 +104,8 @@ struct Peer {
     config: PeerConfig,
     session: Session,
     ebgp: bool,
-    adj_in: AdjRibIn,
+    /// Size of this peer's Adj-RIB-In (its paths live in the Loc-RIB's candidate table).
+    received: usize,
     adj_out: AdjRibOut,
     /// Local socket address of each live connection (for next-hop-self).
     local_addrs: HashMap<ConnId, SocketAddr>,
@@ -124,6 +126,8 @@ pub struct Speaker {
     originated: BTreeMap<IpNet, Arc<Route>>,
     /// Prefixes whose Loc-RIB selection changed since the last flush.
     dirty: Vec<IpNet>,
+    /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
+    changed: Option<Vec<IpNet>>,
     events: VecDeque<Event>,
 }
 
@@ -135,6 +139,7 @@ impl Speaker {
             loc_rib: LocRib::default(),
             originated: BTreeMap::new(),
             dirty: Vec::new(),
+            changed: None,
             events: VecDeque::new(),
         }
     }
@@ -172,7 +177,7 @@ impl Speaker {
                 config,
                 session,
                 ebgp,
-                adj_in: AdjRibIn::default(),
+                received: 0,
                 adj_out: AdjRibOut::default(),
                 local_addrs: HashMap::new(),
                 full_sync: HashSet::new(),
@@ -337,9 +342,33 @@ impl Speaker {
         self.events.pop_front()
     }
 
+    /// Start (or stop) collecting Loc-RIB changes for [`Speaker::take_changes`].
+    pub fn track_changes(&mut self, on: bool) {
+        self.changed = on.then(Vec::new);
+    }
+
+    /// The Loc-RIB changes since the last call, one per prefix with its current selection.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let Some(changed) = self.changed.as_mut() else {
+            return Vec::new();
+        };
+        let mut prefixes = std::mem::take(changed);
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        prefixes
+            .into_iter()
+            .map(|prefix| Change {
+                prefix,
+                best: self.loc_rib.best(&prefix),
+            })
+            .collect()
+    }
+
     /// Turns the route changes since the last flush into UPDATEs for every Established peer.
     pub fn flush(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
         let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
             self.flush_peer(addr, &dirty);
@@ -371,7 +400,7 @@ impl Speaker {
             .values()
             .map(|p| {
                 let mut stats = p.stats.clone();
-                stats.prefixes_received = p.adj_in.len();
+                stats.prefixes_received = p.received;
                 stats.prefixes_sent = p.adj_out.len();
                 PeerStatus {
                     config: p.config.clone(),
@@ -390,9 +419,18 @@ impl Speaker {
             .collect()
     }
 
-    /// The Adj-RIB-In of a peer.
-    pub fn adj_rib_in(&self, peer: &IpAddr) -> Option<&AdjRibIn> {
-        self.peers.get(peer).map(|p| &p.adj_in)
+    /// The Adj-RIB-In of a peer (after import policy).
+    pub fn adj_rib_in(&self, peer: IpAddr) -> Vec<(IpNet, Arc<Route>)> {
+        let source = Source::Peer(peer);
+        self.loc_rib
+            .prefixes_from(source)
+            .into_iter()
+            .filter_map(|p| {
+                self.loc_rib
+                    .candidate(&p, source)
+                    .map(|c| (p, c.route.clone()))
+            })
+            .collect()
     }
 
     // ----- internals -----
@@ -483,11 +521,10 @@ impl Speaker {
     }
 
     fn flush_peer_routes(&mut self, addr: IpAddr) {
-        let prefixes = match self.peers.get_mut(&addr) {
-            Some(p) => p.adj_in.drain(),
-            None => return,
-        };
-        for prefix in prefixes {
+        if !self.peers.contains_key(&addr) {
+            return;
+        }
+        for prefix in self.loc_rib.prefixes_from(Source::Peer(addr)) {
             self.rib_update(prefix, Source::Peer(addr), None);
         }
     }
@@ -509,11 +546,9 @@ impl Speaker {
             .as_ref()
             .map(|n| n.peer_open.bgp_id)
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let mut changes: Vec<(IpNet, Option<Candidate>)> = Vec::new();
+        let source = Source::Peer(addr);
         for prefix in &u.withdrawn {
-            if p.adj_in.remove(prefix) {
-                changes.push((*prefix, None));
-            }
+            self.rib_update(*prefix, source, None);
         }
         if let Some(attrs) = &u.attributes {
             for reach in &u.reach {
@@ -526,48 +561,39 @@ impl Speaker {
                     if !families.contains(&Family::of(prefix)) {
                         continue;
                     }
-                    match &imported {
-                        Ok(route) => {
-                            if p.adj_in.insert(*prefix, route.clone()) {
-                                changes.push((
-                                    *prefix,
-                                    Some(Candidate {
-                                        source: Source::Peer(addr),
-                                        route: route.clone(),
-                                        ebgp,
-                                        peer_id,
-                                    }),
-                                ));
-                            }
-                        }
-                        Err(_) => {
-                            if p.adj_in.remove(prefix) {
-                                changes.push((*prefix, None));
-                            }
-                        }
-                    }
+                    let cand = imported.as_ref().ok().map(|route| Candidate {
+                        source,
+                        route: route.clone(),
+                        ebgp,
+                        peer_id,
+                    });
+                    self.rib_update(*prefix, source, cand);
                 }
             }
-        }
-        for (prefix, cand) in changes {
-            self.rib_update(prefix, Source::Peer(addr), cand);
         }
     }
 
     fn rib_update(&mut self, prefix: IpNet, source: Source, cand: Option<Candidate>) {
-        if let Some(change) = self.loc_rib.update(prefix, source, cand) {
+        let u = self.loc_rib.update(prefix, source, cand);
+        if let Source::Peer(a) = source {
+            if let Some(p) = self.peers.get_mut(&a) {
+                p.received = p.received + usize::from(u.has) - usize::from(u.had);
+            }
+        }
+        if u.best_changed {
             self.dirty.push(prefix);
-            self.events.push_back(Event::Route(change));
+            if let Some(c) = self.changed.as_mut() {
+                c.push(prefix);
+            }
         }
     }
 
     fn export_for(&self, p: &Peer, target: &ExportTarget, prefix: &IpNet) -> Option<Arc<Route>> {
-        let best: &Best = self.loc_rib.best(prefix)?;
-        let source = best.best.source;
+        let best = self.loc_rib.best_candidate(prefix)?;
         let out = policy::export(
-            &best.best.route,
-            source,
-            best.best.ebgp,
+            &best.route,
+            best.source,
+            best.ebgp,
             matches!(prefix, IpNet::V6(_)),
             target,
         )?;
@@ -590,18 +616,20 @@ impl Speaker {
         let full: HashSet<Family> = p.full_sync.clone();
         // The prefixes to look at: every Loc-RIB prefix of a fully resynced family plus
         // what was advertised before in it, and the dirty ones of the others.
+        // Each prefix once: the whole Loc-RIB of a family being resynced plus what was
+        // advertised there and is gone now, and the (deduplicated) dirty prefixes of the
+        // other families.
         let mut todo: Vec<IpNet> = Vec::new();
         if !full.is_empty() {
             todo.extend(
                 self.loc_rib
-                    .iter()
-                    .map(|(p, _)| *p)
+                    .prefixes()
                     .filter(|q| full.contains(&Family::of(q))),
             );
             todo.extend(
                 p.adj_out
                     .prefixes()
-                    .filter(|q| full.contains(&Family::of(q)))
+                    .filter(|q| full.contains(&Family::of(q)) && self.loc_rib.best_candidate(q).is_none())
                     .copied(),
             );
         }
@@ -613,9 +641,8 @@ impl Speaker {
         );
         let mut withdrawn: Vec<IpNet> = Vec::new();
         let mut groups: HashMap<Arc<Route>, Vec<IpNet>> = HashMap::new();
-        let mut seen: HashSet<IpNet> = HashSet::with_capacity(todo.len());
         for prefix in todo {
-            if !families.contains(&Family::of(&prefix)) || !seen.insert(prefix) {
+            if !families.contains(&Family::of(&prefix)) {
                 continue;
             }
             let new = self.export_for(p, &target, &prefix);

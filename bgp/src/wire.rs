@@ -19,9 +19,10 @@
 //! Why not netgauze's own lenient mode (`BgpParsingContext` with `fail_on_* = false`):
 //! after an ORIGIN/AS_PATH error it does not skip the attribute (`take_slice(0)`), so the
 //! rest of the list is parsed misaligned; it cannot tell RFC 7606's three actions apart;
-//! it rejects multicast NLRI (RFC 4271 says ignore, not reset), unknown MP_REACH families
-//! and IPv6 next-hop lengths other than 16/32 are not checked. See the module tests for the
-//! exact outcome of each error class.
+//! it rejects multicast NLRI (RFC 4271 says ignore, not reset); it fails on an MP_REACH
+//! for an AFI/SAFI it does not know (we ignore those NLRI); and it does not check the IPv6
+//! next-hop length (anything but 32 is read as 16, misaligning the NLRI). The module tests
+//! give the exact outcome of each error class.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -127,6 +128,11 @@ pub enum WireError {
     DuplicateReach(Family),
     #[error("an End-of-RIB UPDATE must not carry prefixes or attributes")]
     EndOfRibNotEmpty,
+    #[error(
+        "an UPDATE with nothing in it is the IPv4 End-of-RIB marker: \
+         use Update::end_of_rib(Family::Ipv4Unicast) if that is meant"
+    )]
+    EmptyUpdate,
     #[error("an AS_SET of {0} members does not fit one segment (at most 255)")]
     AsSetTooLarge(usize),
     #[error("{0} is not a unicast prefix; the codec only encodes unicast NLRI")]
@@ -183,8 +189,8 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Notification> {
 /// Two cases do not map onto [`Message`] directly:
 /// - a ROUTE-REFRESH to ignore (unknown AFI/SAFI or non-zero subtype, see [`Ignored`])
 ///   decodes to an empty `Message::Update(Update::default())`: a no-op in Established (it
-///   changes no route) and an FSM error elsewhere, as a ROUTE-REFRESH would be. Use
-///   [`decode_message`] to tell it apart.
+///   changes no route); outside Established it is an unexpected UPDATE. Use
+///   [`decode_message`] to tell it apart and simply drop it.
 /// - a NOTIFICATION never yields `Err` (RFC 4271 §6.4: an error in a NOTIFICATION cannot be
 ///   reported); one too short to hold code and subcode reads the missing octets as 0.
 pub fn decode(msg: &[u8], ctx: &SessionContext) -> Result<Message, Notification> {
@@ -576,7 +582,7 @@ fn encode_open(o: &Open) -> Result<BgpMessage, WireError> {
         vec![BgpOpenMessageParameter::Capabilities(caps.into())]
     };
     let params_len: usize = params.iter().map(|p| p.len()).sum();
-    if params_len > 255 || params.iter().any(|p| p.len() > 257) {
+    if params_len > 255 {
         return Err(WireError::OpenParametersTooLong(params_len));
     }
     Ok(BgpMessage::Open(BgpOpenMessage::new(
@@ -633,6 +639,8 @@ fn encode_notification(n: &Notification) -> Result<Vec<u8>, WireError> {
 
 /// One path attribute as framed on the wire.
 struct RawAttr<'a> {
+    /// As received; the four low-order bits are unused and ignored (RFC 4271 §4.3), so
+    /// they are cleared when the attribute is kept in [`PathAttributes::other`].
     flags: u8,
     code: u8,
     value: &'a [u8],
@@ -785,12 +793,15 @@ fn decode_update(body: &[u8], ctx: &SessionContext) -> Result<Update, Notificati
     if let Some((_, p)) = c.mp_unreach.take() {
         withdrawn.extend(p);
     }
+    // IPv4 first, then IPv6, each in message order (the order `encode` writes them).
+    withdrawn.sort_by_key(|p| matches!(p, IpNet::V6(_)));
 
     if withdraw {
         withdrawn.extend(nlri);
         if let Some((_, _, p)) = c.mp_reach {
             withdrawn.extend(p);
         }
+        withdrawn.sort_by_key(|p| matches!(p, IpNet::V6(_)));
         return Ok(Update {
             withdrawn,
             attributes: None,
@@ -1020,7 +1031,7 @@ fn attribute(
         }
         // RFC 7606 §7.8: a non-zero multiple of 4.
         COMMUNITIES => {
-            if !(optional_transitive && len > 0 && len % 4 == 0) {
+            if !(optional_transitive && len > 0 && len.is_multiple_of(4)) {
                 return Ok(Verdict::Withdraw);
             }
             match ng_parse(a, ng_ctx) {
@@ -1046,7 +1057,7 @@ fn attribute(
         }
         // RFC 7606 §7.10: a non-zero multiple of 4.
         CLUSTER_LIST => {
-            if !(optional_non_transitive && len > 0 && len % 4 == 0) {
+            if !(optional_non_transitive && len > 0 && len.is_multiple_of(4)) {
                 return Ok(Verdict::Withdraw);
             }
             match ng_parse(a, ng_ctx) {
@@ -1105,14 +1116,14 @@ fn attribute(
         EXTENDED_COMMUNITIES | IPV6_EXTENDED_COMMUNITIES | LARGE_COMMUNITIES | ONLY_TO_CUSTOMER => {
             let ok = optional_transitive
                 && match a.code {
-                    EXTENDED_COMMUNITIES => len > 0 && len % 8 == 0,
-                    IPV6_EXTENDED_COMMUNITIES => len > 0 && len % 20 == 0,
-                    LARGE_COMMUNITIES => len > 0 && len % 12 == 0,
+                    EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(8),
+                    IPV6_EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(20),
+                    LARGE_COMMUNITIES => len > 0 && len.is_multiple_of(12),
                     _ => len == 4,
                 };
             if ok {
                 c.other.push(RawAttribute {
-                    flags: a.flags,
+                    flags: a.flags & 0xf0,
                     type_code: a.code,
                     value: a.value.to_vec(),
                 });
@@ -1130,7 +1141,7 @@ fn attribute(
             }
             if transitive {
                 c.other.push(RawAttribute {
-                    flags: a.flags,
+                    flags: a.flags & 0xf0,
                     type_code: code,
                     value: a.value.to_vec(),
                 });
@@ -1207,7 +1218,7 @@ fn decode_mp_unreach(a: &RawAttr<'_>) -> Result<Option<(Family, Vec<IpNet>)>, No
 /// AS4_PATH (RFC 6793 §6). `None` when malformed (the caller discards the attribute);
 /// confederation segments are dropped as the RFC says.
 fn parse_as4_path(value: &[u8]) -> Option<Vec<AsSegment>> {
-    if value.len() < 6 || value.len() % 2 != 0 {
+    if value.len() < 6 || !value.len().is_multiple_of(2) {
         return None;
     }
     let mut r = Reader::new(value);
@@ -1270,12 +1281,14 @@ pub fn merge_as4_path(as_path: Vec<AsSegment>, as4_path: Vec<AsSegment>) -> Vec<
             }
         }
     }
-    for seg in as4_path {
-        match (out.last_mut(), seg) {
-            (Some(AsSegment::Sequence(last)), AsSegment::Sequence(v)) => last.extend(v),
-            (_, seg) => out.push(seg),
-        }
+    // Join the two halves into one sequence where they meet (cosmetic: same path).
+    let mut as4 = as4_path.into_iter();
+    match (out.last_mut(), as4.next()) {
+        (Some(AsSegment::Sequence(last)), Some(AsSegment::Sequence(v))) => last.extend(v),
+        (_, Some(seg)) => out.push(seg),
+        (_, None) => {}
     }
+    out.extend(as4);
     out
 }
 
@@ -1340,6 +1353,9 @@ fn encode_update(u: &Update, ctx: &SessionContext) -> Result<Vec<u8>, WireError>
             return Err(WireError::EndOfRibNotEmpty);
         }
         return Ok(end_of_rib(f, ctx));
+    }
+    if u.withdrawn.is_empty() && u.reach.is_empty() && u.attributes.is_none() {
+        return Err(WireError::EmptyUpdate);
     }
     let mut w4 = Vec::new();
     let mut w6 = Vec::new();
@@ -1487,12 +1503,19 @@ fn encode_attributes(
         let agg = if ctx.four_octet_as {
             ng::Aggregator::As4Aggregator(ng::As4Aggregator::new(asn, ip))
         } else {
-            if asn > 0xffff {
+            // RFC 6793 §4.2.3: a receiver ignores AS4_PATH unless AGGREGATOR is AS_TRANS,
+            // so AS4_AGGREGATOR also goes out whenever AS4_PATH does.
+            if asn > 0xffff || as4_path.is_some() {
                 let mut v = asn.to_be_bytes().to_vec();
                 v.extend_from_slice(&ip.octets());
                 as4_aggregator = Some(v);
             }
-            ng::Aggregator::As2Aggregator(ng::As2Aggregator::new(as2(asn), ip))
+            let wire_asn = if as4_aggregator.is_some() {
+                AS_TRANS
+            } else {
+                as2(asn)
+            };
+            ng::Aggregator::As2Aggregator(ng::As2Aggregator::new(wire_asn, ip))
         };
         attrs.push(ng_attr(
             true,
@@ -1775,4 +1798,1210 @@ fn pack_with(
         start = end;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const AS4: SessionContext = SessionContext {
+        four_octet_as: true,
+    };
+    const AS2: SessionContext = SessionContext {
+        four_octet_as: false,
+    };
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test prefix")
+    }
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse().expect("test address"))
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("test address")
+    }
+
+    fn roundtrip(msg: &Message, ctx: &SessionContext) -> Message {
+        let bytes = encode(msg, ctx).expect("encode");
+        assert_eq!(frame_len(&bytes), Ok(Some(bytes.len())));
+        decode(&bytes, ctx).expect("decode")
+    }
+
+    fn full_attrs() -> PathAttributes {
+        PathAttributes {
+            origin: Origin::Incomplete,
+            as_path: vec![
+                AsSegment::Sequence(vec![65001, 4_200_000_001, 65002]),
+                AsSegment::Set(vec![65010, 4_200_000_010]),
+            ],
+            med: Some(50),
+            local_pref: Some(200),
+            atomic_aggregate: true,
+            aggregator: Some((4_200_000_099, "192.0.2.99".parse().expect("ip"))),
+            communities: vec![0xfde8_0001, 0xffff_ff01],
+            originator_id: Some("192.0.2.7".parse().expect("ip")),
+            cluster_list: vec![
+                "192.0.2.8".parse().expect("ip"),
+                "192.0.2.9".parse().expect("ip"),
+            ],
+            other: vec![
+                RawAttribute {
+                    flags: 0xc0,
+                    type_code: attr_type::EXTENDED_COMMUNITIES,
+                    value: vec![0, 2, 0xfd, 0xe8, 0, 0, 0, 1],
+                },
+                RawAttribute {
+                    flags: 0xe0,
+                    type_code: 99,
+                    value: vec![1, 2, 3],
+                },
+            ],
+        }
+    }
+
+    fn simple_attrs(asn: u32) -> PathAttributes {
+        PathAttributes {
+            as_path: vec![AsSegment::Sequence(vec![asn])],
+            ..Default::default()
+        }
+    }
+
+    // ----- helpers to hand-craft bytes -----
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = MARKER.to_vec();
+        m.extend_from_slice(&u16::try_from(19 + body.len()).expect("len").to_be_bytes());
+        m.push(kind);
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn update(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+        let mut b = u16::try_from(withdrawn.len())
+            .expect("len")
+            .to_be_bytes()
+            .to_vec();
+        b.extend_from_slice(withdrawn);
+        b.extend_from_slice(&u16::try_from(attrs.len()).expect("len").to_be_bytes());
+        b.extend_from_slice(attrs);
+        b.extend_from_slice(nlri);
+        message(msg_type::UPDATE, &b)
+    }
+
+    fn attr(flags: u8, code: u8, value: &[u8]) -> Vec<u8> {
+        let mut a = vec![flags, code];
+        if flags & attr_flags::EXTENDED_LENGTH != 0 {
+            a.extend_from_slice(&u16::try_from(value.len()).expect("len").to_be_bytes());
+        } else {
+            a.push(u8::try_from(value.len()).expect("len"));
+        }
+        a.extend_from_slice(value);
+        a
+    }
+
+    fn origin_igp() -> Vec<u8> {
+        attr(0x40, 1, &[0])
+    }
+    fn as_path4(asns: &[u32]) -> Vec<u8> {
+        let mut v = vec![2, u8::try_from(asns.len()).expect("len")];
+        for a in asns {
+            v.extend_from_slice(&a.to_be_bytes());
+        }
+        attr(0x40, 2, &v)
+    }
+    fn as_path2(asns: &[u16]) -> Vec<u8> {
+        let mut v = vec![2, u8::try_from(asns.len()).expect("len")];
+        for a in asns {
+            v.extend_from_slice(&a.to_be_bytes());
+        }
+        attr(0x40, 2, &v)
+    }
+    fn next_hop() -> Vec<u8> {
+        attr(0x40, 3, &[192, 0, 2, 1])
+    }
+    /// 10.0.0.0/24 and 10.1.0.0/16
+    const NLRI: [u8; 7] = [24, 10, 0, 0, 16, 10, 1];
+
+    fn valid_attrs() -> Vec<u8> {
+        [origin_igp(), as_path4(&[65001]), next_hop()].concat()
+    }
+
+    fn decode_update_bytes(b: &[u8], ctx: &SessionContext) -> Result<Update, Notification> {
+        match decode(b, ctx)? {
+            Message::Update(u) => Ok(u),
+            other => panic!("not an UPDATE: {other:?}"),
+        }
+    }
+
+    /// Treat-as-withdraw of the two NLRI prefixes.
+    fn assert_withdrawn(res: Result<Update, Notification>) {
+        let u = res.expect("treat-as-withdraw is not a session reset");
+        assert_eq!(
+            u,
+            Update {
+                withdrawn: vec![net("10.0.0.0/24"), net("10.1.0.0/16")],
+                attributes: None,
+                reach: vec![],
+                end_of_rib: None,
+                treat_as_withdraw: true,
+            }
+        );
+    }
+
+    fn assert_reset(res: Result<Update, Notification>, code: u8, subcode: u8, data: &[u8]) {
+        let n = res.expect_err("session reset expected");
+        assert_eq!(
+            (n.code, n.subcode, n.data.as_slice()),
+            (code, subcode, data)
+        );
+    }
+
+    // ----- round trips -----
+
+    #[test]
+    fn keepalive_roundtrip() {
+        let b = encode(&Message::Keepalive, &AS4).expect("encode");
+        assert_eq!(b, message(msg_type::KEEPALIVE, &[]));
+        assert_eq!(decode(&b, &AS4), Ok(Message::Keepalive));
+    }
+
+    #[test]
+    fn notification_roundtrip_any_code() {
+        for n in [
+            Notification::with_data(6, 2, b"maintenance".to_vec()),
+            Notification::new(4, 0),
+            Notification::with_data(0xaa, 0xbb, vec![1, 2, 3]),
+            Notification::new(6, 9),
+        ] {
+            let m = Message::Notification(n);
+            assert_eq!(roundtrip(&m, &AS4), m);
+        }
+        let too_big = Notification::with_data(6, 2, vec![0; 4096]);
+        assert_eq!(
+            encode(&Message::Notification(too_big), &AS4),
+            Err(WireError::TooLong(4096 + 21))
+        );
+    }
+
+    #[test]
+    fn route_refresh_roundtrip() {
+        for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+            let m = Message::RouteRefresh(f);
+            let b = encode(&m, &AS4).expect("encode");
+            let (afi, safi) = f.afi_safi();
+            let [hi, lo] = afi.to_be_bytes();
+            assert_eq!(b, message(msg_type::ROUTE_REFRESH, &[hi, lo, 0, safi]));
+            assert_eq!(decode(&b, &AS4), Ok(m));
+        }
+    }
+
+    #[test]
+    fn open_roundtrip_all_capabilities() {
+        let open = Open {
+            version: 4,
+            my_as: AS_TRANS,
+            hold_time: 90,
+            bgp_id: "198.18.0.1".parse().expect("ip"),
+            capabilities: Capabilities {
+                multiprotocol: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+                route_refresh: true,
+                enhanced_route_refresh: true,
+                four_octet_as: Some(4_200_000_001),
+                graceful_restart: Some(GracefulRestart {
+                    restarting: true,
+                    restart_time: 120,
+                    families: vec![(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, false)],
+                }),
+                unknown: vec![],
+            },
+        };
+        let m = Message::Open(open.clone());
+        for ctx in [AS2, AS4] {
+            assert_eq!(roundtrip(&m, &ctx), m);
+        }
+        assert_eq!(open.asn(), 4_200_000_001);
+        let bare = Message::Open(Open {
+            capabilities: Capabilities::default(),
+            my_as: 65001,
+            ..open
+        });
+        assert_eq!(roundtrip(&bare, &AS4), bare);
+    }
+
+    #[test]
+    fn open_unknown_capabilities_and_families() {
+        let caps = [
+            // multiprotocol IPv4 flowspec (1/133): known to nobody here, dropped
+            vec![1, 4, 0, 1, 0, 133],
+            // multiprotocol AFI 99 SAFI 1: unknown to netgauze too, dropped
+            vec![1, 4, 0, 99, 0, 1],
+            vec![1, 4, 0, 2, 0, 1],
+            vec![128, 0],            // Cisco route refresh
+            vec![73, 3, 1, b'a', 0], // FQDN
+            vec![73, 3, 1, b'b', 0], // repeated: listed once
+            // graceful restart with an unknown family (AFI 25 SAFI 70) and IPv4 unicast
+            vec![64, 10, 0x80, 90, 0, 25, 70, 0x80, 0, 1, 1, 0x80],
+        ]
+        .concat();
+        let mut body = vec![4, 0xfd, 0xe9, 0, 3, 0, 0, 0, 0];
+        body.push(u8::try_from(caps.len() + 2).expect("len"));
+        body.extend_from_slice(&[2, u8::try_from(caps.len()).expect("len")]);
+        body.extend_from_slice(&caps);
+        let open = match decode(&message(msg_type::OPEN, &body), &AS2) {
+            Ok(Message::Open(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        // No semantic checks: hold time 3 and BGP identifier 0.0.0.0 pass through.
+        assert_eq!(open.hold_time, 3);
+        assert_eq!(open.bgp_id, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(open.my_as, 65001);
+        assert_eq!(
+            open.capabilities,
+            Capabilities {
+                multiprotocol: vec![Family::Ipv6Unicast],
+                unknown: vec![128, 73],
+                graceful_restart: Some(GracefulRestart {
+                    restarting: true,
+                    restart_time: 90,
+                    families: vec![(Family::Ipv4Unicast, true)],
+                }),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn open_extended_optional_parameters_rfc9072() {
+        // Non-Ext OP Len 255, Non-Ext OP Type 255, Ext length, then type + 2-octet length.
+        let caps = [vec![2, 0], vec![65, 4, 0, 0, 0xfd, 0xe9]].concat();
+        let mut body = vec![4, 0xfd, 0xe9, 0, 90, 1, 2, 3, 4, 255, 255];
+        body.extend_from_slice(&u16::try_from(caps.len() + 3).expect("len").to_be_bytes());
+        body.push(2);
+        body.extend_from_slice(&u16::try_from(caps.len()).expect("len").to_be_bytes());
+        body.extend_from_slice(&caps);
+        match decode(&message(msg_type::OPEN, &body), &AS2) {
+            Ok(Message::Open(o)) => {
+                assert!(o.capabilities.route_refresh);
+                assert_eq!(o.capabilities.four_octet_as, Some(65001));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_roundtrip_ipv4_both_as_widths() {
+        let u = Update {
+            withdrawn: vec![net("10.9.0.0/16"), net("10.8.8.0/24")],
+            attributes: Some(full_attrs()),
+            reach: vec![Reach {
+                next_hop: NextHop::new(v4("198.18.0.1")),
+                prefixes: vec![net("10.0.0.0/24"), net("10.244.1.0/26"), net("0.0.0.0/0")],
+            }],
+            end_of_rib: None,
+            treat_as_withdraw: false,
+        };
+        let m = Message::Update(u);
+        for ctx in [AS4, AS2] {
+            assert_eq!(roundtrip(&m, &ctx), m, "ctx {ctx:?}");
+        }
+        // The 2-octet encoding carries AS_TRANS plus AS4_PATH and AS4_AGGREGATOR.
+        let b = encode(&m, &AS2).expect("encode");
+        let wlen = usize::from(u16::from_be_bytes([b[19], b[20]]));
+        let alen = usize::from(u16::from_be_bytes([b[21 + wlen], b[22 + wlen]]));
+        let (scanned, overrun) = scan_attributes(&b[23 + wlen..23 + wlen + alen]);
+        assert!(!overrun);
+        let codes: Vec<u8> = scanned.iter().map(|a| a.code).collect();
+        assert_eq!(codes, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17, 18, 16, 99]);
+        let as_path = &scanned[1];
+        assert_eq!(
+            as_path.value,
+            &[2, 3, 0xfd, 0xe9, 0x5b, 0xa0, 0xfd, 0xea, 1, 2, 0xfd, 0xf2, 0x5b, 0xa0][..]
+        );
+    }
+
+    #[test]
+    fn update_roundtrip_2_octet_session_with_2_octet_aggregator() {
+        // AS4_PATH is only honoured next to AGGREGATOR = AS_TRANS (RFC 6793 §4.2.3), so
+        // the encoder sends AS4_AGGREGATOR even for a mappable aggregator AS.
+        let attrs = PathAttributes {
+            as_path: vec![AsSegment::Sequence(vec![65001, 4_200_000_001])],
+            aggregator: Some((65010, "192.0.2.10".parse().expect("ip"))),
+            ..Default::default()
+        };
+        let m = Message::Update(Update {
+            attributes: Some(attrs),
+            reach: vec![Reach {
+                next_hop: NextHop::new(v4("198.18.0.1")),
+                prefixes: vec![net("10.0.0.0/24")],
+            }],
+            ..Default::default()
+        });
+        assert_eq!(roundtrip(&m, &AS2), m);
+    }
+
+    #[test]
+    fn update_roundtrip_ipv6_link_local_and_withdrawals() {
+        for link_local in [None, Some(v6("fe80::1"))] {
+            let u = Update {
+                withdrawn: vec![net("10.7.0.0/16"), net("fd00:10:244:9::/64")],
+                attributes: Some(simple_attrs(65001)),
+                reach: vec![Reach {
+                    next_hop: NextHop {
+                        address: IpAddr::V6(v6("fd00::1")),
+                        link_local,
+                    },
+                    prefixes: vec![
+                        net("fd00:10:244:1::/64"),
+                        net("fd00:10:244:2::/80"),
+                        net("::/0"),
+                    ],
+                }],
+                end_of_rib: None,
+                treat_as_withdraw: false,
+            };
+            let m = Message::Update(u);
+            assert_eq!(roundtrip(&m, &AS4), m);
+        }
+    }
+
+    #[test]
+    fn end_of_rib_both_families() {
+        for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+            let b = end_of_rib(f, &AS4);
+            assert_eq!(frame_len(&b), Ok(Some(b.len())));
+            assert_eq!(decode(&b, &AS4), Ok(Message::Update(Update::end_of_rib(f))));
+            assert_eq!(encode(&Message::Update(Update::end_of_rib(f)), &AS4), Ok(b));
+        }
+        assert_eq!(end_of_rib(Family::Ipv4Unicast, &AS4).len(), 23);
+        // An empty MP_UNREACH for IPv4 unicast is also an IPv4 End-of-RIB.
+        let b = update(&[], &attr(0x80, 15, &[0, 1, 1]), &[]);
+        assert_eq!(
+            decode(&b, &AS4),
+            Ok(Message::Update(Update::end_of_rib(Family::Ipv4Unicast)))
+        );
+        assert_eq!(
+            encode(&Message::Update(Update::default()), &AS4),
+            Err(WireError::EmptyUpdate)
+        );
+        let mut bad = Update::end_of_rib(Family::Ipv6Unicast);
+        bad.withdrawn.push(net("fd00::/64"));
+        assert_eq!(
+            encode(&Message::Update(bad), &AS4),
+            Err(WireError::EndOfRibNotEmpty)
+        );
+    }
+
+    #[test]
+    fn as4_path_merge_rfc6793() {
+        // AS_PATH 65001 23456 23456 65002 + AS4_PATH 4200000001 4200000002 65002
+        let as4 = |asns: &[u32]| {
+            let mut v = vec![2, u8::try_from(asns.len()).expect("len")];
+            for a in asns {
+                v.extend_from_slice(&a.to_be_bytes());
+            }
+            attr(0xc0, 17, &v)
+        };
+        let attrs = [
+            origin_igp(),
+            as_path2(&[65001, AS_TRANS, AS_TRANS, 65002]),
+            next_hop(),
+            as4(&[4_200_000_001, 4_200_000_002, 65002]),
+        ]
+        .concat();
+        let u = decode_update_bytes(&update(&[], &attrs, &NLRI), &AS2).expect("ok");
+        assert_eq!(
+            u.attributes.expect("attrs").as_path,
+            vec![AsSegment::Sequence(vec![
+                65001,
+                4_200_000_001,
+                4_200_000_002,
+                65002
+            ])]
+        );
+        // AS4_PATH longer than AS_PATH: ignored.
+        let attrs = [
+            origin_igp(),
+            as_path2(&[AS_TRANS]),
+            next_hop(),
+            as4(&[4_200_000_001, 4_200_000_002]),
+        ]
+        .concat();
+        let u = decode_update_bytes(&update(&[], &attrs, &NLRI), &AS2).expect("ok");
+        assert_eq!(
+            u.attributes.expect("attrs").as_path,
+            vec![AsSegment::Sequence(vec![u32::from(AS_TRANS)])]
+        );
+        // AGGREGATOR with a real AS: AS4_PATH and AS4_AGGREGATOR are ignored.
+        let attrs = [
+            origin_igp(),
+            as_path2(&[65001, AS_TRANS]),
+            next_hop(),
+            attr(0xc0, 7, &[0xfd, 0xe9, 192, 0, 2, 5]),
+            as4(&[4_200_000_001]),
+            attr(0xc0, 18, &[0xfa, 0x56, 0xea, 0x01, 192, 0, 2, 6]),
+        ]
+        .concat();
+        let a = decode_update_bytes(&update(&[], &attrs, &NLRI), &AS2)
+            .expect("ok")
+            .attributes
+            .expect("attrs");
+        assert_eq!(a.as_path, vec![AsSegment::Sequence(vec![65001, 23456])]);
+        assert_eq!(
+            a.aggregator,
+            Some((65001, "192.0.2.5".parse().expect("ip")))
+        );
+        // AGGREGATOR with AS_TRANS: AS4_AGGREGATOR replaces it and AS4_PATH merges.
+        let attrs = [
+            origin_igp(),
+            as_path2(&[65001, AS_TRANS]),
+            next_hop(),
+            attr(0xc0, 7, &[0x5b, 0xa0, 192, 0, 2, 5]),
+            as4(&[4_200_000_001]),
+            attr(0xc0, 18, &[0xfa, 0x56, 0xea, 0x01, 192, 0, 2, 6]),
+        ]
+        .concat();
+        let a = decode_update_bytes(&update(&[], &attrs, &NLRI), &AS2)
+            .expect("ok")
+            .attributes
+            .expect("attrs");
+        assert_eq!(
+            a.as_path,
+            vec![AsSegment::Sequence(vec![65001, 4_200_000_001])]
+        );
+        assert_eq!(
+            a.aggregator,
+            Some((4_200_000_001, "192.0.2.6".parse().expect("ip")))
+        );
+        // Confederation segments in AS4_PATH are dropped, the rest is used.
+        let mut v = vec![3, 1];
+        v.extend_from_slice(&64512u32.to_be_bytes());
+        v.extend_from_slice(&[2, 1]);
+        v.extend_from_slice(&4_200_000_001u32.to_be_bytes());
+        let attrs = [
+            origin_igp(),
+            as_path2(&[65001, AS_TRANS]),
+            next_hop(),
+            attr(0xc0, 17, &v),
+        ]
+        .concat();
+        let a = decode_update_bytes(&update(&[], &attrs, &NLRI), &AS2)
+            .expect("ok")
+            .attributes
+            .expect("attrs");
+        assert_eq!(
+            a.as_path,
+            vec![AsSegment::Sequence(vec![65001, 4_200_000_001])]
+        );
+        // Splitting inside a sequence and keeping a leading SET.
+        let merged = merge_as4_path(
+            vec![
+                AsSegment::Set(vec![1, 2]),
+                AsSegment::Sequence(vec![3, 23456, 23456]),
+            ],
+            vec![AsSegment::Sequence(vec![70000, 80000])],
+        );
+        assert_eq!(
+            merged,
+            vec![
+                AsSegment::Set(vec![1, 2]),
+                AsSegment::Sequence(vec![3, 70000, 80000]),
+            ]
+        );
+    }
+
+    #[test]
+    fn pack_updates_splits_and_decodes_back() {
+        let mut v4s = BTreeSet::new();
+        let mut v6s = BTreeSet::new();
+        for i in 0u32..3000 {
+            let len = [24u8, 32, 20, 28][usize::try_from(i % 4).expect("idx")];
+            let a = Ipv4Addr::from(0x0a00_0000 | (i << 8));
+            v4s.insert(IpNet::V4(Ipv4Net::new(a, len).expect("net").trunc()));
+            let b = Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                0x244,
+                u16::try_from(i).expect("i"),
+                0,
+                0,
+                0,
+                0,
+            );
+            let len6 = [64u8, 128, 48, 96][usize::try_from(i % 4).expect("idx")];
+            v6s.insert(IpNet::V6(Ipv6Net::new(b, len6).expect("net").trunc()));
+        }
+        let v4s: Vec<IpNet> = v4s.into_iter().collect();
+        let v6s: Vec<IpNet> = v6s.into_iter().collect();
+        let attrs = full_attrs();
+        let cases = [
+            (NextHop::new(v4("198.18.0.1")), &v4s),
+            (
+                NextHop {
+                    address: IpAddr::V6(v6("fd00::1")),
+                    link_local: Some(v6("fe80::1")),
+                },
+                &v6s,
+            ),
+        ];
+        for ctx in [AS4, AS2] {
+            for (nh, prefixes) in &cases {
+                let reach = Reach {
+                    next_hop: *nh,
+                    prefixes: (*prefixes).clone(),
+                };
+                let msgs = pack_updates(&[], Some((&attrs, &reach)), &ctx);
+                assert!(msgs.len() > 1, "3000 prefixes need several messages");
+                let mut got = Vec::new();
+                for m in &msgs {
+                    assert!(m.len() <= MAX_MESSAGE_LEN);
+                    let Ok(Message::Update(u)) = decode(m, &ctx) else {
+                        panic!("decode")
+                    };
+                    assert_eq!(u.attributes.as_ref(), Some(&attrs));
+                    assert_eq!(u.reach.len(), 1);
+                    assert_eq!(u.reach[0].next_hop, *nh);
+                    got.extend(u.reach[0].prefixes.iter().copied());
+                }
+                assert_eq!(&got, *prefixes);
+                // Greedy packing fills messages: all but the last are nearly full.
+                for m in &msgs[..msgs.len() - 1] {
+                    assert!(m.len() > MAX_MESSAGE_LEN - 20, "{}", m.len());
+                }
+            }
+            let both: Vec<IpNet> = v4s.iter().chain(v6s.iter()).copied().collect();
+            let msgs = pack_updates(&both, None, &ctx);
+            let mut got = Vec::new();
+            for m in &msgs {
+                assert!(m.len() <= MAX_MESSAGE_LEN);
+                let Ok(Message::Update(u)) = decode(m, &ctx) else {
+                    panic!("decode")
+                };
+                assert!(u.reach.is_empty() && u.attributes.is_none());
+                got.extend(u.withdrawn);
+            }
+            assert_eq!(got, both);
+        }
+    }
+
+    #[test]
+    fn pack_updates_edge_cases() {
+        let attrs = simple_attrs(65001);
+        let reach = Reach {
+            next_hop: NextHop::new(v4("198.18.0.1")),
+            prefixes: vec![net("10.0.0.0/24"), net("224.0.0.0/4"), net("fd00::/64")],
+        };
+        // A multicast prefix is skipped; an IPv6 prefix with an IPv4 next hop makes the
+        // whole announcement fail while withdrawals still go out.
+        let msgs = pack_updates(
+            &[net("10.1.0.0/16"), net("239.1.0.0/16")],
+            Some((&attrs, &reach)),
+            &AS4,
+        );
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(
+            try_pack_updates(&[], Some((&attrs, &reach)), &AS4),
+            Err(WireError::NonUnicastPrefix(net("224.0.0.0/4")))
+        );
+        let ok_reach = Reach {
+            next_hop: NextHop::new(v4("198.18.0.1")),
+            prefixes: vec![net("10.0.0.0/24"), net("224.0.0.0/4")],
+        };
+        let msgs = pack_updates(&[], Some((&attrs, &ok_reach)), &AS4);
+        assert_eq!(msgs.len(), 1);
+        assert!(pack_updates(&[], None, &AS4).is_empty());
+        // Attributes that leave no room for a single prefix.
+        let huge = PathAttributes {
+            communities: (0..1100).collect(),
+            ..simple_attrs(65001)
+        };
+        assert!(matches!(
+            try_pack_updates(&[], Some((&huge, &ok_reach)), &AS4),
+            Err(WireError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn encode_errors() {
+        let reach = |nh: NextHop, p: &str| Reach {
+            next_hop: nh,
+            prefixes: vec![net(p)],
+        };
+        let u = |attributes: Option<PathAttributes>, reach: Vec<Reach>| {
+            Message::Update(Update {
+                attributes,
+                reach,
+                ..Default::default()
+            })
+        };
+        let nh4 = NextHop::new(v4("192.0.2.1"));
+        assert_eq!(
+            encode(&u(None, vec![reach(nh4, "10.0.0.0/8")]), &AS4),
+            Err(WireError::MissingAttributes)
+        );
+        assert!(matches!(
+            encode(
+                &u(Some(simple_attrs(1)), vec![reach(nh4, "fd00::/8")]),
+                &AS4
+            ),
+            Err(WireError::NextHopFamily { .. })
+        ));
+        assert_eq!(
+            encode(
+                &u(
+                    Some(simple_attrs(1)),
+                    vec![reach(nh4, "10.0.0.0/8"), reach(nh4, "11.0.0.0/8")]
+                ),
+                &AS4
+            ),
+            Err(WireError::DuplicateReach(Family::Ipv4Unicast))
+        );
+        let big_set = PathAttributes {
+            as_path: vec![AsSegment::Set((0..300).collect())],
+            ..Default::default()
+        };
+        assert_eq!(
+            encode(&u(Some(big_set), vec![]), &AS4),
+            Err(WireError::AsSetTooLarge(300))
+        );
+        // A 600-AS sequence is split into 255-AS segments and comes back the same.
+        let long = PathAttributes {
+            as_path: vec![AsSegment::Sequence((1..=600).collect())],
+            ..Default::default()
+        };
+        let m = u(Some(long), vec![reach(nh4, "10.0.0.0/8")]);
+        let Message::Update(back) = roundtrip(&m, &AS4) else {
+            panic!()
+        };
+        assert_eq!(back.attributes.expect("attrs").as_path_len(), 600);
+    }
+
+    // ----- frame and header errors -----
+
+    #[test]
+    fn header_errors() {
+        let ka = message(msg_type::KEEPALIVE, &[]);
+        assert_eq!(frame_len(&ka[..10]), Ok(None));
+        assert_eq!(frame_len(&ka[..18]), Ok(None));
+        let mut two = ka.clone();
+        two.extend_from_slice(&ka);
+        assert_eq!(frame_len(&two), Ok(Some(19)));
+        let mut bad = ka.clone();
+        bad[3] = 0;
+        assert_eq!(frame_len(&bad[..5]), Err(Notification::new(1, 1)));
+        assert_eq!(decode(&bad, &AS4), Err(Notification::new(1, 1)));
+        let mut short = ka.clone();
+        short[17] = 18;
+        assert_eq!(
+            frame_len(&short),
+            Err(Notification::with_data(1, 2, vec![0, 18]))
+        );
+        let mut long = ka.clone();
+        long[16] = 0x10;
+        long[17] = 0x01;
+        assert_eq!(
+            frame_len(&long),
+            Err(Notification::with_data(1, 2, vec![0x10, 0x01]))
+        );
+        assert_eq!(
+            decode(&message(7, &[]), &AS4),
+            Err(Notification::with_data(1, 3, vec![7]))
+        );
+        assert_eq!(
+            decode(&message(msg_type::KEEPALIVE, &[0]), &AS4),
+            Err(Notification::with_data(1, 2, vec![0, 20]))
+        );
+        assert_eq!(
+            decode(&message(msg_type::OPEN, &[4; 9]), &AS4),
+            Err(Notification::with_data(1, 2, vec![0, 28]))
+        );
+        assert_eq!(
+            decode(&message(msg_type::UPDATE, &[0, 0, 0]), &AS4),
+            Err(Notification::with_data(1, 2, vec![0, 22]))
+        );
+        // decode wants exactly one message.
+        assert_eq!(
+            decode(&two, &AS4),
+            Err(Notification::with_data(1, 2, vec![0, 19]))
+        );
+        // A NOTIFICATION is never answered with one.
+        assert_eq!(
+            decode(&message(msg_type::NOTIFICATION, &[6]), &AS4),
+            Ok(Message::Notification(Notification::new(6, 0)))
+        );
+    }
+
+    #[test]
+    fn open_errors() {
+        let body = |version: u8, params: &[u8]| {
+            let mut b = vec![version, 0xfd, 0xe9, 0, 90, 1, 2, 3, 4];
+            b.push(u8::try_from(params.len()).expect("len"));
+            b.extend_from_slice(params);
+            message(msg_type::OPEN, &b)
+        };
+        assert_eq!(
+            decode(&body(3, &[]), &AS4),
+            Err(Notification::with_data(2, 1, vec![0, 4]))
+        );
+        assert_eq!(
+            decode(&body(4, &[1, 1, 0]), &AS4),
+            Err(Notification::new(2, 4))
+        );
+        // parameter overruns the parameters field
+        assert_eq!(
+            decode(&body(4, &[2, 5, 2, 0]), &AS4),
+            Err(Notification::new(2, 0))
+        );
+        // capability overruns its parameter
+        assert_eq!(
+            decode(&body(4, &[2, 2, 65, 4]), &AS4),
+            Err(Notification::new(2, 0))
+        );
+        // multiprotocol capability with a wrong length
+        assert_eq!(
+            decode(&body(4, &[2, 5, 1, 3, 0, 1, 0]), &AS4),
+            Err(Notification::new(2, 0))
+        );
+        // route refresh with a value
+        assert_eq!(
+            decode(&body(4, &[2, 3, 2, 1, 0]), &AS4),
+            Err(Notification::new(2, 0))
+        );
+        // bytes after the optional parameters
+        let mut trailing = body(4, &[]);
+        trailing.push(0);
+        trailing[17] += 1;
+        assert_eq!(decode(&trailing, &AS4), Err(Notification::new(2, 0)));
+        // hold time 1 is the FSM's business
+        let mut hold1 = body(4, &[]);
+        hold1[22] = 0;
+        hold1[23] = 1;
+        assert!(matches!(decode(&hold1, &AS4), Ok(Message::Open(o)) if o.hold_time == 1));
+    }
+
+    #[test]
+    fn route_refresh_errors_and_ignored() {
+        for body in [&[0u8, 1, 0][..], &[0, 1, 0, 1, 0]] {
+            let m = message(msg_type::ROUTE_REFRESH, body);
+            assert_eq!(
+                decode(&m, &AS4),
+                Err(Notification::with_data(7, 1, m.clone()))
+            );
+        }
+        let flowspec = message(msg_type::ROUTE_REFRESH, &[0, 1, 0, 133]);
+        assert_eq!(
+            decode_message(&flowspec, &AS4),
+            Ok(Decoded::Ignored(Ignored::RouteRefresh {
+                afi: 1,
+                safi: 133,
+                subtype: 0
+            }))
+        );
+        assert_eq!(
+            decode(&flowspec, &AS4),
+            Ok(Message::Update(Update::default()))
+        );
+        let borr = message(msg_type::ROUTE_REFRESH, &[0, 2, 1, 1]);
+        assert!(matches!(
+            decode_message(&borr, &AS4),
+            Ok(Decoded::Ignored(_))
+        ));
+    }
+
+    // ----- RFC 7606 classes -----
+
+    #[test]
+    fn valid_handcrafted_update() {
+        let u = decode_update_bytes(&update(&[], &valid_attrs(), &NLRI), &AS4).expect("ok");
+        assert!(!u.treat_as_withdraw);
+        assert_eq!(
+            u.reach,
+            vec![Reach {
+                next_hop: NextHop::new(v4("192.0.2.1")),
+                prefixes: vec![net("10.0.0.0/24"), net("10.1.0.0/16")],
+            }]
+        );
+        // Host bits past the prefix length are cleared: 10.1.3.0/23 -> 10.1.2.0/23.
+        let u =
+            decode_update_bytes(&update(&[], &valid_attrs(), &[23, 10, 1, 3]), &AS4).expect("ok");
+        assert_eq!(u.reach[0].prefixes, vec![net("10.1.2.0/23")]);
+        // Multicast NLRI are syntactically fine: kept for policy to judge.
+        let u = decode_update_bytes(&update(&[], &valid_attrs(), &[4, 224]), &AS4).expect("ok");
+        assert_eq!(u.reach[0].prefixes, vec![net("224.0.0.0/4")]);
+    }
+
+    #[test]
+    fn treat_as_withdraw_classes() {
+        let with = |extra: Vec<u8>| update(&[], &[valid_attrs(), extra].concat(), &NLRI);
+        let replace = |attrs: Vec<Vec<u8>>| update(&[], &attrs.concat(), &NLRI);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "ORIGIN undefined value",
+                replace(vec![attr(0x40, 1, &[3]), as_path4(&[1]), next_hop()]),
+            ),
+            (
+                "ORIGIN length 2",
+                replace(vec![attr(0x40, 1, &[0, 0]), as_path4(&[1]), next_hop()]),
+            ),
+            (
+                "ORIGIN flagged optional",
+                replace(vec![attr(0xc0, 1, &[0]), as_path4(&[1]), next_hop()]),
+            ),
+            (
+                "ORIGIN partial bit",
+                replace(vec![attr(0x60, 1, &[0]), as_path4(&[1]), next_hop()]),
+            ),
+            (
+                "AS_PATH zero segment length",
+                replace(vec![origin_igp(), attr(0x40, 2, &[2, 0]), next_hop()]),
+            ),
+            (
+                "AS_PATH undefined segment type",
+                replace(vec![
+                    origin_igp(),
+                    attr(0x40, 2, &[5, 1, 0, 0, 0, 1]),
+                    next_hop(),
+                ]),
+            ),
+            (
+                "AS_PATH confederation segment",
+                replace(vec![
+                    origin_igp(),
+                    attr(0x40, 2, &[3, 1, 0, 0, 0, 1]),
+                    next_hop(),
+                ]),
+            ),
+            (
+                "AS_PATH segment overrun",
+                replace(vec![
+                    origin_igp(),
+                    attr(0x40, 2, &[2, 2, 0, 0, 0, 1]),
+                    next_hop(),
+                ]),
+            ),
+            (
+                "AS_PATH 2-octet in a 4-octet session",
+                replace(vec![origin_igp(), attr(0x40, 2, &[2, 1, 0, 1]), next_hop()]),
+            ),
+            (
+                "NEXT_HOP length 5",
+                replace(vec![
+                    origin_igp(),
+                    as_path4(&[1]),
+                    attr(0x40, 3, &[1, 2, 3, 4, 5]),
+                ]),
+            ),
+            ("MED length 3", with(attr(0x80, 4, &[0, 0, 1]))),
+            ("MED flagged well-known", with(attr(0x40, 4, &[0, 0, 0, 1]))),
+            ("LOCAL_PREF length 2", with(attr(0x40, 5, &[0, 1]))),
+            (
+                "COMMUNITIES length 5",
+                with(attr(0xc0, 8, &[0, 0, 0, 1, 0])),
+            ),
+            ("COMMUNITIES length 0", with(attr(0xc0, 8, &[]))),
+            ("ORIGINATOR_ID length 3", with(attr(0x80, 9, &[1, 2, 3]))),
+            (
+                "CLUSTER_LIST length 6",
+                with(attr(0x80, 10, &[1, 2, 3, 4, 5, 6])),
+            ),
+            ("CLUSTER_LIST length 0", with(attr(0x80, 10, &[]))),
+            (
+                "EXTENDED_COMMUNITIES length 7",
+                with(attr(0xc0, 16, &[0; 7])),
+            ),
+            ("LARGE_COMMUNITIES length 8", with(attr(0xc0, 32, &[0; 8]))),
+            ("missing ORIGIN", replace(vec![as_path4(&[1]), next_hop()])),
+            ("missing AS_PATH", replace(vec![origin_igp(), next_hop()])),
+            (
+                "missing NEXT_HOP",
+                replace(vec![origin_igp(), as_path4(&[1])]),
+            ),
+            ("no attributes at all", replace(vec![])),
+            // RFC 7606 §4: the last attribute overruns the field, or a partial header.
+            (
+                "attribute overruns the field",
+                with(vec![0xc0, 99, 10, 1, 2]),
+            ),
+            ("one stray octet", with(vec![0xc0])),
+            ("extended length header cut", with(vec![0xd0, 99, 0])),
+        ];
+        for (name, bytes) in cases {
+            let res = decode_update_bytes(&bytes, &AS4);
+            assert!(
+                matches!(&res, Ok(u) if u.treat_as_withdraw),
+                "{name}: {res:?}"
+            );
+            assert_withdrawn(res);
+        }
+        // Explicit withdrawals and MP_REACH prefixes are withdrawn too.
+        let mp = attr(
+            0x80,
+            14,
+            &[
+                [0, 2, 1, 16].as_slice(),
+                &[0xfd; 16],
+                &[0, 32, 0xfd, 0, 0, 0x10],
+            ]
+            .concat(),
+        );
+        let b = update(&[8, 11], &[mp, attr(0x40, 1, &[7])].concat(), &[]);
+        let u = decode_update_bytes(&b, &AS4).expect("ok");
+        assert!(u.treat_as_withdraw);
+        assert_eq!(u.withdrawn, vec![net("11.0.0.0/8"), net("fd00:10::/32")]);
+    }
+
+    #[test]
+    fn attribute_discard_classes() {
+        let with = |extra: Vec<u8>| update(&[], &[valid_attrs(), extra].concat(), &NLRI);
+        let expect_kept = |bytes: Vec<u8>, ctx: &SessionContext| {
+            let u = decode_update_bytes(&bytes, ctx).expect("kept");
+            assert!(!u.treat_as_withdraw);
+            assert_eq!(u.reach.len(), 1);
+            assert_eq!(u.reach[0].prefixes.len(), 2);
+            u.attributes.expect("attributes")
+        };
+        // ATOMIC_AGGREGATE with a value: dropped.
+        let a = expect_kept(with(attr(0x40, 6, &[1])), &AS4);
+        assert!(!a.atomic_aggregate);
+        // ATOMIC_AGGREGATE flagged optional: dropped.
+        let a = expect_kept(with(attr(0xc0, 6, &[])), &AS4);
+        assert!(!a.atomic_aggregate);
+        // AGGREGATOR 7 octets, or 6 in a 4-octet session: dropped.
+        let a = expect_kept(with(attr(0xc0, 7, &[0, 0, 0, 1, 1, 2, 3])), &AS4);
+        assert_eq!(a.aggregator, None);
+        let a = expect_kept(with(attr(0xc0, 7, &[0, 1, 1, 2, 3, 4])), &AS4);
+        assert_eq!(a.aggregator, None);
+        // Good AGGREGATOR for comparison.
+        let a = expect_kept(with(attr(0xc0, 7, &[0, 0, 0, 1, 1, 2, 3, 4])), &AS4);
+        assert_eq!(a.aggregator, Some((1, "1.2.3.4".parse().expect("ip"))));
+        // AS4_PATH / AS4_AGGREGATOR between 4-octet speakers: ignored.
+        let mut as4 = vec![2, 1];
+        as4.extend_from_slice(&4_200_000_001u32.to_be_bytes());
+        let a = expect_kept(with(attr(0xc0, 17, &as4)), &AS4);
+        assert_eq!(a.as_path, vec![AsSegment::Sequence(vec![65001])]);
+        // Malformed AS4_PATH / AS4_AGGREGATOR in a 2-octet session: dropped.
+        let two = |extra: Vec<u8>| {
+            update(
+                &[],
+                &[
+                    origin_igp(),
+                    as_path2(&[65001, AS_TRANS]),
+                    next_hop(),
+                    extra,
+                ]
+                .concat(),
+                &NLRI,
+            )
+        };
+        for bad in [
+            attr(0xc0, 17, &[2, 0]),
+            attr(0xc0, 17, &[2, 2, 0, 0, 0, 1]),
+            attr(0xc0, 17, &[9, 1, 0, 0, 0, 1]),
+            attr(0x40, 17, &as4),
+        ] {
+            let a = expect_kept(two(bad), &AS2);
+            assert_eq!(a.as_path, vec![AsSegment::Sequence(vec![65001, 23456])]);
+        }
+        let a = expect_kept(
+            two([
+                attr(0xc0, 7, &[0x5b, 0xa0, 1, 2, 3, 4]),
+                attr(0xc0, 18, &[0, 0, 1]),
+            ]
+            .concat()),
+            &AS2,
+        );
+        assert_eq!(a.aggregator, Some((23456, "1.2.3.4".parse().expect("ip"))));
+        // A repeated attribute: the first is kept.
+        let a = expect_kept(
+            with([attr(0x80, 4, &[0, 0, 0, 1]), attr(0x80, 4, &[0, 0, 0, 2])].concat()),
+            &AS4,
+        );
+        assert_eq!(a.med, Some(1));
+        // Unknown optional transitive kept raw with its flags (unused low bits cleared);
+        // non-transitive dropped.
+        let a = expect_kept(
+            with(
+                [
+                    attr(0xe7, 200, &[9, 9]),
+                    attr(0x80, 201, &[1]),
+                    attr(0xd0, 202, &[5]),
+                ]
+                .concat(),
+            ),
+            &AS4,
+        );
+        assert_eq!(
+            a.other,
+            vec![
+                RawAttribute {
+                    flags: 0xe0,
+                    type_code: 200,
+                    value: vec![9, 9]
+                },
+                RawAttribute {
+                    flags: 0xd0,
+                    type_code: 202,
+                    value: vec![5]
+                },
+            ]
+        );
+        // Strongest action wins: discard + treat-as-withdraw = treat-as-withdraw.
+        assert_withdrawn(decode_update_bytes(
+            &with([attr(0x40, 6, &[1]), attr(0x80, 4, &[1])].concat()),
+            &AS4,
+        ));
+    }
+
+    #[test]
+    fn session_reset_classes() {
+        let attrs = valid_attrs();
+        let mp_reach = |v: &[u8]| attr(0x80, 14, v);
+        let nh16 = [0xfdu8; 16];
+        let whole_bad_nh = mp_reach(&[[0u8, 2, 1, 19].as_slice(), &[0; 20]].concat());
+        type Case = (&'static str, Vec<u8>, (u8, u8), Vec<u8>);
+        let cases: Vec<Case> = vec![
+            (
+                "withdrawn length overruns the message",
+                {
+                    let mut b = update(&[], &attrs, &NLRI);
+                    b[20] = 200;
+                    b
+                },
+                (3, 1),
+                vec![],
+            ),
+            (
+                "total attribute length overruns the message",
+                {
+                    let mut b = update(&[], &attrs, &NLRI);
+                    b[22] = 200;
+                    b
+                },
+                (3, 1),
+                vec![],
+            ),
+            (
+                "NLRI prefix length 33",
+                update(&[], &attrs, &[33, 1, 2, 3, 4, 5]),
+                (3, 10),
+                vec![],
+            ),
+            (
+                "NLRI truncated",
+                update(&[], &attrs, &[24, 10, 0]),
+                (3, 10),
+                vec![],
+            ),
+            (
+                "withdrawn prefix length 40",
+                update(&[40, 1, 2, 3, 4, 5], &[], &[]),
+                (3, 10),
+                vec![],
+            ),
+            (
+                "MP_REACH IPv6 next hop of 19 octets",
+                update(&[], &[attrs.clone(), whole_bad_nh.clone()].concat(), &[]),
+                (3, 9),
+                whole_bad_nh.clone(),
+            ),
+            (
+                "MP_REACH too short for AFI/SAFI",
+                update(&[], &[attrs.clone(), mp_reach(&[0, 2])].concat(), &[]),
+                (3, 9),
+                mp_reach(&[0, 2]),
+            ),
+            (
+                "MP_REACH IPv6 prefix length 129",
+                update(
+                    &[],
+                    &[
+                        attrs.clone(),
+                        mp_reach(&[[0, 2, 1, 16].as_slice(), &nh16, &[0, 129]].concat()),
+                    ]
+                    .concat(),
+                    &[],
+                ),
+                (3, 9),
+                mp_reach(&[[0, 2, 1, 16].as_slice(), &nh16, &[0, 129]].concat()),
+            ),
+            (
+                "MP_UNREACH IPv6 prefix overrun",
+                update(&[], &attr(0x80, 15, &[0, 2, 1, 64, 0xfd]), &[]),
+                (3, 9),
+                attr(0x80, 15, &[0, 2, 1, 64, 0xfd]),
+            ),
+            (
+                "MP_REACH repeated",
+                update(
+                    &[],
+                    &[
+                        attrs.clone(),
+                        mp_reach(&[0, 1, 128, 0, 0]),
+                        mp_reach(&[0, 1, 128, 0, 0]),
+                    ]
+                    .concat(),
+                    &[],
+                ),
+                (3, 1),
+                vec![],
+            ),
+            (
+                "MP_UNREACH flagged transitive",
+                update(&[], &attr(0xc0, 15, &[0, 2, 1]), &[]),
+                (3, 4),
+                attr(0xc0, 15, &[0, 2, 1]),
+            ),
+            (
+                "unrecognized well-known attribute",
+                update(&[], &[attrs.clone(), attr(0x40, 99, &[1])].concat(), &NLRI),
+                (3, 2),
+                attr(0x40, 99, &[1]),
+            ),
+            (
+                "reset beats treat-as-withdraw",
+                update(
+                    &[],
+                    &[attr(0x40, 1, &[9]), attr(0x40, 99, &[])].concat(),
+                    &NLRI,
+                ),
+                (3, 2),
+                attr(0x40, 99, &[]),
+            ),
+        ];
+        for (name, bytes, (code, sub), data) in cases {
+            let res = decode_update_bytes(&bytes, &AS4);
+            assert!(res.is_err(), "{name}: {res:?}");
+            assert_reset(res, code, sub, &data);
+        }
+    }
+
+    #[test]
+    fn unknown_families_are_ignored() {
+        // MP_REACH for IPv4 flowspec next to classic NLRI: the flowspec part is ignored.
+        let fs = attr(0x80, 14, &[0, 1, 133, 0, 0, 5, 1, 2, 3, 4, 5]);
+        let u = decode_update_bytes(&update(&[], &[valid_attrs(), fs].concat(), &NLRI), &AS4)
+            .expect("ok");
+        assert!(!u.treat_as_withdraw);
+        assert_eq!(u.reach[0].prefixes.len(), 2);
+        // Only an MP_UNREACH for an unknown family: nothing, and not an End-of-RIB.
+        let u = decode_update_bytes(&update(&[], &attr(0x80, 15, &[0, 25, 70]), &[]), &AS4)
+            .expect("ok");
+        assert_eq!(u, Update::default());
+        // MP_REACH for IPv4 unicast is understood (4-octet next hop).
+        let mp4 = attr(0x80, 14, &[0, 1, 1, 4, 192, 0, 2, 9, 0, 8, 12]);
+        let u = decode_update_bytes(
+            &update(&[], &[origin_igp(), as_path4(&[1]), mp4].concat(), &[]),
+            &AS4,
+        )
+        .expect("ok");
+        assert_eq!(
+            u.reach,
+            vec![Reach {
+                next_hop: NextHop::new(v4("192.0.2.9")),
+                prefixes: vec![net("12.0.0.0/8")],
+            }]
+        );
+    }
 }

@@ -421,14 +421,16 @@ const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20)); // iBGP 64512
 const C: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 30)); // eBGP 65030
 
 fn speaker() -> Speaker {
-    Speaker::new(SpeakerConfig {
+    let mut s = Speaker::new(SpeakerConfig {
         local_as: 64512,
         router_id: LOCAL_ID,
         families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
         graceful_restart: Some(120),
         next_hop_v4: None,
         next_hop_v6: Some("fd00:198:18::1".parse().expect("v6")),
-    })
+    });
+    s.track_changes(true);
+    s
 }
 
 fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
@@ -462,8 +464,8 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
 /// Drains the speaker; returns UPDATEs sent per peer and Loc-RIB changes.
 fn speaker_out(s: &mut Speaker) -> (Vec<(IpAddr, Update)>, Vec<ferrovia_bgp::rib::Change>) {
     s.flush();
+    let changes = s.take_changes();
     let mut ups = Vec::new();
-    let mut changes = Vec::new();
     while let Some(e) = s.poll_output() {
         match e {
             Event::Send(p, _, b) => {
@@ -471,7 +473,6 @@ fn speaker_out(s: &mut Speaker) -> (Vec<(IpAddr, Update)>, Vec<ferrovia_bgp::rib
                     ups.push((p, u));
                 }
             }
-            Event::Route(c) => changes.push(c),
             _ => {}
         }
     }
