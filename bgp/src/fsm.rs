@@ -348,8 +348,10 @@ impl Session {
                 .unwrap_or_default();
             let frame = rest.get(..len).unwrap_or_default();
             at += len;
-            match wire::decode(frame, &ctx) {
-                Ok(msg) => self.on_message(now, id, msg),
+            match wire::decode_message(frame, &ctx) {
+                Ok(wire::Decoded::Message(msg)) => self.on_message(now, id, msg),
+                // Well-formed but to be ignored (RFC 2918 §4, RFC 7313 §5).
+                Ok(wire::Decoded::Ignored(_)) => {}
                 Err(n) => self.fail_conn(id, Some(n), None, true),
             }
         }

@@ -378,9 +378,9 @@ fn select_indices(candidates: &[Candidate]) -> Option<(usize, u32)> {
     set.retain(|(_, c)| {
         let med = c.route.attrs.med.unwrap_or(0);
         let nas = c.route.attrs.first_as();
-        !snapshot.iter().any(|(_, o)| {
-            o.route.attrs.first_as() == nas && o.route.attrs.med.unwrap_or(0) < med
-        })
+        !snapshot
+            .iter()
+            .any(|(_, o)| o.route.attrs.first_as() == nas && o.route.attrs.med.unwrap_or(0) < med)
     });
     if set.iter().any(|(_, c)| c.ebgp) {
         set.retain(|(_, c)| c.ebgp);
@@ -510,7 +510,10 @@ mod tests {
         let a = cand([10, 0, 0, 1], false, |_| {});
         let b = cand([10, 0, 0, 2], false, |a| a.local_pref = Some(50));
         assert!(rib.update(p, a.source, Some(a.clone())).best_changed);
-        assert!(!rib.update(p, a.source, Some(a.clone())).best_changed, "same path");
+        assert!(
+            !rib.update(p, a.source, Some(a.clone())).best_changed,
+            "same path"
+        );
         let u = rib.update(p, b.source, Some(b.clone()));
         assert!(!u.best_changed && !u.had && u.has, "worse path");
         assert!(rib.update(p, a.source, None).best_changed, "best moved");

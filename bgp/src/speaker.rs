@@ -629,7 +629,9 @@ impl Speaker {
             todo.extend(
                 p.adj_out
                     .prefixes()
-                    .filter(|q| full.contains(&Family::of(q)) && self.loc_rib.best_candidate(q).is_none())
+                    .filter(|q| {
+                        full.contains(&Family::of(q)) && self.loc_rib.best_candidate(q).is_none()
+                    })
                     .copied(),
             );
         }

@@ -467,13 +467,10 @@ fn speaker_out(s: &mut Speaker) -> (Vec<(IpAddr, Update)>, Vec<ferrovia_bgp::rib
     let changes = s.take_changes();
     let mut ups = Vec::new();
     while let Some(e) = s.poll_output() {
-        match e {
-            Event::Send(p, _, b) => {
-                if let Message::Update(u) = wire::decode(&b, &FOUR).expect("decodes") {
-                    ups.push((p, u));
-                }
+        if let Event::Send(p, _, b) = e {
+            if let Message::Update(u) = wire::decode(&b, &FOUR).expect("decodes") {
+                ups.push((p, u));
             }
-            _ => {}
         }
     }
     (ups, changes)
