@@ -20,6 +20,82 @@ pub struct Config {
     pub bgp: Bgp,
     #[serde(default)]
     pub status: Status,
+    /// Where cluster state lives; without it the agent runs alone (no mesh).
+    #[serde(default)]
+    pub datastore: Option<Datastore>,
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// Prometheus metrics and health endpoints; off when absent.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Datastore {
+    pub sqlite: Sqlite,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sqlite {
+    /// The database file, shared by every agent on this machine.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Kernel {
+    /// Install learned routes (and blackholes for own blocks) in the kernel.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Routing table: `main`, `local`, `default` or a number 1..=4294967295.
+    #[serde(default = "default_table")]
+    pub table: TableRef,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Kernel {
+            enabled: true,
+            table: default_table(),
+        }
+    }
+}
+
+fn default_table() -> TableRef {
+    TableRef::Name("main".into())
+}
+
+/// A routing table by name or number.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TableRef {
+    Number(u32),
+    Name(String),
+}
+
+impl TableRef {
+    /// The table's number, or None for an unknown name.
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            TableRef::Number(0) => None,
+            TableRef::Number(n) => Some(*n),
+            TableRef::Name(n) => match n.as_str() {
+                "main" => Some(254),
+                "local" => Some(255),
+                "default" => Some(253),
+                _ => n.parse().ok().filter(|v| *v != 0),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metrics {
+    /// Address and port for /metrics, /healthz and /readyz, e.g. "127.0.0.1:9091".
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -239,6 +315,15 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
             ),
         ));
     }
+    if config.kernel.table.id().is_none() {
+        return Err(err(
+            "kernel.table",
+            format!(
+                "{:?} is not a routing table: use main, local, default or a number from 1",
+                config.kernel.table
+            ),
+        ));
+    }
     let b = &config.bgp;
     check_hold("bgp.holdTime", b.hold_time).map_err(|m| err("bgp.holdTime", m))?;
     if b.connect_retry == 0 || b.connect_retry > 3600 {
@@ -381,7 +466,7 @@ status: { socket: /run/ferrovia/ferrovia.sock }
     fn unknown_keys_are_named_with_their_path() {
         assert_eq!(
             key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1, colour: red }"),
-            "node"
+            "node.colour"
         );
         let e = parse(
             "t",
@@ -391,9 +476,10 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert!(e.message.contains("colour"), "{e}");
         let t = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumbr: 5 } ] }";
         let e = parse("t", t).expect_err("fails");
-        assert_eq!(e.key, "bgp.peers[0]");
+        assert_eq!(e.key, "bgp.peers[0].asNumbr");
         assert!(e.message.contains("asNumbr"), "{e}");
-        assert_eq!(key_of("nodes: {}"), "(top level)");
+        assert_eq!(key_of("nodes: {}"), "nodes");
+        assert_eq!(key_of("[1, 2]"), "(top level)");
     }
 
     #[test]
@@ -429,6 +515,39 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert_eq!(
             key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumber: 5 }, { address: 1.2.3.4, asNumber: 6 } ] }"),
             "bgp.peers[1].address"
+        );
+    }
+
+    #[test]
+    fn issue3_keys_load_and_tables_resolve() {
+        let t = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\n\
+                 datastore: { sqlite: { path: /var/lib/ferrovia/ferrovia.db } }\n\
+                 kernel: { table: 100 }\nmetrics: { listen: \"127.0.0.1:9091\" }";
+        let l = parse("t", t).expect("loads");
+        assert_eq!(l.config.kernel.table.id(), Some(100));
+        assert!(l.config.kernel.enabled);
+        assert_eq!(
+            parse("t", "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }")
+                .expect("ok")
+                .config
+                .kernel
+                .table
+                .id(),
+            Some(254)
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nkernel: { table: mian }"),
+            "kernel.table"
+        );
+        assert_eq!(
+            key_of(
+                "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nmetrics: { listen: nowhere }"
+            ),
+            "metrics.listen"
+        );
+        assert_eq!(
+            key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\ndatastore: { etcd: {} }"),
+            "datastore.etcd"
         );
     }
 

@@ -3,6 +3,12 @@
 mod agent;
 mod config;
 mod control;
+#[allow(dead_code)]
+mod datastore;
+#[allow(dead_code)]
+mod mesh;
+#[allow(dead_code)]
+mod metrics;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

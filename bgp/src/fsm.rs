@@ -175,6 +175,8 @@ pub struct Session {
     reported: State,
     outputs: VecDeque<Output>,
     last_error: Option<DownReason>,
+    /// A connection was attempted or accepted at least once since start.
+    tried: bool,
 }
 
 impl Session {
@@ -190,6 +192,7 @@ impl Session {
             reported: State::Idle,
             outputs: VecDeque::new(),
             last_error: None,
+            tried: false,
         }
     }
 
@@ -200,6 +203,12 @@ impl Session {
     /// The state as RFC 4271 names it, for the most advanced connection.
     pub fn state(&self) -> State {
         self.reported
+    }
+
+    /// Whether the session has been tried: a passive one is waiting for the peer, an
+    /// active one attempted (or got) a connection at least once.
+    pub fn tried(&self) -> bool {
+        self.started && (self.config.passive || self.tried)
     }
 
     /// The last error seen (sent or received NOTIFICATION, lost connection).
@@ -268,6 +277,7 @@ impl Session {
 
     /// A TCP connection is up: one we asked for (`Outgoing`) or one the peer opened.
     pub fn connected(&mut self, now: Instant, id: ConnId, dir: Direction) {
+        self.tried = true;
         if dir == Direction::Outgoing {
             self.connecting = false;
         }
@@ -304,6 +314,7 @@ impl Session {
 
     /// The outgoing TCP connection attempt failed (event 18).
     pub fn connect_failed(&mut self, now: Instant) {
+        self.tried = true;
         self.connecting = false;
         self.last_error = Some(DownReason::ConnectFailed);
         if self.started && self.conns.is_empty() {

@@ -94,6 +94,8 @@ pub struct PeerStatus {
     pub config: PeerConfig,
     pub state: State,
     pub ebgp: bool,
+    /// A connection was attempted (or the peer is passive and awaited).
+    pub tried: bool,
     pub stats: PeerStats,
     pub last_error: Option<String>,
     pub peer_id: Option<Ipv4Addr>,
@@ -406,6 +408,7 @@ impl Speaker {
                     config: p.config.clone(),
                     state: p.session.state(),
                     ebgp: p.ebgp,
+                    tried: p.session.tried(),
                     stats,
                     last_error: p.session.last_error().map(|e| e.to_string()),
                     peer_id: p.negotiated.as_ref().map(|n| n.peer_open.bgp_id),

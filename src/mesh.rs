@@ -1,0 +1,269 @@
+//! Which BGP peers this node should have: its configuration file's peers, the datastore's
+//! global peers and peers for this node, and — when the cluster's mesh is on — every other
+//! node. A pure function of its inputs, so the agent just diffs the result against the
+//! running speaker.
+
+use ferrovia_bgp::driver::PeerSpec;
+use ferrovia_bgp::speaker::PeerConfig;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Another node as the mesh needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshNode {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub as_number: u32,
+}
+
+/// A peer stored in the datastore: global (`node` None) or for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPeer {
+    pub address: IpAddr,
+    pub as_number: u32,
+    pub node: Option<String>,
+    pub password: Option<String>,
+}
+
+/// This node's view of its surroundings.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub me: &'a str,
+    /// This node's session address (the mesh uses the same family on every node).
+    pub my_address: IpAddr,
+    pub mesh: bool,
+    pub nodes: &'a [MeshNode],
+    pub stored_peers: &'a [StoredPeer],
+    /// Peers from the configuration file (kind "global").
+    pub file_peers: &'a [PeerSpec],
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+}
+
+/// The peers this node should have, by address. Earlier sources win when two name the
+/// same address: the configuration file, then per-node peers, then global peers, then the
+/// mesh. The node's own addresses are never peers.
+pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
+    let mut out: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
+    let my_addrs: Vec<IpAddr> = i
+        .nodes
+        .iter()
+        .filter(|n| n.name == i.me)
+        .flat_map(|n| n.addresses.iter().copied())
+        .chain([i.my_address])
+        .collect();
+    let mut put = |spec: PeerSpec| {
+        let a = spec.config.address;
+        if !my_addrs.contains(&a) {
+            out.entry(a).or_insert(spec);
+        }
+    };
+    for p in i.file_peers {
+        put(p.clone());
+    }
+    let spec =
+        |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| PeerSpec {
+            config: PeerConfig {
+                address,
+                remote_as: asn,
+                hold_time: i.hold_time,
+                connect_retry: i.connect_retry,
+                passive,
+                kind: kind.to_string(),
+            },
+            port: 179,
+            password,
+        };
+    for p in i
+        .stored_peers
+        .iter()
+        .filter(|p| p.node.as_deref() == Some(i.me))
+    {
+        put(spec(
+            p.address,
+            p.as_number,
+            "node",
+            false,
+            p.password.clone(),
+        ));
+    }
+    for p in i.stored_peers.iter().filter(|p| p.node.is_none()) {
+        put(spec(
+            p.address,
+            p.as_number,
+            "global",
+            false,
+            p.password.clone(),
+        ));
+    }
+    if i.mesh {
+        for n in i.nodes.iter().filter(|n| n.name != i.me) {
+            let Some(addr) = n
+                .addresses
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv4() == i.my_address.is_ipv4())
+            else {
+                continue;
+            };
+            // One side opens the session: the lower address connects, the higher listens.
+            let passive = i.my_address > addr;
+            put(spec(addr, n.as_number, "mesh", passive, None));
+        }
+    }
+    out
+}
+
+/// What to change on the running speaker to get from `current` to `desired`: peers to
+/// remove (gone or changed) and peers to add (new or changed).
+pub fn diff(
+    current: &BTreeMap<IpAddr, PeerSpec>,
+    desired: &BTreeMap<IpAddr, PeerSpec>,
+) -> (Vec<IpAddr>, Vec<PeerSpec>) {
+    let remove = current
+        .iter()
+        .filter(|(a, s)| desired.get(a) != Some(s))
+        .map(|(a, _)| *a)
+        .collect();
+    let add = desired
+        .iter()
+        .filter(|(a, s)| current.get(a) != Some(s))
+        .map(|(_, s)| s.clone())
+        .collect();
+    (remove, add)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addr: &str) -> MeshNode {
+        MeshNode {
+            name: name.into(),
+            addresses: vec![
+                addr.parse().expect("ip"),
+                "fd00:198:18::9".parse().expect("ip"),
+            ],
+            as_number: 64512,
+        }
+    }
+
+    fn inputs<'a>(
+        nodes: &'a [MeshNode],
+        stored: &'a [StoredPeer],
+        file: &'a [PeerSpec],
+    ) -> Inputs<'a> {
+        Inputs {
+            me: "node2",
+            my_address: "198.18.0.2".parse().expect("ip"),
+            mesh: true,
+            nodes,
+            stored_peers: stored,
+            file_peers: file,
+            hold_time: 9,
+            connect_retry: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn mesh_peers_every_other_node_lower_address_connects() {
+        let nodes = [
+            node("node1", "198.18.0.1"),
+            node("node2", "198.18.0.2"),
+            node("node3", "198.18.0.3"),
+        ];
+        let d = desired_peers(&inputs(&nodes, &[], &[]));
+        let addrs: Vec<String> = d.keys().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["198.18.0.1", "198.18.0.3"]);
+        let p1 = &d[&"198.18.0.1".parse::<IpAddr>().expect("ip")];
+        let p3 = &d[&"198.18.0.3".parse::<IpAddr>().expect("ip")];
+        assert!(
+            p1.config.passive,
+            "node1 has the lower address: it connects, we listen"
+        );
+        assert!(!p3.config.passive, "we have the lower address: we connect");
+        assert_eq!(p1.config.kind, "mesh");
+        assert_eq!(p1.config.hold_time, 9);
+    }
+
+    #[test]
+    fn mesh_off_leaves_only_explicit_peers_with_precedence() {
+        let nodes = [node("node1", "198.18.0.1"), node("node2", "198.18.0.2")];
+        let stored = [
+            StoredPeer {
+                address: "198.18.0.254".parse().expect("ip"),
+                as_number: 65000,
+                node: None,
+                password: None,
+            },
+            StoredPeer {
+                address: "198.18.0.253".parse().expect("ip"),
+                as_number: 65001,
+                node: Some("node2".into()),
+                password: Some("pw".into()),
+            },
+            StoredPeer {
+                address: "198.18.0.252".parse().expect("ip"),
+                as_number: 65002,
+                node: Some("node9".into()),
+                password: None,
+            },
+            // Same address as a per-node peer: the per-node one wins.
+            StoredPeer {
+                address: "198.18.0.253".parse().expect("ip"),
+                as_number: 1,
+                node: None,
+                password: None,
+            },
+        ];
+        let mut i = inputs(&nodes, &stored, &[]);
+        i.mesh = false;
+        let d = desired_peers(&i);
+        let got: Vec<(String, u32, String)> = d
+            .values()
+            .map(|s| {
+                (
+                    s.config.address.to_string(),
+                    s.config.remote_as,
+                    s.config.kind.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("198.18.0.253".to_string(), 65001, "node".to_string()),
+                ("198.18.0.254".to_string(), 65000, "global".to_string())
+            ]
+        );
+        assert_eq!(
+            d[&"198.18.0.253".parse::<IpAddr>().expect("ip")]
+                .password
+                .as_deref(),
+            Some("pw")
+        );
+    }
+
+    #[test]
+    fn diff_removes_changed_and_gone_and_adds_new() {
+        let nodes = [
+            node("node1", "198.18.0.1"),
+            node("node2", "198.18.0.2"),
+            node("node3", "198.18.0.3"),
+        ];
+        let before = desired_peers(&inputs(&nodes, &[], &[]));
+        let mut nodes2 = nodes.to_vec();
+        nodes2.retain(|n| n.name != "node3");
+        nodes2[0].as_number = 64999;
+        nodes2.push(node("node4", "198.18.0.4"));
+        let after = desired_peers(&inputs(&nodes2, &[], &[]));
+        let (remove, add) = diff(&before, &after);
+        let remove: Vec<String> = remove.iter().map(|a| a.to_string()).collect();
+        let add: Vec<String> = add.iter().map(|s| s.config.address.to_string()).collect();
+        assert_eq!(remove, ["198.18.0.1", "198.18.0.3"]);
+        assert_eq!(add, ["198.18.0.1", "198.18.0.4"]);
+        let (r, a) = diff(&after, &after);
+        assert!(r.is_empty() && a.is_empty(), "idempotent");
+    }
+}

@@ -1,0 +1,376 @@
+//! Prometheus metrics and health endpoints on `metrics.listen`:
+//! `/metrics` (exposition format), `/healthz` (the agent's loop answers), `/readyz` (every
+//! configured peer has been tried and the kernel is in sync).
+//!
+//! Peer figures are read from the speaker at scrape time, so they always match
+//! `ferrovia status`; counters advance by the difference since the previous scrape.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use ferrovia_bgp::driver::Handle;
+use ferrovia_bgp::fsm::State as BgpState;
+use ferrovia_bgp::speaker::{PeerStatus, Speaker};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    peer_state: IntGaugeVec,
+    peer_up: IntGaugeVec,
+    prefixes_received: IntGaugeVec,
+    prefixes_sent: IntGaugeVec,
+    updates_received: IntCounterVec,
+    updates_sent: IntCounterVec,
+    transitions: IntCounterVec,
+    routes_installed: IntGauge,
+    routes_unresolved: IntGauge,
+    loc_rib: IntGauge,
+    kernel_sync: Histogram,
+    /// Last counter values seen per peer, to advance counters by differences.
+    last: Mutex<HashMap<String, [u64; 3]>>,
+}
+
+const PEER_LABELS: &[&str] = &["peer", "type"];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gv = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), PEER_LABELS);
+        let cv = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), PEER_LABELS);
+        let m = Metrics {
+            peer_state: gv(
+                "ferrovia_bgp_peer_state",
+                "BGP session state per RFC 4271: 1 Idle, 2 Connect, 3 Active, 4 OpenSent, 5 OpenConfirm, 6 Established.",
+            )?,
+            peer_up: gv("ferrovia_bgp_peer_up", "1 when the BGP session is Established.")?,
+            prefixes_received: gv(
+                "ferrovia_bgp_prefixes_received",
+                "Prefixes in the peer's Adj-RIB-In after import policy.",
+            )?,
+            prefixes_sent: gv(
+                "ferrovia_bgp_prefixes_sent",
+                "Prefixes in the peer's Adj-RIB-Out.",
+            )?,
+            updates_received: cv(
+                "ferrovia_bgp_updates_received_total",
+                "UPDATE messages received from the peer.",
+            )?,
+            updates_sent: cv(
+                "ferrovia_bgp_updates_sent_total",
+                "UPDATE messages sent to the peer.",
+            )?,
+            transitions: cv(
+                "ferrovia_bgp_fsm_transitions_total",
+                "BGP session state changes.",
+            )?,
+            routes_installed: IntGauge::new(
+                "ferrovia_kernel_routes_installed",
+                "Routes with ferrovia's protocol number in the kernel table.",
+            )?,
+            routes_unresolved: IntGauge::new(
+                "ferrovia_kernel_routes_unresolved",
+                "Selected routes not installed because their next hop is unreachable.",
+            )?,
+            loc_rib: IntGauge::new("ferrovia_bgp_loc_rib_prefixes", "Prefixes in the Loc-RIB.")?,
+            kernel_sync: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ferrovia_kernel_sync_duration_seconds",
+                    "Time to apply one batch of route changes to the kernel.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )?,
+            last: Mutex::new(HashMap::new()),
+            registry,
+        };
+        m.registry.register(Box::new(m.peer_state.clone()))?;
+        m.registry.register(Box::new(m.peer_up.clone()))?;
+        m.registry.register(Box::new(m.prefixes_received.clone()))?;
+        m.registry.register(Box::new(m.prefixes_sent.clone()))?;
+        m.registry.register(Box::new(m.updates_received.clone()))?;
+        m.registry.register(Box::new(m.updates_sent.clone()))?;
+        m.registry.register(Box::new(m.transitions.clone()))?;
+        m.registry.register(Box::new(m.routes_installed.clone()))?;
+        m.registry.register(Box::new(m.routes_unresolved.clone()))?;
+        m.registry.register(Box::new(m.loc_rib.clone()))?;
+        m.registry.register(Box::new(m.kernel_sync.clone()))?;
+        Ok(m)
+    }
+
+    /// Records one kernel sync.
+    pub fn kernel_synced(&self, took: Duration, installed: usize, unresolved: usize) {
+        self.kernel_sync.observe(took.as_secs_f64());
+        self.routes_installed.set(installed as i64);
+        self.routes_unresolved.set(unresolved as i64);
+    }
+
+    /// Brings the peer metrics in line with the speaker's view.
+    pub fn observe(&self, peers: &[PeerStatus], loc_rib: usize) {
+        self.loc_rib.set(loc_rib as i64);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::new();
+        for p in peers {
+            let peer = p.config.address.to_string();
+            let labels = [peer.as_str(), p.config.kind.as_str()];
+            self.peer_state
+                .with_label_values(&labels)
+                .set(state_number(p.state));
+            self.peer_up
+                .with_label_values(&labels)
+                .set(i64::from(p.state == BgpState::Established));
+            self.prefixes_received
+                .with_label_values(&labels)
+                .set(p.stats.prefixes_received as i64);
+            self.prefixes_sent
+                .with_label_values(&labels)
+                .set(p.stats.prefixes_sent as i64);
+            let now = [
+                p.stats.updates_received,
+                p.stats.updates_sent,
+                p.stats.transitions,
+            ];
+            let before = last.get(&peer).copied().unwrap_or([0; 3]);
+            let counters = [
+                &self.updates_received,
+                &self.updates_sent,
+                &self.transitions,
+            ];
+            for ((c, n), b) in counters.iter().zip(now).zip(before) {
+                c.with_label_values(&labels).inc_by(n.saturating_sub(b));
+            }
+            last.insert(peer.clone(), now);
+            seen.push((peer, p.config.kind.clone()));
+        }
+        // Peers that are gone lose their series.
+        let gone: Vec<String> = last
+            .keys()
+            .filter(|k| !seen.iter().any(|(p, _)| p == *k))
+            .cloned()
+            .collect();
+        for g in gone {
+            last.remove(&g);
+            for vec in [
+                &self.peer_state,
+                &self.peer_up,
+                &self.prefixes_received,
+                &self.prefixes_sent,
+            ] {
+                remove_peer_series(vec.clone(), &g);
+            }
+            for vec in [
+                &self.updates_received,
+                &self.updates_sent,
+                &self.transitions,
+            ] {
+                remove_peer_counter_series(vec.clone(), &g);
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn remove_peer_series(vec: IntGaugeVec, peer: &str) {
+    for kind in ["global", "mesh", "node"] {
+        let _ = vec.remove_label_values(&[peer, kind]);
+    }
+}
+
+fn remove_peer_counter_series(vec: IntCounterVec, peer: &str) {
+    for kind in ["global", "mesh", "node"] {
+        let _ = vec.remove_label_values(&[peer, kind]);
+    }
+}
+
+/// RFC 4271 state as the number documented in the metric's help.
+pub fn state_number(s: BgpState) -> i64 {
+    match s {
+        BgpState::Idle => 1,
+        BgpState::Connect => 2,
+        BgpState::Active => 3,
+        BgpState::OpenSent => 4,
+        BgpState::OpenConfirm => 5,
+        BgpState::Established => 6,
+    }
+}
+
+/// Readiness, set by the agent: the kernel is in sync after its first reconciliation and
+/// after any error has been repaired.
+#[derive(Default)]
+pub struct Health {
+    kernel_in_sync: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn set_kernel_in_sync(&self, v: bool) {
+        self.kernel_in_sync
+            .store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn kernel_in_sync(&self) -> bool {
+        self.kernel_in_sync
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the HTTP handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub bgp: Handle,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(
+    listen: SocketAddr,
+    state: HttpState,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    }))
+}
+
+async fn snapshot(bgp: &Handle) -> Option<(Vec<PeerStatus>, usize)> {
+    bgp.query(|s: &mut Speaker| (s.peer_status(), s.loc_rib().len()))
+        .await
+        .ok()
+}
+
+async fn metrics(
+    State(st): State<HttpState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    if let Some((peers, loc_rib)) = snapshot(&st.bgp).await {
+        st.metrics.observe(&peers, loc_rib);
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+}
+
+async fn healthz(State(st): State<HttpState>) -> (StatusCode, String) {
+    match tokio::time::timeout(Duration::from_secs(2), snapshot(&st.bgp)).await {
+        Ok(Some(_)) => (StatusCode::OK, "ok\n".into()),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the BGP speaker does not answer\n".into(),
+        ),
+    }
+}
+
+async fn readyz(State(st): State<HttpState>) -> (StatusCode, String) {
+    let Ok(Some((peers, _))) =
+        tokio::time::timeout(Duration::from_secs(2), snapshot(&st.bgp)).await
+    else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the BGP speaker does not answer\n".into(),
+        );
+    };
+    let untried: Vec<String> = peers
+        .iter()
+        .filter(|p| !p.tried)
+        .map(|p| p.config.address.to_string())
+        .collect();
+    let mut why = Vec::new();
+    if !untried.is_empty() {
+        why.push(format!("peers not tried yet: {}", untried.join(", ")));
+    }
+    if !st.health.kernel_in_sync() {
+        why.push("kernel routes not in sync yet".to_string());
+    }
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.join("; ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrovia_bgp::speaker::{PeerConfig, PeerStats};
+
+    fn peer(addr: &str, state: BgpState, received: usize, updates: u64) -> PeerStatus {
+        PeerStatus {
+            config: PeerConfig {
+                address: addr.parse().expect("ip"),
+                remote_as: 65000,
+                hold_time: 90,
+                connect_retry: Duration::from_secs(1),
+                passive: false,
+                kind: "mesh".into(),
+            },
+            state,
+            ebgp: true,
+            tried: true,
+            stats: PeerStats {
+                updates_received: updates,
+                prefixes_received: received,
+                ..Default::default()
+            },
+            last_error: None,
+            peer_id: None,
+            families: vec![],
+        }
+    }
+
+    #[test]
+    fn exposition_follows_the_speaker_and_drops_removed_peers() {
+        let m = Metrics::new().expect("metrics");
+        m.observe(&[peer("198.18.0.2", BgpState::Established, 3, 5)], 4);
+        m.observe(&[peer("198.18.0.2", BgpState::Established, 3, 8)], 4);
+        m.kernel_synced(Duration::from_millis(2), 7, 1);
+        let text = m.render();
+        assert!(
+            text.contains("ferrovia_bgp_peer_state{peer=\"198.18.0.2\",type=\"mesh\"} 6"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrovia_bgp_updates_received_total{peer=\"198.18.0.2\",type=\"mesh\"} 8"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_kernel_routes_installed 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_kernel_sync_duration_seconds_count 1"),
+            "{text}"
+        );
+        m.observe(&[], 0);
+        assert!(
+            !m.render().contains("198.18.0.2"),
+            "removed peer's series are gone"
+        );
+    }
+}
