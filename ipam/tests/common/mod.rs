@@ -1,0 +1,379 @@
+//! Test helpers: store wrappers (fault injection, hooks, yields) and an invariant checker
+//! that reads the raw stored objects, independently of the library's own decoding.
+#![allow(dead_code)]
+
+use ferrovia_ipam::{MemStore, Store, StoreError, Version};
+use ipnet::IpNet;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A store whose writes can be made to fail, to simulate a crash between two writes.
+#[derive(Default)]
+pub struct FaultStore {
+    pub inner: Arc<MemStore>,
+    /// Writes left before the "crash"; u64::MAX = no crash armed.
+    countdown: AtomicU64,
+    /// Every write fails while set (after the crash).
+    crashed: AtomicBool,
+    /// After the countdown, fail one write only (not a crash).
+    once: AtomicBool,
+    /// Fail every call while set.
+    pub down: AtomicBool,
+}
+
+impl FaultStore {
+    pub fn new(inner: Arc<MemStore>) -> Self {
+        FaultStore {
+            inner,
+            countdown: AtomicU64::new(u64::MAX),
+            crashed: AtomicBool::new(false),
+            once: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// The next `n` writes succeed, every later one fails until [`FaultStore::heal`]:
+    /// the process "dies" after `n` writes.
+    pub fn crash_after(&self, n: u64) {
+        self.once.store(false, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+        self.countdown.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes succeed, the one after fails, later ones succeed.
+    pub fn fail_one_after(&self, n: u64) {
+        self.once.store(true, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+        self.countdown.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the armed crash happened (a write was refused).
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    pub fn heal(&self) {
+        self.crashed.store(false, Ordering::SeqCst);
+        self.countdown.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        self.read()?;
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("injected crash".into()));
+        }
+        let left = self.countdown.load(Ordering::SeqCst);
+        if left != u64::MAX {
+            if left == 0 {
+                if self.once.load(Ordering::SeqCst) {
+                    self.once.store(false, Ordering::SeqCst);
+                    self.countdown.store(u64::MAX, Ordering::SeqCst);
+                    return Err(StoreError::Other("injected write failure".into()));
+                }
+                self.crashed.store(true, Ordering::SeqCst);
+                return Err(StoreError::Other("injected crash".into()));
+            }
+            self.countdown.store(left - 1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("store is down (injected)".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FaultStore {
+    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
+        self.read()?;
+        self.inner.get(kind, name)
+    }
+    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
+        self.read()?;
+        self.inner.list(kind)
+    }
+    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+        self.write()?;
+        self.inner.create(kind, name, value)
+    }
+    fn update(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &Value,
+        expected: Version,
+    ) -> Result<Version, StoreError> {
+        self.write()?;
+        self.inner.update(kind, name, value, expected)
+    }
+    fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<Version>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.delete(kind, name, expected)
+    }
+}
+
+/// A store that yields the thread around every call, to shake out interleavings.
+pub struct YieldStore(pub Arc<MemStore>);
+
+impl Store for YieldStore {
+    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
+        std::thread::yield_now();
+        self.0.get(kind, name)
+    }
+    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
+        std::thread::yield_now();
+        self.0.list(kind)
+    }
+    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+        std::thread::yield_now();
+        self.0.create(kind, name, value)
+    }
+    fn update(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &Value,
+        expected: Version,
+    ) -> Result<Version, StoreError> {
+        std::thread::yield_now();
+        self.0.update(kind, name, value, expected)
+    }
+    fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<Version>,
+    ) -> Result<bool, StoreError> {
+        std::thread::yield_now();
+        self.0.delete(kind, name, expected)
+    }
+}
+
+pub type CreateHook = Box<dyn FnOnce(&MemStore) + Send>;
+
+/// A store that runs a hook before each create (to play "another agent got there first").
+pub struct HookStore {
+    pub inner: Arc<MemStore>,
+    pub before_create: Mutex<Option<CreateHook>>,
+}
+
+impl Store for HookStore {
+    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
+        self.inner.get(kind, name)
+    }
+    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
+        self.inner.list(kind)
+    }
+    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+        let hook = self.before_create.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(&self.inner);
+        }
+        self.inner.create(kind, name, value)
+    }
+    fn update(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &Value,
+        expected: Version,
+    ) -> Result<Version, StoreError> {
+        self.inner.update(kind, name, value, expected)
+    }
+    fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<Version>,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete(kind, name, expected)
+    }
+}
+
+/// One allocation as stored.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RawAlloc {
+    pub ip: IpAddr,
+    pub block: IpNet,
+    pub handle: String,
+    /// The node whose pod holds it.
+    pub holder: String,
+    pub borrowed: bool,
+}
+
+/// What the store holds, decoded by hand from the documented layout.
+#[derive(Debug, Default)]
+pub struct Raw {
+    pub pools: Vec<(IpNet, u8, bool)>,
+    /// cidr → (affinity, emptySinceMs)
+    pub blocks: BTreeMap<IpNet, (String, Option<u64>)>,
+    pub allocs: Vec<RawAlloc>,
+    /// handle key → (node, addresses as (ip, block))
+    pub handles: BTreeMap<String, (String, BTreeSet<(IpAddr, IpNet)>)>,
+}
+
+fn net(v: &Value) -> IpNet {
+    v.as_str()
+        .expect("cidr is a string")
+        .parse()
+        .expect("cidr parses")
+}
+
+pub fn raw(store: &MemStore) -> Raw {
+    let mut r = Raw::default();
+    for (_, v, _) in store.list("IPPool").unwrap() {
+        r.pools.push((
+            net(&v["cidr"]),
+            v["blockSize"].as_u64().unwrap() as u8,
+            v["disabled"].as_bool().unwrap_or(false),
+        ));
+    }
+    for (_, v, _) in store.list("IPAMBlock").unwrap() {
+        let cidr = net(&v["cidr"]);
+        let affinity = v["affinity"].as_str().unwrap().to_string();
+        r.blocks
+            .insert(cidr, (affinity.clone(), v["emptySinceMs"].as_u64()));
+        for a in v["allocations"].as_array().unwrap() {
+            let ordinal = a["ordinal"].as_u64().unwrap() as u128;
+            let base: u128 = match cidr.network() {
+                IpAddr::V4(x) => u32::from(x) as u128,
+                IpAddr::V6(x) => u128::from(x),
+            };
+            let ip = match cidr {
+                IpNet::V4(_) => IpAddr::V4(((base + ordinal) as u32).into()),
+                IpNet::V6(_) => IpAddr::V6((base + ordinal).into()),
+            };
+            let node = a.get("node").and_then(Value::as_str).map(str::to_string);
+            r.allocs.push(RawAlloc {
+                ip,
+                block: cidr,
+                handle: a["handle"].as_str().unwrap().to_string(),
+                holder: node.clone().unwrap_or_else(|| affinity.clone()),
+                borrowed: node.is_some(),
+            });
+        }
+    }
+    for (name, v, _) in store.list("IPAMHandle").unwrap() {
+        let addrs = v["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["ip"].as_str().unwrap().parse().unwrap(), net(&a["block"])))
+            .collect();
+        r.handles
+            .insert(name, (v["node"].as_str().unwrap().to_string(), addrs));
+    }
+    r
+}
+
+impl Raw {
+    /// The store's invariants: blocks inside pools and disjoint, no address twice,
+    /// addresses inside their blocks, borrowed marks right, and the handle index lists
+    /// every allocation.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_structure()?;
+        self.check_index()
+    }
+
+    /// The handle index lists every allocation. Needs blocks and handles read at one
+    /// instant: not meaningful while other threads write.
+    pub fn check_index(&self) -> Result<(), String> {
+        for a in &self.allocs {
+            match self.handles.get(&a.handle) {
+                None => {
+                    return Err(format!(
+                        "{} is held by {} which has no handle object",
+                        a.ip, a.handle
+                    ))
+                }
+                Some((_, addrs)) if !addrs.contains(&(a.ip, a.block)) => {
+                    return Err(format!("handle {} does not list {}", a.handle, a.ip))
+                }
+                Some((node, _)) if *node != a.holder => {
+                    return Err(format!(
+                        "{} is held for node {} but handle {} is node {}'s",
+                        a.ip, a.holder, a.handle, node
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Pools and blocks disjoint, blocks inside pools, no address twice, borrowed marks
+    /// right: all read from one list of blocks, so valid while other threads write.
+    pub fn check_structure(&self) -> Result<(), String> {
+        for (i, (a, _, _)) in self.pools.iter().enumerate() {
+            for (b, _, _) in &self.pools[i + 1..] {
+                if a.contains(&b.network()) || b.contains(&a.network()) {
+                    return Err(format!("pools {a} and {b} overlap"));
+                }
+            }
+        }
+        let cidrs: Vec<&IpNet> = self.blocks.keys().collect();
+        for (i, a) in cidrs.iter().enumerate() {
+            let pool = self.pools.iter().find(|(p, _, _)| p.contains(*a));
+            match pool {
+                None => return Err(format!("block {a} is in no pool")),
+                Some((p, size, _)) if a.prefix_len() != *size => {
+                    return Err(format!("block {a} does not have pool {p}'s size /{size}"))
+                }
+                _ => {}
+            }
+            for b in &cidrs[i + 1..] {
+                if a.contains(&b.network()) || b.contains(&a.network()) {
+                    return Err(format!("blocks {a} and {b} overlap"));
+                }
+            }
+        }
+        let mut seen: HashMap<IpAddr, &str> = HashMap::new();
+        for a in &self.allocs {
+            if !a.block.contains(&a.ip) {
+                return Err(format!("{} is outside its block {}", a.ip, a.block));
+            }
+            if let Some(other) = seen.insert(a.ip, &a.handle) {
+                return Err(format!(
+                    "{} is given twice: to {} and {}",
+                    a.ip, other, a.handle
+                ));
+            }
+            let (affinity, _) = &self.blocks[&a.block];
+            if a.borrowed && a.holder == *affinity {
+                return Err(format!(
+                    "{} is marked borrowed by the block's own node",
+                    a.ip
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses the blocks give `handle`.
+    pub fn held_by(&self, handle: &str) -> BTreeSet<IpAddr> {
+        self.allocs
+            .iter()
+            .filter(|a| a.handle == handle)
+            .map(|a| a.ip)
+            .collect()
+    }
+
+    pub fn blocks_of(&self, node: &str) -> Vec<IpNet> {
+        self.blocks
+            .iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+}
