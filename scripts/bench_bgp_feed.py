@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark: N IPv4 /24s from one feeder peer into ferrovia and, in the same run, into BIRD.
+"""Benchmark: N IPv4 /24s from one feeder peer into ferrovia and, in the same run, into BIRD
+(and, with --mode kernel, FRR).
+
+--mode rib (the BGP speaker issue): time until the last prefix is in the receiver's RIB;
+ferrovia with kernel.enabled false, BIRD with no kernel protocol.
+--mode kernel (the node agent issue): time until the last route is in the receiver's kernel
+table (counted in /proc/net/fib_triestat); ferrovia with kernel routes on, BIRD with a kernel
+protocol exporting all, FRR bgpd + zebra.
 
 The feeder is BIRD 2 with N generated static routes, in its own network namespace, eBGP
 (AS 65000) to a receiver namespace (AS 64512). Receivers run one after the other on the
@@ -74,9 +81,11 @@ def feeder_conf(d, n):
     return path
 
 
-def receiver_bird_conf(d):
+def receiver_bird_conf(d, kernel):
     path = os.path.join(d, "recv.conf")
     with open(path, "w") as f:
+        if kernel:
+            f.write("protocol kernel { ipv4 { export all; }; }\n")
         f.write(
             f"router id {RECV_IP};\nprotocol device {{}}\n"
             f"protocol bgp feedin {{ local {RECV_IP} as 64512; neighbor {FEED_IP} as 65000;\n"
@@ -123,7 +132,14 @@ def wait(cond, timeout, what):
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
-def run_ferrovia(binary, d, n):
+def fib_prefixes():
+    """Routes in the receiver namespace's FIB (cheap even at 1M, unlike `ip route`)."""
+    r = sh("ip", "netns", "exec", RECV_NS, "cat", "/proc/net/fib_triestat", check=False)
+    m = re.search(r"Prefixes:\s+(\d+)", r.stdout)
+    return int(m.group(1)) if m else 0
+
+
+def run_ferrovia(binary, d, n, kernel):
     sock = os.path.join(d, "fv.sock")
     conf = os.path.join(d, "fv.yaml")
     with open(conf, "w") as f:
@@ -131,7 +147,9 @@ def run_ferrovia(binary, d, n):
             f"node: {{ name: bench, asNumber: 64512, routerId: {RECV_IP} }}\n"
             f"bgp: {{ connectRetry: 1, peers: [ {{ address: {FEED_IP}, asNumber: 65000 }} ] }}\n"
             f"status: {{ socket: {sock} }}\n"
+            f"kernel: {{ enabled: {'true' if kernel else 'false'} }}\n"
         )
+    base = fib_prefixes()
     log = open(os.path.join(d, "fv.log"), "w")
     p = subprocess.Popen(["ip", "netns", "exec", RECV_NS, binary, "agent", "--config", conf], stderr=log, env=dict(os.environ, **ENV))
 
@@ -142,7 +160,10 @@ def run_ferrovia(binary, d, n):
     try:
         wait(lambda: (s := status()) and s["peers"][0]["state"] == "Established", 120, "ferrovia Established")
         t0 = time.monotonic()
-        wait(lambda: (s := status()) and s["peers"][0]["prefixesReceived"] >= n, 600, "ferrovia to hold every prefix")
+        if kernel:
+            wait(lambda: fib_prefixes() >= base + n, 600, "every route in the kernel")
+        else:
+            wait(lambda: (s := status()) and s["peers"][0]["prefixesReceived"] >= n, 600, "ferrovia to hold every prefix")
         elapsed = time.monotonic() - t0
         # `ip netns exec` execs the agent, so this pid is the agent's own.
         return elapsed, vmhwm_kib(p.pid), cpu_seconds(p.pid)
@@ -155,8 +176,9 @@ def run_ferrovia(binary, d, n):
         log.close()
 
 
-def run_bird(d, n):
-    conf = receiver_bird_conf(d)
+def run_bird(d, n, kernel):
+    base = fib_prefixes()
+    conf = receiver_bird_conf(d, kernel)
     sock = os.path.join(d, "recv.ctl")
     pidf = os.path.join(d, "recv.pid")
     subprocess.run(["ip", "netns", "exec", RECV_NS, "bird", "-c", conf, "-s", sock, "-P", pidf], check=True)
@@ -173,7 +195,10 @@ def run_bird(d, n):
             m = re.search(r"Routes:\s+(\d+) imported", proto())
             return m and int(m.group(1)) >= n
 
-        wait(imported, 600, "BIRD to hold every prefix")
+        if kernel:
+            wait(lambda: fib_prefixes() >= base + n, 600, "every route in the kernel")
+        else:
+            wait(imported, 600, "BIRD to hold every prefix")
         elapsed = time.monotonic() - t0
         pid = int(open(pidf).read().strip())
         return elapsed, vmhwm_kib(pid), cpu_seconds(pid)
@@ -182,7 +207,64 @@ def run_bird(d, n):
             os.kill(int(open(pidf).read().strip()), signal.SIGTERM)
         except (OSError, ValueError):
             pass
-        time.sleep(0.5)
+        # BIRD removes its kernel routes on exit; wait until they are gone.
+        wait(lambda: fib_prefixes() <= base, 120, "BIRD's routes to leave the kernel")
+
+
+def run_frr(d, n):
+    """FRR 8.4 bgpd + zebra in their own pathspace, installing into the kernel."""
+    base = fib_prefixes()
+    name = "fvb-frr"
+    run_dir, etc_dir = f"/var/run/frr/{name}", f"/etc/frr/{name}"
+    for x in (run_dir, etc_dir):
+        os.makedirs(x, exist_ok=True)
+        shutil.chown(x, "frr", "frr")
+    open(os.path.join(etc_dir, "vtysh.conf"), "w").close()
+    os.chmod(d, 0o755)
+    conf = os.path.join(d, "frr.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"frr defaults traditional\nhostname {name}\n"
+            "route-map DENY deny 10\n"
+            f"router bgp 64512\n bgp router-id {RECV_IP}\n no bgp ebgp-requires-policy\n"
+            f" neighbor {FEED_IP} remote-as 65000\n address-family ipv4 unicast\n"
+            f"  neighbor {FEED_IP} route-map DENY out\n exit-address-family\n"
+        )
+    os.chmod(conf, 0o644)
+    procs = []
+    for daemon in ("zebra", "bgpd"):
+        if daemon == "bgpd":
+            wait(lambda: os.path.exists(f"{run_dir}/zserv.api"), 30, "zebra up")
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", RECV_NS, f"/usr/lib/frr/{daemon}", "-N", name, "-f", conf,
+             "-i", f"{run_dir}/{daemon}.pid", "-P", "0"] + (["-s", "90000000"] if daemon == "zebra" else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def established():
+        r = sh("vtysh", "-N", name, "-c", "show bgp summary json", check=False)
+        return '"state":"Established"' in r.stdout.replace(" ", "")
+
+    try:
+        wait(established, 120, "FRR Established")
+        t0 = time.monotonic()
+        wait(lambda: fib_prefixes() >= base + n, 600, "every route in the kernel")
+        elapsed = time.monotonic() - t0
+        rss = sum(vmhwm_kib(p.pid) for p in procs)
+        cpu = sum(cpu_seconds(p.pid) for p in procs)
+        return elapsed, rss, cpu
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        # zebra removes its routes on exit (or leaves them; flush what is left of BGP's).
+        sh("ip", "-n", RECV_NS, "route", "flush", "proto", "bgp", check=False)
+        wait(lambda: fib_prefixes() <= base, 120, "FRR's routes to leave the kernel")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(etc_dir, ignore_errors=True)
 
 
 def main():
@@ -190,6 +272,7 @@ def main():
     ap.add_argument("--prefixes", type=int, default=1_000_000)
     ap.add_argument("--ferrovia", default="target/release/ferrovia")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    ap.add_argument("--mode", choices=["rib", "kernel"], default="rib")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces)")
@@ -198,23 +281,33 @@ def main():
     try:
         netns_up()
         start_feeder(d, a.prefixes)
-        runs = {"ferrovia": [], "bird": []}
+        kernel = a.mode == "kernel"
+        runs = {"ferrovia": [], "bird": []} | ({"frr": []} if kernel else {})
         for r in range(a.rounds):
-            runs["ferrovia"].append(run_ferrovia(os.path.abspath(a.ferrovia), d, a.prefixes))
-            runs["bird"].append(run_bird(d, a.prefixes))
-            print(f"round {r + 1}: ferrovia {runs['ferrovia'][-1]}, bird {runs['bird'][-1]}", file=sys.stderr)
+            runs["ferrovia"].append(run_ferrovia(os.path.abspath(a.ferrovia), d, a.prefixes, kernel))
+            # ferrovia leaves its routes in the kernel on exit (they keep traffic flowing across
+            # a restart); clear them so the next receiver starts from the same table.
+            sh("ip", "-n", RECV_NS, "route", "flush", "proto", "241", check=False)
+            runs["bird"].append(run_bird(d, a.prefixes, kernel))
+            if kernel:
+                runs["frr"].append(run_frr(d, a.prefixes))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), file=sys.stderr)
         for k, v in runs.items():
             results[k] = tuple(statistics.median(x[i] for x in v) for i in range(3))
     finally:
         netns_down()
         shutil.rmtree(d, ignore_errors=True)
-    fv, bd = results["ferrovia"], results["bird"]
+    bd = results["bird"]
+    where = "kernel table" if a.mode == "kernel" else "RIB"
+    names = {"ferrovia": "ferrovia", "bird": "BIRD 2.0.12" + (" (kernel export all)" if a.mode == "kernel" else " (no kernel export)"), "frr": "FRR 8.4 (bgpd + zebra)"}
     print(f"{a.prefixes} IPv4 /24s, one BIRD feeder, medians of {a.rounds} alternating rounds")
-    print(f"| receiver | Established → last prefix in RIB | peak RSS | receiver CPU time |")
-    print(f"|---|---|---|---|")
-    print(f"| ferrovia | {fv[0]:.2f} s ({fv[0] / bd[0]:.2f}× BIRD) | {fv[1] / 1024:.0f} MiB ({fv[1] / max(bd[1], 1):.2f}× BIRD) | {fv[2]:.2f} s |")
-    print(f"| BIRD 2.0.12 (no kernel export) | {bd[0]:.2f} s | {bd[1] / 1024:.0f} MiB | {bd[2]:.2f} s |")
-    print(json.dumps({"prefixes": a.prefixes, "rounds": a.rounds, "ferrovia": {"seconds": fv[0], "rss_kib": fv[1], "cpu_seconds": fv[2]}, "bird": {"seconds": bd[0], "rss_kib": bd[1], "cpu_seconds": bd[2]}}))
+    print(f"| receiver | Established → last prefix in {where} | peak RSS | receiver CPU time |")
+    print("|---|---|---|---|")
+    for k, (t, rss, cpu) in results.items():
+        rel = "" if k == "bird" else f" ({t / bd[0]:.2f}× BIRD)"
+        relm = "" if k == "bird" else f" ({rss / max(bd[1], 1):.2f}× BIRD)"
+        print(f"| {names[k]} | {t:.2f} s{rel} | {rss / 1024:.0f} MiB{relm} | {cpu:.2f} s |")
+    print(json.dumps({"prefixes": a.prefixes, "rounds": a.rounds, "mode": a.mode} | {k: {"seconds": v[0], "rss_kib": v[1], "cpu_seconds": v[2]} for k, v in results.items()}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,31 @@ pub struct Config {
     /// Prometheus metrics and health endpoints; off when absent.
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// IP address management for pods; needs `datastore`.
+    #[serde(default)]
+    pub ipam: Option<Ipam>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ipam {
+    /// Pools pods get addresses from, e.g. `{ cidr: 10.244.0.0/16, blockSize: 26 }`.
+    /// Stored in the datastore; pools named by no config are kept (another node's config may
+    /// name them).
+    pub pools: Vec<ferrovia_ipam::PoolSpec>,
+    /// Never borrow single addresses from another node's block.
+    #[serde(default)]
+    pub strict_affinity: bool,
+    /// Most blocks per family one node may claim.
+    #[serde(default)]
+    pub max_blocks_per_node: Option<u32>,
+    /// How long a block must stay empty before the node gives it back, in seconds.
+    #[serde(default = "default_grace")]
+    pub empty_block_grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -323,6 +348,23 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 config.kernel.table
             ),
         ));
+    }
+    if let Some(ipam) = &config.ipam {
+        if config.datastore.is_none() {
+            return Err(err(
+                "ipam",
+                "IPAM keeps its blocks in the datastore: configure datastore.sqlite.path too"
+                    .into(),
+            ));
+        }
+        for (i, p) in ipam.pools.iter().enumerate() {
+            if p.cidr.parse::<IpNet>().is_err() {
+                return Err(err(
+                    &format!("ipam.pools[{i}].cidr"),
+                    format!("{:?} is not a CIDR like 10.244.0.0/16", p.cidr),
+                ));
+            }
+        }
     }
     let b = &config.bgp;
     check_hold("bgp.holdTime", b.hold_time).map_err(|m| err("bgp.holdTime", m))?;

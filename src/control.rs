@@ -61,6 +61,21 @@ pub struct PeerInfo {
 pub struct RouteCounts {
     pub loc_rib: usize,
     pub originated: usize,
+    /// Our routes in the kernel table; null when the kernel is not managed.
+    #[serde(default)]
+    pub installed: Option<usize>,
+    /// Selected routes not installed because no next hop resolves.
+    #[serde(default)]
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// A route whose next hops cannot be reached (BGP next hop not on a connected network and
+/// not resolvable through the table).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Unresolved {
+    pub prefix: String,
+    pub next_hops: Vec<String>,
 }
 
 /// One Loc-RIB entry, for [`Request::Routes`].

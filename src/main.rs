@@ -5,10 +5,11 @@ mod config;
 mod control;
 #[allow(dead_code)]
 mod datastore;
-#[allow(dead_code)]
+mod ipam_store;
+mod kernel;
 mod mesh;
-#[allow(dead_code)]
 mod metrics;
+mod store_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -55,6 +56,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Nodes in the datastore.
+    Node {
+        #[command(flatten)]
+        store: store_cli::Store,
+        #[command(subcommand)]
+        cmd: store_cli::NodeCmd,
+    },
+    /// Cluster-wide BGP settings in the datastore (AS, full mesh on/off).
+    Cluster {
+        #[command(flatten)]
+        store: store_cli::Store,
+        #[command(subcommand)]
+        cmd: store_cli::ClusterCmd,
+    },
+    /// BGP peers stored in the datastore (global or per node).
+    Peer {
+        #[command(flatten)]
+        store: store_cli::Store,
+        #[command(subcommand)]
+        cmd: store_cli::PeerCmd,
+    },
+    /// IP address management: pools, blocks and allocations in the datastore.
+    Ipam {
+        #[command(flatten)]
+        store: store_cli::Store,
+        #[command(subcommand)]
+        cmd: store_cli::IpamCmd,
+    },
     /// Show the Loc-RIB (selected routes) of the running agent.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
@@ -73,8 +102,12 @@ fn init_logging(level: Option<String>, format: LogFormat) {
         eprintln!("ferrovia: ignoring log filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
     });
+    // Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
@@ -126,6 +159,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Node { store, cmd } => store_result(store_cli::node(&store, cmd)),
+        Command::Cluster { store, cmd } => store_result(store_cli::cluster(&store, cmd)),
+        Command::Peer { store, cmd } => store_result(store_cli::peer(&store, cmd)),
+        Command::Ipam { store, cmd } => store_result(store_cli::ipam(&store, cmd)),
         Command::Status { socket, json } => {
             let r: Result<control::StatusReply, _> =
                 control::call(&socket, &control::Request::Status);
@@ -149,6 +186,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             }
+        }
+    }
+}
+
+fn store_result(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrovia: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -192,10 +239,21 @@ fn print_status(s: &control::StatusReply) {
             println!("    last error: {e}");
         }
     }
+    let installed = match s.routes.installed {
+        Some(n) => format!("{n} installed in the kernel"),
+        None => "kernel not managed".to_string(),
+    };
     println!(
-        "routes: {} in the Loc-RIB, {} originated here",
+        "routes: {} in the Loc-RIB, {} originated here, {installed}",
         s.routes.loc_rib, s.routes.originated
     );
+    for u in &s.routes.unresolved {
+        println!(
+            "    unresolved: {} via {} (next hop not reachable)",
+            u.prefix,
+            u.next_hops.join(", ")
+        );
+    }
 }
 
 fn print_routes(routes: &[control::RouteInfo]) {

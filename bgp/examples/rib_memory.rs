@@ -15,7 +15,10 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let before = rss_kib();
     let peer = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 254));
     let route = Arc::new(Route {
@@ -28,7 +31,12 @@ fn main() {
     let mut rib = LocRib::default();
     for i in 0..n {
         let p = ipnet::Ipv4Net::new(Ipv4Addr::from((20u32 << 24) + (i << 8)), 24).expect("p");
-        let c = Candidate { source: Source::Peer(peer), route: route.clone(), ebgp: true, peer_id: Ipv4Addr::new(1, 1, 1, 1) };
+        let c = Candidate {
+            source: Source::Peer(peer),
+            route: route.clone(),
+            ebgp: true,
+            peer_id: Ipv4Addr::new(1, 1, 1, 1),
+        };
         rib.update(p.into(), Source::Peer(peer), Some(c));
     }
     let after = rss_kib();

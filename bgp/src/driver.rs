@@ -149,8 +149,9 @@ struct Driver {
     events: Option<mpsc::UnboundedSender<Event>>,
 }
 
-/// Starts the speaker task. `events`, when given, receives [`Event::Routes`] batches
-/// (coalesced Loc-RIB changes) and [`Event::PeerState`] / [`Event::PeerError`].
+/// Starts the speaker task. `events`, when given, receives [`Event::RoutesChanged`] (pull
+/// the changes with `handle.query(|s| s.take_changes(n))`) and [`Event::PeerState`] /
+/// [`Event::PeerError`].
 pub async fn spawn(
     speaker: Speaker,
     config: DriverConfig,
@@ -280,11 +281,8 @@ impl Driver {
             }
             self.speaker.flush();
             self.pump();
-            if self.events.is_some() {
-                let changes = self.speaker.take_changes();
-                if !changes.is_empty() {
-                    self.emit(Event::Routes(changes));
-                }
+            if self.events.is_some() && self.speaker.has_changes() {
+                self.emit(Event::RoutesChanged);
             }
             if shutdown.is_some() {
                 self.speaker.shutdown();
@@ -482,7 +480,7 @@ impl Driver {
                     warn!(%peer, %reason, "BGP session error");
                     self.emit(Event::PeerError { peer, reason });
                 }
-                ev @ Event::Routes(_) => self.emit(ev),
+                Event::RoutesChanged => self.emit(Event::RoutesChanged),
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::policy::{self, ExportTarget};
 use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -72,9 +72,11 @@ pub enum Event {
     },
     /// A peer's session failed or went down, with the reason.
     PeerError { peer: IpAddr, reason: DownReason },
-    /// Loc-RIB selections that changed (one entry per prefix, coalesced over a batch).
-    /// Built by the driver from [`Speaker::take_changes`], never queued per prefix.
-    Routes(Vec<Change>),
+    /// Loc-RIB selections changed: take them with [`Speaker::take_changes`]. A signal only;
+    /// the changed prefixes wait, coalesced, inside the speaker until the consumer pulls
+    /// them, so a slow consumer (the kernel) costs a few bytes per prefix, not a queue of
+    /// route copies.
+    RoutesChanged,
 }
 
 /// Counters and times of one peer, for status and metrics.
@@ -129,7 +131,7 @@ pub struct Speaker {
     /// Prefixes whose Loc-RIB selection changed since the last flush.
     dirty: Vec<IpNet>,
     /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
-    changed: Option<Vec<IpNet>>,
+    changed: Option<BTreeSet<IpNet>>,
     events: VecDeque<Event>,
 }
 
@@ -346,19 +348,28 @@ impl Speaker {
 
     /// Start (or stop) collecting Loc-RIB changes for [`Speaker::take_changes`].
     pub fn track_changes(&mut self, on: bool) {
-        self.changed = on.then(Vec::new);
+        self.changed = on.then(BTreeSet::new);
     }
 
-    /// The Loc-RIB changes since the last call, one per prefix with its current selection.
-    pub fn take_changes(&mut self) -> Vec<Change> {
+    /// Whether changes wait for [`Speaker::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        self.changed.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    /// Up to `max` Loc-RIB changes since the last call, one per prefix with its current
+    /// selection; the rest wait for the next call.
+    pub fn take_changes(&mut self, max: usize) -> Vec<Change> {
         let Some(changed) = self.changed.as_mut() else {
             return Vec::new();
         };
-        let mut prefixes = std::mem::take(changed);
-        prefixes.sort_unstable();
-        prefixes.dedup();
-        prefixes
-            .into_iter()
+        let mut out = Vec::with_capacity(max.min(changed.len()));
+        while out.len() < max {
+            let Some(prefix) = changed.pop_first() else {
+                break;
+            };
+            out.push(prefix);
+        }
+        out.into_iter()
             .map(|prefix| Change {
                 prefix,
                 best: self.loc_rib.best(&prefix),
@@ -586,7 +597,7 @@ impl Speaker {
         if u.best_changed {
             self.dirty.push(prefix);
             if let Some(c) = self.changed.as_mut() {
-                c.push(prefix);
+                c.insert(prefix);
             }
         }
     }

@@ -464,7 +464,7 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
 /// Drains the speaker; returns UPDATEs sent per peer and Loc-RIB changes.
 fn speaker_out(s: &mut Speaker) -> (Vec<(IpAddr, Update)>, Vec<ferrovia_bgp::rib::Change>) {
     s.flush();
-    let changes = s.take_changes();
+    let changes = s.take_changes(usize::MAX);
     let mut ups = Vec::new();
     while let Some(e) = s.poll_output() {
         if let Event::Send(p, _, b) = e {

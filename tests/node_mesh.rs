@@ -1,0 +1,630 @@
+//! The node agent: several agents in their own network namespaces on one L2 segment (a
+//! bridge in another namespace), sharing one SQLite datastore, form a full iBGP mesh and
+//! route each other's blocks natively through the kernel.
+//!
+//! Each node has a veth pair `pod0`/`pod0p` holding a /32 and /128 from its block, standing
+//! in for a pod until the CNI exists.
+
+mod common;
+
+use common::proc::Proc;
+use common::{net_lock, wait_until, NetLock, Netns};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
+const POLL: Duration = Duration::from_millis(100);
+const CONVERGE: Duration = Duration::from_secs(20);
+
+struct Node {
+    i: u8,
+    ns: Netns,
+    agent: Option<Proc>,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn sock(&self) -> PathBuf {
+        self.dir.join(format!("n{}.sock", self.i))
+    }
+
+    fn start(&mut self, db: &Path) {
+        let i = self.i;
+        let conf = self.dir.join(format!("n{i}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "node: {{ name: node{i}, asNumber: 64512, routerId: 198.18.0.{i}, addresses: [198.18.0.{i}, \"fd00:198:18::{i}\"] }}\n\
+                 datastore: {{ sqlite: {{ path: {db} }} }}\n\
+                 bgp: {{ holdTime: 9, connectRetry: 1, originate: [10.244.{i}.0/26, \"fd00:10:244:{i}::/122\"] }}\n\
+                 metrics: {{ listen: \"127.0.0.1:9091\" }}\n\
+                 status: {{ socket: {sock} }}\n",
+                db = db.display(),
+                sock = self.sock().display()
+            ),
+        )
+        .expect("write config");
+        let log = self.dir.join(format!("n{i}.log"));
+        let conf = conf.display().to_string();
+        self.agent = Some(Proc::spawn(
+            self.ns.name(),
+            &[BIN, "agent", "--config", &conf],
+            &log,
+            &[("FERROVIA_LOG", "info")],
+        ));
+    }
+
+    fn status(&self) -> Result<Value, String> {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--socket"])
+            .arg(self.sock())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Our routes in the kernel, one line each (`ip route show proto 0xf1`, both families).
+    fn kernel_routes(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for fam in ["-4", "-6"] {
+            let out = self.ns.ip(&[fam, "route", "show", "proto", "0xf1"]);
+            v.extend(
+                out.lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+        v
+    }
+
+    fn has_route(&self, needle: &str) -> bool {
+        self.kernel_routes().iter().any(|l| l.starts_with(needle))
+    }
+
+    fn metrics(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .ns
+                .exec(&[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "http://127.0.0.1:9091/metrics",
+                ])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    fn kill(&mut self, sig: i32) {
+        if let Some(a) = self.agent.as_mut() {
+            a.signal(sig);
+            let _ = a.terminate(Duration::from_secs(5));
+        }
+        self.agent = None;
+    }
+}
+
+struct Cluster {
+    br: Netns,
+    nodes: Vec<Node>,
+    db: PathBuf,
+    dir: tempfile::TempDir,
+    _lock: NetLock,
+}
+
+impl Cluster {
+    fn new(tag: &str, n: u8) -> Cluster {
+        let lock = net_lock();
+        let br = Netns::new(&lock, &format!("{tag}-br"));
+        br.ip(&["link", "add", "br0", "type", "bridge"]);
+        br.link_up("br0");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("ferrovia.db");
+        let mut c = Cluster {
+            br,
+            nodes: Vec::new(),
+            db,
+            dir,
+            _lock: lock,
+        };
+        for i in 1..=n {
+            c.add_node(i);
+        }
+        c
+    }
+
+    fn add_node(&mut self, i: u8) -> &mut Node {
+        let ns = Netns::new(&self._lock, &format!("n{i}"));
+        let port = format!("p{i}");
+        Netns::veth(&ns, "eth0", &self.br, &port);
+        self.br.ip(&["link", "set", &port, "master", "br0"]);
+        ns.addr("eth0", &format!("198.18.0.{i}/24"));
+        ns.addr("eth0", &format!("fd00:198:18::{i}/64"));
+        ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        // The stand-in pod: addresses from the node's block on a local veth.
+        ns.ip(&[
+            "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p",
+        ]);
+        ns.link_up("pod0");
+        ns.link_up("pod0p");
+        ns.addr("pod0", &format!("10.244.{i}.1/32"));
+        ns.addr("pod0", &format!("fd00:10:244:{i}::1/128"));
+        self.nodes.push(Node {
+            i,
+            ns,
+            agent: None,
+            dir: self.dir.path().to_path_buf(),
+        });
+        let db = self.db.clone();
+        let node = self.nodes.last_mut().expect("just pushed");
+        node.start(&db);
+        node
+    }
+
+    fn node(&self, i: u8) -> &Node {
+        self.nodes.iter().find(|n| n.i == i).expect("node")
+    }
+
+    fn node_mut(&mut self, i: u8) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.i == i).expect("node")
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--datastore")
+            .arg(&self.db)
+            .output()
+            .expect("run ferrovia");
+        assert!(
+            out.status.success(),
+            "ferrovia {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every listed node has every other listed node's blocks via that node, and a
+    /// blackhole for its own, in the kernel.
+    fn routed(&self, ids: &[u8]) -> Result<(), String> {
+        for &i in ids {
+            let n = self.node(i);
+            for &j in ids {
+                let want = if i == j {
+                    vec![
+                        format!("blackhole 10.244.{j}.0/26"),
+                        format!("blackhole fd00:10:244:{j}::/122"),
+                    ]
+                } else {
+                    vec![
+                        format!("10.244.{j}.0/26 via 198.18.0.{j} dev eth0"),
+                        format!("fd00:10:244:{j}::/122 via fd00:198:18::{j} dev eth0"),
+                    ]
+                };
+                for w in want {
+                    if !n.has_route(&w) {
+                        return Err(format!("node{i} lacks `{w}`; has {:?}", n.kernel_routes()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn established(&self, i: u8, peers: usize) -> Result<(), String> {
+        let s = self.node(i).status()?;
+        let up = s["peers"]
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["state"] == "Established").count())
+            .unwrap_or(0);
+        if up == peers {
+            Ok(())
+        } else {
+            Err(format!(
+                "node{i}: {up} of {peers} Established: {}",
+                s["peers"]
+            ))
+        }
+    }
+
+    fn dump_logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log =
+                std::fs::read_to_string(n.dir.join(format!("n{}.log", n.i))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!("--- node{} ---\n", n.i));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump_logs());
+        }
+        for n in &mut self.nodes {
+            n.kill(libc_sigterm());
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+#[test]
+fn three_nodes_mesh_and_route_pod_traffic_natively_v4_and_v6() {
+    let c = Cluster::new("mesh3", 3);
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    wait_until("blocks in every kernel", CONVERGE, POLL, || {
+        c.routed(&[1, 2, 3])
+    });
+
+    // Every route carries our protocol number; nothing else was encapsulated or tunnelled.
+    for i in 1..=3 {
+        let links = c.node(i).ns.ip(&["-d", "link", "show"]);
+        for kind in ["vxlan", "ipip", "gre", "sit", "geneve", "wireguard"] {
+            assert!(
+                !links.contains(kind),
+                "node{i} has a {kind} device:\n{links}"
+            );
+        }
+    }
+
+    // Capture on the segment while node1's "pod" pings node3's, both families.
+    let cap = c.br.name().to_string();
+    let tcpdump = std::process::Command::new("ip")
+        .args(["netns", "exec", &cap, "timeout", "8", "tcpdump", "-n", "-l", "-i", "br0", "-c", "40"])
+        .args(["icmp or icmp6 or udp port 4789 or udp port 8472 or ip proto 4 or ip proto 41 or ip proto 47"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(1500));
+    let n1 = &c.node(1).ns;
+    let ping4 = n1.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        "10.244.1.1",
+        "10.244.3.1",
+    ]);
+    assert!(
+        ping4.status.success(),
+        "IPv4 ping failed: {}",
+        String::from_utf8_lossy(&ping4.stdout)
+    );
+    let ping6 = n1.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        "fd00:10:244:1::1",
+        "fd00:10:244:3::1",
+    ]);
+    assert!(
+        ping6.status.success(),
+        "IPv6 ping failed: {}",
+        String::from_utf8_lossy(&ping6.stdout)
+    );
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &cap, "pkill", "-INT", "tcpdump"])
+        .status();
+    let out = tcpdump.wait_with_output().expect("tcpdump output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10.244.1.1 > 10.244.3.1: ICMP echo request"),
+        "plain IPv4 packets between the pod addresses on the wire:\n{text}"
+    );
+    assert!(
+        text.contains("10.244.3.1 > 10.244.1.1: ICMP echo reply"),
+        "reply routed back natively:\n{text}"
+    );
+    assert!(
+        text.contains("fd00:10:244:1::1 > fd00:10:244:3::1: ICMP6, echo request"),
+        "plain IPv6 packets:\n{text}"
+    );
+    for bad in ["4789", "8472", "ipip-proto-4", "GREv0", "ip-proto-41"] {
+        assert!(
+            !text.contains(bad),
+            "encapsulation ({bad}) seen on the wire:\n{text}"
+        );
+    }
+
+    // Status and metrics agree with the kernel.
+    for i in 1..=3 {
+        let n = c.node(i);
+        let kernel = n.kernel_routes().len();
+        assert_eq!(
+            kernel,
+            6,
+            "node{i}: 2 blackholes + 4 learned: {:?}",
+            n.kernel_routes()
+        );
+        let s = n.status().expect("status");
+        assert_eq!(s["routes"]["installed"], kernel, "node{i} status: {s}");
+        for p in s["peers"].as_array().expect("peers") {
+            assert_eq!(p["type"], "mesh");
+            assert_eq!(p["session"], "iBGP");
+            assert_eq!(p["prefixesReceived"], 2, "{p}");
+        }
+        let m = n.metrics();
+        assert!(
+            m.contains(&format!("ferrovia_kernel_routes_installed {kernel}")),
+            "node{i} metrics:\n{m}"
+        );
+        assert_eq!(m.matches("ferrovia_bgp_peer_state{").count(), 2, "{m}");
+        let mut p = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus) is installed by scripts/test.sh");
+        {
+            use std::io::Write;
+            p.stdin
+                .take()
+                .expect("stdin")
+                .write_all(m.as_bytes())
+                .expect("write");
+        }
+        let o = p.wait_with_output().expect("promtool");
+        assert!(
+            o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(),
+            "promtool check metrics is not clean: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let ready = n.ns.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9091/readyz",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&ready.stdout), "200");
+    }
+}
+
+#[test]
+fn a_node_added_to_the_datastore_joins_within_two_seconds_and_leaves_on_removal() {
+    let mut c = Cluster::new("mesh4", 3);
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    wait_until("three nodes routed", CONVERGE, POLL, || {
+        c.routed(&[1, 2, 3])
+    });
+
+    c.add_node(4);
+    // Node 4's agent registers itself at start; nobody else restarts.
+    wait_until("node4 registered", Duration::from_secs(10), POLL, || {
+        let out = c.cli(&["node", "list", "--json"]);
+        if out.contains("\"node4\"") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let t = Instant::now();
+    wait_until(
+        "four nodes meshed and routed within 2 s",
+        Duration::from_secs(2),
+        Duration::from_millis(50),
+        || {
+            for i in 1..=4 {
+                c.established(i, 3)?;
+            }
+            c.routed(&[1, 2, 3, 4])
+        },
+    );
+    eprintln!(
+        "node4 meshed and routed {:?} after registration",
+        t.elapsed()
+    );
+
+    // Removed from the datastore: every other node drops it and its block.
+    c.cli(&["node", "remove", "node4"]);
+    wait_until(
+        "node4's block withdrawn everywhere",
+        Duration::from_secs(5),
+        POLL,
+        || {
+            for i in 1..=3 {
+                let n = c.node(i);
+                if n.has_route("10.244.4.0/26") || n.has_route("fd00:10:244:4::/122") {
+                    return Err(format!(
+                        "node{i} still has node4's block: {:?}",
+                        n.kernel_routes()
+                    ));
+                }
+                let s = n.status()?;
+                if s["peers"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["address"] == "198.18.0.4"))
+                {
+                    return Err(format!("node{i} still peers with node4"));
+                }
+            }
+            Ok(())
+        },
+    );
+    c.node_mut(4).kill(libc_sigterm());
+    c.routed(&[1, 2, 3]).expect("the others stay routed");
+}
+
+#[test]
+fn an_external_bird_tor_learns_every_block_and_its_route_reaches_every_kernel() {
+    let c = Cluster::new("tor", 3);
+    // The ToR: BIRD on the segment, accepting any node of AS 64512 (dynamic neighbours).
+    let lock_free_ns = Netns::new(&c._lock, "tor");
+    Netns::veth(&lock_free_ns, "eth0", &c.br, "ptor");
+    c.br.ip(&["link", "set", "ptor", "master", "br0"]);
+    lock_free_ns.addr("eth0", "198.18.0.254/24");
+    lock_free_ns.addr("eth0", "fd00:198:18::254/64");
+    let bird_conf = c.dir.path().join("tor.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 198.18.0.254;\n\
+         protocol device {}\n\
+         protocol direct { ipv4; ipv6; }\n\
+         protocol static s4 { ipv4; route 10.244.200.0/24 blackhole; }\n\
+         protocol static s6 { ipv6; route fd00:10:244:200::/64 blackhole; }\n\
+         protocol bgp nodes {\n  local 198.18.0.254 as 65000;\n  neighbor range 198.18.0.0/24 as 64512;\n  dynamic name \"node\";\n\
+           ipv4 { import all; export where source = RTS_STATIC; };\n\
+           ipv6 { import all; export where source = RTS_STATIC; next hop address fd00:198:18::254; };\n}\n",
+    )
+    .expect("bird config");
+    let ctl = c.dir.path().join("tor.ctl");
+    let bird_log = c.dir.path().join("tor.log");
+    let mut bird = Proc::spawn(
+        lock_free_ns.name(),
+        &[
+            "bird",
+            "-f",
+            "-c",
+            &bird_conf.display().to_string(),
+            "-s",
+            &ctl.display().to_string(),
+        ],
+        &bird_log,
+        &[],
+    );
+    // A global peer in the datastore: every node peers with the ToR, no restart.
+    c.cli(&[
+        "peer",
+        "add",
+        "tor",
+        "--address",
+        "198.18.0.254",
+        "--as-number",
+        "65000",
+    ]);
+    for i in 1..=3 {
+        wait_until("mesh + ToR", CONVERGE, POLL, || c.established(i, 3));
+    }
+    wait_until("ToR learned all blocks", CONVERGE, POLL, || {
+        let out = Command::new("birdc")
+            .args(["-s", &ctl.display().to_string(), "show", "route"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for i in 1..=3 {
+            for p in [format!("10.244.{i}.0/26"), format!("fd00:10:244:{i}::/122")] {
+                if !text.contains(&p) {
+                    return Err(format!("BIRD lacks {p}:\n{text}"));
+                }
+            }
+        }
+        Ok(())
+    });
+    wait_until("ToR route in every kernel", CONVERGE, POLL, || {
+        for i in 1..=3 {
+            let n = c.node(i);
+            for w in [
+                "10.244.200.0/24 via 198.18.0.254 dev eth0",
+                "fd00:10:244:200::/64 via fd00:198:18::254 dev eth0",
+            ] {
+                if !n.has_route(w) {
+                    return Err(format!("node{i} lacks `{w}`: {:?}", n.kernel_routes()));
+                }
+            }
+            let s = n.status()?;
+            let tor = s["peers"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["address"] == "198.18.0.254").cloned())
+                .ok_or("no ToR peer")?;
+            if tor["type"] != "global" || tor["session"] != "eBGP" {
+                return Err(format!("ToR peer: {tor}"));
+            }
+        }
+        Ok(())
+    });
+    bird.kill();
+}
+
+#[test]
+fn restart_after_sigkill_removes_stale_routes_of_ours_and_keeps_other_protocols() {
+    let mut c = Cluster::new("recon", 3);
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    wait_until("routed", CONVERGE, POLL, || c.routed(&[1, 2, 3]));
+    c.node_mut(1).kill(9);
+    let ns = &c.node(1).ns;
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.99.0/24",
+        "via",
+        "198.18.0.2",
+        "proto",
+        "0xf1",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.98.0/24",
+        "via",
+        "198.18.0.3",
+        "proto",
+        "static",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.97.0/24",
+        "via",
+        "198.18.0.3",
+        "proto",
+        "bird",
+    ]);
+    let db = c.db.clone();
+    c.node_mut(1).start(&db);
+    wait_until("stale route of ours removed", CONVERGE, POLL, || {
+        let n = c.node(1);
+        if n.has_route("10.244.99.0/24") {
+            return Err(format!("stale route still there: {:?}", n.kernel_routes()));
+        }
+        Ok(())
+    });
+    wait_until("routed again", CONVERGE, POLL, || c.routed(&[1, 2, 3]));
+    let all = c.node(1).ns.ip(&["route", "show"]);
+    assert!(
+        all.contains("10.244.98.0/24 via 198.18.0.3 dev eth0 proto static"),
+        "static route kept:\n{all}"
+    );
+    assert!(
+        all.contains("10.244.97.0/24 via 198.18.0.3 dev eth0 proto bird"),
+        "BIRD's route kept:\n{all}"
+    );
+}
