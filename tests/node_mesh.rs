@@ -8,263 +8,11 @@
 mod common;
 
 use common::proc::Proc;
-use common::{net_lock, wait_until, NetLock, Netns};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use common::{wait_until, Netns};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
-const POLL: Duration = Duration::from_millis(100);
-const CONVERGE: Duration = Duration::from_secs(20);
-
-struct Node {
-    i: u8,
-    ns: Netns,
-    agent: Option<Proc>,
-    dir: PathBuf,
-}
-
-impl Node {
-    fn sock(&self) -> PathBuf {
-        self.dir.join(format!("n{}.sock", self.i))
-    }
-
-    fn start(&mut self, db: &Path) {
-        let i = self.i;
-        let conf = self.dir.join(format!("n{i}.yaml"));
-        std::fs::write(
-            &conf,
-            format!(
-                "node: {{ name: node{i}, asNumber: 64512, routerId: 198.18.0.{i}, addresses: [198.18.0.{i}, \"fd00:198:18::{i}\"] }}\n\
-                 datastore: {{ sqlite: {{ path: {db} }} }}\n\
-                 bgp: {{ holdTime: 9, connectRetry: 1, originate: [10.244.{i}.0/26, \"fd00:10:244:{i}::/122\"] }}\n\
-                 metrics: {{ listen: \"127.0.0.1:9091\" }}\n\
-                 status: {{ socket: {sock} }}\n",
-                db = db.display(),
-                sock = self.sock().display()
-            ),
-        )
-        .expect("write config");
-        let log = self.dir.join(format!("n{i}.log"));
-        let conf = conf.display().to_string();
-        self.agent = Some(Proc::spawn(
-            self.ns.name(),
-            &[BIN, "agent", "--config", &conf],
-            &log,
-            &[("FERROVIA_LOG", "info")],
-        ));
-    }
-
-    fn status(&self) -> Result<Value, String> {
-        let out = Command::new(BIN)
-            .args(["status", "--json", "--socket"])
-            .arg(self.sock())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-    }
-
-    /// Our routes in the kernel, one line each (`ip route show proto 0xf1`, both families).
-    fn kernel_routes(&self) -> Vec<String> {
-        let mut v: Vec<String> = Vec::new();
-        for fam in ["-4", "-6"] {
-            let out = self.ns.ip(&[fam, "route", "show", "proto", "0xf1"]);
-            v.extend(
-                out.lines()
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty()),
-            );
-        }
-        v
-    }
-
-    fn has_route(&self, needle: &str) -> bool {
-        self.kernel_routes().iter().any(|l| l.starts_with(needle))
-    }
-
-    fn metrics(&self) -> String {
-        String::from_utf8_lossy(
-            &self
-                .ns
-                .exec(&[
-                    "curl",
-                    "-s",
-                    "--max-time",
-                    "3",
-                    "http://127.0.0.1:9091/metrics",
-                ])
-                .stdout,
-        )
-        .into_owned()
-    }
-
-    fn kill(&mut self, sig: i32) {
-        if let Some(a) = self.agent.as_mut() {
-            a.signal(sig);
-            let _ = a.terminate(Duration::from_secs(5));
-        }
-        self.agent = None;
-    }
-}
-
-struct Cluster {
-    br: Netns,
-    nodes: Vec<Node>,
-    db: PathBuf,
-    dir: tempfile::TempDir,
-    _lock: NetLock,
-}
-
-impl Cluster {
-    fn new(tag: &str, n: u8) -> Cluster {
-        let lock = net_lock();
-        let br = Netns::new(&lock, &format!("{tag}-br"));
-        br.ip(&["link", "add", "br0", "type", "bridge"]);
-        br.link_up("br0");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("ferrovia.db");
-        let mut c = Cluster {
-            br,
-            nodes: Vec::new(),
-            db,
-            dir,
-            _lock: lock,
-        };
-        for i in 1..=n {
-            c.add_node(i);
-        }
-        c
-    }
-
-    fn add_node(&mut self, i: u8) -> &mut Node {
-        let ns = Netns::new(&self._lock, &format!("n{i}"));
-        let port = format!("p{i}");
-        Netns::veth(&ns, "eth0", &self.br, &port);
-        self.br.ip(&["link", "set", &port, "master", "br0"]);
-        ns.addr("eth0", &format!("198.18.0.{i}/24"));
-        ns.addr("eth0", &format!("fd00:198:18::{i}/64"));
-        ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        // The stand-in pod: addresses from the node's block on a local veth.
-        ns.ip(&[
-            "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p",
-        ]);
-        ns.link_up("pod0");
-        ns.link_up("pod0p");
-        ns.addr("pod0", &format!("10.244.{i}.1/32"));
-        ns.addr("pod0", &format!("fd00:10:244:{i}::1/128"));
-        self.nodes.push(Node {
-            i,
-            ns,
-            agent: None,
-            dir: self.dir.path().to_path_buf(),
-        });
-        let db = self.db.clone();
-        let node = self.nodes.last_mut().expect("just pushed");
-        node.start(&db);
-        node
-    }
-
-    fn node(&self, i: u8) -> &Node {
-        self.nodes.iter().find(|n| n.i == i).expect("node")
-    }
-
-    fn node_mut(&mut self, i: u8) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.i == i).expect("node")
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--datastore")
-            .arg(&self.db)
-            .output()
-            .expect("run ferrovia");
-        assert!(
-            out.status.success(),
-            "ferrovia {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Every listed node has every other listed node's blocks via that node, and a
-    /// blackhole for its own, in the kernel.
-    fn routed(&self, ids: &[u8]) -> Result<(), String> {
-        for &i in ids {
-            let n = self.node(i);
-            for &j in ids {
-                let want = if i == j {
-                    vec![
-                        format!("blackhole 10.244.{j}.0/26"),
-                        format!("blackhole fd00:10:244:{j}::/122"),
-                    ]
-                } else {
-                    vec![
-                        format!("10.244.{j}.0/26 via 198.18.0.{j} dev eth0"),
-                        format!("fd00:10:244:{j}::/122 via fd00:198:18::{j} dev eth0"),
-                    ]
-                };
-                for w in want {
-                    if !n.has_route(&w) {
-                        return Err(format!("node{i} lacks `{w}`; has {:?}", n.kernel_routes()));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn established(&self, i: u8, peers: usize) -> Result<(), String> {
-        let s = self.node(i).status()?;
-        let up = s["peers"]
-            .as_array()
-            .map(|a| a.iter().filter(|p| p["state"] == "Established").count())
-            .unwrap_or(0);
-        if up == peers {
-            Ok(())
-        } else {
-            Err(format!(
-                "node{i}: {up} of {peers} Established: {}",
-                s["peers"]
-            ))
-        }
-    }
-
-    fn dump_logs(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            let log =
-                std::fs::read_to_string(n.dir.join(format!("n{}.log", n.i))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            out.push_str(&format!("--- node{} ---\n", n.i));
-            for l in tail.iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.dump_logs());
-        }
-        for n in &mut self.nodes {
-            n.kill(libc_sigterm());
-        }
-    }
-}
-
-fn libc_sigterm() -> i32 {
-    15
-}
+use common::cluster::{libc_sigterm, Cluster, CONVERGE, POLL};
 
 #[test]
 fn three_nodes_mesh_and_route_pod_traffic_natively_v4_and_v6() {
@@ -569,6 +317,30 @@ fn an_external_bird_tor_learns_every_block_and_its_route_reaches_every_kernel() 
         }
         Ok(())
     });
+
+    // Cluster-wide settings change while agents run: mesh off leaves only the ToR session.
+    c.cli(&["cluster", "set", "--mesh", "off"]);
+    wait_until("mesh sessions gone, ToR kept", CONVERGE, POLL, || {
+        for i in 1..=3 {
+            let s = c.node(i).status()?;
+            let peers: Vec<String> = s["peers"]
+                .as_array()
+                .map(|a| a.iter().map(|p| format!("{}/{}", p["address"], p["type"])).collect())
+                .unwrap_or_default();
+            if peers != ["\"198.18.0.254\"/\"global\""] {
+                return Err(format!("node{i} peers: {peers:?}"));
+            }
+            if c.node(i).has_route(&format!("10.244.{}.0/26", i % 3 + 1)) {
+                return Err(format!("node{i} still routes a neighbour's block without the mesh"));
+            }
+        }
+        Ok(())
+    });
+    c.cli(&["cluster", "set", "--mesh", "on"]);
+    for i in 1..=3 {
+        wait_until("mesh back", CONVERGE, POLL, || c.established(i, 3));
+    }
+    wait_until("routed again", CONVERGE, POLL, || c.routed(&[1, 2, 3]));
     bird.kill();
 }
 

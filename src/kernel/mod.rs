@@ -80,11 +80,13 @@
 // agent uses apply/reconcile/retry_pending.
 #![allow(dead_code)]
 
+mod installed;
 mod netlink;
 mod resolve;
 #[cfg(test)]
 mod tests;
 
+use installed::Installed;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -281,7 +283,7 @@ pub struct Kernel {
     table: u32,
     metric: u32,
     /// Our routes in the kernel, at our metric.
-    installed: HashMap<IpNet, Fib>,
+    installed: Installed,
     /// Desired routes with next hops that did not resolve.
     pending: HashMap<IpNet, Pending>,
     /// Desired routes not created because another protocol's route holds the key.
@@ -313,7 +315,7 @@ impl Kernel {
             nl,
             table,
             metric,
-            installed: HashMap::new(),
+            installed: Installed::default(),
             pending: HashMap::new(),
             conflicts: HashMap::new(),
             stale: true,
@@ -396,7 +398,7 @@ impl Kernel {
             Err(e) => return Err(self.fail_dump(e)),
         };
         let found = ours.len() + strays.len();
-        self.installed = ours;
+        self.installed = Installed::from_map(ours);
         self.pending.clear();
         self.conflicts.clear();
         self.stale = false;
@@ -427,7 +429,7 @@ impl Kernel {
             .map(|(p, k)| (p.trunc(), Some(k.clone())))
             .collect();
         for p in self.installed.keys() {
-            changes.entry(*p).or_insert(None);
+            changes.entry(p).or_insert(None);
         }
         let s = self.apply_changes(changes).await?;
         stats.added += s.added;
@@ -504,7 +506,7 @@ impl Kernel {
     async fn refresh(&mut self) -> Result<(), KernelError> {
         match self.dump().await {
             Ok((ours, _)) => {
-                self.installed = ours;
+                self.installed = Installed::from_map(ours);
                 self.stale = false;
                 Ok(())
             }

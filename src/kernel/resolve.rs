@@ -21,7 +21,7 @@ pub(super) struct Hop {
 }
 
 /// What the kernel holds (or should hold) for one prefix of ours.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Fib {
     Blackhole,
     /// Sorted, without duplicates, never empty.

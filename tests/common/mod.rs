@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bird;
+pub mod cluster;
 pub mod ferrovia;
 pub mod frr;
 pub mod gobgp;
