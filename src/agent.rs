@@ -138,7 +138,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     }
 
     let announce = Arc::new(tokio::sync::Notify::new());
-    let mut _cni_ipam: Option<Arc<NodeIpam>> = None;
+    let mut cni_ipam: Option<Arc<NodeIpam>> = None;
     let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
     let health = Arc::new(Health::default());
     let kstatus: SharedKernelStatus = Arc::new(Mutex::new(KernelStatus::default()));
@@ -186,7 +186,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             announce.clone(),
             rev,
         )));
-        _cni_ipam = ipam;
+        cni_ipam = ipam;
         tasks.push(tokio::spawn(heartbeat_task(
             store.clone(),
             cfg.node.name.clone(),
@@ -221,11 +221,17 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         as_number: cfg.node.as_number,
         router_id: cfg.node.router_id.to_string(),
     };
+    let cni_ctx = Arc::new(crate::cni::agent::CniContext::new(
+        cfg.node.name.clone(),
+        cni_ipam.clone(),
+        announce.clone(),
+    ));
     tasks.push(tokio::spawn(serve_control(
         listener,
         handle.clone(),
         node,
         kstatus,
+        cni_ctx,
     )));
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -676,6 +682,7 @@ async fn serve_control(
     handle: Handle,
     node: NodeInfo,
     kstatus: SharedKernelStatus,
+    cni_ctx: Arc<crate::cni::agent::CniContext>,
 ) {
     loop {
         match listener.accept().await {
@@ -683,8 +690,9 @@ async fn serve_control(
                 let h = handle.clone();
                 let n = node.clone();
                 let k = kstatus.clone();
+                let c = cni_ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, h, n, k).await {
+                    if let Err(e) = answer(stream, h, n, k, c).await {
                         warn!(error = %e, "control socket request failed");
                     }
                 });
@@ -702,14 +710,16 @@ async fn answer(
     handle: Handle,
     node: NodeInfo,
     kstatus: SharedKernelStatus,
+    cni_ctx: Arc<crate::cni::agent::CniContext>,
 ) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    let mut rd = BufReader::new(rd).take(64 * 1024);
+    let mut rd = BufReader::new(rd).take(1024 * 1024);
     tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await??;
     let reply = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => serde_json::to_vec(&status(&handle, node, &kstatus).await?)?,
         Ok(Request::Routes) => serde_json::to_vec(&routes(&handle).await?)?,
+        Ok(Request::Cni(r)) => serde_json::to_vec(&crate::cni::agent::handle(r, &cni_ctx).await)?,
         Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
     };
     wr.write_all(&reply).await?;

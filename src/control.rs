@@ -1,6 +1,6 @@
 //! The agent's control socket: a unix socket speaking one JSON request line per
 //! connection, answered with one JSON document. `ferrovia status` and `ferrovia routes`
-//! are its clients; the CNI plugin will be one too.
+//! are its clients, and so is the CNI plugin (`ferrovia-cni`, see `crate::cni::protocol`).
 
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum Request {
     Status,
     Routes,
+    /// A CNI command from `ferrovia-cni`, answered with a
+    /// [`crate::cni::protocol::AgentReply`].
+    Cni(crate::cni::protocol::AgentRequest),
 }
 
 /// Answer to [`Request::Status`].

@@ -1,6 +1,7 @@
-//! `ferrovia`: the node agent, its CLI and (later) the CNI plugin, in one binary.
+//! `ferrovia`: the node agent, its CLI and, run under the name `ferrovia-cni`, the CNI plugin.
 
 mod agent;
+mod cni;
 mod config;
 mod control;
 #[allow(dead_code)]
@@ -116,6 +117,11 @@ fn init_logging(level: Option<String>, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Runtimes exec /opt/cni/bin/ferrovia-cni (a link to or copy of this binary): be the
+    // CNI plugin, before anything else is set up.
+    if cni::plugin::invoked_as_plugin() {
+        return cni::plugin::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Agent {
