@@ -325,13 +325,19 @@ fn an_external_bird_tor_learns_every_block_and_its_route_reaches_every_kernel() 
             let s = c.node(i).status()?;
             let peers: Vec<String> = s["peers"]
                 .as_array()
-                .map(|a| a.iter().map(|p| format!("{}/{}", p["address"], p["type"])).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|p| format!("{}/{}", p["address"], p["type"]))
+                        .collect()
+                })
                 .unwrap_or_default();
             if peers != ["\"198.18.0.254\"/\"global\""] {
                 return Err(format!("node{i} peers: {peers:?}"));
             }
             if c.node(i).has_route(&format!("10.244.{}.0/26", i % 3 + 1)) {
-                return Err(format!("node{i} still routes a neighbour's block without the mesh"));
+                return Err(format!(
+                    "node{i} still routes a neighbour's block without the mesh"
+                ));
             }
         }
         Ok(())

@@ -168,7 +168,16 @@ impl Cluster {
         ns.addr("pod0", &format!("fd00:10:244:{i}::1/128"));
         // Real nodes have a default route; proxy ARP for pods' 169.254.1.1 needs one out
         // of another interface (GUIDE §4).
-        ns.ip(&["route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "onlink"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.254",
+            "dev",
+            "eth0",
+            "onlink",
+        ]);
         self.nodes.push(Node {
             i,
             ns,
@@ -279,7 +288,6 @@ pub fn libc_sigterm() -> i32 {
     15
 }
 
-
 /// A pod: a network namespace wired through the real CNI path.
 pub struct Pod {
     pub node: u8,
@@ -311,7 +319,14 @@ impl Cluster {
     }
 
     /// Runs one CNI command against node `i`'s agent, as a runtime would.
-    pub fn cni(&self, i: u8, command: &str, id: &str, netns: Option<&str>, stdin: Option<String>) -> (bool, Value) {
+    pub fn cni(
+        &self,
+        i: u8,
+        command: &str,
+        id: &str,
+        netns: Option<&str>,
+        stdin: Option<String>,
+    ) -> (bool, Value) {
         use std::io::Write;
         let conf = stdin.unwrap_or_else(|| {
             format!(
@@ -325,7 +340,10 @@ impl Cluster {
             .env("CNI_CONTAINERID", id)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"))
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
