@@ -230,3 +230,56 @@ fn one_hundred_parallel_adds_on_one_node_are_distinct_and_reachable_from_another
         });
     }
 }
+
+#[test]
+fn running_pods_keep_their_routes_and_traffic_across_an_agent_restart() {
+    let mut c = cluster("cnirst");
+    let pod = c.add_pod(1, "keep");
+    let v4 = pod.ip(false).expect("v4");
+    let v6 = pod.ip(true).expect("v6");
+    let host_routes = |c: &Cluster| {
+        c.node(1)
+            .kernel_routes()
+            .into_iter()
+            .filter(|l| l.starts_with(&format!("{v4} dev")) || l.starts_with(&format!("{v6} dev")))
+            .count()
+    };
+    assert_eq!(
+        host_routes(&c),
+        2,
+        "host routes to the pod: {:?}",
+        c.node(1).kernel_routes()
+    );
+    let n2 = &c.node(2).ns;
+    wait_until("pod reachable from node2", CONVERGE, POLL, || {
+        let out = n2.exec(&["ping", "-c", "1", "-W", "1", &v4]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err("unreachable")
+        }
+    });
+    // The agent dies hard and comes back: it reconciles the kernel table at start.
+    c.node_mut(1).kill(9);
+    let db = c.db.clone();
+    c.node_mut(1).start(&db);
+    wait_until("agent back", CONVERGE, POLL, || c.established(1, 2));
+    assert_eq!(
+        host_routes(&c),
+        2,
+        "reconciliation kept the pod's host routes: {:?}",
+        c.node(1).kernel_routes()
+    );
+    let out = c.node(2).ns.exec(&["ping", "-c", "1", "-W", "2", &v4]);
+    assert!(
+        out.status.success(),
+        "the pod stayed reachable: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (ok, v) = c.cni(1, "CHECK", &pod.id, Some(pod.ns.name()), Some(format!(
+        r#"{{"cniVersion":"1.0.0","name":"ferrovia","type":"ferrovia-cni","agentSocket":"{}","mtu":1500,"prevResult":{}}}"#,
+        c.node(1).sock().display(),
+        pod.result
+    )));
+    assert!(ok, "CHECK after the restart: {v}");
+}

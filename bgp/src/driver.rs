@@ -143,6 +143,10 @@ struct Driver {
     config: DriverConfig,
     peers: HashMap<IpAddr, PeerSpec>,
     conns: HashMap<ConnId, ConnTask>,
+    /// Writers of closed connections still flushing (a NOTIFICATION, typically); awaited
+    /// at shutdown so a CEASE is on the wire before the process exits. Without it a peer
+    /// that helps graceful restart sees a bare close and keeps our routes as stale.
+    closing: Vec<JoinHandle<()>>,
     next_conn: ConnId,
     io_tx: mpsc::Sender<Io>,
     listener_fd: Option<(std::os::fd::RawFd, bool)>,
@@ -178,6 +182,7 @@ pub async fn spawn(
         config,
         peers: HashMap::new(),
         conns: HashMap::new(),
+        closing: Vec::new(),
         next_conn: 1,
         io_tx: io_tx.clone(),
         listener_fd,
@@ -291,7 +296,7 @@ impl Driver {
             }
         }
         // Let the writers deliver the CEASE NOTIFICATIONs, bounded.
-        let writers: Vec<JoinHandle<()>> = self
+        let mut writers: Vec<JoinHandle<()>> = self
             .conns
             .drain()
             .map(|(_, c)| {
@@ -300,6 +305,7 @@ impl Driver {
                 c.writer_task
             })
             .collect();
+        writers.append(&mut self.closing);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             for w in writers {
                 let _ = w.await;
@@ -469,6 +475,8 @@ impl Driver {
                         // shut the socket down; the reader stops now.
                         c.reader_task.abort();
                         drop(c.writer);
+                        self.closing.retain(|w| !w.is_finished());
+                        self.closing.push(c.writer_task);
                         debug!(peer = %c.peer, conn, "connection closed");
                     }
                 }

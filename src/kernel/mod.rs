@@ -87,6 +87,7 @@ mod resolve;
 mod tests;
 
 use installed::Installed;
+pub(crate) use netlink::ext_ack_text;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -533,6 +534,11 @@ impl Kernel {
                     warn!(%prefix, "route of our protocol with TOS or source prefix: left alone");
                     continue;
                 }
+                if is_pod_host_route(&r) {
+                    // A device route to a pod (`<pod>/32 dev <veth> scope link`): the CNI
+                    // wiring owns those; this table never installs a route without gateway.
+                    continue;
+                }
                 let metric = route_metric(&r);
                 if metric == self.metric_for(&prefix) {
                     ours.insert(prefix, fib_of(&r));
@@ -951,4 +957,21 @@ fn nl_detail(e: &NlError) -> String {
         }
         NlError::Overrun => "the netlink receive buffer overflowed".into(),
     }
+}
+
+/// A unicast route of our protocol with an output device and no gateway: the host route to
+/// a pod that the CNI wiring installs (IPv4 reports it with link scope, IPv6 with universe
+/// scope). This module never installs such a route and never touches one, so reconciling at
+/// start does not cut running pods off.
+fn is_pod_host_route(r: &RouteMessage) -> bool {
+    r.header.kind == RouteType::Unicast
+        && r.attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(_)))
+        && !r.attributes.iter().any(|a| {
+            matches!(
+                a,
+                RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_)
+            )
+        })
 }

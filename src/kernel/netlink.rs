@@ -417,7 +417,7 @@ fn parse_echo(echo: &[u8]) -> (Option<u16>, Option<ipnet::IpNet>) {
 }
 
 /// The NLMSGERR_ATTR_MSG text of an extended ack, if the kernel sent one.
-pub(super) fn ext_ack_text(echo: &[u8], flags: u16) -> Option<String> {
+pub(crate) fn ext_ack_text(echo: &[u8], flags: u16) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }

@@ -75,9 +75,8 @@ const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
-const NLM_F_CAPPED: u16 = 0x100;
+#[cfg(test)]
 pub(super) const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSG_HDRLEN: usize = 16;
 
 impl Rtnl {
@@ -334,33 +333,8 @@ fn status(raw: &Raw<'_>) -> Result<(), Nack> {
     })
 }
 
-/// The NLMSGERR_ATTR_MSG text of an extended ack (after the echoed request).
-pub(super) fn ext_ack_text(echo: &[u8], flags: u16) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 {
-        return None;
-    }
-    let start = if flags & NLM_F_CAPPED != 0 {
-        NLMSG_HDRLEN
-    } else {
-        let len = u32::from_ne_bytes(echo.get(0..4)?.try_into().ok()?) as usize;
-        (len.min(echo.len()) + 3) & !3
-    };
-    let mut rest = echo.get(start..)?;
-    while rest.len() >= 4 {
-        let nla_len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let nla_type = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if nla_len < 4 || nla_len > rest.len() {
-            return None;
-        }
-        if nla_type == NLMSGERR_ATTR_MSG {
-            let text = &rest[4..nla_len];
-            let text = text.split(|b| *b == 0).next().unwrap_or(text);
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        rest = rest.get((nla_len + 3) & !3..)?;
-    }
-    None
-}
+/// The NLMSGERR_ATTR_MSG text of an extended ack: the route module parses the same acks.
+pub(super) use crate::kernel::ext_ack_text;
 
 fn decode(bytes: &[u8]) -> Option<RouteNetlinkMessage> {
     match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {

@@ -849,19 +849,26 @@ fn concurrent_adds_and_an_abandoned_add() {
     let (ok, out) = ping(&pods[0], "10.244.2.2");
     assert!(ok, "{out}");
 
-    // An ADD whose caller stops waiting is undone when its thread finishes.
-    let pod = Netns::new(&lock, "abandoned");
-    let s = spec(
-        "c-abandoned",
-        "eth0",
-        &pod.path(),
-        Some("10.244.2.100"),
-        None,
-    );
-    let host = host_ifname("c-abandoned", "eth0");
-    let r = node
-        .run(move || async move { tokio::time::timeout(Duration::ZERO, add(&s)).await.is_err() });
-    assert!(r, "the ADD should not have finished within no time");
+    // An ADD whose caller stops waiting is undone when its thread finishes. Dropping the
+    // future after one poll races the worker thread (an ADD takes about 1 ms): when the ADD
+    // wins, it is a completed ADD, so undo it and try again with another pod.
+    let mut abandoned = None;
+    for attempt in 0..5 {
+        let pod = Netns::new(&lock, &format!("abandoned{attempt}"));
+        let cid = format!("c-abandoned-{attempt}");
+        let s = spec(&cid, "eth0", &pod.path(), Some("10.244.2.100"), None);
+        let dropped = node.run(move || async move {
+            tokio::time::timeout(Duration::ZERO, add(&s)).await.is_err()
+        });
+        if dropped {
+            abandoned = Some((pod, host_ifname(&cid, "eth0")));
+            break;
+        }
+        let p = pod.path();
+        node.run(move || async move { del(&cid, "eth0", Some(&p)).await })
+            .unwrap_or_else(|e| panic!("DEL of the completed ADD: {e}"));
+    }
+    let (pod, host) = abandoned.expect("in 5 tries no ADD was still running after one poll");
     // Its thread carries on (ADD ≈ 1 ms, undoing ≈ 40 ms): give it time, then look.
     std::thread::sleep(Duration::from_millis(300));
     let deadline = Instant::now() + Duration::from_secs(5);
