@@ -8,6 +8,7 @@ mod control;
 mod datastore;
 mod ipam_store;
 mod kernel;
+mod lab;
 mod mesh;
 mod metrics;
 mod store_cli;
@@ -85,6 +86,8 @@ enum Command {
         #[command(subcommand)]
         cmd: store_cli::IpamCmd,
     },
+    /// Labs: containerlab topology files run in network namespaces, without Docker.
+    Lab(lab::LabArgs),
     /// Show the Loc-RIB (selected routes) of the running agent.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Lab(args) => lab::main(args),
         Command::Routes { socket, json } => {
             let r: Result<Vec<control::RouteInfo>, _> =
                 control::call(&socket, &control::Request::Routes);
