@@ -271,7 +271,7 @@ async fn open_store(path: &Path, loaded: &Loaded) -> Result<Arc<SqliteStore>> {
             &store,
             &ClusterBgp {
                 as_number: cfg.node.as_number,
-                mesh: true,
+                mesh: cfg.bgp.mesh,
                 listen_port: cfg.bgp.listen.port,
             },
         )

@@ -153,6 +153,11 @@ pub struct Bgp {
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub originate: Vec<Originate>,
+    /// Full iBGP mesh between the datastore's nodes. Seeds the cluster-wide setting when
+    /// the datastore has none yet; afterwards the datastore's value rules
+    /// (`ferrovia cluster set --mesh on|off`).
+    #[serde(default = "default_true")]
+    pub mesh: bool,
 }
 
 impl Default for Bgp {
@@ -164,6 +169,7 @@ impl Default for Bgp {
             graceful_restart_time: default_gr_time(),
             peers: Vec::new(),
             originate: Vec::new(),
+            mesh: true,
         }
     }
 }
@@ -567,6 +573,13 @@ status: { socket: /run/ferrovia/ferrovia.sock }
                  kernel: { table: 100 }\nmetrics: { listen: \"127.0.0.1:9091\" }";
         let l = parse("t", t).expect("loads");
         assert_eq!(l.config.kernel.table.id(), Some(100));
+        assert!(l.config.bgp.mesh, "mesh on unless said otherwise");
+        let off = parse(
+            "t",
+            "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { mesh: false }",
+        )
+        .expect("loads");
+        assert!(!off.config.bgp.mesh);
         assert!(l.config.kernel.enabled);
         assert_eq!(
             parse("t", "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }")

@@ -406,3 +406,35 @@ fn restart_after_sigkill_removes_stale_routes_of_ours_and_keeps_other_protocols(
         "BIRD's route kept:\n{all}"
     );
 }
+
+#[test]
+fn the_first_agent_can_seed_the_cluster_with_the_mesh_off() {
+    let c = Cluster::with_bgp("nomesh", 2, "", ", mesh: false");
+    wait_until("both nodes registered", CONVERGE, POLL, || {
+        let out = c.cli(&["node", "list", "--json"]);
+        if out.contains("\"node1\"") && out.contains("\"node2\"") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let cluster: serde_json::Value =
+        serde_json::from_str(&c.cli(&["cluster", "show", "--json"])).expect("json");
+    assert_eq!(
+        cluster["mesh"], false,
+        "seeded from the agents' config: {cluster}"
+    );
+    // No mesh sessions while it is off...
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 1..=2 {
+        let s = c.node(i).status().expect("status");
+        assert_eq!(s["peers"].as_array().map(Vec::len), Some(0), "node{i}: {s}");
+    }
+    // ...and the datastore's value rules from then on.
+    c.cli(&["cluster", "set", "--mesh", "on"]);
+    for i in 1..=2 {
+        wait_until("meshed after cluster set", CONVERGE, POLL, || {
+            c.established(i, 1)
+        });
+    }
+}

@@ -23,6 +23,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// Extra YAML appended to the agent config (e.g. an `ipam:` section).
     pub extra: String,
+    /// Extra entries inside the config's `bgp` mapping (e.g. `, mesh: false`).
+    pub bgp_extra: String,
 }
 
 impl Node {
@@ -38,12 +40,13 @@ impl Node {
             format!(
                 "node: {{ name: node{i}, asNumber: 64512, routerId: 198.18.0.{i}, addresses: [198.18.0.{i}, \"fd00:198:18::{i}\"] }}\n\
                  datastore: {{ sqlite: {{ path: {db} }} }}\n\
-                 bgp: {{ holdTime: 9, connectRetry: 1, originate: [10.244.{i}.0/26, \"fd00:10:244:{i}::/122\"] }}\n\
+                 bgp: {{ holdTime: 9, connectRetry: 1, originate: [10.244.{i}.0/26, \"fd00:10:244:{i}::/122\"]{bgp_extra} }}\n\
                  metrics: {{ listen: \"127.0.0.1:9091\" }}\n\
                  status: {{ socket: {sock} }}\n{extra}",
                 db = db.display(),
                 sock = self.sock().display(),
-                extra = self.extra
+                extra = self.extra,
+                bgp_extra = self.bgp_extra
             ),
         )
         .expect("write config");
@@ -119,6 +122,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Extra YAML for every node's config.
     pub extra: String,
+    /// Extra entries inside every node's `bgp` mapping.
+    pub bgp_extra: String,
     pub _lock: NetLock,
 }
 
@@ -129,6 +134,11 @@ impl Cluster {
 
     /// A cluster whose nodes' configs all end with `extra` (YAML).
     pub fn with(tag: &str, n: u8, extra: &str) -> Cluster {
+        Cluster::with_bgp(tag, n, extra, "")
+    }
+
+    /// Like [`Cluster::with`], with `bgp_extra` inside every node's `bgp` mapping.
+    pub fn with_bgp(tag: &str, n: u8, extra: &str, bgp_extra: &str) -> Cluster {
         let lock = net_lock();
         let br = Netns::new(&lock, &format!("{tag}-br"));
         br.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -141,6 +151,7 @@ impl Cluster {
             db,
             dir,
             extra: extra.to_string(),
+            bgp_extra: bgp_extra.to_string(),
             _lock: lock,
         };
         for i in 1..=n {
@@ -184,6 +195,7 @@ impl Cluster {
             agent: None,
             dir: self.dir.path().to_path_buf(),
             extra: self.extra.clone(),
+            bgp_extra: self.bgp_extra.clone(),
         });
         let db = self.db.clone();
         let node = self.nodes.last_mut().expect("just pushed");
