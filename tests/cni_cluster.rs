@@ -283,3 +283,59 @@ fn running_pods_keep_their_routes_and_traffic_across_an_agent_restart() {
     )));
     assert!(ok, "CHECK after the restart: {v}");
 }
+
+#[test]
+fn a_node_without_a_block_borrows_an_address_and_announces_it_as_a_host_route() {
+    // Room for two /28 blocks only: the third node cannot claim one and borrows.
+    let c = Cluster::with(
+        "cniborrow",
+        3,
+        "ipam:\n  pools:\n    - { cidr: 10.244.0.0/27, blockSize: 28 }\n",
+    );
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    let p1 = c.add_pod(1, "b1");
+    let p2 = c.add_pod(2, "b2");
+    let p3 = c.add_pod(3, "b3");
+    assert!(p3.ip(true).is_none(), "IPv4-only pool: {}", p3.result);
+    let ip3 = p3.ip(false).expect("borrowed v4");
+    let allocs = ipam_allocations(&c);
+    let row = allocs
+        .iter()
+        .find(|a| a.to_string().contains(&format!("\"{ip3}")))
+        .unwrap_or_else(|| panic!("{ip3} in ipam show: {allocs:?}"));
+    assert_eq!(row["borrowed"], true, "node3's address is borrowed: {row}");
+    // Every other node routes the borrowed /32 to node3, more specific than the owner's
+    // block (and its blackhole), and the pods reach each other.
+    for i in [1u8, 2] {
+        wait_until("borrowed /32 via node3", CONVERGE, POLL, || {
+            let w = format!("{ip3} via 198.18.0.3 dev eth0");
+            if c.node(i).has_route(&w) {
+                Ok(())
+            } else {
+                Err(format!("node{i}: {:?}", c.node(i).kernel_routes()))
+            }
+        });
+    }
+    for other in [&p1, &p2] {
+        let to = other.ip(false).expect("v4");
+        wait_until("borrowing pod reaches the others", CONVERGE, POLL, || {
+            ping(&p3, &to)
+        });
+        wait_until("the others reach the borrowing pod", CONVERGE, POLL, || {
+            ping(other, &ip3)
+        });
+    }
+    // Released: the /32 is withdrawn everywhere.
+    let (ok, v) = c.cni(3, "DEL", &p3.id, Some(p3.ns.name()), None);
+    assert!(ok, "DEL: {v}");
+    wait_until("borrowed /32 withdrawn", CONVERGE, POLL, || {
+        for i in [1u8, 2] {
+            if c.node(i).has_route(&format!("{ip3} via")) {
+                return Err(format!("node{i} still routes {ip3}"));
+            }
+        }
+        Ok(())
+    });
+}
