@@ -258,14 +258,21 @@ pub fn check_netns(path: &Path) -> Result<(), CniError> {
     Ok(())
 }
 
+/// CNI_NETNS absent where the command needs it (env_from refuses that already; kept as an
+/// error, not a panic, so the runtime always gets error JSON).
+fn missing_netns() -> CniError {
+    CniError::new(
+        code::INVALID_ENV,
+        "CNI_NETNS is not set",
+        "ADD and CHECK need CNI_NETNS",
+    )
+}
+
 fn execute(env: &Env, conf: &NetConf, agent: &dyn AgentClient) -> Result<Outcome, CniError> {
     let req = match env.command {
         Command::Version => unreachable!("handled before"),
         Command::Add => {
-            let netns = env
-                .netns
-                .clone()
-                .expect("env_from requires CNI_NETNS for ADD");
+            let netns = env.netns.clone().ok_or_else(missing_netns)?;
             check_netns(&netns)?;
             AgentRequest::Add(Attach {
                 container_id: env.container_id.clone(),
@@ -282,15 +289,15 @@ fn execute(env: &Env, conf: &NetConf, agent: &dyn AgentClient) -> Result<Outcome
             netns: env.netns.clone(),
         }),
         Command::Check => {
-            let netns = env
-                .netns
-                .clone()
-                .expect("env_from requires CNI_NETNS for CHECK");
+            let netns = env.netns.clone().ok_or_else(missing_netns)?;
             check_netns(&netns)?;
-            let prev = conf
-                .prev_result
-                .as_ref()
-                .expect("parse_netconf requires prevResult for CHECK");
+            let prev = conf.prev_result.as_ref().ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "CHECK needs prevResult in the network configuration",
+                    "the runtime passes the result of the ADD as prevResult",
+                )
+            })?;
             let expected = spec::expected_from(prev, &env.ifname, &netns.to_string_lossy())?;
             AgentRequest::Check(Check {
                 container_id: env.container_id.clone(),
