@@ -34,4 +34,4 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "==> tests"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
+cargo test --workspace --no-fail-fast
