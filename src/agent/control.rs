@@ -1,0 +1,205 @@
+//! The control socket server: `ferrovia status`, `ferrovia routes` and the CNI plugin's
+//! requests (see `crate::control` for the protocol).
+
+use super::kernel::SharedKernelStatus;
+use crate::config::format_community;
+use crate::control::{
+    NodeInfo, PeerInfo, Request, RouteCounts, RouteInfo, StatusReply, Unresolved,
+};
+use anyhow::{bail, Context, Result};
+use ferrovia_bgp::driver::Handle;
+use ferrovia_bgp::message::{AsSegment, Family, Origin};
+use ferrovia_bgp::rib::Source;
+use ferrovia_bgp::speaker::Speaker;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{error, warn};
+
+/// Removes the control socket file when the agent exits.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn bind_control(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the directory of status.socket {}", dir.display())
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another ferrovia agent answers on {}; stop it or give this one another status.socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path)
+        .with_context(|| format!("listening on status.socket {}", path.display()))
+}
+
+pub async fn serve_control(
+    listener: UnixListener,
+    handle: Handle,
+    node: NodeInfo,
+    kstatus: SharedKernelStatus,
+    cni_ctx: Arc<crate::cni::agent::CniContext>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let h = handle.clone();
+                let n = node.clone();
+                let k = kstatus.clone();
+                let c = cni_ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, h, n, k, c).await {
+                        warn!(error = %e, "control socket request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(
+    stream: UnixStream,
+    handle: Handle,
+    node: NodeInfo,
+    kstatus: SharedKernelStatus,
+    cni_ctx: Arc<crate::cni::agent::CniContext>,
+) -> Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd).take(1024 * 1024);
+    tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await??;
+    let reply = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Status) => serde_json::to_vec(&status(&handle, node, &kstatus).await?)?,
+        Ok(Request::Routes) => serde_json::to_vec(&routes(&handle).await?)?,
+        Ok(Request::Cni(r)) => serde_json::to_vec(&crate::cni::agent::handle(r, &cni_ctx).await)?,
+        Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
+    };
+    wr.write_all(&reply).await?;
+    wr.shutdown().await?;
+    Ok(())
+}
+
+async fn status(
+    handle: &Handle,
+    node: NodeInfo,
+    kstatus: &SharedKernelStatus,
+) -> Result<StatusReply> {
+    let (installed, unresolved) = {
+        let k = kstatus.lock().unwrap_or_else(|e| e.into_inner());
+        let unresolved: Vec<Unresolved> = k
+            .unresolved
+            .iter()
+            .map(|(p, hops)| Unresolved {
+                prefix: p.to_string(),
+                next_hops: hops.iter().map(|h| h.to_string()).collect(),
+            })
+            .collect();
+        (k.enabled.then_some(k.installed), unresolved)
+    };
+    let reply = handle
+        .query(move |s: &mut Speaker| {
+            let peers = s
+                .peer_status()
+                .into_iter()
+                .map(|p| PeerInfo {
+                    address: p.config.address.to_string(),
+                    as_number: p.config.remote_as,
+                    kind: p.config.kind.clone(),
+                    session: if p.ebgp { "eBGP" } else { "iBGP" }.into(),
+                    state: p.state.name().into(),
+                    since: p
+                        .stats
+                        .since
+                        .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    prefixes_received: p.stats.prefixes_received,
+                    prefixes_sent: p.stats.prefixes_sent,
+                    updates_received: p.stats.updates_received,
+                    updates_sent: p.stats.updates_sent,
+                    peer_router_id: p.peer_id.map(|i| i.to_string()),
+                    families: p.families.iter().map(|f| family_name(*f).into()).collect(),
+                    last_error: p.last_error,
+                })
+                .collect();
+            StatusReply {
+                node,
+                peers,
+                routes: RouteCounts {
+                    loc_rib: s.loc_rib().len(),
+                    originated: s.originated().count(),
+                    installed,
+                    unresolved,
+                },
+            }
+        })
+        .await?;
+    Ok(reply)
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4Unicast => "ipv4-unicast",
+        Family::Ipv6Unicast => "ipv6-unicast",
+    }
+}
+
+async fn routes(handle: &Handle) -> Result<Vec<RouteInfo>> {
+    let mut routes = handle
+        .query(|s: &mut Speaker| {
+            s.loc_rib()
+                .iter()
+                .map(|(prefix, best)| {
+                    let a = &best.best.route.attrs;
+                    RouteInfo {
+                        prefix: prefix.to_string(),
+                        next_hops: match best.best.source {
+                            Source::Local => Vec::new(),
+                            Source::Peer(_) => {
+                                best.next_hops.iter().map(|h| h.to_string()).collect()
+                            }
+                        },
+                        as_path: a
+                            .as_path
+                            .iter()
+                            .flat_map(|s| match s {
+                                AsSegment::Sequence(v) | AsSegment::Set(v) => v.clone(),
+                            })
+                            .collect(),
+                        local_pref: a.local_pref,
+                        med: a.med,
+                        origin: match a.origin {
+                            Origin::Igp => "IGP",
+                            Origin::Egp => "EGP",
+                            Origin::Incomplete => "Incomplete",
+                        }
+                        .into(),
+                        communities: a.communities.iter().map(|c| format_community(*c)).collect(),
+                        peer: match best.best.source {
+                            Source::Local => None,
+                            Source::Peer(p) => Some(p.to_string()),
+                        },
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    routes.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    Ok(routes)
+}

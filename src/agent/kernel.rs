@@ -1,0 +1,145 @@
+//! The kernel task: installs the Loc-RIB in the kernel (learned routes via their next hops,
+//! blackholes for this node's own blocks), reconciles at start and after any error, and
+//! reports what it installed to status and metrics.
+
+use crate::kernel::{Kernel, RouteKind};
+use crate::metrics::{Health, Metrics};
+use ferrovia_bgp::driver::Handle;
+use ferrovia_bgp::rib::{Change, Source};
+use ferrovia_bgp::speaker::{Event, Speaker};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Most route changes handed to the kernel in one go (bounds memory while the kernel,
+/// the slowest stage, catches up with a full table).
+const KERNEL_CHUNK: usize = 16_384;
+/// How often routes with unresolved next hops are tried again.
+const RETRY_UNRESOLVED: Duration = Duration::from_secs(2);
+
+/// What the kernel task reports to status and metrics.
+#[derive(Default)]
+pub struct KernelStatus {
+    pub enabled: bool,
+    pub installed: usize,
+    pub unresolved: Vec<(IpNet, Vec<IpAddr>)>,
+}
+
+pub type SharedKernelStatus = Arc<Mutex<KernelStatus>>;
+
+/// The kernel route a Loc-RIB selection asks for: learned routes via their next hops,
+/// our own blocks as blackholes.
+fn kernel_route(best: Option<&ferrovia_bgp::rib::Best>) -> Option<RouteKind> {
+    let b = best?;
+    Some(match b.best.source {
+        Source::Local => RouteKind::Blackhole,
+        Source::Peer(_) => RouteKind::ecmp(b.next_hops.iter().copied()),
+    })
+}
+
+async fn desired_routes(handle: &Handle) -> Option<HashMap<IpNet, RouteKind>> {
+    handle
+        .query(|s: &mut Speaker| {
+            s.loc_rib()
+                .iter()
+                .filter_map(|(p, b)| kernel_route(Some(&b)).map(|k| (p, k)))
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .ok()
+}
+
+/// Installs Loc-RIB changes in the kernel; reconciles at start and after any error.
+pub async fn kernel_task(
+    mut kernel: Kernel,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    handle: Handle,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    status: SharedKernelStatus,
+) {
+    let mut in_sync = false;
+    let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
+    loop {
+        if !in_sync {
+            if let Some(desired) = desired_routes(&handle).await {
+                let t = Instant::now();
+                match kernel.reconcile(&desired).await {
+                    Ok(stats) => {
+                        info!(
+                            found = stats.found,
+                            added = stats.changes.added,
+                            replaced = stats.changes.replaced,
+                            deleted = stats.changes.deleted,
+                            unresolved = stats.changes.unresolved,
+                            "kernel routes reconciled"
+                        );
+                        in_sync = true;
+                    }
+                    Err(e) => error!(error = %e, "kernel reconciliation failed; retrying"),
+                }
+                publish(&kernel, t.elapsed(), &metrics, &status);
+            }
+            health.set_kernel_in_sync(in_sync);
+            if !in_sync {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            ev = events.recv() => {
+                if ev.is_none() {
+                    break;
+                }
+                // Signals only: drain them, then pull the coalesced changes in chunks.
+                while events.try_recv().is_ok() {}
+                loop {
+                    let chunk = handle
+                        .query(|s: &mut Speaker| s.take_changes(KERNEL_CHUNK))
+                        .await
+                        .unwrap_or_default();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let changes: Vec<(IpNet, Option<RouteKind>)> = chunk
+                        .into_iter()
+                        .map(|Change { prefix, best }| (prefix, kernel_route(best.as_ref())))
+                        .collect();
+                    let t = Instant::now();
+                    if let Err(e) = kernel.apply(changes).await {
+                        warn!(error = %e, "installing routes failed; reconciling the table");
+                        in_sync = false;
+                        health.set_kernel_in_sync(false);
+                    }
+                    publish(&kernel, t.elapsed(), &metrics, &status);
+                    if !in_sync {
+                        break;
+                    }
+                }
+            }
+            _ = retry.tick() => {
+                if !kernel.unresolved().is_empty() || !kernel.conflicts().is_empty() {
+                    let t = Instant::now();
+                    if let Err(e) = kernel.retry_pending().await {
+                        warn!(error = %e, "retrying unresolved routes failed; reconciling the table");
+                        in_sync = false;
+                    }
+                    publish(&kernel, t.elapsed(), &metrics, &status);
+                }
+            }
+        }
+    }
+}
+
+fn publish(kernel: &Kernel, took: Duration, metrics: &Metrics, status: &SharedKernelStatus) {
+    let unresolved = kernel.unresolved();
+    metrics.kernel_synced(took, kernel.installed(), unresolved.len());
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.enabled = true;
+    s.installed = kernel.installed();
+    s.unresolved = unresolved;
+}

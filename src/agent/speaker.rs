@@ -1,0 +1,80 @@
+//! The BGP speaker task: the sans-IO speaker under its tokio driver, with the configuration
+//! file's peers and originated prefixes.
+
+use crate::config::Loaded;
+use anyhow::{Context, Result};
+use ferrovia_bgp::driver::{self, DriverConfig, Handle, PeerSpec};
+use ferrovia_bgp::message::Family;
+use ferrovia_bgp::speaker::{Event, PeerConfig, Speaker, SpeakerConfig};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The peers of the configuration file (`bgp.peers`).
+pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
+    let cfg = &loaded.config;
+    cfg.bgp
+        .peers
+        .iter()
+        .zip(&loaded.passwords)
+        .map(|(p, pw)| PeerSpec {
+            config: PeerConfig {
+                address: p.address,
+                remote_as: p.as_number,
+                hold_time: p.hold_time.unwrap_or(cfg.bgp.hold_time),
+                connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
+                passive: p.passive,
+                kind: "global".into(),
+            },
+            port: p.port,
+            password: pw.clone(),
+        })
+        .collect()
+}
+
+/// Starts the speaker: it listens (when `bgp.listen` is on) and knows `peers` when this
+/// returns. `events` receives Loc-RIB change signals (for the kernel task).
+pub async fn start(
+    loaded: &Loaded,
+    peers: Vec<PeerSpec>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<(Handle, JoinHandle<()>)> {
+    let cfg = &loaded.config;
+    let v4 = cfg.node.addresses.iter().find_map(|a| match a {
+        IpAddr::V4(v) => Some(*v),
+        _ => None,
+    });
+    let v6 = cfg.node.addresses.iter().find_map(|a| match a {
+        IpAddr::V6(v) => Some(*v),
+        _ => None,
+    });
+    let speaker = Speaker::new(SpeakerConfig {
+        local_as: cfg.node.as_number,
+        router_id: cfg.node.router_id,
+        families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+        graceful_restart: Some(cfg.bgp.graceful_restart_time),
+        next_hop_v4: v4.or(Some(cfg.node.router_id)),
+        next_hop_v6: v6,
+    });
+    let listen = cfg
+        .bgp
+        .listen
+        .enabled
+        .then(|| SocketAddr::new(cfg.bgp.listen.address, cfg.bgp.listen.port));
+    let (handle, task) = driver::spawn(
+        speaker,
+        DriverConfig {
+            listen,
+            connect_timeout: Duration::from_secs(10),
+        },
+        peers,
+        events,
+    )
+    .await
+    .context("starting the BGP speaker")?;
+    for (prefix, communities) in &loaded.originate {
+        handle.originate(*prefix, communities.clone()).await?;
+    }
+    Ok((handle, task))
+}
