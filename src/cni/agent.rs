@@ -405,67 +405,13 @@ async fn gc(g: Gc, ctx: &CniContext) -> Result<(), CniError> {
             Err(e) => first_error = Some(e),
         }
     }
-    if let Err(e) = delete_stale_host_links(&valid_hosts).await {
-        first_error.get_or_insert(e);
+    if let Err(e) = wiring::delete_stale_host_ends(valid_hosts).await {
+        first_error.get_or_insert(wiring_error("GC of the stale pod interfaces", &e));
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// Deletes host interfaces named by our scheme that belong to no valid attachment (the
-/// pod end goes with them).
-async fn delete_stale_host_links(valid: &BTreeSet<String>) -> Result<(), CniError> {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let netlink = |e: &dyn std::fmt::Display| {
-        CniError::new(
-            code::WIRING,
-            "GC could not list the host interfaces",
-            e.to_string(),
-        )
-    };
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| netlink(&e))?;
-    let task = tokio::spawn(conn);
-    let result = async {
-        let mut stale = Vec::new();
-        let mut links = handle.link().get().execute();
-        while let Some(msg) = links.try_next().await.map_err(|e| netlink(&e))? {
-            let name = msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
-            if let Some(name) = name {
-                if wiring::is_host_ifname(&name) && !valid.contains(&name) {
-                    stale.push((msg.header.index, name));
-                }
-            }
-        }
-        let mut first_error = None;
-        for (index, name) in stale {
-            match handle.link().del(index).execute().await {
-                Ok(()) => info!(interface = %name, "GC deleted a stale pod interface"),
-                // Gone meanwhile (a DEL, or its namespace went): fine.
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {}
-                Err(e) => {
-                    warn!(interface = %name, error = %e, "GC could not delete a stale pod interface");
-                    first_error.get_or_insert(CniError::new(
-                        code::WIRING,
-                        format!("GC could not delete the stale interface {name}"),
-                        e.to_string(),
-                    ));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-    .await;
-    task.abort();
-    result
 }
 
 // -------------------------------------------------------------------------------------

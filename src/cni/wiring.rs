@@ -50,50 +50,57 @@
 //! ADD changes nothing when it fails: a failure after the pair exists deletes the host end,
 //! which takes the pod end, their addresses and the host routes with it. So does an ADD
 //! whose caller stopped waiting (its future dropped) before the thread finished. DEL is
-//! idempotent and succeeds when the namespace, its path or the interfaces are gone.
+//! idempotent and succeeds when the namespace, its path or the interfaces are gone. GC
+//! ([`delete_stale_host_ends`]) deletes the host ends of attachments that are no longer
+//! valid.
+//!
+//! Every rtnetlink message is built and sent by [`crate::kernel::netlink`] (its blocking
+//! socket: the worker threads change namespace).
 //!
 //! # Host routes and the kernel module
 //!
 //! Host routes carry [`crate::kernel::RTPROT_FERROVIA`] in the main table at the kernel's
-//! default metric (0 for IPv4, 1024 for IPv6), scope link, and no gateway. Caution:
-//! [`crate::kernel::Kernel::reconcile`] deletes every route of that protocol in its table that
-//! is not in its desired set, at any metric — these included (checked). Whoever runs both
-//! must keep the host routes out of its reach (the kernel module skipping gateway-less
-//! scope-link routes, or a distinct table or protocol for them).
+//! default metric (0 for IPv4, 1024 for IPv6), with an output device and no gateway (IPv4:
+//! scope link). The route table ([`crate::kernel::Kernel`]) shares the protocol, and may
+//! share the table, but leaves these routes alone: its dumps skip every unicast route of
+//! the protocol that has an output device and no gateway, a kind it never installs itself,
+//! so neither [`crate::kernel::Kernel::reconcile`] nor `apply` deletes or replaces them
+//! (`kernel::tests::reconcile_touches_only_our_routes` checks it). A host route goes away
+//! only with its host end: DEL, a failed ADD, or GC.
 //!
 //! The pod's own routes carry protocol `boot`, as `ip route add` and the reference plugins
 //! give them.
 
-mod rtnl;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use futures::channel::oneshot;
-use rtnetlink::packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
-};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoKind,
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAttribute, RouteFlags, RouteMessage, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::kernel::netlink::blocking::{Nack, Refused, Req, Rtnl};
+use crate::kernel::netlink::{
+    self, family_of, inet_conf_forwarding_off, link_msg, link_name, link_named, new_addr,
+    new_device_route, route_ip, set_up, EEXIST, ENODEV, MAIN_TABLE, RTPROT_BOOT,
+};
 use crate::kernel::RTPROT_FERROVIA;
-use rtnl::{Req, Rtnl};
 
 /// The pod interface's MTU when the configuration gives none (0).
 pub const DEFAULT_MTU: u32 = 1500;
@@ -113,19 +120,8 @@ const IFNAME_MAX: usize = 15;
 const HASH_DIGITS: usize = IFNAME_MAX - HOST_IFNAME_PREFIX.len();
 /// statfs f_type of nsfs (namespace files: /proc/PID/ns/*, their bind mounts).
 const NSFS_MAGIC: u64 = 0x6e73_6673;
-/// The main routing table.
-const MAIN_TABLE: u8 = 254;
-/// A blocked rtnetlink socket gives up after this long (the kernel answers within sendmsg,
-/// so this only fires if something is badly wrong).
-pub(super) const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// `lo` has index 1 in every network namespace.
 const LO_INDEX: u32 = 1;
-
-const EEXIST: i32 = libc::EEXIST;
-const ENODEV: i32 = libc::ENODEV;
-/// IFLA_INET_CONF and IPV4_DEVCONF_FORWARDING (include/uapi/linux/if_link.h, ip.h).
-const IFLA_INET_CONF: u16 = 1;
-const IPV4_DEVCONF_FORWARDING: u16 = 1;
 
 /// What to wire: one attachment (container id, interface name) in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +152,7 @@ pub struct Wired {
     pub sandbox: String,
 }
 
-/// Why a wiring operation failed. [`WiringError::is_not_found`] tells the "it is not there"
-/// conditions apart.
+/// Why a wiring operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WiringError {
     #[error("invalid interface name {ifname:?}: {reason}")]
@@ -234,20 +229,6 @@ pub enum WiringError {
         /// missing".
         problems: Vec<String>,
     },
-}
-
-impl WiringError {
-    /// A namespace or an interface that is not there (CNI: unknown container for the
-    /// namespace; for CHECK, the interfaces).
-    #[allow(dead_code)] // For the CNI error mapping.
-    pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            WiringError::NetnsMissing { .. }
-                | WiringError::HostInterfaceMissing { .. }
-                | WiringError::InterfaceMissing { .. }
-        )
-    }
 }
 
 /// The host end's name for an attachment: `fv` + 13 hex digits of FNV-1a-64 over
@@ -369,7 +350,8 @@ pub async fn del(
 }
 
 /// Verifies that the wiring is as [`add`] left it. `Err(Mismatch)` lists every difference;
-/// a missing namespace or interface is reported as such ([`WiringError::is_not_found`]).
+/// a missing namespace or interface is reported as such (`NetnsMissing`,
+/// `HostInterfaceMissing`, `InterfaceMissing`).
 pub async fn check(spec: &PodSpec) -> Result<(), WiringError> {
     let mtu = validate(spec)?;
     let ns = open_netns(&spec.netns)?;
@@ -426,6 +408,8 @@ fn add_worker(
     let result = configure(&mut host, &spec, &ns, &host_name, host_index, pod_index);
     match result {
         Ok(wired) => {
+            #[cfg(test)]
+            hold::wait(&spec.container_id, &tx);
             if tx.send(Ok(wired)).is_err() {
                 warn!(
                     host_ifname = %host_name,
@@ -479,7 +463,7 @@ fn create_pair(
             Ok((link.header.index, link_peer(&link)))
         }
         Some(Err(nack)) if nack.errno == EEXIST => Err(diagnose_exists(host, spec, ns, host_name)),
-        Some(Err(nack)) => Err(nack.into_error(action)),
+        Some(Err(nack)) => Err(refusal(nack, action)),
         None => Err(WiringError::Worker(format!("{action}: no answer"))),
     }
 }
@@ -581,7 +565,7 @@ fn configure_host(
     }
     let mut route_prefixes = Vec::new();
     if let Some(a) = spec.ipv4 {
-        let r = new_route(
+        let r = new_device_route(
             IpAddr::V4(a),
             32,
             None,
@@ -597,7 +581,7 @@ fn configure_host(
         ));
     }
     if let Some(a) = spec.ipv6 {
-        let r = new_route(
+        let r = new_device_route(
             IpAddr::V6(a),
             128,
             None,
@@ -612,18 +596,17 @@ fn configure_host(
             format!("add the host route {a}/128 dev {host_name}"),
         ));
     }
-    host.batch_checked(reqs, "the node's network namespace")
-        .map_err(|(i, e)| match e {
-            WiringError::Netlink { errno, .. } if errno == EEXIST => {
-                match route_prefixes.iter().find(|(j, _)| *j == i) {
-                    Some((_, prefix)) => WiringError::RouteExists {
-                        prefix: prefix.clone(),
-                    },
-                    None => e,
-                }
+    batch_checked(host, reqs, "the node's network namespace").map_err(|(i, e)| match e {
+        WiringError::Netlink { errno, .. } if errno == EEXIST => {
+            match route_prefixes.iter().find(|(j, _)| *j == i) {
+                Some((_, prefix)) => WiringError::RouteExists {
+                    prefix: prefix.clone(),
+                },
+                None => e,
             }
-            e => e,
-        })?;
+        }
+        e => e,
+    })?;
 
     write_sysctl(&neigh_path("ipv4", host_name, "proxy_delay"), "0", true)?;
     // Without IPv6 for the pod these are a courtesy (the node may have IPv6 disabled).
@@ -665,7 +648,7 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
     }
     if spec.ipv4.is_some() {
         reqs.push(Req::new(
-            new_route(
+            new_device_route(
                 IpAddr::V4(GATEWAY_V4),
                 32,
                 None,
@@ -677,7 +660,7 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
             format!("add the pod route {GATEWAY_V4} dev {ifname} scope link"),
         ));
         reqs.push(Req::new(
-            new_route(
+            new_device_route(
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 0,
                 Some(IpAddr::V4(GATEWAY_V4)),
@@ -691,7 +674,7 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
     }
     if spec.ipv6.is_some() {
         reqs.push(Req::new(
-            new_route(
+            new_device_route(
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 0,
                 Some(IpAddr::V6(HOST_LINK_LOCAL)),
@@ -708,9 +691,8 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
         0,
         format!("read {ifname}"),
     ));
-    let mut answers = pod
-        .batch_checked(reqs, "the pod's network namespace")
-        .map_err(|(_, e)| e)?;
+    let mut answers =
+        batch_checked(pod, reqs, "the pod's network namespace").map_err(|(_, e)| e)?;
     let mac = answers
         .pop()
         .unwrap_or_default()
@@ -729,7 +711,8 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
     }
     // Last, on its own: the kernel carries on with a datagram's messages after one fails,
     // and lo is the one change here that deleting the pair would not undo.
-    pod.batch_checked(
+    batch_checked(
+        pod,
         vec![Req::new(set_up(LO_INDEX), 0, "set lo up".to_string())],
         "the pod's network namespace",
     )
@@ -739,22 +722,14 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
 
 /// Deletes the host end after a failed (or abandoned) ADD; logs what it cannot do.
 fn undo(host: &mut Rtnl, index: u32, host_name: &str) {
-    let req = Req::new(
-        RouteNetlinkMessage::DelLink(link_msg(index)),
-        0,
-        format!("delete {host_name}"),
-    );
-    match host.batch(vec![req]) {
-        Ok(mut a) => match a.pop() {
-            Some(Ok(_)) => debug!(host_ifname = %host_name, "failed ADD undone"),
-            Some(Err(n)) if n.errno == ENODEV => {}
-            Some(Err(n)) => error!(
-                host_ifname = %host_name,
-                error = %n.describe(),
-                "cannot delete the veth pair of a failed ADD: delete it by hand (ip link del)"
-            ),
-            None => {}
-        },
+    match host.request(RouteNetlinkMessage::DelLink(link_msg(index)), 0) {
+        Ok(Ok(_)) => debug!(host_ifname = %host_name, "failed ADD undone"),
+        Ok(Err(n)) if n.errno == ENODEV => {}
+        Ok(Err(n)) => error!(
+            host_ifname = %host_name,
+            error = %n.describe(),
+            "cannot delete the veth pair of a failed ADD: delete it by hand (ip link del)"
+        ),
         Err(e) => error!(
             host_ifname = %host_name,
             error = %e,
@@ -795,21 +770,63 @@ fn del_worker(host_name: &str, ifname: &str, netns: Option<&Path>) -> Result<(),
 
 /// Deletes interface `name`; `Ok(false)` if there was none.
 fn delete_link_by_name(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<bool, WiringError> {
-    let mut lm = LinkMessage::default();
-    lm.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let action = format!("delete {name} in {place}");
-    let mut a = rtnl
-        .batch(vec![Req::new(
-            RouteNetlinkMessage::DelLink(lm),
-            0,
-            action.clone(),
-        )])
-        .map_err(|e| socket_error(place, e))?;
-    match a.pop() {
-        Some(Ok(_)) => Ok(true),
-        Some(Err(n)) if n.errno == ENODEV => Ok(false),
-        Some(Err(n)) => Err(n.into_error(action)),
-        None => Err(WiringError::Worker(format!("{action}: no answer"))),
+    match rtnl
+        .request(RouteNetlinkMessage::DelLink(link_named(name)), 0)
+        .map_err(|e| socket_error(place, e))?
+    {
+        Ok(_) => Ok(true),
+        Err(n) if n.errno == ENODEV => Ok(false),
+        Err(n) => Err(refusal(n, format!("delete {name} in {place}"))),
+    }
+}
+
+// ----- GC -----
+
+/// Deletes the node's host ends (interfaces named by [`host_ifname`]) that are not in
+/// `valid`, and with each its pod end and host routes. Carries on past a failure and
+/// returns the first one; an interface gone meanwhile (a DEL, its namespace deleted) is
+/// fine. Returns the names deleted.
+pub async fn delete_stale_host_ends(valid: BTreeSet<String>) -> Result<Vec<String>, WiringError> {
+    on_worker("gc", move |tx| {
+        let _ = tx.send(gc_worker(&valid));
+    })
+    .await
+}
+
+fn gc_worker(valid: &BTreeSet<String>) -> Result<Vec<String>, WiringError> {
+    const PLACE: &str = "the node's network namespace";
+    let mut host = Rtnl::open().map_err(|e| socket_error(PLACE, e))?;
+    let links = host
+        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+        .map_err(|e| socket_error(PLACE, e))?
+        .map_err(|n| refusal(n, "list the node's interfaces".to_string()))?;
+    let stale: Vec<String> = links
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => link_name(l),
+            _ => None,
+        })
+        .filter(|name| is_host_ifname(name) && !valid.contains(*name))
+        .map(str::to_string)
+        .collect();
+    let mut deleted = Vec::with_capacity(stale.len());
+    let mut first_error = None;
+    for name in stale {
+        match delete_link_by_name(&mut host, &name, "the node") {
+            Ok(true) => {
+                info!(interface = %name, "GC deleted a stale pod interface");
+                deleted.push(name);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(interface = %name, error = %e, "GC could not delete a stale pod interface");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(deleted),
     }
 }
 
@@ -997,21 +1014,16 @@ fn check_host_route(
     rm.header.destination_prefix_length = len;
     rm.header.flags = RouteFlags::FibMatch;
     rm.attributes.push(RouteAttribute::Destination(addr.into()));
-    let action = format!("look up the route to {addr} on the node");
-    let mut a = host
-        .batch(vec![Req::new(
-            RouteNetlinkMessage::GetRoute(rm),
-            0,
-            action.clone(),
-        )])
-        .map_err(|e| socket_error("the node's network namespace", e))?;
-    let found = match a.pop() {
-        Some(Ok(msgs)) => msgs.into_iter().find_map(|m| match m {
+    let found = match host
+        .request(RouteNetlinkMessage::GetRoute(rm), 0)
+        .map_err(|e| socket_error("the node's network namespace", e))?
+    {
+        Ok(msgs) => msgs.into_iter().find_map(|m| match m {
             RouteNetlinkMessage::NewRoute(r) => Some(Route::of(&r)),
             _ => None,
         }),
         // No route at all (ENETUNREACH...).
-        Some(Err(_)) | None => None,
+        Err(_) => None,
     };
     let want = format!("host route {addr}/{len} dev {host_name}");
     match found {
@@ -1026,7 +1038,7 @@ fn check_host_route(
                     r.protocol
                 ));
             }
-            if r.table != u32::from(MAIN_TABLE) {
+            if r.table != MAIN_TABLE {
                 problems.push(format!("{want} is in table {}, expected main", r.table));
             }
         }
@@ -1070,6 +1082,47 @@ fn check_sysctls(items: &[(String, &str)], place: &str, problems: &mut Vec<Strin
             )),
             Err(e) => problems.push(format!("cannot read {} {place}: {e}", sysctl_name(path))),
         }
+    }
+}
+
+/// Test-only: the ADDs of the container ids listed here hold, wired, until their caller
+/// stops waiting, so a test can abandon an ADD that is surely still running.
+#[cfg(test)]
+pub(crate) mod hold {
+    use futures::channel::oneshot;
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    /// Container id → whether its ADD is holding.
+    static HELD: Mutex<BTreeMap<String, bool>> = Mutex::new(BTreeMap::new());
+
+    fn held() -> MutexGuard<'static, BTreeMap<String, bool>> {
+        HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes the next ADD of `container_id` hold once wired.
+    pub(crate) fn hold(container_id: &str) {
+        held().insert(container_id.to_string(), false);
+    }
+
+    /// Whether the ADD of `container_id` is holding, wired.
+    pub(crate) fn holding(container_id: &str) -> bool {
+        held().get(container_id) == Some(&true)
+    }
+
+    /// In the ADD worker: if `container_id` is held, waits until the caller stopped waiting
+    /// (at most a minute, so a broken test cannot hang the suite).
+    pub(super) fn wait<T>(container_id: &str, tx: &oneshot::Sender<T>) {
+        match held().get_mut(container_id) {
+            Some(h) => *h = true,
+            None => return,
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tx.is_canceled() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        held().remove(container_id);
     }
 }
 
@@ -1167,28 +1220,46 @@ fn write_sysctl(path: &str, value: &'static str, required: bool) -> Result<(), W
     }
 }
 
-pub(super) fn socket_error(namespace: &str, e: io::Error) -> WiringError {
+fn socket_error(namespace: &str, e: io::Error) -> WiringError {
     WiringError::Socket {
         namespace: namespace.to_string(),
         source: e,
     }
 }
 
+/// The error for the kernel's refusal of `action`.
+fn refusal(nack: Nack, action: String) -> WiringError {
+    let mut detail = nack.describe();
+    if matches!(nack.errno, libc::EPERM | libc::EACCES) {
+        detail.push_str(": the agent needs CAP_NET_ADMIN (run it as root)");
+    }
+    WiringError::Netlink {
+        action,
+        errno: nack.errno,
+        detail,
+    }
+}
+
+/// Sends `reqs` in one datagram; the first refusal becomes the error, with its request's
+/// index.
+fn batch_checked(
+    rtnl: &mut Rtnl,
+    reqs: Vec<Req>,
+    place: &str,
+) -> Result<Vec<Vec<RouteNetlinkMessage>>, (usize, WiringError)> {
+    match rtnl.batch_checked(reqs) {
+        Ok(Ok(answers)) => Ok(answers),
+        Ok(Err(Refused {
+            index,
+            action,
+            nack,
+        })) => Err((index, refusal(nack, action))),
+        Err(e) => Err((usize::MAX, socket_error(place, e))),
+    }
+}
+
 // =====================================================================================
-// Messages.
-
-fn link_msg(index: u32) -> LinkMessage {
-    let mut lm = LinkMessage::default();
-    lm.header.index = index;
-    lm
-}
-
-fn set_up(index: u32) -> RouteNetlinkMessage {
-    let mut lm = link_msg(index);
-    lm.header.flags = LinkFlags::Up;
-    lm.header.change_mask = LinkFlags::Up;
-    RouteNetlinkMessage::SetLink(lm)
-}
+// Messages and answers.
 
 /// The veth pair: host end with our MAC, pod end in the namespace `ns_fd`, both down.
 fn veth_msg(host: &str, pod: &str, mtu: u32, ns_fd: RawFd) -> RouteNetlinkMessage {
@@ -1211,79 +1282,6 @@ fn veth_msg(host: &str, pod: &str, mtu: u32, ns_fd: RawFd) -> RouteNetlinkMessag
         ]),
     ];
     RouteNetlinkMessage::NewLink(lm)
-}
-
-/// IFLA_INET_CONF { IPV4_DEVCONF_FORWARDING: 0 } (the library's request form leaves zeros
-/// out).
-fn inet_conf_forwarding_off() -> AfSpecInet {
-    let mut inner = Vec::with_capacity(8);
-    inner.extend_from_slice(&8u16.to_ne_bytes());
-    inner.extend_from_slice(&IPV4_DEVCONF_FORWARDING.to_ne_bytes());
-    inner.extend_from_slice(&0u32.to_ne_bytes());
-    AfSpecInet::Other(DefaultNla::new(IFLA_INET_CONF, inner))
-}
-
-fn new_addr(index: u32, addr: IpAddr, len: u8, scope: AddressScope) -> RouteNetlinkMessage {
-    let mut am = AddressMessage::default();
-    am.header.family = family_of(addr);
-    am.header.prefix_len = len;
-    am.header.index = index;
-    am.header.scope = scope;
-    match addr {
-        IpAddr::V4(_) => {
-            am.attributes.push(AddressAttribute::Local(addr));
-            am.attributes.push(AddressAttribute::Address(addr));
-        }
-        IpAddr::V6(_) => {
-            am.header.flags = AddressHeaderFlags::Nodad;
-            am.attributes.push(AddressAttribute::Address(addr));
-        }
-    }
-    RouteNetlinkMessage::NewAddress(am)
-}
-
-const RTPROT_BOOT: u8 = 3;
-
-fn new_route(
-    dst: IpAddr,
-    len: u8,
-    gateway: Option<IpAddr>,
-    oif: u32,
-    scope: RouteScope,
-    protocol: u8,
-) -> RouteNetlinkMessage {
-    let mut rm = RouteMessage::default();
-    rm.header = RouteHeader {
-        address_family: family_of(dst),
-        destination_prefix_length: len,
-        table: MAIN_TABLE,
-        protocol: RouteProtocol::from(protocol),
-        scope,
-        kind: RouteType::Unicast,
-        ..Default::default()
-    };
-    if len > 0 {
-        rm.attributes.push(RouteAttribute::Destination(dst.into()));
-    }
-    if let Some(gw) = gateway {
-        rm.attributes.push(RouteAttribute::Gateway(gw.into()));
-    }
-    rm.attributes.push(RouteAttribute::Oif(oif));
-    RouteNetlinkMessage::NewRoute(rm)
-}
-
-fn family_of(a: IpAddr) -> AddressFamily {
-    match a {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
-fn link_name(l: &LinkMessage) -> Option<&str> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
 }
 
 fn link_mac(l: &LinkMessage) -> Option<&[u8]> {
@@ -1382,37 +1380,21 @@ impl std::fmt::Display for Route {
     }
 }
 
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
 fn get_link_by_name(
     rtnl: &mut Rtnl,
     name: &str,
     place: &str,
 ) -> Result<Option<LinkMessage>, WiringError> {
-    let mut lm = LinkMessage::default();
-    lm.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let action = format!("read {name} in {place}");
-    let mut a = rtnl
-        .batch(vec![Req::new(
-            RouteNetlinkMessage::GetLink(lm),
-            0,
-            action.clone(),
-        )])
-        .map_err(|e| socket_error(place, e))?;
-    match a.pop() {
-        Some(Ok(msgs)) => Ok(msgs.into_iter().find_map(|m| match m {
+    match rtnl
+        .request(RouteNetlinkMessage::GetLink(link_named(name)), 0)
+        .map_err(|e| socket_error(place, e))?
+    {
+        Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => Some(l),
             _ => None,
         })),
-        Some(Err(n)) if n.errno == ENODEV => Ok(None),
-        Some(Err(n)) => Err(n.into_error(action)),
-        None => Err(WiringError::Worker(format!("{action}: no answer"))),
+        Err(n) if n.errno == ENODEV => Ok(None),
+        Err(n) => Err(refusal(n, format!("read {name} in {place}"))),
     }
 }
 
@@ -1430,7 +1412,7 @@ fn dump_addresses(
     let msgs = rtnl
         .dump(RouteNetlinkMessage::GetAddress(am))
         .map_err(|e| socket_error(place, e))?
-        .map_err(|n| n.into_error(action))?;
+        .map_err(|n| refusal(n, action))?;
     let mut out = Vec::new();
     for m in msgs {
         if let RouteNetlinkMessage::NewAddress(a) = m {
@@ -1461,16 +1443,11 @@ fn dump_routes(
     family: AddressFamily,
     place: &str,
 ) -> Result<Vec<Route>, WiringError> {
-    let mut rm = RouteMessage::default();
-    rm.header.address_family = family;
-    rm.header.table = MAIN_TABLE;
-    rm.attributes
-        .push(RouteAttribute::Table(u32::from(MAIN_TABLE)));
     let action = format!("list the routes in {place}");
     let msgs = rtnl
-        .dump(RouteNetlinkMessage::GetRoute(rm))
+        .dump(netlink::get_main_routes(family))
         .map_err(|e| socket_error(place, e))?
-        .map_err(|n| n.into_error(action))?;
+        .map_err(|n| refusal(n, action))?;
     Ok(msgs
         .iter()
         .filter_map(|m| match m {
@@ -1479,6 +1456,6 @@ fn dump_routes(
             }
             _ => None,
         })
-        .filter(|r| r.table == u32::from(MAIN_TABLE))
+        .filter(|r| r.table == MAIN_TABLE)
         .collect())
 }

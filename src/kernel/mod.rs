@@ -76,32 +76,24 @@
 //! desired (or are at another metric, e.g. left by an earlier configuration), replaces ours
 //! that differ, creates missing ones. Run it at start and after any error.
 
-// Parts of the API (dump_ours, table, RouteKind::via, ...) serve the tests and tools; the
-// agent uses apply/reconcile/retry_pending.
-#![allow(dead_code)]
-
 mod installed;
-mod netlink;
+pub(crate) mod netlink;
 mod resolve;
+#[cfg(test)]
+pub(crate) mod testns;
 #[cfg(test)]
 mod tests;
 
 use installed::Installed;
-pub(crate) use netlink::ext_ack_text;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_core::{
-    NetlinkMessage, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteScope,
-    RouteType, RouteVia,
-};
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::AddressFamily;
 use tracing::{debug, info, warn};
 
 use netlink::{Msg, Netlink, NlError, Rejection};
@@ -113,8 +105,6 @@ use resolve::{
 /// documentation for why not 0xbe). Add `241 ferrovia` to
 /// `/etc/iproute2/rt_protos.d/ferrovia.conf` to see `proto ferrovia` in `ip route`.
 pub const RTPROT_FERROVIA: u8 = 0xf1;
-/// The main table.
-pub const DEFAULT_TABLE: u32 = 254;
 /// The metric (priority) of our routes. A route's kernel key is (table, prefix, metric), so a
 /// metric no common source uses keeps us and them from replacing each other: `ip route add`
 /// 0 (IPv4), FRR 20, BIRD 32, DHCP clients 100 and up, IPv6 kernel and RA routes 256 and 1024.
@@ -171,22 +161,10 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// A unicast route via one next hop.
-    pub fn via(gateway: IpAddr) -> RouteKind {
-        RouteKind::Unicast(vec![gateway.into()])
-    }
-
     /// A unicast route via several next hops (ECMP).
     pub fn ecmp(gateways: impl IntoIterator<Item = IpAddr>) -> RouteKind {
         RouteKind::Unicast(gateways.into_iter().map(NextHop::from).collect())
     }
-}
-
-/// One of our routes as the kernel holds it: next hops as resolved, with their interfaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelRoute {
-    pub prefix: IpNet,
-    pub kind: RouteKind,
 }
 
 /// What one [`Kernel::apply`] (or the apply step of a reconcile) did.
@@ -327,11 +305,6 @@ impl Kernel {
         Ok(k)
     }
 
-    /// The table this instance manages.
-    pub fn table(&self) -> u32 {
-        self.table
-    }
-
     /// Our routes now in the kernel (by our bookkeeping, exact after a reconcile).
     pub fn installed(&self) -> usize {
         self.installed.len()
@@ -410,7 +383,7 @@ impl Kernel {
         if !strays.is_empty() {
             let msgs: Vec<Msg> = strays
                 .iter()
-                .map(|(p, metric)| self.del_msg(p, *metric))
+                .map(|(p, metric)| netlink::del_route(p, self.table, *metric))
                 .collect();
             let (rejections, requests) = self.send(msgs).await?;
             stats.requests += requests;
@@ -455,39 +428,6 @@ impl Kernel {
             found,
             changes: stats,
         })
-    }
-
-    /// Our routes in the kernel now (read from the kernel, not from our bookkeeping), sorted
-    /// by prefix, next hops as installed (after resolution) with their interface names.
-    /// Left out: routes of ours at another metric, and of a kind we never install (e.g.
-    /// `unreachable`); [`Kernel::reconcile`] removes both.
-    pub async fn dump_ours(&self) -> Result<Vec<KernelRoute>, KernelError> {
-        let dump_error = |e: NlError| KernelError::Dump {
-            table: self.table,
-            detail: nl_detail(&e),
-        };
-        let (ours, _) = self.dump().await.map_err(dump_error)?;
-        let names = self.nl.link_names().await.map_err(dump_error)?;
-        let mut out: Vec<KernelRoute> = ours
-            .into_iter()
-            .filter_map(|(prefix, fib)| {
-                let kind = match fib {
-                    Fib::Blackhole => RouteKind::Blackhole,
-                    Fib::Via(hops) => RouteKind::Unicast(
-                        hops.iter()
-                            .map(|h| NextHop {
-                                gateway: h.gateway,
-                                interface: names.get(&h.ifindex).cloned(),
-                            })
-                            .collect(),
-                    ),
-                    Fib::Other => return None,
-                };
-                Some(KernelRoute { prefix, kind })
-            })
-            .collect();
-        out.sort_by_key(|r| r.prefix);
-        Ok(out)
     }
 
     // ----- internals -----
@@ -856,102 +796,35 @@ impl Kernel {
     fn op_msg(&self, op: &Op) -> Msg {
         match (&op.kind, &op.fib) {
             (OpKind::Delete, _) | (_, None) => {
-                self.del_msg(&op.prefix, self.metric_for(&op.prefix))
+                netlink::del_route(&op.prefix, self.table, self.metric_for(&op.prefix))
             }
-            (OpKind::Create, Some(fib)) => self.new_msg(&op.prefix, fib, NLM_F_CREATE | NLM_F_EXCL),
-            (OpKind::Replace, Some(fib)) => {
-                self.new_msg(&op.prefix, fib, NLM_F_CREATE | NLM_F_REPLACE)
-            }
+            (OpKind::Create, Some(fib)) => netlink::new_route(
+                &op.prefix,
+                self.table,
+                self.metric,
+                fib,
+                NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            (OpKind::Replace, Some(fib)) => netlink::new_route(
+                &op.prefix,
+                self.table,
+                self.metric,
+                fib,
+                NLM_F_CREATE | NLM_F_REPLACE,
+            ),
         }
-    }
-
-    fn new_msg(&self, prefix: &IpNet, fib: &Fib, flags: u16) -> Msg {
-        let mut rm = RouteMessage::default();
-        rm.header = netlink::route_header(prefix, self.table, RTPROT_FERROVIA);
-        rm.header.scope = RouteScope::Universe;
-        if prefix.prefix_len() > 0 {
-            rm.attributes
-                .push(RouteAttribute::Destination(prefix.addr().into()));
-        }
-        rm.attributes.push(RouteAttribute::Table(self.table));
-        rm.attributes.push(RouteAttribute::Priority(self.metric));
-        match fib {
-            Fib::Blackhole | Fib::Other => rm.header.kind = RouteType::BlackHole,
-            Fib::Via(hops) => {
-                rm.header.kind = RouteType::Unicast;
-                if let [hop] = hops.as_slice() {
-                    rm.attributes.push(gateway_attr(prefix, hop.gateway));
-                    rm.attributes.push(RouteAttribute::Oif(hop.ifindex));
-                    if hop.onlink {
-                        rm.header.flags = RouteFlags::Onlink;
-                    }
-                } else {
-                    let nhs = hops
-                        .iter()
-                        .map(|hop| {
-                            let mut nh = RouteNextHop::default();
-                            nh.interface_index = hop.ifindex;
-                            if hop.onlink {
-                                nh.flags = RouteNextHopFlags::Onlink;
-                            }
-                            nh.attributes.push(gateway_attr(prefix, hop.gateway));
-                            nh
-                        })
-                        .collect();
-                    rm.attributes.push(RouteAttribute::MultiPath(nhs));
-                }
-            }
-        }
-        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(rm));
-        msg.header.flags = NLM_F_REQUEST | flags;
-        msg
-    }
-
-    fn del_msg(&self, prefix: &IpNet, metric: u32) -> Msg {
-        let mut rm = RouteMessage::default();
-        rm.header = netlink::route_header(prefix, self.table, RTPROT_FERROVIA);
-        // Any scope and type; the protocol (and metric) make sure it is ours.
-        rm.header.scope = RouteScope::NoWhere;
-        rm.header.kind = RouteType::Unspec;
-        if prefix.prefix_len() > 0 {
-            rm.attributes
-                .push(RouteAttribute::Destination(prefix.addr().into()));
-        }
-        rm.attributes.push(RouteAttribute::Table(self.table));
-        rm.attributes.push(RouteAttribute::Priority(metric));
-        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelRoute(rm));
-        msg.header.flags = NLM_F_REQUEST;
-        msg
-    }
-}
-
-/// RTA_GATEWAY for a next hop of the prefix's family, RTA_VIA otherwise (IPv4 via IPv6).
-fn gateway_attr(prefix: &IpNet, gw: IpAddr) -> RouteAttribute {
-    match (prefix, gw) {
-        (IpNet::V4(_), IpAddr::V6(v6)) => RouteAttribute::Via(RouteVia::Inet6(v6)),
-        _ => RouteAttribute::Gateway(gw.into()),
     }
 }
 
 fn describe(r: &Rejection) -> String {
-    let base = std::io::Error::from_raw_os_error(r.errno).to_string();
-    match &r.text {
-        Some(t) => format!("{base}: {t}"),
-        None => base,
-    }
+    netlink::describe(r.errno, r.text.as_deref())
 }
 
 fn nl_detail(e: &NlError) -> String {
     match e {
         NlError::Closed => "the netlink socket closed".into(),
         NlError::Timeout => "no answer from the kernel within 10 s".into(),
-        NlError::Kernel(errno, text) => {
-            let base = std::io::Error::from_raw_os_error(*errno).to_string();
-            match text {
-                Some(t) => format!("{base}: {t}"),
-                None => base,
-            }
-        }
+        NlError::Kernel(errno, text) => netlink::describe(*errno, text.as_deref()),
         NlError::DumpInterrupted => {
             "the kernel kept interrupting the dump (routes changing too fast)".into()
         }

@@ -4,15 +4,13 @@
 //! kernel::tests::bench_install_100k`).
 
 use super::*;
-use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::route::{RouteNextHop, RouteNextHopFlags, RouteProtocol};
+
+use super::testns::{net_lock, NetLock, Netns};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -156,186 +154,57 @@ fn kernel_and_its_futures_are_send() {
         is_send(&k.apply(Vec::new()));
         is_send(&k.reconcile(desired));
         is_send(&k.retry_pending());
-        is_send(&k.dump_ours());
     }
     let _ = check;
 }
 
-#[test]
-fn extended_ack_text_is_read_after_the_echoed_request() {
-    // An echoed 20-byte request, then NLMSGERR_ATTR_MSG "Nexthop has invalid gateway".
-    let mut echo = Vec::new();
-    echo.extend_from_slice(&20u32.to_ne_bytes());
-    echo.extend_from_slice(&[0u8; 16]);
-    let text = b"Nexthop has invalid gateway\0";
-    echo.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
-    echo.extend_from_slice(&1u16.to_ne_bytes());
-    echo.extend_from_slice(text);
-    assert_eq!(
-        netlink::ext_ack_text(&echo, 0x200).as_deref(),
-        Some("Nexthop has invalid gateway")
-    );
-    assert_eq!(netlink::ext_ack_text(&echo, 0), None);
-    assert_eq!(netlink::ext_ack_text(&echo[..30], 0x200), None);
-}
-
 // ---------- namespaces ----------
 
-const LOCK_PATH: &str = "/tmp/ferrovia-nettest.lock";
+/// The main table.
+const MAIN: u32 = 254;
 
-/// The cross-process topology lock (same file as tests/common): released on drop.
-struct NetLock {
-    _file: File,
+fn via(gateway: IpAddr) -> RouteKind {
+    RouteKind::Unicast(vec![gateway.into()])
 }
 
-fn net_lock() -> NetLock {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(LOCK_PATH)
-        .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
-    loop {
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::Interrupted,
-            "flock {LOCK_PATH}: {err}"
-        );
-    }
-    NetLock { _file: file }
+/// A node: `eth0` with 198.18.0.1/24 and fd00:10:244:ff::1/64, up (one end of a veth pair
+/// whose other end, `eth0p`, stays in the namespace), `lo` up.
+fn node(lock: &NetLock, tag: &str) -> Netns {
+    let ns = Netns::new(lock, &format!("kern-{tag}"));
+    ns.ip("link set lo up");
+    ns.link("eth0");
+    ns.ip("addr add 198.18.0.1/24 dev eth0");
+    ns.ip("-6 addr add fd00:10:244:ff::1/64 dev eth0 nodad");
+    ns
 }
 
-/// A network namespace `fvt-kern-<tag>-<pid>-<n>` with `lo` up, deleted on drop (also on
-/// panic). `fvt-` is the prefix the shared harness cleans up after killed runs.
-struct Netns {
-    name: String,
+/// Our routes in `table` as `ip -j` shows them, one line each, sorted:
+/// `PREFIX via GW@DEV[,GW@DEV...] [onlink]` or `PREFIX blackhole`.
+fn ours(ns: &Netns, table: u32) -> Vec<String> {
+    routes(ns, table, "0xf1")
 }
 
-impl Netns {
-    fn new(_lock: &NetLock, tag: &str) -> Netns {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "fvt-kern-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    /// `ip -n NS ARGS...` (args split on whitespace); panics unless it succeeds; stdout.
-    fn ip(&self, args: &str) -> String {
-        let argv: Vec<&str> = args.split_whitespace().collect();
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(&argv)
+fn routes(ns: &Netns, table: u32, proto: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for fam in ["-4", "-6"] {
+        let shown = Command::new("ip")
+            .args(["-n", &ns.name, "-j", fam, "route", "show", "table"])
+            .arg(table.to_string())
+            .args(["proto", proto])
             .output()
             .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip -n {} {args}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A node: `eth0` with 198.18.0.1/24 and fd00:10:244:ff::1/64, up (one end of a veth
-    /// pair whose other end, `eth0p`, stays in the namespace: the test kernel has no dummy).
-    fn node(lock: &NetLock, tag: &str) -> Netns {
-        let ns = Netns::new(lock, tag);
-        ns.link("eth0");
-        ns.ip("addr add 198.18.0.1/24 dev eth0");
-        ns.ip("-6 addr add fd00:10:244:ff::1/64 dev eth0 nodad");
-        ns
-    }
-
-    /// Interface `name` (and its veth peer `<name>p`), both up, no addresses.
-    fn link(&self, name: &str) {
-        self.ip(&format!("link add {name} type veth peer name {name}p"));
-        self.ip(&format!("link set {name}p up"));
-        self.ip(&format!("link set {name} up"));
-    }
-
-    /// Runs `f` on a thread that has entered this namespace, on its own current-thread
-    /// runtime (the netlink socket belongs to the namespace of the thread that opens it).
-    fn run<F, Fut, T>(&self, f: F) -> T
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T>,
-        T: Send + 'static,
-    {
-        let path = format!("/var/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we own; affects only this thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(f())
-        });
-        match thread.join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
+        let err = String::from_utf8_lossy(&shown.stderr);
+        if err.contains("FIB table does not exist") {
+            continue;
+        }
+        assert!(shown.status.success(), "ip route show: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("ip -j output");
+        for r in v.as_array().cloned().unwrap_or_default() {
+            out.push(summarize(&r));
         }
     }
-
-    /// Our routes in `table` as `ip -j` shows them, one line each, sorted:
-    /// `PREFIX via GW@DEV[,GW@DEV...] [onlink]` or `PREFIX blackhole`.
-    fn ours(&self, table: u32) -> Vec<String> {
-        self.routes(table, "0xf1")
-    }
-
-    fn routes(&self, table: u32, proto: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for fam in ["-4", "-6"] {
-            let shown = Command::new("ip")
-                .args(["-n", &self.name, "-j", fam, "route", "show", "table"])
-                .arg(table.to_string())
-                .args(["proto", proto])
-                .output()
-                .expect("run ip");
-            let err = String::from_utf8_lossy(&shown.stderr);
-            if err.contains("FIB table does not exist") {
-                continue;
-            }
-            assert!(shown.status.success(), "ip route show: {err}");
-            let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("ip -j output");
-            for r in v.as_array().cloned().unwrap_or_default() {
-                out.push(summarize(&r));
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
+    out.sort();
+    out
 }
 
 fn summarize(r: &serde_json::Value) -> String {
@@ -393,18 +262,15 @@ fn nh_dev(gw: &str, dev: &str) -> NextHop {
 #[test]
 fn route_kinds_appear_with_their_next_hops() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "kinds");
+    let ns = node(&lock, "kinds");
     let routes = [
-        (net("10.244.1.0/26"), RouteKind::via(ip("198.18.0.2"))),
+        (net("10.244.1.0/26"), via(ip("198.18.0.2"))),
         (
             net("10.244.2.0/26"),
             RouteKind::ecmp([ip("198.18.0.2"), ip("198.18.0.3")]),
         ),
         (net("10.244.0.0/26"), RouteKind::Blackhole),
-        (
-            net("fd00:10:244:1::/64"),
-            RouteKind::via(ip("fd00:10:244:ff::2")),
-        ),
+        (net("fd00:10:244:1::/64"), via(ip("fd00:10:244:ff::2"))),
         (
             net("fd00:10:244:2::/64"),
             RouteKind::Unicast(vec![nh_dev("fe80::2", "eth0")]),
@@ -432,16 +298,22 @@ fn route_kinds_appear_with_their_next_hops() {
     ]);
     let changes: Vec<_> = routes.iter().map(|(p, k)| (*p, Some(k.clone()))).collect();
     let c = changes.clone();
-    let (stats, dumped, again, changed) = ns.run(move || async move {
+    let stats = ns.run(move || async move {
         let mut k = Kernel::new(100).await.expect("kernel");
-        let stats = k.apply(c.clone()).await.expect("apply");
-        let dumped = k.dump_ours().await.expect("dump");
+        k.apply(c).await.expect("apply")
+    });
+    // As the kernel holds them: next hops resolved, with their interfaces.
+    assert_eq!(ours(&ns, 100), expected);
+    let c = changes.clone();
+    let (again, changed) = ns.run(move || async move {
+        // A new instance reads them back and finds nothing to change.
+        let mut k = Kernel::new(100).await.expect("kernel");
         let again = k.apply(c).await.expect("apply again");
         // Every kind into every other: new next hop, ECMP to one, one to ECMP, blackhole to
         // unicast and back.
         let changed = k
             .apply(vec![
-                (net("10.244.1.0/26"), Some(RouteKind::via(ip("198.18.0.3")))),
+                (net("10.244.1.0/26"), Some(via(ip("198.18.0.3")))),
                 (net("10.244.2.0/26"), Some(RouteKind::Blackhole)),
                 (
                     net("10.244.0.0/26"),
@@ -458,18 +330,15 @@ fn route_kinds_appear_with_their_next_hops() {
                         nh_dev("fe80::5", "eth0"),
                     ])),
                 ),
-                (
-                    net("fd00:10:244::/64"),
-                    Some(RouteKind::via(ip("fd00:10:244:ff::2"))),
-                ),
+                (net("fd00:10:244::/64"), Some(via(ip("fd00:10:244:ff::2")))),
                 (net("fd00:10:244:1::/64"), Some(RouteKind::Blackhole)),
             ])
             .await
             .expect("change");
-        (stats, dumped, again, changed)
+        (again, changed)
     });
     assert_eq!(
-        ns.ours(100),
+        ours(&ns, 100),
         lines(&[
             "10.244.1.0/26 via 198.18.0.3@eth0",
             "10.244.2.0/26 blackhole",
@@ -491,37 +360,20 @@ fn route_kinds_appear_with_their_next_hops() {
     assert_eq!(found, 8);
     assert_eq!(stats.added, 8, "{stats:?}");
     assert_eq!(stats.requests, 1, "{stats:?}");
-    // dump_ours gives the same routes, next hops with interface names.
-    let mut from_dump: Vec<String> = dumped
-        .iter()
-        .map(|r| match &r.kind {
-            RouteKind::Blackhole => format!("{} blackhole", r.prefix),
-            RouteKind::Unicast(nhs) => format!(
-                "{} via {}",
-                r.prefix,
-                nhs.iter()
-                    .map(|n| format!("{}@{}", n.gateway, n.interface.clone().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        })
-        .collect();
-    from_dump.sort();
-    assert_eq!(from_dump, expected);
     assert_eq!((again.unchanged, again.requests), (8, 0), "{again:?}");
     assert_eq!((changed.replaced, changed.requests), (7, 1), "{changed:?}");
     assert_eq!(withdrawn.deleted, 8, "{withdrawn:?}");
-    assert!(ns.ours(100).is_empty());
+    assert!(ours(&ns, 100).is_empty());
 }
 
 #[test]
 fn routes_carry_protocol_table_and_metric() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "attrs");
+    let ns = node(&lock, "attrs");
     ns.run(|| async {
         let mut k = Kernel::new(100).await.expect("kernel");
         k.apply(vec![
-            (net("10.244.1.0/26"), Some(RouteKind::via(ip("198.18.0.2")))),
+            (net("10.244.1.0/26"), Some(via(ip("198.18.0.2")))),
             (net("fd00:10:244:1::/64"), Some(RouteKind::Blackhole)),
         ])
         .await
@@ -543,80 +395,74 @@ fn routes_carry_protocol_table_and_metric() {
 #[test]
 fn ten_thousand_changes_are_few_round_trips() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "10k");
+    let ns = node(&lock, "10k");
     let prefixes: Vec<IpNet> = (0..10_000u32)
         .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i)), 32).expect("prefix"))
         .collect();
     let p = prefixes.clone();
-    let (add, add_t, rep, rep_t, del, del_t) = ns.run(move || async move {
-        let mut k = Kernel::new(DEFAULT_TABLE).await.expect("kernel");
-        let t = Instant::now();
+    let (add, rep, del) = ns.run(move || async move {
+        let mut k = Kernel::new(MAIN).await.expect("kernel");
         let add = k
             .apply(
                 p.iter()
-                    .map(|p| (*p, Some(RouteKind::via(ip("198.18.0.2")))))
+                    .map(|p| (*p, Some(via(ip("198.18.0.2")))))
                     .collect(),
             )
             .await
             .expect("add");
-        let add_t = t.elapsed();
-        let t = Instant::now();
         let rep = k
             .apply(
                 p.iter()
-                    .map(|p| (*p, Some(RouteKind::via(ip("198.18.0.3")))))
+                    .map(|p| (*p, Some(via(ip("198.18.0.3")))))
                     .collect(),
             )
             .await
             .expect("replace");
-        let rep_t = t.elapsed();
         assert_eq!(k.installed(), 10_000);
-        let t = Instant::now();
         let del = k
             .apply(p.iter().map(|p| (*p, None)).collect())
             .await
             .expect("delete");
-        (add, add_t, rep, rep_t, del, t.elapsed())
+        (add, rep, del)
     });
-    eprintln!("10k routes: add {add_t:?}, replace {rep_t:?}, delete {del_t:?}");
     let max_requests = 10_000usize.div_ceil(BATCH_MESSAGES);
     assert_eq!(add.added, 10_000, "{add:?}");
     assert!(add.requests <= max_requests, "{add:?}");
     assert_eq!(rep.replaced, 10_000, "{rep:?}");
     assert!(rep.requests <= max_requests, "{rep:?}");
     assert_eq!(del.deleted, 10_000, "{del:?}");
-    for t in [add_t, rep_t, del_t] {
-        assert!(t < Duration::from_secs(5), "10,000 changes took {t:?}");
-    }
     assert!(ns.ip("route show table main proto 0xf1").is_empty());
 }
 
 #[test]
 fn reconcile_touches_only_our_routes() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "recon");
+    let ns = node(&lock, "recon");
     // Ours, left behind: at another metric (an earlier configuration), at our metric, and a
     // desired one with the wrong next hop.
     ns.ip("route add 10.244.9.0/24 via 198.18.0.2 proto 0xf1 table 100");
     ns.ip("route add 10.244.8.0/24 via 198.18.0.2 proto 0xf1 metric 25 table 100");
     ns.ip("route add 10.244.7.0/24 via 198.18.0.9 proto 0xf1 metric 25 table 100");
     ns.ip("-6 route add fd00:10:244:99::/64 via fd00:10:244:ff::2 proto 0xf1 table 100");
+    // Pod host routes, as the CNI wiring makes them (ours too, but without gateway).
+    ns.ip("route add 10.244.15.5/32 dev eth0 proto 0xf1 scope link table 100");
+    ns.ip("-6 route add fd00:10:244:15::5/128 dev eth0 proto 0xf1 table 100");
     // Not ours.
     ns.ip("route add 10.244.10.0/24 via 198.18.0.2 proto static table 100");
     ns.ip("route add 10.244.11.0/24 via 198.18.0.2 proto bird table 100");
     ns.ip("route add 10.244.12.0/24 via 198.18.0.2 proto bird metric 25 table 100");
     ns.ip("route add 10.244.13.0/24 via 198.18.0.2 proto static table 100");
     ns.ip("-6 route add fd00:10:244:98::/64 via fd00:10:244:ff::2 proto bird table 100");
-    let others_before = [ns.routes(100, "static"), ns.routes(100, "bird")];
+    let others_before = [routes(&ns, 100, "static"), routes(&ns, 100, "bird")];
     let static_detail = ns.ip("-d route show table 100 proto static");
     let bird_detail = ns.ip("-d route show table 100 proto bird");
 
     let mut desired = HashMap::new();
-    desired.insert(net("10.244.7.0/24"), RouteKind::via(ip("198.18.0.2")));
+    desired.insert(net("10.244.7.0/24"), via(ip("198.18.0.2")));
     // Same prefix and metric as BIRD's route: a conflict, left alone.
-    desired.insert(net("10.244.12.0/24"), RouteKind::via(ip("198.18.0.2")));
+    desired.insert(net("10.244.12.0/24"), via(ip("198.18.0.2")));
     // Same prefix as a static route at metric 0: ours goes alongside at metric 25.
-    desired.insert(net("10.244.13.0/24"), RouteKind::via(ip("198.18.0.3")));
+    desired.insert(net("10.244.13.0/24"), via(ip("198.18.0.3")));
     desired.insert(net("10.244.14.0/24"), RouteKind::Blackhole);
     let (initial, first, conflicts, second) = ns.run(move || async move {
         let mut k = Kernel::new(100).await.expect("kernel");
@@ -636,16 +482,18 @@ fn reconcile_touches_only_our_routes() {
     );
     assert_eq!(conflicts, vec![net("10.244.12.0/24")]);
     assert_eq!(
-        ns.ours(100),
+        ours(&ns, 100),
         lines(&[
             "10.244.7.0/24 via 198.18.0.2@eth0",
             "10.244.13.0/24 via 198.18.0.3@eth0",
             "10.244.14.0/24 blackhole",
+            "10.244.15.5/32 via @eth0",
+            "fd00:10:244:15::5/128 via @eth0",
         ])
     );
     assert_eq!(
         others_before,
-        [ns.routes(100, "static"), ns.routes(100, "bird")]
+        [routes(&ns, 100, "static"), routes(&ns, 100, "bird")]
     );
     assert_eq!(static_detail, ns.ip("-d route show table 100 proto static"));
     assert_eq!(bird_detail, ns.ip("-d route show table 100 proto bird"));
@@ -669,7 +517,7 @@ fn reconcile_touches_only_our_routes() {
 #[test]
 fn unresolvable_next_hops_are_reported_not_installed() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "unres");
+    let ns = node(&lock, "unres");
     ns.ip("route add blackhole 198.18.50.0/24");
     let name = ns.name.clone();
     let (stats, unresolved, retried, unresolved_after) = ns.run(move || async move {
@@ -677,30 +525,18 @@ fn unresolvable_next_hops_are_reported_not_installed() {
         let stats = k
             .apply(vec![
                 // No route at all (the namespace has no default route).
-                (
-                    net("10.244.20.0/24"),
-                    Some(RouteKind::via(ip("198.19.9.9"))),
-                ),
+                (net("10.244.20.0/24"), Some(via(ip("198.19.9.9")))),
                 // This node's own address.
-                (
-                    net("10.244.21.0/24"),
-                    Some(RouteKind::via(ip("198.18.0.1"))),
-                ),
+                (net("10.244.21.0/24"), Some(via(ip("198.18.0.1")))),
                 // One of two next hops resolves: installed with that one.
                 (
                     net("10.244.22.0/24"),
                     Some(RouteKind::ecmp([ip("198.18.0.2"), ip("198.19.9.9")])),
                 ),
                 // Covered by a blackhole.
-                (
-                    net("10.244.23.0/24"),
-                    Some(RouteKind::via(ip("198.18.50.1"))),
-                ),
+                (net("10.244.23.0/24"), Some(via(ip("198.18.50.1")))),
                 // A link-local next hop without an interface, an unknown interface.
-                (
-                    net("fd00:10:244:20::/64"),
-                    Some(RouteKind::via(ip("fe80::2"))),
-                ),
+                (net("fd00:10:244:20::/64"), Some(via(ip("fe80::2")))),
                 (
                     net("fd00:10:244:21::/64"),
                     Some(RouteKind::Unicast(vec![nh_dev("fe80::2", "nosuch0")])),
@@ -741,7 +577,7 @@ fn unresolvable_next_hops_are_reported_not_installed() {
     assert_eq!((retried.added, retried.replaced), (1, 1), "{retried:?}");
     assert_eq!(unresolved_after.len(), 4, "{unresolved_after:?}");
     assert_eq!(
-        ns.ours(100),
+        ours(&ns, 100),
         lines(&[
             "10.244.20.0/24 via 198.18.0.254@eth0",
             "10.244.22.0/24 via 198.18.0.254@eth0,198.18.0.2@eth0",
@@ -752,7 +588,7 @@ fn unresolvable_next_hops_are_reported_not_installed() {
 #[test]
 fn recursive_next_hops_resolve_through_the_table() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "recur");
+    let ns = node(&lock, "recur");
     ns.link("eth1");
     // Loopbacks of other nodes behind a router; behind two (ECMP); anything else via an
     // onlink default route on an interface without addresses.
@@ -761,47 +597,29 @@ fn recursive_next_hops_resolve_through_the_table() {
     ns.ip("route add default via 198.18.3.1 dev eth1 onlink");
     ns.ip("-6 route add fd00:10:244:fe::/64 via fe80::1 dev eth0");
     let (stats, unresolved) = ns.run(|| async {
-        let mut k = Kernel::new(DEFAULT_TABLE).await.expect("kernel");
+        let mut k = Kernel::new(MAIN).await.expect("kernel");
         let mut stats = k
             .apply(vec![
-                (
-                    net("10.244.30.0/26"),
-                    Some(RouteKind::via(ip("198.18.1.7"))),
-                ),
-                (
-                    net("10.244.31.0/26"),
-                    Some(RouteKind::via(ip("198.18.2.9"))),
-                ),
-                (
-                    net("10.244.32.0/26"),
-                    Some(RouteKind::via(ip("198.18.4.4"))),
-                ),
+                (net("10.244.30.0/26"), Some(via(ip("198.18.1.7")))),
+                (net("10.244.31.0/26"), Some(via(ip("198.18.2.9")))),
+                (net("10.244.32.0/26"), Some(via(ip("198.18.4.4")))),
                 (
                     net("fd00:10:244:30::/64"),
-                    Some(RouteKind::via(ip("fd00:10:244:fe::5"))),
+                    Some(via(ip("fd00:10:244:fe::5"))),
                 ),
-                (
-                    net("10.244.33.0/24"),
-                    Some(RouteKind::via(ip("198.18.0.2"))),
-                ),
+                (net("10.244.33.0/24"), Some(via(ip("198.18.0.2")))),
             ])
             .await
             .expect("apply");
         // Through one of our own routes (uses its gateway) ...
         let s = k
-            .apply(vec![(
-                net("10.244.34.0/24"),
-                Some(RouteKind::via(ip("10.244.30.5"))),
-            )])
+            .apply(vec![(net("10.244.34.0/24"), Some(via(ip("10.244.30.5"))))])
             .await
             .expect("apply via ours");
         stats.added += s.added;
         // ... but never through itself: the route is withdrawn.
         let s = k
-            .apply(vec![(
-                net("10.244.33.0/24"),
-                Some(RouteKind::via(ip("10.244.33.1"))),
-            )])
+            .apply(vec![(net("10.244.33.0/24"), Some(via(ip("10.244.33.1"))))])
             .await
             .expect("apply via itself");
         stats.deleted += s.deleted;
@@ -809,7 +627,7 @@ fn recursive_next_hops_resolve_through_the_table() {
     });
     assert_eq!((stats.added, stats.deleted), (6, 1), "{stats:?}");
     assert_eq!(
-        ns.ours(DEFAULT_TABLE),
+        ours(&ns, MAIN),
         lines(&[
             "10.244.30.0/26 via 198.18.0.254@eth0",
             "10.244.31.0/26 via 198.18.0.252@eth0,198.18.0.253@eth0",
@@ -830,7 +648,7 @@ fn mass_rejections_fit_a_small_receive_buffer() {
     // every rejection echoes its request. Batches are sized so that a whole datagram's
     // rejections fit the receive buffer even when it is small (here 32 KiB as accounted).
     let lock = net_lock();
-    let ns = Netns::node(&lock, "mass");
+    let ns = node(&lock, "mass");
     let prefixes: Vec<IpNet> = (0..2_000u32)
         .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i)), 32).expect("prefix"))
         .collect();
@@ -852,7 +670,7 @@ fn mass_rejections_fit_a_small_receive_buffer() {
         let rcvbuf = k.nl.rcvbuf();
         let changes: Vec<_> = p
             .iter()
-            .map(|p| (*p, Some(RouteKind::via(ip("198.18.0.3")))))
+            .map(|p| (*p, Some(via(ip("198.18.0.3")))))
             .collect();
         let stats = k.apply(changes.clone()).await.expect("apply");
         let conflicts = k.conflicts().len();
@@ -885,8 +703,8 @@ fn mass_rejections_fit_a_small_receive_buffer() {
         "{err}"
     );
     assert_eq!(repaired.changes.conflicts, 2_000, "{repaired:?}");
-    assert!(ns.ours(100).is_empty());
-    assert_eq!(ns.routes(100, "static").len(), 2_000);
+    assert!(ours(&ns, 100).is_empty());
+    assert_eq!(routes(&ns, 100, "static").len(), 2_000);
 }
 
 #[repr(C)]
@@ -927,17 +745,14 @@ fn drop_net_admin() {
 #[test]
 fn without_cap_net_admin_the_error_says_what_to_do() {
     let lock = net_lock();
-    let ns = Netns::node(&lock, "perm");
+    let ns = node(&lock, "perm");
     let err = ns.run(|| async {
         drop_net_admin();
         let mut k = Kernel::new(100)
             .await
             .expect("reading routes needs no privilege");
         let e = k
-            .apply(vec![(
-                net("10.244.1.0/26"),
-                Some(RouteKind::via(ip("198.18.0.2"))),
-            )])
+            .apply(vec![(net("10.244.1.0/26"), Some(via(ip("198.18.0.2"))))])
             .await
             .expect_err("no CAP_NET_ADMIN");
         e.to_string()
@@ -946,7 +761,7 @@ fn without_cap_net_admin_the_error_says_what_to_do() {
         err.contains("no permission to change routes") && err.contains("CAP_NET_ADMIN"),
         "{err}"
     );
-    assert!(ns.ours(100).is_empty());
+    assert!(ours(&ns, 100).is_empty());
 }
 
 // ---------- benchmark ----------
@@ -970,7 +785,7 @@ fn bench_install_100k() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let lock = net_lock();
-    let ns = Netns::node(&lock, "bench");
+    let ns = node(&lock, "bench");
     let prefixes: Vec<IpNet> = (0..n)
         .map(|i| {
             if i < 65_536 {
@@ -1003,48 +818,42 @@ fn bench_install_100k() {
             .sum::<u64>()
     };
     let base = count(&ns);
-    let (mut ours, mut theirs, mut dumps, mut noops, mut deletes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut theirs, mut noops, mut deletes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         for turn in 0..2 {
             let ferrovia_turn = (round + turn) % 2 == 0;
             if ferrovia_turn {
                 let p = prefixes.clone();
-                let (t, d, u, del) = ns.run(move || async move {
+                let (t, d, del) = ns.run(move || async move {
                     let mut k = Kernel::new(100).await.expect("kernel");
                     let changes: Vec<_> = p
                         .iter()
-                        .map(|p| (*p, Some(RouteKind::via(ip("198.18.0.2")))))
+                        .map(|p| (*p, Some(via(ip("198.18.0.2")))))
                         .collect();
                     let t = Instant::now();
                     let s = k.apply(changes).await.expect("apply");
                     let t = t.elapsed();
                     assert_eq!(s.added, p.len());
-                    let desired: HashMap<IpNet, RouteKind> = p
-                        .iter()
-                        .map(|p| (*p, RouteKind::via(ip("198.18.0.2"))))
-                        .collect();
+                    let desired: HashMap<IpNet, RouteKind> =
+                        p.iter().map(|p| (*p, via(ip("198.18.0.2")))).collect();
                     let d = Instant::now();
                     let r = k.reconcile(&desired).await.expect("reconcile");
                     let d = d.elapsed();
                     assert_eq!(r.changes.unchanged, p.len());
-                    let u = Instant::now();
-                    let _ = k.dump_ours().await.expect("dump");
-                    let u = u.elapsed();
                     let del = Instant::now();
                     let s = k
                         .apply(p.iter().map(|p| (*p, None)).collect())
                         .await
                         .expect("delete");
                     assert_eq!(s.deleted, p.len());
-                    (t, d, u, del.elapsed())
+                    (t, d, del.elapsed())
                 });
-                ours.push(n as f64 / t.as_secs_f64());
+                rates.push(n as f64 / t.as_secs_f64());
                 noops.push(d.as_secs_f64());
-                dumps.push(u.as_secs_f64());
                 deletes.push(n as f64 / del.as_secs_f64());
                 eprintln!(
-                    "round {round}: ferrovia {:.0} routes/s ({t:?}); reconcile, all unchanged, {d:?}; dump_ours {u:?}; delete {:.0} routes/s",
+                    "round {round}: ferrovia {:.0} routes/s ({t:?}); reconcile, all unchanged, {d:?}; delete {:.0} routes/s",
                     n as f64 / t.as_secs_f64(),
                     n as f64 / del.as_secs_f64()
                 );
@@ -1073,13 +882,12 @@ fn bench_install_100k() {
         }
     }
     let _ = std::fs::remove_file(&batch);
-    let (a, b) = (median(ours), median(theirs));
+    let (a, b) = (median(rates), median(theirs));
     eprintln!(
         "{n} IPv4 routes, medians of {rounds}: ferrovia {a:.0} routes/s, ip -batch {b:.0} routes/s, ratio {:.2}x; \
-         ferrovia delete {:.0} routes/s; reconcile with nothing to do {:.3} s; dump_ours {:.3} s",
+         ferrovia delete {:.0} routes/s; reconcile with nothing to do {:.3} s",
         a / b,
         median(deletes),
-        median(noops),
-        median(dumps)
+        median(noops)
     );
 }

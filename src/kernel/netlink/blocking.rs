@@ -1,10 +1,12 @@
-//! A blocking NETLINK_ROUTE socket for the wiring threads: batches of requests in one
-//! datagram, each acknowledged, answers matched by sequence number; dumps; the kernel's
-//! extended-ack text in refusals. rtnetlink handles a request within `sendmsg`, so its
-//! answers are queued by the time `recv` runs: blocking costs nothing here.
+//! A blocking NETLINK_ROUTE socket for threads that change network namespace (pod wiring):
+//! batches of requests in one datagram, each acknowledged, answers matched by sequence
+//! number; dumps; the kernel's extended-ack text in refusals. rtnetlink handles a request
+//! within `sendmsg`, so its answers are queued by the time `recv` runs: blocking costs
+//! nothing here.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
+use std::time::Duration;
 
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
@@ -13,74 +15,72 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tracing::debug;
 
-use super::{socket_error, WiringError, SOCKET_TIMEOUT};
+use super::{describe, ext_ack_text, NLMSG_HDRLEN};
+
+/// A blocked socket gives up after this long (the kernel answers within sendmsg, so this
+/// only fires if something is badly wrong).
+pub(crate) const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Receive buffer per recv: dumps come in datagrams of at most 32 KiB.
 const RECV_BUF: usize = 64 * 1024;
 
 /// One request of a batch and what it does (for error messages).
-pub(super) struct Req {
+pub(crate) struct Req {
     msg: RouteNetlinkMessage,
     flags: u16,
     action: String,
 }
 
 impl Req {
-    pub(super) fn new(msg: RouteNetlinkMessage, flags: u16, action: String) -> Req {
+    pub(crate) fn new(msg: RouteNetlinkMessage, flags: u16, action: String) -> Req {
         Req { msg, flags, action }
     }
 }
 
 /// The kernel's refusal of one request.
 #[derive(Debug, Clone)]
-pub(super) struct Nack {
+pub(crate) struct Nack {
     /// Positive errno.
-    pub(super) errno: i32,
+    pub(crate) errno: i32,
     /// The extended ack's message, e.g. "Nexthop device is not up".
-    pub(super) text: Option<String>,
+    pub(crate) text: Option<String>,
 }
 
 impl Nack {
-    pub(super) fn describe(&self) -> String {
-        let base = io::Error::from_raw_os_error(self.errno).to_string();
-        match &self.text {
-            Some(t) => format!("{base} ({t})"),
-            None => base,
-        }
-    }
-
-    pub(super) fn into_error(self, action: String) -> WiringError {
-        let mut detail = self.describe();
-        if matches!(self.errno, libc::EPERM | libc::EACCES) {
-            detail.push_str(": the agent needs CAP_NET_ADMIN (run it as root)");
-        }
-        WiringError::Netlink {
-            action,
-            errno: self.errno,
-            detail,
-        }
+    /// The errno's text and the kernel's, e.g. "No such device (os error 19): Nexthop
+    /// device is not up".
+    pub(crate) fn describe(&self) -> String {
+        describe(self.errno, self.text.as_deref())
     }
 }
 
-pub(super) type Answer = Result<Vec<RouteNetlinkMessage>, Nack>;
+/// What the kernel answered one request: its messages, or its refusal.
+pub(crate) type Answer = Result<Vec<RouteNetlinkMessage>, Nack>;
+
+/// The first refused request of a [`Rtnl::batch_checked`].
+#[derive(Debug)]
+pub(crate) struct Refused {
+    /// Its index in the batch.
+    pub(crate) index: usize,
+    /// What it did, as given to [`Req::new`].
+    pub(crate) action: String,
+    pub(crate) nack: Nack,
+}
 
 /// A blocking NETLINK_ROUTE socket, in the namespace of the thread that opened it.
-pub(super) struct Rtnl {
+pub(crate) struct Rtnl {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-#[cfg(test)]
-pub(super) const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSG_HDRLEN: usize = 16;
+const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLMSG_OVERRUN: u16 = libc::NLMSG_OVERRUN as u16;
 
 impl Rtnl {
-    pub(super) fn open() -> io::Result<Rtnl> {
+    pub(crate) fn open() -> io::Result<Rtnl> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
@@ -113,7 +113,7 @@ impl Rtnl {
 
     /// Sends `reqs` in one datagram, each asking for an acknowledgement, and returns each
     /// one's answers (in order). The kernel handles them in order, whatever their answers.
-    pub(super) fn batch(&mut self, reqs: Vec<Req>) -> io::Result<Vec<Answer>> {
+    pub(crate) fn batch(&mut self, reqs: Vec<Req>) -> io::Result<Vec<Answer>> {
         let n = reqs.len();
         let first = self.seq.wrapping_add(1);
         let mut out = Vec::with_capacity(512);
@@ -127,7 +127,7 @@ impl Rtnl {
     }
 
     /// Sends one dump request and returns everything it produced.
-    pub(super) fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Answer> {
+    pub(crate) fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Answer> {
         for _ in 0..3 {
             self.seq = self.seq.wrapping_add(1);
             let seq = self.seq;
@@ -144,27 +144,36 @@ impl Rtnl {
         ))
     }
 
-    /// Like [`Rtnl::batch`]; the first refusal becomes the error, with its request's index.
-    pub(super) fn batch_checked(
+    /// Like [`Rtnl::batch`], for callers that stop at the first refusal: all answers, or the
+    /// first refusal with its request's index and action.
+    pub(crate) fn batch_checked(
         &mut self,
         reqs: Vec<Req>,
-        place: &str,
-    ) -> Result<Vec<Vec<RouteNetlinkMessage>>, (usize, WiringError)> {
+    ) -> io::Result<Result<Vec<Vec<RouteNetlinkMessage>>, Refused>> {
         let actions: Vec<String> = reqs.iter().map(|r| r.action.clone()).collect();
-        let answers = self
-            .batch(reqs)
-            .map_err(|e| (usize::MAX, socket_error(place, e)))?;
+        let answers = self.batch(reqs)?;
         let mut out = Vec::with_capacity(answers.len());
         for (i, a) in answers.into_iter().enumerate() {
             match a {
                 Ok(m) => out.push(m),
-                Err(n) => {
-                    let action = actions.get(i).cloned().unwrap_or_default();
-                    return Err((i, n.into_error(action)));
+                Err(nack) => {
+                    return Ok(Err(Refused {
+                        index: i,
+                        action: actions.get(i).cloned().unwrap_or_default(),
+                        nack,
+                    }))
                 }
             }
         }
-        Ok(out)
+        Ok(Ok(out))
+    }
+
+    /// Sends one request and returns its answers; a refusal is the inner error.
+    pub(crate) fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Answer> {
+        let mut answers = self.batch(vec![Req::new(msg, flags, String::new())])?;
+        answers
+            .pop()
+            .ok_or_else(|| io::Error::other("the kernel did not answer a request"))
     }
 
     /// Reads until requests `first .. first + n` are all acknowledged (or refused).
@@ -332,9 +341,6 @@ fn status(raw: &Raw<'_>) -> Result<(), Nack> {
         text,
     })
 }
-
-/// The NLMSGERR_ATTR_MSG text of an extended ack: the route module parses the same acks.
-pub(super) use crate::kernel::ext_ack_text;
 
 fn decode(bytes: &[u8]) -> Option<RouteNetlinkMessage> {
     match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
