@@ -1085,47 +1085,6 @@ fn check_sysctls(items: &[(String, &str)], place: &str, problems: &mut Vec<Strin
     }
 }
 
-/// Test-only: the ADDs of the container ids listed here hold, wired, until their caller
-/// stops waiting, so a test can abandon an ADD that is surely still running.
-#[cfg(test)]
-pub(crate) mod hold {
-    use futures::channel::oneshot;
-    use std::collections::BTreeMap;
-    use std::sync::{Mutex, MutexGuard};
-    use std::time::{Duration, Instant};
-
-    /// Container id → whether its ADD is holding.
-    static HELD: Mutex<BTreeMap<String, bool>> = Mutex::new(BTreeMap::new());
-
-    fn held() -> MutexGuard<'static, BTreeMap<String, bool>> {
-        HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Makes the next ADD of `container_id` hold once wired.
-    pub(crate) fn hold(container_id: &str) {
-        held().insert(container_id.to_string(), false);
-    }
-
-    /// Whether the ADD of `container_id` is holding, wired.
-    pub(crate) fn holding(container_id: &str) -> bool {
-        held().get(container_id) == Some(&true)
-    }
-
-    /// In the ADD worker: if `container_id` is held, waits until the caller stopped waiting
-    /// (at most a minute, so a broken test cannot hang the suite).
-    pub(super) fn wait<T>(container_id: &str, tx: &oneshot::Sender<T>) {
-        match held().get_mut(container_id) {
-            Some(h) => *h = true,
-            None => return,
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !tx.is_canceled() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        held().remove(container_id);
-    }
-}
-
 // =====================================================================================
 // Namespaces and sysctls.
 
@@ -1458,4 +1417,45 @@ fn dump_routes(
         })
         .filter(|r| r.table == MAIN_TABLE)
         .collect())
+}
+
+/// Test-only: the ADDs of the container ids listed here hold, wired, until their caller
+/// stops waiting, so a test can abandon an ADD that is surely still running.
+#[cfg(test)]
+pub(crate) mod hold {
+    use futures::channel::oneshot;
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    /// Container id → whether its ADD is holding.
+    static HELD: Mutex<BTreeMap<String, bool>> = Mutex::new(BTreeMap::new());
+
+    fn held() -> MutexGuard<'static, BTreeMap<String, bool>> {
+        HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes the next ADD of `container_id` hold once wired.
+    pub(crate) fn hold(container_id: &str) {
+        held().insert(container_id.to_string(), false);
+    }
+
+    /// Whether the ADD of `container_id` is holding, wired.
+    pub(crate) fn holding(container_id: &str) -> bool {
+        held().get(container_id) == Some(&true)
+    }
+
+    /// In the ADD worker: if `container_id` is held, waits until the caller stopped waiting
+    /// (at most a minute, so a broken test cannot hang the suite).
+    pub(super) fn wait<T>(container_id: &str, tx: &oneshot::Sender<T>) {
+        match held().get_mut(container_id) {
+            Some(h) => *h = true,
+            None => return,
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tx.is_canceled() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        held().remove(container_id);
+    }
 }

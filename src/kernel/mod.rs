@@ -13,6 +13,12 @@
 //! and report the prefix in [`Kernel::conflicts`]. Routes of other protocols are never
 //! modified.
 //!
+//! One kind of route of our protocol is not this module's: the host route to a pod that the
+//! CNI wiring installs (`<pod>/32 dev <host end>`, a unicast route with an output device and
+//! no gateway, at the kernel's default metric). This module never installs a route without
+//! gateway, so its dumps skip such routes: reconcile and apply neither delete nor replace
+//! them, and reconciling at start does not cut running pods off.
+//!
 //! Why not 0xbe (190), the number first proposed: iproute2 has no name for it, but Debian's
 //! `frr` package maps 186–197 in `/etc/iproute2/rt_protos.d/frr.conf` (190 is `ripng`), and
 //! FRR's zebra treats routes of those protocols as its own: started in a namespace holding a

@@ -244,6 +244,7 @@ fn gateway_attr(prefix: &IpNet, gw: IpAddr) -> RouteAttribute {
         _ => RouteAttribute::Gateway(gw.into()),
     }
 }
+
 // ----- links -----
 
 /// A link message about interface `index`, without attributes.
