@@ -119,7 +119,7 @@ pub const HOST_IFNAME_PREFIX: &str = "fv";
 const IFNAME_MAX: usize = 15;
 const HASH_DIGITS: usize = IFNAME_MAX - HOST_IFNAME_PREFIX.len();
 /// statfs f_type of nsfs (namespace files: /proc/PID/ns/*, their bind mounts).
-const NSFS_MAGIC: u64 = 0x6e73_6673;
+const NSFS_MAGIC: u64 = libc::NSFS_MAGIC as u64;
 /// `lo` has index 1 in every network namespace.
 const LO_INDEX: u32 = 1;
 

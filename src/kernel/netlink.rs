@@ -52,11 +52,11 @@ pub(crate) const RTPROT_BOOT: u8 = libc::RTPROT_BOOT;
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
 const RTM_DELROUTE: u16 = libc::RTM_DELROUTE;
-/// NLMSGERR_ATTR_MSG (linux/netlink.h): the extended ack's text.
+/// NLMSGERR_ATTR_MSG (linux/netlink.h, not in libc): the extended ack's text.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-/// NLM_F_CAPPED and NLM_F_ACK_TLVS (linux/netlink.h): flags of an NLMSG_ERROR answer.
-const NLM_F_CAPPED: u16 = 0x100;
-pub(crate) const NLM_F_ACK_TLVS: u16 = 0x200;
+/// Flags of an NLMSG_ERROR answer: the echoed request is cut to its header; TLVs follow.
+const NLM_F_CAPPED: u16 = libc::NLM_F_CAPPED as u16;
+const NLM_F_ACK_TLVS: u16 = libc::NLM_F_ACK_TLVS as u16;
 /// The length of a netlink message header.
 pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// IFLA_INET_CONF and IPV4_DEVCONF_FORWARDING (include/uapi/linux/if_link.h, ip.h).
