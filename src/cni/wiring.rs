@@ -1189,7 +1189,7 @@ fn socket_error(namespace: &str, e: io::Error) -> WiringError {
 /// The error for the kernel's refusal of `action`.
 fn refusal(nack: Nack, action: String) -> WiringError {
     let mut detail = nack.describe();
-    if matches!(nack.errno, libc::EPERM | libc::EACCES) {
+    if matches!(nack.errno, netlink::EPERM | netlink::EACCES) {
         detail.push_str(": the agent needs CAP_NET_ADMIN (run it as root)");
     }
     WiringError::Netlink {

@@ -58,7 +58,7 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLM_F_CAPPED: u16 = libc::NLM_F_CAPPED as u16;
 const NLM_F_ACK_TLVS: u16 = libc::NLM_F_ACK_TLVS as u16;
 /// The length of a netlink message header.
-pub(crate) const NLMSG_HDRLEN: usize = 16;
+const NLMSG_HDRLEN: usize = 16;
 /// IFLA_INET_CONF and IPV4_DEVCONF_FORWARDING (include/uapi/linux/if_link.h, ip.h).
 const IFLA_INET_CONF: u16 = 1;
 const IPV4_DEVCONF_FORWARDING: u16 = 1;
