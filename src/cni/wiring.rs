@@ -79,26 +79,24 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures::channel::oneshot;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoKind,
-    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoKind, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteFlags, RouteMessage, RouteScope, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use tracing::{debug, error, info, warn};
 
 use crate::kernel::netlink::blocking::{Nack, Refused, Req, Rtnl};
 use crate::kernel::netlink::{
-    self, family_of, inet_conf_forwarding_off, link_msg, link_name, link_named, new_addr,
-    new_device_route, route_ip, set_up, EEXIST, ENODEV, MAIN_TABLE, RTPROT_BOOT,
+    self, inet_conf_forwarding_off, link_name, new_addr, new_device_route, route_ip, set_up,
+    EEXIST, ENODEV, MAIN_TABLE, RTPROT_BOOT,
 };
 use crate::kernel::RTPROT_FERROVIA;
 
@@ -440,7 +438,7 @@ fn create_pair(
         spec.netns.display()
     );
     let req = Req::new(
-        veth_msg(host_name, &spec.ifname, mtu, ns.as_raw_fd()),
+        netlink::new_veth_pair(host_name, &HOST_MAC, &spec.ifname, ns.as_raw_fd(), mtu),
         NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
         action.clone(),
     );
@@ -548,10 +546,8 @@ fn configure_host(
             In6AddrGenMode::None,
         )]));
     }
-    let mut lm = link_msg(index);
-    lm.attributes.push(LinkAttribute::AfSpecUnspec(af));
     reqs.push(Req::new(
-        RouteNetlinkMessage::SetLink(lm),
+        netlink::set_af_spec(index, af),
         0,
         format!("set forwarding, proxy_arp and addr_gen_mode on {host_name}"),
     ));
@@ -622,13 +618,11 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
     let ifname = &spec.ifname;
     let mut reqs = Vec::with_capacity(8);
     reqs.push(Req::new(set_up(index), 0, format!("set {ifname} up")));
-    let mut lm = link_msg(index);
-    lm.attributes
-        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-            inet_conf_forwarding_off(),
-        ])]));
     reqs.push(Req::new(
-        RouteNetlinkMessage::SetLink(lm),
+        netlink::set_af_spec(
+            index,
+            vec![AfSpecUnspec::Inet(vec![inet_conf_forwarding_off()])],
+        ),
         0,
         format!("set forwarding=0 on {ifname}"),
     ));
@@ -687,7 +681,7 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
         ));
     }
     reqs.push(Req::new(
-        RouteNetlinkMessage::GetLink(link_msg(index)),
+        netlink::get_link(index),
         0,
         format!("read {ifname}"),
     ));
@@ -722,7 +716,7 @@ fn configure_pod(pod: &mut Rtnl, spec: &PodSpec, index: u32) -> Result<String, W
 
 /// Deletes the host end after a failed (or abandoned) ADD; logs what it cannot do.
 fn undo(host: &mut Rtnl, index: u32, host_name: &str) {
-    match host.request(RouteNetlinkMessage::DelLink(link_msg(index)), 0) {
+    match host.request(netlink::del_link(index), 0) {
         Ok(Ok(_)) => debug!(host_ifname = %host_name, "failed ADD undone"),
         Ok(Err(n)) if n.errno == ENODEV => {}
         Ok(Err(n)) => error!(
@@ -771,7 +765,7 @@ fn del_worker(host_name: &str, ifname: &str, netns: Option<&Path>) -> Result<(),
 /// Deletes interface `name`; `Ok(false)` if there was none.
 fn delete_link_by_name(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<bool, WiringError> {
     match rtnl
-        .request(RouteNetlinkMessage::DelLink(link_named(name)), 0)
+        .request(netlink::del_link_named(name), 0)
         .map_err(|e| socket_error(place, e))?
     {
         Ok(_) => Ok(true),
@@ -797,7 +791,7 @@ fn gc_worker(valid: &BTreeSet<String>) -> Result<Vec<String>, WiringError> {
     const PLACE: &str = "the node's network namespace";
     let mut host = Rtnl::open().map_err(|e| socket_error(PLACE, e))?;
     let links = host
-        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+        .dump(netlink::get_links())
         .map_err(|e| socket_error(PLACE, e))?
         .map_err(|n| refusal(n, "list the node's interfaces".to_string()))?;
     let stale: Vec<String> = links
@@ -1009,13 +1003,8 @@ fn check_host_route(
     host_name: &str,
     problems: &mut Vec<String>,
 ) -> Result<(), WiringError> {
-    let mut rm = RouteMessage::default();
-    rm.header.address_family = family_of(addr);
-    rm.header.destination_prefix_length = len;
-    rm.header.flags = RouteFlags::FibMatch;
-    rm.attributes.push(RouteAttribute::Destination(addr.into()));
     let found = match host
-        .request(RouteNetlinkMessage::GetRoute(rm), 0)
+        .request(netlink::get_fib_match(addr, None), 0)
         .map_err(|e| socket_error("the node's network namespace", e))?
     {
         Ok(msgs) => msgs.into_iter().find_map(|m| match m {
@@ -1220,29 +1209,6 @@ fn batch_checked(
 // =====================================================================================
 // Messages and answers.
 
-/// The veth pair: host end with our MAC, pod end in the namespace `ns_fd`, both down.
-fn veth_msg(host: &str, pod: &str, mtu: u32, ns_fd: RawFd) -> RouteNetlinkMessage {
-    // Not up yet: the kernel refuses to open a veth end before its peer is attached
-    // (ENOTCONN), which happens after this end is configured.
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(pod.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::NetNsFd(ns_fd),
-    ];
-    let mut lm = LinkMessage::default();
-    lm.attributes = vec![
-        LinkAttribute::IfName(host.to_string()),
-        LinkAttribute::Address(HOST_MAC.to_vec()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
-    RouteNetlinkMessage::NewLink(lm)
-}
-
 fn link_mac(l: &LinkMessage) -> Option<&[u8]> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(m) => Some(m.as_slice()),
@@ -1345,7 +1311,7 @@ fn get_link_by_name(
     place: &str,
 ) -> Result<Option<LinkMessage>, WiringError> {
     match rtnl
-        .request(RouteNetlinkMessage::GetLink(link_named(name)), 0)
+        .request(netlink::get_link_named(name), 0)
         .map_err(|e| socket_error(place, e))?
     {
         Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
@@ -1364,12 +1330,9 @@ fn dump_addresses(
     index: u32,
     place: &str,
 ) -> Result<Vec<(IpAddr, u8)>, WiringError> {
-    let mut am = AddressMessage::default();
-    am.header.family = family;
-    am.header.index = index;
     let action = format!("list the addresses in {place}");
     let msgs = rtnl
-        .dump(RouteNetlinkMessage::GetAddress(am))
+        .dump(netlink::get_addresses(family, index))
         .map_err(|e| socket_error(place, e))?
         .map_err(|n| refusal(n, action))?;
     let mut out = Vec::new();

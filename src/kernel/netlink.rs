@@ -18,13 +18,17 @@ pub(crate) mod blocking;
 mod conn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::io::RawFd;
 
 use ipnet::IpNet;
 use rtnetlink::packet_core::{DefaultNla, NetlinkMessage, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use rtnetlink::packet_route::link::{AfSpecInet, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
     RouteNextHopFlags, RouteProtocol, RouteScope, RouteType, RouteVia,
@@ -167,6 +171,20 @@ pub(crate) fn new_device_route(
     RouteNetlinkMessage::NewRoute(rm)
 }
 
+/// A look-up of the FIB entry a packet to `dst` (out of `oif`, if given) would match, as
+/// `ip route get fibmatch` shows it.
+pub(crate) fn get_fib_match(dst: IpAddr, oif: Option<u32>) -> RouteNetlinkMessage {
+    let mut rm = RouteMessage::default();
+    rm.header.address_family = family_of(dst);
+    rm.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+    rm.header.flags = RouteFlags::FibMatch;
+    rm.attributes.push(RouteAttribute::Destination(dst.into()));
+    if let Some(oif) = oif {
+        rm.attributes.push(RouteAttribute::Oif(oif));
+    }
+    RouteNetlinkMessage::GetRoute(rm)
+}
+
 /// A request for every route of `family` in the main table (a dump).
 pub(crate) fn get_main_routes(family: AddressFamily) -> RouteNetlinkMessage {
     let mut rm = RouteMessage::default();
@@ -261,6 +279,67 @@ pub(crate) fn link_named(name: &str) -> LinkMessage {
     lm
 }
 
+/// A request for interface `name`.
+pub(crate) fn get_link_named(name: &str) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::GetLink(link_named(name))
+}
+
+/// A request for interface `index`.
+pub(crate) fn get_link(index: u32) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::GetLink(link_msg(index))
+}
+
+/// A request for every interface (a dump).
+pub(crate) fn get_links() -> RouteNetlinkMessage {
+    RouteNetlinkMessage::GetLink(LinkMessage::default())
+}
+
+/// Deletes interface `index` (a veth takes its peer with it).
+pub(crate) fn del_link(index: u32) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::DelLink(link_msg(index))
+}
+
+/// Deletes interface `name` (a veth takes its peer with it).
+pub(crate) fn del_link_named(name: &str) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::DelLink(link_named(name))
+}
+
+/// A veth pair, both ends down: `host` here with `mac`, its peer `peer` created directly in
+/// the network namespace `peer_ns`, both with `mtu`. (Not up yet: the kernel refuses to
+/// open a veth end before its peer is attached, ENOTCONN.)
+pub(crate) fn new_veth_pair(
+    host: &str,
+    mac: &[u8],
+    peer: &str,
+    peer_ns: RawFd,
+    mtu: u32,
+) -> RouteNetlinkMessage {
+    let mut peer_msg = LinkMessage::default();
+    peer_msg.attributes = vec![
+        LinkAttribute::IfName(peer.to_string()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::NetNsFd(peer_ns),
+    ];
+    let mut lm = LinkMessage::default();
+    lm.attributes = vec![
+        LinkAttribute::IfName(host.to_string()),
+        LinkAttribute::Address(mac.to_vec()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]),
+    ];
+    RouteNetlinkMessage::NewLink(lm)
+}
+
+/// Sets per-family settings (IFLA_AF_SPEC) of interface `index`.
+pub(crate) fn set_af_spec(index: u32, af: Vec<AfSpecUnspec>) -> RouteNetlinkMessage {
+    let mut lm = link_msg(index);
+    lm.attributes.push(LinkAttribute::AfSpecUnspec(af));
+    RouteNetlinkMessage::SetLink(lm)
+}
+
 /// Sets interface `index` up.
 pub(crate) fn set_up(index: u32) -> RouteNetlinkMessage {
     let mut lm = link_msg(index);
@@ -311,6 +390,15 @@ pub(crate) fn new_addr(
         }
     }
     RouteNetlinkMessage::NewAddress(am)
+}
+
+/// A request for the addresses of `family` on interface `index` (a dump; the kernel may
+/// answer with every interface's).
+pub(crate) fn get_addresses(family: AddressFamily, index: u32) -> RouteNetlinkMessage {
+    let mut am = AddressMessage::default();
+    am.header.family = family;
+    am.header.index = index;
+    RouteNetlinkMessage::GetAddress(am)
 }
 
 // ----- answers -----

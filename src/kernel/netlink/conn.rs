@@ -12,15 +12,14 @@ use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::proto::{ConnectionHandle, ReplyExpectation};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
 
 use super::{
-    ext_ack_text, family_of, header_table, parse_echo, route_table, ENOENT, RTM_DELROUTE,
-    RTM_NEWROUTE,
+    ext_ack_text, header_table, parse_echo, route_table, ENOENT, RTM_DELROUTE, RTM_NEWROUTE,
 };
 
 pub(crate) type Msg = NetlinkMessage<RouteNetlinkMessage>;
@@ -235,15 +234,7 @@ impl Netlink {
         dst: IpAddr,
         oif: Option<u32>,
     ) -> Result<Option<RouteMessage>, NlError> {
-        let mut rm = RouteMessage::default();
-        rm.header.address_family = family_of(dst);
-        rm.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-        rm.header.flags = RouteFlags::FibMatch;
-        rm.attributes.push(RouteAttribute::Destination(dst.into()));
-        if let Some(oif) = oif {
-            rm.attributes.push(RouteAttribute::Oif(oif));
-        }
-        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(rm));
+        let mut msg = NetlinkMessage::from(super::get_fib_match(dst, oif));
         msg.header.flags = NLM_F_REQUEST;
         match self.request(msg).await {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m.payload {
@@ -258,7 +249,7 @@ impl Netlink {
 
     /// The index of interface `name`; `Ok(None)` if there is none.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NlError> {
-        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::GetLink(super::link_named(name)));
+        let mut msg = NetlinkMessage::from(super::get_link_named(name));
         msg.header.flags = NLM_F_REQUEST;
         match self.request(msg).await {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m.payload {
