@@ -40,7 +40,7 @@ fn host_ifname_shape_is_recognised() {
     assert!(!is_host_ifname("fv0123456789ab"));
     assert!(!is_host_ifname("fv0123456789abcd"));
     assert!(!is_host_ifname("fv0123456789ABC"));
-    assert!(!is_host_ifname("cali0123456789a"));
+    assert!(!is_host_ifname("cali012345678"));
     assert!(!is_host_ifname("fv0123456789abg"));
 }
 
@@ -559,6 +559,57 @@ fn del_is_idempotent_and_survives_a_missing_namespace() {
     // A namespace path that is an empty file (unmounted namespace) is a gone namespace.
     let file = tempfile::NamedTempFile::new().expect("temp file");
     del_in(&node, "c-del-4", "eth0", Some(file.path().to_path_buf())).expect("DEL, stale path");
+}
+
+#[test]
+fn gc_deletes_only_host_ends_of_attachments_not_valid() {
+    let lock = net_lock();
+    let node = node(&lock, "gc");
+    let keep_pod = netns(&lock, "keep");
+    let stale_pod = netns(&lock, "stale");
+    let keep = spec(
+        "c-gc-keep",
+        "eth0",
+        &keep_pod.path(),
+        Some("10.244.0.20"),
+        None,
+    );
+    let stale = spec(
+        "c-gc-stale",
+        "eth0",
+        &stale_pod.path(),
+        Some("10.244.0.21"),
+        Some("fd00:10:244::21"),
+    );
+    add_in(&node, &keep).expect("ADD keep");
+    add_in(&node, &stale).expect("ADD stale");
+    // Not ours: a name of another shape.
+    node.link("cali012345678");
+    let (keep_host, stale_host) = (
+        host_ifname("c-gc-keep", "eth0"),
+        host_ifname("c-gc-stale", "eth0"),
+    );
+    let valid = BTreeSet::from([keep_host.clone()]);
+    let deleted = node
+        .run(move || async move { delete_stale_host_ends(valid).await })
+        .expect("GC");
+    assert_eq!(deleted, vec![stale_host.clone()]);
+    let links = node.links();
+    assert!(links.contains(&keep_host), "{links:?}");
+    assert!(!links.contains(&stale_host), "{links:?}");
+    assert!(links.contains(&"cali012345678".to_string()), "{links:?}");
+    assert_eq!(stale_pod.links(), vec!["lo".to_string()]);
+    check_in(&node, &keep).expect("the valid pod is still wired");
+    assert_eq!(
+        our_routes(&node),
+        vec![format!("10.244.0.20 dev {keep_host} scope link")]
+    );
+    // Nothing left to collect: nothing deleted.
+    let valid = BTreeSet::from([keep_host]);
+    let again = node
+        .run(move || async move { delete_stale_host_ends(valid).await })
+        .expect("GC again");
+    assert!(again.is_empty(), "{again:?}");
 }
 
 #[test]
