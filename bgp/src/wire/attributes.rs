@@ -1,4 +1,9 @@
-//! Path attributes on receipt: one function per attribute, each applying its RFC 7606 rule.
+//! Path attributes on receipt: one function per attribute, each applying its RFC 7606 rule
+//! and storing the value in [`Collected`]. [`attribute`] dispatches on the type code.
+//!
+//! Each function returns the [`Verdict`] for its attribute; `Err` is a session reset.
+//! Semantic checks (own address as next hop, LOCAL_PREF from an external peer, martians)
+//! belong to the caller, which knows the session.
 
 use netgauze_bgp_pkt::path_attribute as ng;
 use netgauze_bgp_pkt::path_attribute::{PathAttribute, PathAttributeValue};
@@ -34,6 +39,43 @@ pub(super) fn segment(t: ng::AsPathSegmentType, asns: Vec<u32>) -> AsSegment {
     }
 }
 
+/// The attribute flag classes RFC 4271 §4.3 defines.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    optional: bool,
+    transitive: bool,
+    /// Well-known: not optional, transitive, Partial 0.
+    well_known: bool,
+    /// Optional non-transitive (Partial must be 0 too).
+    optional_non_transitive: bool,
+    optional_transitive: bool,
+}
+
+impl Class {
+    fn of(flags: u8) -> Class {
+        use attr_flags::{OPTIONAL, PARTIAL, TRANSITIVE};
+        let optional = flags & OPTIONAL != 0;
+        let transitive = flags & TRANSITIVE != 0;
+        let partial = flags & PARTIAL != 0;
+        Class {
+            optional,
+            transitive,
+            well_known: !optional && transitive && !partial,
+            optional_non_transitive: optional && !transitive && !partial,
+            optional_transitive: optional && transitive,
+        }
+    }
+}
+
+/// `Ok` when the checks hold, else treat-as-withdraw.
+fn withdraw_unless(ok: bool) -> Verdict {
+    if ok {
+        Verdict::Ok
+    } else {
+        Verdict::Withdraw
+    }
+}
+
 /// Applies RFC 7606 to one attribute and stores its value. `Err` is a session reset.
 pub(super) fn attribute(
     a: &RawAttr<'_>,
@@ -41,253 +83,337 @@ pub(super) fn attribute(
     ng_ctx: &mut BgpParsingContext,
     c: &mut Collected,
 ) -> Result<Verdict, Notification> {
-    use attr_flags::{OPTIONAL, PARTIAL, TRANSITIVE};
     use attr_type::*;
-    let f = a.flags;
-    let optional = f & OPTIONAL != 0;
-    let transitive = f & TRANSITIVE != 0;
-    let partial = f & PARTIAL != 0;
-    // RFC 4271 §4.3: well-known and optional non-transitive attributes have Partial 0.
-    let well_known = !optional && transitive && !partial;
-    let optional_non_transitive = optional && !transitive && !partial;
-    let optional_transitive = optional && transitive;
-    let len = a.value.len();
-    // Verdict when the checks fail, for attributes whose RFC says treat-as-withdraw.
-    let withdraw_unless = |ok: bool| if ok { Verdict::Ok } else { Verdict::Withdraw };
-
-    let v = match a.code {
-        // RFC 7606 §7.1.
-        ORIGIN => {
-            if !(well_known && len == 1) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::Origin(o)) => {
-                    c.origin = Some(match o {
-                        ng::Origin::IGP => Origin::Igp,
-                        ng::Origin::EGP => Origin::Egp,
-                        ng::Origin::Incomplete => Origin::Incomplete,
-                    });
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.2. Confederation segments are refused too: we are never a
-        // confederation member, so they are malformed from any peer (RFC 5065 §5).
-        AS_PATH => {
-            if !well_known {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::AsPath(p)) => {
-                    c.as_path = Some(match p {
-                        ng::AsPath::As2PathSegments(segs) => segs
-                            .iter()
-                            .map(|s| {
-                                segment(
-                                    s.segment_type(),
-                                    s.as_numbers().iter().map(|n| u32::from(*n)).collect(),
-                                )
-                            })
-                            .collect(),
-                        ng::AsPath::As4PathSegments(segs) => segs
-                            .iter()
-                            .map(|s| segment(s.segment_type(), s.as_numbers().to_vec()))
-                            .collect(),
-                    });
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.3. Semantic checks (own address, martians) belong to the caller.
-        NEXT_HOP => {
-            if !(well_known && len == 4) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::NextHop(nh)) => {
-                    c.next_hop = Some(nh.next_hop());
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.4.
-        MULTI_EXIT_DISC => {
-            if !(optional_non_transitive && len == 4) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::MultiExitDiscriminator(m)) => {
-                    c.med = Some(m.metric());
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.5 (from an external peer it must be discarded: the caller knows).
-        LOCAL_PREF => {
-            if !(well_known && len == 4) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::LocalPreference(l)) => {
-                    c.local_pref = Some(l.metric());
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.6: attribute discard.
-        ATOMIC_AGGREGATE => {
-            if !(well_known && len == 0) {
-                return Ok(Verdict::Discard);
-            }
-            c.atomic_aggregate = true;
-            Verdict::Ok
-        }
-        // RFC 7606 §7.7: attribute discard; 8 octets with 4-octet AS, else 6.
-        AGGREGATOR => {
-            let want = if ctx.four_octet_as { 8 } else { 6 };
-            if !(optional_transitive && len == want) {
-                return Ok(Verdict::Discard);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::Aggregator(ng::Aggregator::As4Aggregator(g))) => {
-                    c.aggregator = Some((*g.asn(), g.origin()));
-                    Verdict::Ok
-                }
-                Some(PathAttributeValue::Aggregator(ng::Aggregator::As2Aggregator(g))) => {
-                    c.aggregator = Some((u32::from(*g.asn()), g.origin()));
-                    Verdict::Ok
-                }
-                _ => Verdict::Discard,
-            }
-        }
-        // RFC 7606 §7.8: a non-zero multiple of 4.
-        COMMUNITIES => {
-            if !(optional_transitive && len > 0 && len.is_multiple_of(4)) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::Communities(cs)) => {
-                    c.communities = cs.communities().iter().map(|x| x.value()).collect();
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.9.
-        ORIGINATOR_ID => {
-            if !(optional_non_transitive && len == 4) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::Originator(o)) => {
-                    c.originator_id = Some(o.id());
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.10: a non-zero multiple of 4.
-        CLUSTER_LIST => {
-            if !(optional_non_transitive && len > 0 && len.is_multiple_of(4)) {
-                return Ok(Verdict::Withdraw);
-            }
-            match ng_parse(a, ng_ctx) {
-                Some(PathAttributeValue::ClusterList(l)) => {
-                    c.cluster_list = l.cluster_list().iter().map(|x| x.id()).collect();
-                    Verdict::Ok
-                }
-                _ => Verdict::Withdraw,
-            }
-        }
-        // RFC 7606 §7.11, §5.3, RFC 4760 §7: any error in MP_REACH/MP_UNREACH resets.
-        MP_REACH_NLRI | MP_UNREACH_NLRI => {
-            if !optional_non_transitive {
-                return Err(Notification::with_data(
-                    notif::UPDATE_MESSAGE_ERROR,
-                    notif::ATTRIBUTE_FLAGS_ERROR,
-                    a.whole.to_vec(),
-                ));
-            }
-            if a.code == MP_REACH_NLRI {
-                c.mp_reach = decode_mp_reach(a)?;
-            } else {
-                c.mp_unreach = decode_mp_unreach(a)?;
-            }
-            Verdict::Ok
-        }
-        // RFC 6793 §6: ignored between 4-octet speakers; attribute discard when malformed.
-        AS4_PATH => {
-            if ctx.four_octet_as || !optional_transitive {
-                return Ok(Verdict::Discard);
-            }
-            match parse_as4_path(a.value) {
-                Some(p) => {
-                    c.as4_path = Some(p);
-                    Verdict::Ok
-                }
-                None => Verdict::Discard,
-            }
-        }
-        AS4_AGGREGATOR => {
-            if ctx.four_octet_as || !(optional_transitive && len == 8) {
-                return Ok(Verdict::Discard);
-            }
-            let mut r = Reader::new(a.value);
-            match (r.u32(), r.ipv4()) {
-                (Some(asn), Some(ip)) => {
-                    c.as4_aggregator = Some((asn, ip));
-                    Verdict::Ok
-                }
-                _ => Verdict::Discard,
-            }
-        }
-        // Known optional transitive attributes we carry raw; their RFCs (7606 §7.14,
-        // RFC 5701 as updated by 7606 §7.15, RFC 8092 §6, RFC 9234 §5) say treat-as-withdraw
-        // when the length is wrong.
+    let class = Class::of(a.flags);
+    Ok(match a.code {
+        ORIGIN => origin(a, class, ng_ctx, c),
+        AS_PATH => as_path(a, class, ng_ctx, c),
+        NEXT_HOP => next_hop(a, class, ng_ctx, c),
+        MULTI_EXIT_DISC => multi_exit_disc(a, class, ng_ctx, c),
+        LOCAL_PREF => local_pref(a, class, ng_ctx, c),
+        ATOMIC_AGGREGATE => atomic_aggregate(a, class, c),
+        AGGREGATOR => aggregator(a, class, ctx, ng_ctx, c),
+        COMMUNITIES => communities(a, class, ng_ctx, c),
+        ORIGINATOR_ID => originator_id(a, class, ng_ctx, c),
+        CLUSTER_LIST => cluster_list(a, class, ng_ctx, c),
+        MP_REACH_NLRI | MP_UNREACH_NLRI => multiprotocol(a, class, c)?,
+        AS4_PATH => as4_path(a, class, ctx, c),
+        AS4_AGGREGATOR => as4_aggregator(a, class, ctx, c),
         EXTENDED_COMMUNITIES | IPV6_EXTENDED_COMMUNITIES | LARGE_COMMUNITIES | ONLY_TO_CUSTOMER => {
-            let ok = optional_transitive
-                && match a.code {
-                    EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(8),
-                    IPV6_EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(20),
-                    LARGE_COMMUNITIES => len > 0 && len.is_multiple_of(12),
-                    _ => len == 4,
-                };
-            if ok {
-                c.other.push(RawAttribute {
-                    flags: a.flags & 0xf0,
-                    type_code: a.code,
-                    value: a.value.to_vec(),
-                });
-            }
-            withdraw_unless(ok)
+            carried_raw(a, class, c)
         }
-        code => {
-            if !optional {
-                // RFC 4271 §6.3, unchanged by RFC 7606.
-                return Err(Notification::with_data(
-                    notif::UPDATE_MESSAGE_ERROR,
-                    notif::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
-                    a.whole.to_vec(),
-                ));
-            }
-            if transitive {
-                c.other.push(RawAttribute {
-                    flags: a.flags & 0xf0,
-                    type_code: code,
-                    value: a.value.to_vec(),
-                });
-            }
-            // Unrecognized optional non-transitive: quietly ignored (RFC 4271 §5).
+        _ => unrecognized(a, class, c)?,
+    })
+}
+
+/// ORIGIN, RFC 7606 §7.1.
+fn origin(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !(class.well_known && a.value.len() == 1) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::Origin(o)) => {
+            c.origin = Some(match o {
+                ng::Origin::IGP => Origin::Igp,
+                ng::Origin::EGP => Origin::Egp,
+                ng::Origin::Incomplete => Origin::Incomplete,
+            });
             Verdict::Ok
         }
-    };
-    Ok(v)
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// AS_PATH, RFC 7606 §7.2. Confederation segments are refused too: we are never a
+/// confederation member, so they are malformed from any peer (RFC 5065 §5).
+fn as_path(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !class.well_known {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::AsPath(p)) => {
+            c.as_path = Some(match p {
+                ng::AsPath::As2PathSegments(segs) => segs
+                    .iter()
+                    .map(|s| {
+                        segment(
+                            s.segment_type(),
+                            s.as_numbers().iter().map(|n| u32::from(*n)).collect(),
+                        )
+                    })
+                    .collect(),
+                ng::AsPath::As4PathSegments(segs) => segs
+                    .iter()
+                    .map(|s| segment(s.segment_type(), s.as_numbers().to_vec()))
+                    .collect(),
+            });
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// NEXT_HOP, RFC 7606 §7.3.
+fn next_hop(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !(class.well_known && a.value.len() == 4) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::NextHop(nh)) => {
+            c.next_hop = Some(nh.next_hop());
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// MULTI_EXIT_DISC, RFC 7606 §7.4.
+fn multi_exit_disc(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !(class.optional_non_transitive && a.value.len() == 4) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::MultiExitDiscriminator(m)) => {
+            c.med = Some(m.metric());
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// LOCAL_PREF, RFC 7606 §7.5 (from an external peer it must be discarded: the caller
+/// knows the session type).
+fn local_pref(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !(class.well_known && a.value.len() == 4) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::LocalPreference(l)) => {
+            c.local_pref = Some(l.metric());
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// ATOMIC_AGGREGATE, RFC 7606 §7.6: attribute discard.
+fn atomic_aggregate(a: &RawAttr<'_>, class: Class, c: &mut Collected) -> Verdict {
+    if !(class.well_known && a.value.is_empty()) {
+        return Verdict::Discard;
+    }
+    c.atomic_aggregate = true;
+    Verdict::Ok
+}
+
+/// AGGREGATOR, RFC 7606 §7.7: attribute discard; 8 octets with 4-octet AS, else 6.
+fn aggregator(
+    a: &RawAttr<'_>,
+    class: Class,
+    ctx: &SessionContext,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    let want = if ctx.four_octet_as { 8 } else { 6 };
+    if !(class.optional_transitive && a.value.len() == want) {
+        return Verdict::Discard;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::Aggregator(ng::Aggregator::As4Aggregator(g))) => {
+            c.aggregator = Some((*g.asn(), g.origin()));
+            Verdict::Ok
+        }
+        Some(PathAttributeValue::Aggregator(ng::Aggregator::As2Aggregator(g))) => {
+            c.aggregator = Some((u32::from(*g.asn()), g.origin()));
+            Verdict::Ok
+        }
+        _ => Verdict::Discard,
+    }
+}
+
+/// COMMUNITIES, RFC 7606 §7.8: a non-zero multiple of 4.
+fn communities(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    let len = a.value.len();
+    if !(class.optional_transitive && len > 0 && len.is_multiple_of(4)) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::Communities(cs)) => {
+            c.communities = cs.communities().iter().map(|x| x.value()).collect();
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// ORIGINATOR_ID, RFC 7606 §7.9.
+fn originator_id(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    if !(class.optional_non_transitive && a.value.len() == 4) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::Originator(o)) => {
+            c.originator_id = Some(o.id());
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// CLUSTER_LIST, RFC 7606 §7.10: a non-zero multiple of 4.
+fn cluster_list(
+    a: &RawAttr<'_>,
+    class: Class,
+    ng_ctx: &mut BgpParsingContext,
+    c: &mut Collected,
+) -> Verdict {
+    let len = a.value.len();
+    if !(class.optional_non_transitive && len > 0 && len.is_multiple_of(4)) {
+        return Verdict::Withdraw;
+    }
+    match ng_parse(a, ng_ctx) {
+        Some(PathAttributeValue::ClusterList(l)) => {
+            c.cluster_list = l.cluster_list().iter().map(|x| x.id()).collect();
+            Verdict::Ok
+        }
+        _ => Verdict::Withdraw,
+    }
+}
+
+/// MP_REACH_NLRI and MP_UNREACH_NLRI, RFC 7606 §7.11, §5.3, RFC 4760 §7: any error
+/// resets the session.
+fn multiprotocol(
+    a: &RawAttr<'_>,
+    class: Class,
+    c: &mut Collected,
+) -> Result<Verdict, Notification> {
+    if !class.optional_non_transitive {
+        return Err(Notification::with_data(
+            notif::UPDATE_MESSAGE_ERROR,
+            notif::ATTRIBUTE_FLAGS_ERROR,
+            a.whole.to_vec(),
+        ));
+    }
+    if a.code == attr_type::MP_REACH_NLRI {
+        c.mp_reach = decode_mp_reach(a)?;
+    } else {
+        c.mp_unreach = decode_mp_unreach(a)?;
+    }
+    Ok(Verdict::Ok)
+}
+
+/// AS4_PATH, RFC 6793 §6: ignored between 4-octet speakers; attribute discard when
+/// malformed.
+fn as4_path(a: &RawAttr<'_>, class: Class, ctx: &SessionContext, c: &mut Collected) -> Verdict {
+    if ctx.four_octet_as || !class.optional_transitive {
+        return Verdict::Discard;
+    }
+    match parse_as4_path(a.value) {
+        Some(p) => {
+            c.as4_path = Some(p);
+            Verdict::Ok
+        }
+        None => Verdict::Discard,
+    }
+}
+
+/// AS4_AGGREGATOR, RFC 6793 §6: as AS4_PATH.
+fn as4_aggregator(
+    a: &RawAttr<'_>,
+    class: Class,
+    ctx: &SessionContext,
+    c: &mut Collected,
+) -> Verdict {
+    if ctx.four_octet_as || !(class.optional_transitive && a.value.len() == 8) {
+        return Verdict::Discard;
+    }
+    let mut r = Reader::new(a.value);
+    match (r.u32(), r.ipv4()) {
+        (Some(asn), Some(ip)) => {
+            c.as4_aggregator = Some((asn, ip));
+            Verdict::Ok
+        }
+        _ => Verdict::Discard,
+    }
+}
+
+/// Known optional transitive attributes we carry raw; their RFCs (7606 §7.14, RFC 5701 as
+/// updated by 7606 §7.15, RFC 8092 §6, RFC 9234 §5) say treat-as-withdraw when the length
+/// is wrong.
+fn carried_raw(a: &RawAttr<'_>, class: Class, c: &mut Collected) -> Verdict {
+    use attr_type::{EXTENDED_COMMUNITIES, IPV6_EXTENDED_COMMUNITIES, LARGE_COMMUNITIES};
+    let len = a.value.len();
+    let ok = class.optional_transitive
+        && match a.code {
+            EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(8),
+            IPV6_EXTENDED_COMMUNITIES => len > 0 && len.is_multiple_of(20),
+            LARGE_COMMUNITIES => len > 0 && len.is_multiple_of(12),
+            // ONLY_TO_CUSTOMER
+            _ => len == 4,
+        };
+    if ok {
+        c.other.push(RawAttribute {
+            flags: a.flags & 0xf0,
+            type_code: a.code,
+            value: a.value.to_vec(),
+        });
+    }
+    withdraw_unless(ok)
+}
+
+/// Attributes we do not know. An unrecognized well-known attribute resets the session
+/// (RFC 4271 §6.3, unchanged by RFC 7606); optional transitive ones are passed on,
+/// optional non-transitive ones quietly ignored (RFC 4271 §5).
+fn unrecognized(a: &RawAttr<'_>, class: Class, c: &mut Collected) -> Result<Verdict, Notification> {
+    if !class.optional {
+        return Err(Notification::with_data(
+            notif::UPDATE_MESSAGE_ERROR,
+            notif::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
+            a.whole.to_vec(),
+        ));
+    }
+    if class.transitive {
+        c.other.push(RawAttribute {
+            flags: a.flags & 0xf0,
+            type_code: a.code,
+            value: a.value.to_vec(),
+        });
+    }
+    Ok(Verdict::Ok)
 }
 
 #[cfg(test)]
