@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -363,7 +363,8 @@ impl Driver {
             Io::Data(peer, conn, bytes) => {
                 if self.conns.contains_key(&conn) {
                     size = bytes.len();
-                    self.speaker.received(now, peer, conn, &bytes);
+                    self.speaker
+                        .received(now, SystemTime::now(), peer, conn, &bytes);
                 }
             }
             Io::Closed(peer, conn) => {

@@ -7,6 +7,10 @@
 //! - [`policy`]: import and export rules.
 //! - [`speaker`]: sessions, RIBs and policy together, sans-IO.
 //! - [`driver`]: the tokio task that owns sockets and clocks; [`md5`]: TCP MD5 signatures.
+//!
+//! Only `driver` and `md5` do I/O. Everything else is the sans-IO core: it reads no clock
+//! (time, monotonic and wall, comes in as arguments) and names no socket or runtime;
+//! `tests/core_boundary.rs` fails when that stops being true.
 
 pub mod driver;
 pub mod fsm;

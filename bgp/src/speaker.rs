@@ -86,6 +86,7 @@ pub struct PeerStats {
     pub updates_sent: u64,
     pub prefixes_received: usize,
     pub prefixes_sent: usize,
+    /// Wall-clock time the session reached Established, as the driver gave it.
     pub since: Option<SystemTime>,
     pub transitions: u64,
 }
@@ -309,12 +310,21 @@ impl Speaker {
         self.drain_session(peer);
     }
 
-    /// Bytes read from a connection.
-    pub fn received(&mut self, now: Instant, peer: IpAddr, conn: ConnId, bytes: &[u8]) {
+    /// Bytes read from a connection. `wall` is the wall-clock time of the same moment as
+    /// `now`: a session that comes up here records it as its `since` (the core reads no
+    /// clock; only the driver does).
+    pub fn received(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        peer: IpAddr,
+        conn: ConnId,
+        bytes: &[u8],
+    ) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.session.received(now, conn, bytes);
         }
-        self.drain_session(peer);
+        self.drain_session_at(peer, Some(wall));
     }
 
     /// Fires every deadline that has passed.
@@ -450,6 +460,12 @@ impl Speaker {
     // ----- internals -----
 
     fn drain_session(&mut self, addr: IpAddr) {
+        self.drain_session_at(addr, None);
+    }
+
+    /// Carries out what a session asked for. `wall`: the wall-clock time of the event
+    /// being handled, when the caller gave it.
+    fn drain_session_at(&mut self, addr: IpAddr, wall: Option<SystemTime>) {
         while let Some(out) = self
             .peers
             .get_mut(&addr)
@@ -474,7 +490,7 @@ impl Speaker {
                         to,
                     })
                 }
-                fsm::Output::Established(conn, n) => self.on_established(addr, conn, *n),
+                fsm::Output::Established(conn, n) => self.on_established(addr, conn, *n, wall),
                 fsm::Output::Down(reason) => {
                     self.on_down(addr);
                     self.events
@@ -493,7 +509,13 @@ impl Speaker {
         }
     }
 
-    fn on_established(&mut self, addr: IpAddr, conn: ConnId, n: Negotiated) {
+    fn on_established(
+        &mut self,
+        addr: IpAddr,
+        conn: ConnId,
+        n: Negotiated,
+        wall: Option<SystemTime>,
+    ) {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
@@ -518,7 +540,7 @@ impl Speaker {
         p.full_sync = n.families.iter().copied().collect();
         p.eor_pending = n.families.clone();
         p.adj_out.clear();
-        p.stats.since = Some(SystemTime::now());
+        p.stats.since = wall;
         p.negotiated = Some(n);
     }
 

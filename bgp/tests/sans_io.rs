@@ -8,10 +8,12 @@ use ferrovia_bgp::speaker::{Event, PeerConfig, Speaker, SpeakerConfig};
 use ferrovia_bgp::wire;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const LOCAL_ID: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PEER_ID: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// Wall-clock time handed to the speaker with received bytes (any fixed value).
+const WALL: SystemTime = SystemTime::UNIX_EPOCH;
 const FOUR: SessionContext = SessionContext {
     four_octet_as: true,
 };
@@ -457,8 +459,14 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
         IpAddr::V4(v) => v,
         _ => PEER_ID,
     };
-    s.received(now, addr, conn, &bytes(Message::Open(open(asn, id, 90))));
-    s.received(now, addr, conn, &bytes(Message::Keepalive));
+    s.received(
+        now,
+        WALL,
+        addr,
+        conn,
+        &bytes(Message::Open(open(asn, id, 90))),
+    );
+    s.received(now, WALL, addr, conn, &bytes(Message::Keepalive));
 }
 
 /// Drains the speaker; returns UPDATEs sent per peer and Loc-RIB changes.
@@ -561,7 +569,7 @@ fn speaker_propagates_by_ibgp_ebgp_rules_and_flushes_on_down() {
     speaker_out(&mut s);
 
     // From eBGP A: to iBGP B with A's next hop, to eBGP C with ours and our AS prepended.
-    s.received(now, A, 1, &update(&["10.1.0.0/16"], A, vec![65010]));
+    s.received(now, WALL, A, 1, &update(&["10.1.0.0/16"], A, vec![65010]));
     let (ups, changes) = speaker_out(&mut s);
     assert_eq!(changes.len(), 1);
     let best = changes[0].best.as_ref().expect("best");
@@ -577,19 +585,26 @@ fn speaker_propagates_by_ibgp_ebgp_rules_and_flushes_on_down() {
     );
 
     // From iBGP B: only to the eBGP peers.
-    s.received(now, B, 2, &update(&["10.2.0.0/16"], B, vec![]));
+    s.received(now, WALL, B, 2, &update(&["10.2.0.0/16"], B, vec![]));
     let (ups, _) = speaker_out(&mut s);
     let peers: Vec<IpAddr> = ups.iter().map(|(p, _)| *p).collect();
     assert!(peers.contains(&A) && peers.contains(&C) && !peers.contains(&B));
 
     // A route with our own AS in the path from eBGP is refused.
-    s.received(now, C, 3, &update(&["10.3.0.0/16"], C, vec![65030, 64512]));
+    s.received(
+        now,
+        WALL,
+        C,
+        3,
+        &update(&["10.3.0.0/16"], C, vec![65030, 64512]),
+    );
     let (_, changes) = speaker_out(&mut s);
     assert!(changes.is_empty(), "AS loop refused");
 
     // A goes down: its route is withdrawn from B and C.
     s.received(
         now,
+        WALL,
         A,
         1,
         &bytes(Message::Notification(Notification::new(6, 2))),
@@ -610,14 +625,20 @@ fn speaker_prefers_by_decision_process_and_builds_multipath() {
     add(&mut s, now, A, 65010, 1);
     add(&mut s, now, C, 65030, 3);
     speaker_out(&mut s);
-    s.received(now, A, 1, &update(&["10.9.0.0/16"], A, vec![65010, 1]));
-    s.received(now, C, 3, &update(&["10.9.0.0/16"], C, vec![65030]));
+    s.received(
+        now,
+        WALL,
+        A,
+        1,
+        &update(&["10.9.0.0/16"], A, vec![65010, 1]),
+    );
+    s.received(now, WALL, C, 3, &update(&["10.9.0.0/16"], C, vec![65030]));
     speaker_out(&mut s);
     let best = s.loc_rib().best(&net("10.9.0.0/16")).expect("best");
     assert_eq!(best.best.source, Source::Peer(C), "shorter AS path");
     assert_eq!(best.next_hops, vec![C]);
     // Same length now: both equal up to the tie breaks -> multipath, lower id first.
-    s.received(now, A, 1, &update(&["10.9.0.0/16"], A, vec![65010]));
+    s.received(now, WALL, A, 1, &update(&["10.9.0.0/16"], A, vec![65010]));
     speaker_out(&mut s);
     let best = s.loc_rib().best(&net("10.9.0.0/16")).expect("best");
     assert_eq!(best.next_hops, vec![A, C]);
@@ -677,7 +698,7 @@ fn speaker_treats_malformed_update_per_rfc7606_without_crashing() {
     add(&mut s, now, A, 65010, 1);
     speaker_out(&mut s);
     // A valid route first.
-    s.received(now, A, 1, &update(&["10.7.0.0/16"], A, vec![65010]));
+    s.received(now, WALL, A, 1, &update(&["10.7.0.0/16"], A, vec![65010]));
     speaker_out(&mut s);
     // Then an UPDATE whose ORIGIN attribute has a bad value (RFC 7606 §7.1:
     // treat-as-withdraw): the route must go, the session must stay.
@@ -687,7 +708,7 @@ fn speaker_treats_malformed_update_per_rfc7606_without_crashing() {
         .position(|w| w == [0x40, 0x01, 0x01])
         .expect("ORIGIN attribute present");
     msg[origin_at + 3] = 9;
-    s.received(now, A, 1, &msg);
+    s.received(now, WALL, A, 1, &msg);
     let (_, changes) = speaker_out(&mut s);
     assert_eq!(changes.len(), 1);
     assert!(
@@ -695,4 +716,49 @@ fn speaker_treats_malformed_update_per_rfc7606_without_crashing() {
         "treat-as-withdraw removed the route"
     );
     assert_eq!(s.peer_status()[0].state, State::Established, "session kept");
+}
+
+#[test]
+fn speaker_takes_the_session_start_time_from_its_caller() {
+    let now = Instant::now();
+    let mut s = speaker();
+    add(&mut s, now, A, 65010, 1);
+    let given = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    s.add_peer(
+        now,
+        PeerConfig {
+            address: C,
+            remote_as: 65030,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(1),
+            passive: false,
+            kind: "global".into(),
+        },
+    )
+    .expect("add peer");
+    s.connected(
+        now,
+        C,
+        3,
+        Direction::Outgoing,
+        SocketAddr::new(IpAddr::V4(LOCAL_ID), 40001),
+    );
+    let c_id = Ipv4Addr::new(198, 18, 0, 30);
+    s.received(
+        now,
+        given,
+        C,
+        3,
+        &bytes(Message::Open(open(65030, c_id, 90))),
+    );
+    let since = |s: &Speaker, peer: IpAddr| {
+        s.peer_status()
+            .into_iter()
+            .find(|p| p.config.address == peer)
+            .and_then(|p| p.stats.since)
+    };
+    assert_eq!(since(&s, C), None, "OpenConfirm is not up yet");
+    s.received(now, given, C, 3, &bytes(Message::Keepalive));
+    assert_eq!(since(&s, C), Some(given));
+    assert_eq!(since(&s, A), Some(WALL));
 }

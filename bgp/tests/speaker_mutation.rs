@@ -11,9 +11,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 254));
+/// Wall-clock time handed to the speaker with received bytes (any fixed value).
+const WALL: SystemTime = SystemTime::UNIX_EPOCH;
 const CTX: SessionContext = SessionContext {
     four_octet_as: true,
 };
@@ -70,12 +72,14 @@ fn speaker_in(state: State) -> Speaker {
     if state == State::Established {
         s.received(
             now,
+            WALL,
             PEER,
             1,
             &wire::encode(&Message::Open(peer_open()), &CTX).expect("open"),
         );
         s.received(
             now,
+            WALL,
             PEER,
             1,
             &wire::encode(&Message::Keepalive, &CTX).expect("ka"),
@@ -190,7 +194,7 @@ fn one_hundred_thousand_mutated_messages_through_the_speaker_without_panic() {
         let m = mutate(&mut rng, &open);
         let r = catch_unwind(AssertUnwindSafe(|| {
             let mut s = speaker_in(State::OpenSent);
-            s.received(now, PEER, 1, &m);
+            s.received(now, WALL, PEER, 1, &m);
             s.flush();
             while s.poll_output().is_some() {}
             s.peer_status()[0].state
@@ -212,7 +216,7 @@ fn one_hundred_thousand_mutated_messages_through_the_speaker_without_panic() {
         let seed = &updates[i % updates.len()];
         let m = mutate(&mut rng, seed);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            s.received(now, PEER, 1, &m);
+            s.received(now, WALL, PEER, 1, &m);
             s.flush();
             while s.poll_output().is_some() {}
             s.peer_status()[0].state
