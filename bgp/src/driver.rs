@@ -2,13 +2,16 @@
 //! feeds a [`Speaker`] with what happens. Everything BGP is decided inside the speaker.
 //!
 //! One task runs the speaker. Each connection has a reader task (bytes → speaker) and a
-//! writer task (speaker → bytes). Commands from the agent (add or remove a peer,
+//! writer task (speaker → bytes). The writer reports what it wrote, so the speaker keeps
+//! at most [`crate::speaker::SEND_WINDOW`] bytes of UPDATEs (plus one export step) waiting
+//! per peer: a peer that stops reading stalls only its own writer and its own
+//! Adj-RIB-Out. Commands from the agent (add or remove a peer,
 //! originate, query, shut down) arrive on a channel; route and peer events leave on
 //! another.
 
 use crate::fsm::{ConnId, Direction};
 use crate::md5;
-use crate::speaker::{Event, PeerConfig, Speaker, SpeakerError};
+use crate::speaker::{Action, Event, PeerConfig, Speaker, SpeakerError};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -77,6 +80,8 @@ enum Io {
     Connected(IpAddr, TcpStream),
     ConnectFailed(IpAddr, String),
     Data(IpAddr, ConnId, Vec<u8>),
+    /// The writer of a connection put this many bytes on the socket.
+    Written(IpAddr, ConnId, usize),
     Closed(IpAddr, ConnId),
 }
 
@@ -295,6 +300,8 @@ impl Driver {
                 break;
             }
         }
+        // No more I/O events are read: writers that report what they wrote stop waiting.
+        drop(io);
         // Let the writers deliver the CEASE NOTIFICATIONs, bounded.
         let mut writers: Vec<JoinHandle<()>> = self
             .conns
@@ -367,6 +374,11 @@ impl Driver {
                         .received(now, SystemTime::now(), peer, conn, &bytes);
                 }
             }
+            Io::Written(peer, conn, n) => {
+                if self.conns.contains_key(&conn) {
+                    self.speaker.written(peer, conn, n);
+                }
+            }
             Io::Closed(peer, conn) => {
                 if let Some(c) = self.conns.remove(&conn) {
                     c.writer_task.abort();
@@ -386,10 +398,26 @@ impl Driver {
         let id = self.next_conn;
         self.next_conn += 1;
         let (mut rd, mut wr) = stream.into_split();
+        // Unbounded as a channel, bounded by the speaker: it stops generating UPDATEs for
+        // a peer whose written-but-unreported bytes reach its send window.
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let written_tx = self.io_tx.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(buf) = wrx.recv().await {
                 if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+                let mut n = buf.len();
+                // Write whatever else is queued before reporting, so one report covers
+                // a burst of UPDATEs.
+                while let Ok(buf) = wrx.try_recv() {
+                    if wr.write_all(&buf).await.is_err() {
+                        let _ = wr.shutdown().await;
+                        return;
+                    }
+                    n += buf.len();
+                }
+                if written_tx.send(Io::Written(peer, id, n)).await.is_err() {
                     break;
                 }
             }
@@ -460,17 +488,17 @@ impl Driver {
         });
     }
 
-    /// Carries out what the speaker asked for.
+    /// Carries out what the speaker asked for and passes its news on.
     fn pump(&mut self) {
-        while let Some(ev) = self.speaker.poll_output() {
-            match ev {
-                Event::Connect(peer) => self.connect(peer),
-                Event::Send(_, conn, bytes) => {
+        while let Some(action) = self.speaker.poll_action() {
+            match action {
+                Action::Connect(peer) => self.connect(peer),
+                Action::Send(_, conn, bytes) => {
                     if let Some(c) = self.conns.get(&conn) {
                         let _ = c.writer.send(bytes);
                     }
                 }
-                Event::Close(_, conn) => {
+                Action::Close(_, conn) => {
                     if let Some(c) = self.conns.remove(&conn) {
                         // Dropping the sender lets the writer flush what is queued and
                         // shut the socket down; the reader stops now.
@@ -481,6 +509,10 @@ impl Driver {
                         debug!(peer = %c.peer, conn, "connection closed");
                     }
                 }
+            }
+        }
+        while let Some(ev) = self.speaker.poll_event() {
+            match ev {
                 Event::PeerState { peer, from, to } => {
                     info!(%peer, %from, %to, "BGP session state changed");
                     self.emit(Event::PeerState { peer, from, to });

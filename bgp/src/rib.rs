@@ -1,10 +1,11 @@
 //! Routing information bases (RFC 4271 §3.2): Adj-RIB-In per peer, the Loc-RIB with the
 //! decision process of §9.1.2 and equal-cost multipath, Adj-RIB-Out per peer.
 
-use crate::message::{NextHop, PathAttributes};
+use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 /// Attributes plus next hop of a route; shared by every prefix of one UPDATE.
@@ -249,6 +250,61 @@ impl LocRib {
             .keys()
             .map(|p| IpNet::V4(*p))
             .chain(self.v6.keys().map(|p| IpNet::V6(*p)))
+    }
+
+    /// Up to `max` prefixes of `family` that sort after `after` (all when `None`), in
+    /// order: a cursor for work done in pieces, such as resending a table to a peer.
+    pub fn prefixes_after(&self, family: Family, after: Option<&IpNet>, max: usize) -> Vec<IpNet> {
+        match family {
+            Family::Ipv4Unicast => {
+                let lo = match after {
+                    Some(IpNet::V4(p)) => Excluded(*p),
+                    _ => Unbounded,
+                };
+                let keys = self.v4.range((lo, Unbounded)).map(|(p, _)| IpNet::V4(*p));
+                keys.take(max).collect()
+            }
+            Family::Ipv6Unicast => {
+                let lo = match after {
+                    Some(IpNet::V6(p)) => Excluded(*p),
+                    _ => Unbounded,
+                };
+                let keys = self.v6.range((lo, Unbounded)).map(|(p, _)| IpNet::V6(*p));
+                keys.take(max).collect()
+            }
+        }
+    }
+
+    /// Up to `max` selections after `after` (from the start when `None`), IPv4 before
+    /// IPv6: pass the last prefix returned to get the next page. For readers that must
+    /// not copy the whole table in one go (the speaker task serves other work between
+    /// pages).
+    pub fn page(&self, after: Option<&IpNet>, max: usize) -> Vec<(IpNet, Best)> {
+        let mut out = Vec::with_capacity(max.min(self.len()));
+        if !matches!(after, Some(IpNet::V6(_))) {
+            let lo = match after {
+                Some(IpNet::V4(p)) => Excluded(*p),
+                _ => Unbounded,
+            };
+            let v4 = self.v4.range((lo, Unbounded));
+            out.extend(
+                v4.filter_map(|(p, d)| d.selection().map(|b| (IpNet::V4(*p), b)))
+                    .take(max),
+            );
+        }
+        if out.len() < max {
+            let lo = match after {
+                Some(IpNet::V6(p)) => Excluded(*p),
+                _ => Unbounded,
+            };
+            let v6 = self.v6.range((lo, Unbounded));
+            let rest = max - out.len();
+            out.extend(
+                v6.filter_map(|(p, d)| d.selection().map(|b| (IpNet::V6(*p), b)))
+                    .take(rest),
+            );
+        }
+        out
     }
 
     /// Every prefix for which `source` has a path: that source's Adj-RIB-In.

@@ -2,8 +2,17 @@
 //!
 //! The driver calls the event methods with the current time and then [`Speaker::flush`]
 //! once per batch of events, so that route changes caused by many UPDATEs leave as few,
-//! well-packed UPDATEs as possible. It then drains [`Event`]s with
-//! [`Speaker::poll_output`].
+//! well-packed UPDATEs as possible. It then drains the I/O it must do, [`Action`]s, with
+//! [`Speaker::poll_action`], and what the rest of the agent wants to know, [`Event`]s, with
+//! [`Speaker::poll_event`].
+//!
+//! Backpressure: the speaker counts the bytes it handed the driver for each connection
+//! until the driver reports them written ([`Speaker::written`]). A peer with
+//! [`SEND_WINDOW`] bytes or more waiting gets no new UPDATEs: what it still has to receive
+//! stays as RIB state (a cursor over the Loc-RIB for a full resend, a bounded set of
+//! changed prefixes otherwise) and is turned into UPDATEs as the queue drains. A peer that
+//! stops reading stalls its own Adj-RIB-Out, never the speaker, the other peers or the
+//! heap.
 
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
 use crate::message::{Family, NextHop, PathAttributes, Reach, Update};
@@ -11,7 +20,7 @@ use crate::policy::{self, ExportTarget};
 use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -55,15 +64,34 @@ pub enum SpeakerError {
     BadHoldTime(u16, IpAddr),
 }
 
-/// What the speaker asks the driver and the rest of the agent to do or know.
+/// Bytes of UPDATEs a peer may have waiting to be written before the speaker stops
+/// generating more for it (the stall threshold; one export step may overshoot it by the
+/// UPDATEs of [`EXPORT_BATCH`] prefixes).
+pub const SEND_WINDOW: usize = 256 * 1024;
+
+/// Prefixes looked at per export step of one peer.
+pub const EXPORT_BATCH: usize = 2048;
+
+/// Changed prefixes a peer may have waiting; past this its families are resent in full
+/// (a cursor over the Loc-RIB) instead, so a stalled peer costs bounded memory whatever
+/// the churn.
+pub const PENDING_LIMIT: usize = 65_536;
+
+/// I/O the speaker asks the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Action {
     /// Open a TCP connection to this peer.
     Connect(IpAddr),
-    /// Write bytes on a connection of this peer.
+    /// Write bytes on a connection of this peer; report them with [`Speaker::written`]
+    /// once written.
     Send(IpAddr, ConnId, Vec<u8>),
-    /// Close a connection of this peer.
+    /// Close a connection of this peer (after writing what was queued for it).
     Close(IpAddr, ConnId),
+}
+
+/// What the speaker tells the rest of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
     /// A peer's session state changed.
     PeerState {
         peer: IpAddr,
@@ -89,6 +117,11 @@ pub struct PeerStats {
     /// Wall-clock time the session reached Established, as the driver gave it.
     pub since: Option<SystemTime>,
     pub transitions: u64,
+    /// Bytes handed to the driver on the Established connection and not written yet.
+    pub send_queue: usize,
+    /// Routes wait to be turned into UPDATEs for this peer (it reads slower than we
+    /// send, or a resend is under way).
+    pub export_waiting: bool,
 }
 
 /// A snapshot of one peer for status.
@@ -114,13 +147,62 @@ struct Peer {
     adj_out: AdjRibOut,
     /// Local socket address of each live connection (for next-hop-self).
     local_addrs: HashMap<ConnId, SocketAddr>,
-    /// Set when the whole Adj-RIB-Out must be (re)computed at the next flush.
-    full_sync: HashSet<Family>,
-    /// End-of-RIB still owed for these families after the next full sync.
-    eor_pending: Vec<Family>,
+    /// What still has to be sent to the peer, as RIB state.
+    export: Export,
+    /// Bytes handed to the driver per connection and not yet reported written.
+    queued: HashMap<ConnId, usize>,
+    /// The Established connection.
+    conn: Option<ConnId>,
     negotiated: Option<Negotiated>,
     target: Option<ExportTarget>,
     stats: PeerStats,
+}
+
+/// The part of a peer's Adj-RIB-Out not computed yet. Bounded whatever the Loc-RIB size
+/// or churn: a cursor per family being resent and at most [`PENDING_LIMIT`] prefixes.
+#[derive(Debug, Default)]
+struct Export {
+    /// Families being resent in full, with the last Loc-RIB prefix already looked at
+    /// (`None`: not started).
+    resend: BTreeMap<Family, Option<IpNet>>,
+    /// Prefixes whose selection changed and that this peer has not been looked at for.
+    pending: BTreeSet<IpNet>,
+    /// End-of-RIB owed for these families once their first resend is complete.
+    eor: Vec<Family>,
+}
+
+impl Export {
+    fn clear(&mut self) {
+        self.resend.clear();
+        self.pending.clear();
+        self.eor.clear();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.resend.is_empty() && self.pending.is_empty() && self.eor.is_empty()
+    }
+
+    /// Records a changed prefix. A prefix still ahead of a resend cursor is covered by the
+    /// resend (unless it left the Loc-RIB: the cursor would not see it). Past
+    /// [`PENDING_LIMIT`] the pending prefixes fold into full resends.
+    fn changed(&mut self, prefix: IpNet, in_loc_rib: bool, families: &[Family]) {
+        let family = Family::of(&prefix);
+        if !families.contains(&family) {
+            return;
+        }
+        if let Some(cursor) = self.resend.get(&family) {
+            if in_loc_rib && cursor.is_none_or(|c| prefix > c) {
+                return;
+            }
+        }
+        self.pending.insert(prefix);
+        if self.pending.len() > PENDING_LIMIT {
+            self.pending.clear();
+            for f in families {
+                self.resend.insert(*f, None);
+            }
+        }
+    }
 }
 
 /// The speaker.
@@ -133,6 +215,7 @@ pub struct Speaker {
     dirty: Vec<IpNet>,
     /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
     changed: Option<BTreeSet<IpNet>>,
+    actions: VecDeque<Action>,
     events: VecDeque<Event>,
 }
 
@@ -145,6 +228,7 @@ impl Speaker {
             originated: BTreeMap::new(),
             dirty: Vec::new(),
             changed: None,
+            actions: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -185,8 +269,9 @@ impl Speaker {
                 received: 0,
                 adj_out: AdjRibOut::default(),
                 local_addrs: HashMap::new(),
-                full_sync: HashSet::new(),
-                eor_pending: Vec::new(),
+                export: Export::default(),
+                queued: HashMap::new(),
+                conn: None,
                 negotiated: None,
                 target: None,
                 stats: PeerStats::default(),
@@ -306,6 +391,7 @@ impl Speaker {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.session.closed(now, conn);
             p.local_addrs.remove(&conn);
+            p.queued.remove(&conn);
         }
         self.drain_session(peer);
     }
@@ -325,6 +411,18 @@ impl Speaker {
             p.session.received(now, conn, bytes);
         }
         self.drain_session_at(peer, Some(wall));
+    }
+
+    /// The driver wrote `bytes` of what it was given for a connection: that much room is
+    /// free again in the peer's send queue (UPDATEs resume at the next flush).
+    pub fn written(&mut self, peer: IpAddr, conn: ConnId, bytes: usize) {
+        if let Some(q) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.queued.get_mut(&conn))
+        {
+            *q = q.saturating_sub(bytes);
+        }
     }
 
     /// Fires every deadline that has passed.
@@ -351,8 +449,13 @@ impl Speaker {
             .min()
     }
 
-    /// Next event for the driver or the agent.
-    pub fn poll_output(&mut self) -> Option<Event> {
+    /// Next I/O for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Next notification for the agent.
+    pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
@@ -387,14 +490,27 @@ impl Speaker {
             .collect()
     }
 
-    /// Turns the route changes since the last flush into UPDATEs for every Established peer.
+    /// Turns the route changes since the last flush into UPDATEs for every Established
+    /// peer, as far as each peer's send queue has room; the rest waits in the peer's
+    /// export state for the next flush after [`Speaker::written`].
     pub fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        if !dirty.is_empty() {
+            for p in self.peers.values_mut() {
+                let Some(n) = p.negotiated.as_ref() else {
+                    continue;
+                };
+                for prefix in &dirty {
+                    let in_loc_rib = self.loc_rib.best_candidate(prefix).is_some();
+                    p.export.changed(*prefix, in_loc_rib, &n.families);
+                }
+            }
+        }
         let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
-            self.flush_peer(addr, &dirty);
+            self.flush_peer(addr);
         }
     }
 
@@ -425,6 +541,8 @@ impl Speaker {
                 let mut stats = p.stats.clone();
                 stats.prefixes_received = p.received;
                 stats.prefixes_sent = p.adj_out.len();
+                stats.send_queue = p.send_queue();
+                stats.export_waiting = p.negotiated.is_some() && !p.export.is_idle();
                 PeerStatus {
                     config: p.config.clone(),
                     state: p.session.state(),
@@ -472,13 +590,28 @@ impl Speaker {
             .and_then(|p| p.session.poll_output())
         {
             match out {
-                fsm::Output::Connect => self.events.push_back(Event::Connect(addr)),
-                fsm::Output::Send(c, b) => self.events.push_back(Event::Send(addr, c, b)),
+                fsm::Output::Connect => self.actions.push_back(Action::Connect(addr)),
+                fsm::Output::Send(c, b) => {
+                    let Some(p) = self.peers.get_mut(&addr) else {
+                        continue;
+                    };
+                    let queued = p.queued.entry(c).or_default();
+                    // A KEEPALIVE behind a full queue is dropped: the peer has unread
+                    // messages ahead of it, and reading any of them restarts its hold
+                    // timer just the same (RFC 4271 §4.4). So a peer that stops reading
+                    // cannot make keepalives pile up either.
+                    if *queued >= SEND_WINDOW && is_keepalive(&b) {
+                        continue;
+                    }
+                    *queued += b.len();
+                    self.actions.push_back(Action::Send(addr, c, b))
+                }
                 fsm::Output::Close(c) => {
                     if let Some(p) = self.peers.get_mut(&addr) {
                         p.local_addrs.remove(&c);
+                        p.queued.remove(&c);
                     }
-                    self.events.push_back(Event::Close(addr, c))
+                    self.actions.push_back(Action::Close(addr, c))
                 }
                 fsm::Output::StateChanged { from, to } => {
                     if let Some(p) = self.peers.get_mut(&addr) {
@@ -502,7 +635,7 @@ impl Speaker {
                 fsm::Output::Update(u) => self.on_update(addr, u),
                 fsm::Output::RouteRefresh(f) => {
                     if let Some(p) = self.peers.get_mut(&addr) {
-                        p.full_sync.insert(f);
+                        p.export.resend.insert(f, None);
                     }
                 }
             }
@@ -537,8 +670,10 @@ impl Speaker {
             next_hop_v4,
             next_hop_v6,
         });
-        p.full_sync = n.families.iter().copied().collect();
-        p.eor_pending = n.families.clone();
+        p.export.clear();
+        p.export.resend = n.families.iter().map(|f| (*f, None)).collect();
+        p.export.eor = n.families.clone();
+        p.conn = Some(conn);
         p.adj_out.clear();
         p.stats.since = wall;
         p.negotiated = Some(n);
@@ -548,8 +683,8 @@ impl Speaker {
         self.flush_peer_routes(addr);
         if let Some(p) = self.peers.get_mut(&addr) {
             p.adj_out.clear();
-            p.full_sync.clear();
-            p.eor_pending.clear();
+            p.export.clear();
+            p.conn = None;
             p.negotiated = None;
             p.target = None;
             p.stats.since = None;
@@ -640,7 +775,61 @@ impl Speaker {
         }
     }
 
-    fn flush_peer(&mut self, addr: IpAddr, dirty: &[IpNet]) {
+    /// Exports to one peer while its send queue has room: pending prefixes first, then
+    /// the families being resent, [`EXPORT_BATCH`] prefixes per step; End-of-RIB once a
+    /// first resend is complete.
+    fn flush_peer(&mut self, addr: IpAddr) {
+        loop {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                return;
+            };
+            if p.negotiated.is_none() || p.send_queue() >= SEND_WINDOW || p.export.is_idle() {
+                return;
+            }
+            let mut batch: Vec<IpNet> = Vec::new();
+            while batch.len() < EXPORT_BATCH {
+                match p.export.pending.pop_first() {
+                    Some(prefix) => batch.push(prefix),
+                    None => break,
+                }
+            }
+            if batch.len() < EXPORT_BATCH {
+                if let Some((&family, &cursor)) = p.export.resend.iter().next() {
+                    let want = EXPORT_BATCH - batch.len();
+                    let next = self.loc_rib.prefixes_after(family, cursor.as_ref(), want);
+                    if next.len() < want {
+                        // The Loc-RIB scan is done; what was advertised and is gone from
+                        // the Loc-RIB must be withdrawn too.
+                        p.export.resend.remove(&family);
+                        let gone = p.adj_out.prefixes().filter(|q| {
+                            Family::of(q) == family && self.loc_rib.best_candidate(q).is_none()
+                        });
+                        p.export.pending.extend(gone);
+                    } else if let Some(last) = next.last() {
+                        p.export.resend.insert(family, Some(*last));
+                    }
+                    batch.extend(next);
+                }
+            }
+            if batch.is_empty() {
+                if p.export.resend.is_empty() && p.export.pending.is_empty() {
+                    let eor = std::mem::take(&mut p.export.eor);
+                    if let Some(ctx) = p.negotiated.as_ref().map(|n| n.context) {
+                        let messages = eor.iter().map(|f| wire::end_of_rib(*f, &ctx)).collect();
+                        self.send_updates(addr, messages);
+                    }
+                }
+                continue;
+            }
+            self.export_batch(addr, batch);
+        }
+    }
+
+    /// Compares the export of each prefix with the Adj-RIB-Out and sends the difference:
+    /// withdrawals per family, then announcements grouped per attribute set.
+    fn export_batch(&mut self, addr: IpAddr, mut batch: Vec<IpNet>) {
+        batch.sort_unstable();
+        batch.dedup();
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
@@ -648,39 +837,10 @@ impl Speaker {
             return;
         };
         let ctx = n.context;
-        let families = n.families.clone();
-        let full: HashSet<Family> = p.full_sync.clone();
-        // The prefixes to look at: every Loc-RIB prefix of a fully resynced family plus
-        // what was advertised before in it, and the dirty ones of the others.
-        // Each prefix once: the whole Loc-RIB of a family being resynced plus what was
-        // advertised there and is gone now, and the (deduplicated) dirty prefixes of the
-        // other families.
-        let mut todo: Vec<IpNet> = Vec::new();
-        if !full.is_empty() {
-            todo.extend(
-                self.loc_rib
-                    .prefixes()
-                    .filter(|q| full.contains(&Family::of(q))),
-            );
-            todo.extend(
-                p.adj_out
-                    .prefixes()
-                    .filter(|q| {
-                        full.contains(&Family::of(q)) && self.loc_rib.best_candidate(q).is_none()
-                    })
-                    .copied(),
-            );
-        }
-        todo.extend(
-            dirty
-                .iter()
-                .filter(|q| !full.contains(&Family::of(q)))
-                .copied(),
-        );
         let mut withdrawn: Vec<IpNet> = Vec::new();
         let mut groups: HashMap<Arc<Route>, Vec<IpNet>> = HashMap::new();
-        for prefix in todo {
-            if !families.contains(&Family::of(&prefix)) {
+        for prefix in batch {
+            if !n.families.contains(&Family::of(&prefix)) {
                 continue;
             }
             let new = self.export_for(p, &target, &prefix);
@@ -699,7 +859,6 @@ impl Speaker {
         for prefix in &withdrawn {
             p.adj_out.remove(prefix);
         }
-        // Withdrawals per family, then announcements per attribute set.
         for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
             let w: Vec<IpNet> = withdrawn
                 .iter()
@@ -730,15 +889,35 @@ impl Speaker {
                 messages.extend(wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx));
             }
         }
-        let eor: Vec<Family> = std::mem::take(&mut p.eor_pending);
-        for fam in eor {
-            messages.push(wire::end_of_rib(fam, &ctx));
+        self.send_updates(addr, messages);
+    }
+
+    fn send_updates(&mut self, addr: IpAddr, messages: Vec<Vec<u8>>) {
+        if messages.is_empty() {
+            return;
         }
-        p.full_sync.clear();
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
         p.stats.updates_sent += messages.len() as u64;
         for m in messages {
             p.session.send_established(m);
         }
         self.drain_session(addr);
     }
+}
+
+impl Peer {
+    /// Bytes waiting to be written on the Established connection.
+    fn send_queue(&self) -> usize {
+        self.conn
+            .and_then(|c| self.queued.get(&c))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Whether encoded message bytes are a KEEPALIVE.
+fn is_keepalive(bytes: &[u8]) -> bool {
+    bytes.len() == crate::message::HEADER_LEN && bytes.get(18) == Some(&wire::msg_type::KEEPALIVE)
 }

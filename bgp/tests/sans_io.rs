@@ -4,7 +4,7 @@
 use ferrovia_bgp::fsm::{Direction, DownReason, Output, Session, SessionConfig, State};
 use ferrovia_bgp::message::*;
 use ferrovia_bgp::rib::Source;
-use ferrovia_bgp::speaker::{Event, PeerConfig, Speaker, SpeakerConfig};
+use ferrovia_bgp::speaker::{Action, PeerConfig, Speaker, SpeakerConfig};
 use ferrovia_bgp::wire;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -474,8 +474,10 @@ fn speaker_out(s: &mut Speaker) -> (Vec<(IpAddr, Update)>, Vec<ferrovia_bgp::rib
     s.flush();
     let changes = s.take_changes(usize::MAX);
     let mut ups = Vec::new();
-    while let Some(e) = s.poll_output() {
-        if let Event::Send(p, _, b) = e {
+    while s.poll_event().is_some() {}
+    while let Some(e) = s.poll_action() {
+        if let Action::Send(p, c, b) = e {
+            s.written(p, c, b.len());
             if let Message::Update(u) = wire::decode(&b, &FOUR).expect("decodes") {
                 ups.push((p, u));
             }

@@ -87,7 +87,7 @@ fn speaker_in(state: State) -> Speaker {
         s.originate("10.244.1.0/26".parse().expect("p"), vec![]);
     }
     s.flush();
-    while s.poll_output().is_some() {}
+    while s.poll_action().is_some() || s.poll_event().is_some() {}
     s
 }
 
@@ -196,7 +196,7 @@ fn one_hundred_thousand_mutated_messages_through_the_speaker_without_panic() {
             let mut s = speaker_in(State::OpenSent);
             s.received(now, WALL, PEER, 1, &m);
             s.flush();
-            while s.poll_output().is_some() {}
+            while s.poll_action().is_some() || s.poll_event().is_some() {}
             s.peer_status()[0].state
         }));
         match r {
@@ -218,7 +218,7 @@ fn one_hundred_thousand_mutated_messages_through_the_speaker_without_panic() {
         let r = catch_unwind(AssertUnwindSafe(|| {
             s.received(now, WALL, PEER, 1, &m);
             s.flush();
-            while s.poll_output().is_some() {}
+            while s.poll_action().is_some() || s.poll_event().is_some() {}
             s.peer_status()[0].state
         }));
         match r {
