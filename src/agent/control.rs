@@ -9,8 +9,9 @@ use crate::control::{
 use anyhow::{bail, Context, Result};
 use ferrovia_bgp::driver::Handle;
 use ferrovia_bgp::message::{AsSegment, Family, Origin};
-use ferrovia_bgp::rib::Source;
+use ferrovia_bgp::rib::{Best, Source};
 use ferrovia_bgp::speaker::Speaker;
+use ipnet::IpNet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,46 +161,60 @@ fn family_name(f: Family) -> &'static str {
     }
 }
 
+/// Routes per query when listing the Loc-RIB: the speaker task serves its sessions
+/// between pages instead of copying the whole table in one go.
+const ROUTES_PAGE: usize = 4096;
+
+fn route_info(prefix: IpNet, best: Best) -> RouteInfo {
+    let a = &best.best.route.attrs;
+    RouteInfo {
+        prefix: prefix.to_string(),
+        next_hops: match best.best.source {
+            Source::Local => Vec::new(),
+            Source::Peer(_) => best.next_hops.iter().map(|h| h.to_string()).collect(),
+        },
+        as_path: a
+            .as_path
+            .iter()
+            .flat_map(|s| match s {
+                AsSegment::Sequence(v) | AsSegment::Set(v) => v.clone(),
+            })
+            .collect(),
+        local_pref: a.local_pref,
+        med: a.med,
+        origin: match a.origin {
+            Origin::Igp => "IGP",
+            Origin::Egp => "EGP",
+            Origin::Incomplete => "Incomplete",
+        }
+        .into(),
+        communities: a.communities.iter().map(|c| format_community(*c)).collect(),
+        peer: match best.best.source {
+            Source::Local => None,
+            Source::Peer(p) => Some(p.to_string()),
+        },
+    }
+}
+
 async fn routes(handle: &Handle) -> Result<Vec<RouteInfo>> {
-    let mut routes = handle
-        .query(|s: &mut Speaker| {
-            s.loc_rib()
-                .iter()
-                .map(|(prefix, best)| {
-                    let a = &best.best.route.attrs;
-                    RouteInfo {
-                        prefix: prefix.to_string(),
-                        next_hops: match best.best.source {
-                            Source::Local => Vec::new(),
-                            Source::Peer(_) => {
-                                best.next_hops.iter().map(|h| h.to_string()).collect()
-                            }
-                        },
-                        as_path: a
-                            .as_path
-                            .iter()
-                            .flat_map(|s| match s {
-                                AsSegment::Sequence(v) | AsSegment::Set(v) => v.clone(),
-                            })
-                            .collect(),
-                        local_pref: a.local_pref,
-                        med: a.med,
-                        origin: match a.origin {
-                            Origin::Igp => "IGP",
-                            Origin::Egp => "EGP",
-                            Origin::Incomplete => "Incomplete",
-                        }
-                        .into(),
-                        communities: a.communities.iter().map(|c| format_community(*c)).collect(),
-                        peer: match best.best.source {
-                            Source::Local => None,
-                            Source::Peer(p) => Some(p.to_string()),
-                        },
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
+    let mut routes = Vec::new();
+    let mut after: Option<IpNet> = None;
+    loop {
+        let page = handle
+            .query(move |s: &mut Speaker| {
+                let page = s.loc_rib().page(after.as_ref(), ROUTES_PAGE);
+                let last = page.last().map(|(p, _)| *p);
+                let infos: Vec<RouteInfo> =
+                    page.into_iter().map(|(p, b)| route_info(p, b)).collect();
+                (last, infos)
+            })
+            .await?;
+        let (Some(last), infos) = page else {
+            break;
+        };
+        after = Some(last);
+        routes.extend(infos);
+    }
     routes.sort_by(|a, b| a.prefix.cmp(&b.prefix));
     Ok(routes)
 }

@@ -41,16 +41,26 @@ fn kernel_route(best: Option<&ferrovia_bgp::rib::Best>) -> Option<RouteKind> {
     })
 }
 
+/// The whole Loc-RIB as kernel routes, read [`KERNEL_CHUNK`] prefixes per query so the
+/// speaker task serves its sessions between pages instead of copying the table in one go.
+/// Changes made between pages also wait in `take_changes`, applied after the reconcile.
 async fn desired_routes(handle: &Handle) -> Option<HashMap<IpNet, RouteKind>> {
-    handle
-        .query(|s: &mut Speaker| {
-            s.loc_rib()
-                .iter()
-                .filter_map(|(p, b)| kernel_route(Some(&b)).map(|k| (p, k)))
-                .collect::<HashMap<_, _>>()
-        })
-        .await
-        .ok()
+    let mut desired = HashMap::new();
+    let mut after: Option<IpNet> = None;
+    loop {
+        let page = handle
+            .query(move |s: &mut Speaker| s.loc_rib().page(after.as_ref(), KERNEL_CHUNK))
+            .await
+            .ok()?;
+        let Some((last, _)) = page.last() else {
+            return Some(desired);
+        };
+        after = Some(*last);
+        desired.extend(
+            page.into_iter()
+                .filter_map(|(p, b)| kernel_route(Some(&b)).map(|k| (p, k))),
+        );
+    }
 }
 
 /// Installs Loc-RIB changes in the kernel; reconciles at start and after any error.
