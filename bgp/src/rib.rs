@@ -583,4 +583,47 @@ mod tests {
         assert!(rib.best(&p).is_none());
         assert!(rib.is_empty());
     }
+
+    #[test]
+    fn paging_and_cursors_visit_every_prefix_once_in_order() {
+        let mut rib = LocRib::default();
+        let all: Vec<IpNet> = [
+            "10.0.0.0/24",
+            "10.0.1.0/24",
+            "10.0.2.0/24",
+            "192.0.2.0/24",
+            "2001:db8::/48",
+            "2001:db8:1::/48",
+        ]
+        .iter()
+        .map(|p| p.parse().expect("prefix"))
+        .collect();
+        for p in &all {
+            rib.update(
+                *p,
+                Source::Local,
+                Some(cand([198, 18, 0, 1], false, |_| {})),
+            );
+        }
+        // Pages of two, IPv4 first, each page starting after the last prefix returned.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = rib.page(after.as_ref(), 2);
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            seen.extend(page.into_iter().map(|(p, _)| p));
+        }
+        assert_eq!(seen, all);
+        // The resend cursor stays within its family.
+        let v4 = rib.prefixes_after(Family::Ipv4Unicast, Some(&all[1]), 10);
+        assert_eq!(v4, all[2..4].to_vec());
+        let v6 = rib.prefixes_after(Family::Ipv6Unicast, None, 1);
+        assert_eq!(v6, all[4..5].to_vec());
+        assert!(rib
+            .prefixes_after(Family::Ipv6Unicast, Some(&all[5]), 10)
+            .is_empty());
+    }
 }

@@ -921,3 +921,67 @@ impl Peer {
 fn is_keepalive(bytes: &[u8]) -> bool {
     bytes.len() == crate::message::HEADER_LEN && bytes.get(18) == Some(&wire::msg_type::KEEPALIVE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("prefix")
+    }
+
+    #[test]
+    fn a_changed_prefix_ahead_of_the_resend_cursor_is_left_to_the_resend() {
+        let families = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+        let mut e = Export::default();
+        e.resend
+            .insert(Family::Ipv4Unicast, Some(net("10.0.5.0/24")));
+        // Ahead of the cursor and still in the Loc-RIB: the resend will get to it.
+        e.changed(net("10.0.9.0/24"), true, &families);
+        // Ahead of the cursor but gone from the Loc-RIB: the scan would not see it.
+        e.changed(net("10.0.8.0/24"), false, &families);
+        // Behind the cursor: the resend has passed it.
+        e.changed(net("10.0.1.0/24"), true, &families);
+        // Another family, not being resent.
+        e.changed(net("2001:db8::/48"), true, &families);
+        // A family the session did not negotiate: nothing to send.
+        e.changed(net("2001:db8::/48"), true, &[Family::Ipv4Unicast]);
+        let pending: Vec<IpNet> = e.pending.iter().copied().collect();
+        assert_eq!(
+            pending,
+            vec![net("10.0.1.0/24"), net("10.0.8.0/24"), net("2001:db8::/48")]
+        );
+    }
+
+    #[test]
+    fn too_many_pending_prefixes_fold_into_full_resends() {
+        let families = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+        let mut e = Export::default();
+        let n = u32::try_from(PENDING_LIMIT).expect("fits") + 1;
+        for i in 0..n {
+            let p = IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).expect("prefix"),
+            );
+            e.changed(p, true, &families);
+            assert!(e.pending.len() <= PENDING_LIMIT);
+        }
+        assert!(e.pending.is_empty());
+        assert_eq!(
+            e.resend.keys().copied().collect::<Vec<_>>(),
+            families.to_vec()
+        );
+        assert!(e.resend.values().all(Option::is_none), "from the start");
+        assert!(!e.is_idle());
+    }
+
+    #[test]
+    fn keepalives_are_recognised_by_their_header() {
+        let ctx = crate::message::SessionContext {
+            four_octet_as: true,
+        };
+        let ka = wire::encode(&crate::message::Message::Keepalive, &ctx).expect("encodes");
+        assert!(is_keepalive(&ka));
+        assert!(!is_keepalive(&wire::end_of_rib(Family::Ipv4Unicast, &ctx)));
+        assert!(!is_keepalive(&[]));
+    }
+}
