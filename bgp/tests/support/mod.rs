@@ -2,7 +2,6 @@
 //!
 //! Use from a test file with `mod support;`. The FSM mutation run can feed
 //! `Mutator::mutate(seed)` bytes to the session the same way `mutation.rs` feeds `wire`.
-#![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -275,10 +274,6 @@ impl Mutator {
         Mutator {
             rng: StdRng::seed_from_u64(seed),
         }
-    }
-
-    pub fn rng(&mut self) -> &mut StdRng {
-        &mut self.rng
     }
 
     fn interesting(&mut self) -> u8 {
