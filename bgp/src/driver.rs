@@ -291,9 +291,6 @@ impl Driver {
             }
             self.speaker.flush();
             self.pump();
-            if self.events.is_some() && self.speaker.has_changes() {
-                self.emit(Event::RoutesChanged);
-            }
             if shutdown.is_some() {
                 self.speaker.shutdown();
                 self.pump();

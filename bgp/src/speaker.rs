@@ -215,6 +215,10 @@ pub struct Speaker {
     dirty: Vec<IpNet>,
     /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
     changed: Option<BTreeSet<IpNet>>,
+    /// A [`Event::RoutesChanged`] went out and the consumer has not called
+    /// [`Speaker::take_changes`] since: no other is sent, so a busy consumer finds at most
+    /// one signal per call it made, whatever the number of flushes.
+    changes_signalled: bool,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
 }
@@ -228,6 +232,7 @@ impl Speaker {
             originated: BTreeMap::new(),
             dirty: Vec::new(),
             changed: None,
+            changes_signalled: false,
             actions: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -472,6 +477,7 @@ impl Speaker {
     /// Up to `max` Loc-RIB changes since the last call, one per prefix with its current
     /// selection; the rest wait for the next call.
     pub fn take_changes(&mut self, max: usize) -> Vec<Change> {
+        self.changes_signalled = false;
         let Some(changed) = self.changed.as_mut() else {
             return Vec::new();
         };
@@ -511,6 +517,10 @@ impl Speaker {
         let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
             self.flush_peer(addr);
+        }
+        if self.has_changes() && !self.changes_signalled {
+            self.changes_signalled = true;
+            self.events.push_back(Event::RoutesChanged);
         }
     }
 

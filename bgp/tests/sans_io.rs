@@ -764,3 +764,30 @@ fn speaker_takes_the_session_start_time_from_its_caller() {
     assert_eq!(since(&s, C), Some(given));
     assert_eq!(since(&s, A), Some(WALL));
 }
+
+#[test]
+fn routes_changed_is_one_signal_per_pull_however_many_flushes() {
+    let mut s = speaker();
+    let signals = |s: &mut Speaker| {
+        std::iter::from_fn(|| s.poll_event())
+            .filter(|e| *e == ferrovia_bgp::speaker::Event::RoutesChanged)
+            .count()
+    };
+    for p in ["10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26"] {
+        s.originate(net(p), vec![]);
+        s.flush();
+    }
+    assert_eq!(signals(&mut s), 1, "one signal until the consumer pulls");
+    s.flush();
+    assert_eq!(signals(&mut s), 0);
+    // A pull that leaves changes behind: one more signal at the next flush.
+    assert_eq!(s.take_changes(1).len(), 1);
+    s.flush();
+    assert_eq!(signals(&mut s), 1);
+    assert_eq!(s.take_changes(usize::MAX).len(), 2);
+    s.flush();
+    assert_eq!(signals(&mut s), 0, "nothing left, nothing signalled");
+    s.originate(net("10.244.4.0/26"), vec![]);
+    s.flush();
+    assert_eq!(signals(&mut s), 1, "new changes after a pull are signalled");
+}
