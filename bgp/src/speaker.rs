@@ -504,13 +504,16 @@ impl Speaker {
         dirty.sort_unstable();
         dirty.dedup();
         if !dirty.is_empty() {
+            let dirty: Vec<(IpNet, bool)> = dirty
+                .into_iter()
+                .map(|q| (q, self.loc_rib.best_candidate(&q).is_some()))
+                .collect();
             for p in self.peers.values_mut() {
                 let Some(n) = p.negotiated.as_ref() else {
                     continue;
                 };
-                for prefix in &dirty {
-                    let in_loc_rib = self.loc_rib.best_candidate(prefix).is_some();
-                    p.export.changed(*prefix, in_loc_rib, &n.families);
+                for (prefix, in_loc_rib) in &dirty {
+                    p.export.changed(*prefix, *in_loc_rib, &n.families);
                 }
             }
         }
