@@ -76,6 +76,7 @@
 //! * Errors: [`IpamError::is_transient`] (retry: CNI code 11),
 //!   [`IpamError::is_exhausted`].
 
+pub mod datastore;
 mod error;
 mod ipam;
 mod lock;
