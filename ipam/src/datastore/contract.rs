@@ -5,8 +5,8 @@
 //! Compiled for tests and with the `contract` feature (for other crates' tests).
 
 use super::{
-    DatastoreError, DatastoreExt, Event, EventStream, Labels, Object, Reflector,
-    Resource, Selector, SharedDatastore, Version,
+    DatastoreError, DatastoreExt, Event, EventStream, Labels, Object, Reflector, Resource,
+    Selector, SharedDatastore, Version,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

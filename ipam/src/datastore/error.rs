@@ -44,8 +44,8 @@ pub enum DatastoreError {
 
     /// The backend refuses access (Kubernetes: 401/403; SQLite: file permissions).
     #[error(
-        "access to {kind} {name:?} in the datastore was refused: {detail}; give the agent \
-         the permissions it needs"
+        "access to {kind} {name:?} was refused: {detail}; give the agent the permissions it \
+         needs"
     )]
     Forbidden {
         kind: String,

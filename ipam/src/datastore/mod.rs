@@ -29,7 +29,10 @@ pub mod contract;
 
 pub use error::{DatastoreError, Result};
 pub use mem::MemStore;
-pub use name::{validate_kind, validate_labels, validate_name, MAX_NAME_LEN};
+pub use name::{
+    dns1123_subdomain_problem, validate_kind, validate_labels, validate_name, validate_object,
+    MAX_NAME_LEN,
+};
 pub use reflector::Reflector;
 pub use selector::{Requirement, Selector, SelectorError};
 pub use typed::{Change, DatastoreExt, Resource, Typed, MAX_ATTEMPTS};

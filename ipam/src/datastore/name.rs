@@ -136,8 +136,8 @@ pub fn validate_labels(kind: &str, name: &str, labels: &Labels) -> Result<()> {
     Ok(())
 }
 
-/// The checks of a write: kind, name and labels.
-pub(crate) fn validate_object(kind: &str, object: &super::Object) -> Result<()> {
+/// The checks every backend makes on a write: kind, name and labels.
+pub fn validate_object(kind: &str, object: &super::Object) -> Result<()> {
     validate_kind(kind)?;
     validate_name(kind, &object.name)?;
     validate_labels(kind, &object.name, &object.labels)
