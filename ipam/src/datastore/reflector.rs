@@ -112,6 +112,12 @@ impl Reflector {
         }
     }
 
+    /// Whether the copy has been listed (and not lost to an error since): a
+    /// [`Reflector::next`] then waits for a change rather than listing.
+    pub fn is_synced(&self) -> bool {
+        self.version.is_some()
+    }
+
     fn apply(&mut self, event: Event) {
         match event {
             Event::Added(item) | Event::Modified(item) => {
