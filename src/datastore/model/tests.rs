@@ -160,6 +160,36 @@ async fn the_lease_is_its_own_kind_and_goes_with_the_node() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_a_lease_wakes_no_watcher_of_nodes() {
+    use futures::StreamExt;
+    let (_dir, s) = store();
+    register_node(&s, &node("a")).await.unwrap();
+    let from = s
+        .list(NodeRecord::KIND, &Selector::everything())
+        .await
+        .unwrap()
+        .version;
+    let mut nodes = s
+        .watch(NodeRecord::KIND, &Selector::everything(), &from)
+        .await
+        .unwrap();
+    for t in 0..5 {
+        renew_lease(&s, "a", 1_800_000_000 + t).await.unwrap();
+    }
+    register_node(&s, &node("b")).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), nodes.next())
+        .await
+        .expect("an event in time")
+        .expect("an event")
+        .expect("no error");
+    assert_eq!(
+        first.item().object.name,
+        "b",
+        "the first change a node watcher sees is the node's, not the 5 lease renewals"
+    );
+}
+
 #[tokio::test]
 async fn cluster_bgp_seed_and_set() {
     let (_dir, s) = store();
