@@ -103,9 +103,14 @@ impl Selector {
             if part.is_empty() {
                 return Err(err("an empty requirement (two commas in a row?)".into()));
             }
-            if part.contains(['(', ')', ' ']) {
+            if part.contains(['(', ')']) || part.contains(" in ") || part.contains(" notin ") {
                 return Err(err(format!(
                     "{part:?}: set-based requirements (in, notin) are not supported"
+                )));
+            }
+            if part.contains(char::is_whitespace) {
+                return Err(err(format!(
+                    "{part:?}: a requirement has no spaces inside it"
                 )));
             }
             let key_ok = |k: &str| match label_key_problem(k) {
@@ -204,9 +209,10 @@ mod tests {
         for (text, says) in [
             ("a=b,,c", "empty requirement"),
             ("env in (a,b)", "set-based"),
-            ("Bad Key=x", "set-based"),
+            ("Bad Key=x", "no spaces"),
             ("-a=b", "label key"),
-            ("a=b c", "set-based"),
+            ("a=b c", "no spaces"),
+            ("env notin (a)", "set-based"),
             ("a=-b", "label value"),
             ("!", "label key"),
         ] {
