@@ -214,6 +214,7 @@ impl Datastore for SqliteStore {
             pos,
             ready: VecDeque::new(),
             first: true,
+            done: false,
         };
         // A version that is too old fails here already.
         state.poll().await?;
@@ -230,6 +231,8 @@ struct WatchState {
     ready: VecDeque<Event>,
     /// No sleep before the first poll of the stream.
     first: bool,
+    /// An error ended the stream.
+    done: bool,
 }
 
 impl WatchState {
@@ -247,6 +250,9 @@ impl WatchState {
     }
 
     async fn next(mut self) -> Option<(Result<Event>, Self)> {
+        if self.done {
+            return None;
+        }
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Some((Ok(e), self));
@@ -258,16 +264,9 @@ impl WatchState {
             if let Err(e) = self.poll().await {
                 // An expired position stays expired; other errors end the stream too,
                 // and the caller watches again from the last version it saw.
-                return Some((Err(e), self.ended()));
+                self.done = true;
+                return Some((Err(e), self));
             }
-        }
-    }
-
-    /// A state whose stream yields nothing more.
-    fn ended(self) -> Self {
-        WatchState {
-            ready: VecDeque::new(),
-            ..self
         }
     }
 }
