@@ -4,9 +4,7 @@ mod agent;
 mod cni;
 mod config;
 mod control;
-#[allow(dead_code)]
 mod datastore;
-mod ipam_store;
 mod kernel;
 mod lab;
 mod mesh;

@@ -1,8 +1,10 @@
 //! CLI commands on the datastore: nodes, cluster-wide BGP settings and stored peers.
-//! Agents notice every change within a fraction of a second, without a restart.
+//! Agents notice every change within a fraction of a second (they watch the kinds they
+//! use), without a restart.
 
+use crate::config;
 use crate::datastore::model::{self, ClusterBgp, NodeRecord, PeerRecord};
-use crate::datastore::SqliteStore;
+use crate::datastore::SharedDatastore;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -36,7 +38,7 @@ pub enum NodeCmd {
         /// The node's AS; the cluster's when absent.
         #[arg(long)]
         as_number: Option<u32>,
-        /// Blocks this node announces (until IPAM assigns them).
+        /// Prefixes this node announces besides its IPAM blocks.
         #[arg(long = "block")]
         blocks: Vec<IpNet>,
     },
@@ -92,21 +94,35 @@ pub enum IpamCmd {
 }
 
 pub fn ipam(s: &Store, cmd: IpamCmd) -> Result<()> {
-    let db = std::sync::Arc::new(open(s)?);
-    match cmd {
-        IpamCmd::Show => {
-            let ipam = ferrovia_ipam::Ipam::new(
-                crate::ipam_store::DatastoreStore(db),
-                ferrovia_ipam::IpamConfig::default(),
-            );
-            let snap = ipam.show()?;
-            print(s.json, &snap, || print!("{snap}"))
+    run(async {
+        let db = open(s).await?;
+        match cmd {
+            IpamCmd::Show => {
+                let ipam = ferrovia_ipam::Ipam::new(db, ferrovia_ipam::IpamConfig::default());
+                let snap = ipam.show().await?;
+                print(s.json, &snap, || print!("{snap}"))
+            }
         }
-    }
+    })
 }
 
-fn open(s: &Store) -> Result<SqliteStore> {
-    SqliteStore::open(&s.datastore)
+/// Runs one command on a small runtime (the datastore is async).
+fn run<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}
+
+async fn open(s: &Store) -> Result<SharedDatastore> {
+    let cfg = config::Datastore {
+        sqlite: config::Sqlite {
+            path: s.datastore.clone(),
+        },
+    };
+    crate::datastore::open(&cfg)
+        .await
         .with_context(|| format!("opening the datastore {}", s.datastore.display()))
 }
 
@@ -119,128 +135,163 @@ fn print<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce()) -> Result<
     Ok(())
 }
 
+/// A node as `node list` shows it: its record and when its agent last renewed its lease.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeView {
+    #[serde(flatten)]
+    record: NodeRecord,
+    /// Unix seconds; `None`: no lease (the agent never ran, or the node was registered by
+    /// hand).
+    lease_renew_time: Option<u64>,
+}
+
 pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
-    let db = open(s)?;
-    match cmd {
-        NodeCmd::Register {
-            name,
-            router_id,
-            addresses,
-            as_number,
-            blocks,
-        } => {
-            let rec = NodeRecord {
+    run(async {
+        let db = open(s).await?;
+        match cmd {
+            NodeCmd::Register {
                 name,
+                router_id,
                 addresses,
                 as_number,
-                router_id,
-                heartbeat: model::unix_now(),
                 blocks,
-            };
-            let v = model::register_node(&db, &rec)?;
-            println!("node {} registered (version {})", rec.name, v.version);
-        }
-        NodeCmd::Remove { name } => {
-            if model::remove_node(&db, &name)? {
-                println!("node {name} removed");
-            } else {
-                bail!("no node named {name} in {}", s.datastore.display());
+            } => {
+                let rec = NodeRecord {
+                    name,
+                    addresses,
+                    as_number,
+                    router_id,
+                    blocks,
+                };
+                let v = model::register_node(&*db, &rec).await?;
+                println!("node {} registered (version {})", rec.name, v.version);
+            }
+            NodeCmd::Remove { name } => {
+                if model::remove_node(&*db, &name).await? {
+                    println!("node {name} removed");
+                } else {
+                    bail!("no node named {name} in {}", s.datastore.display());
+                }
+            }
+            NodeCmd::List => {
+                let now = model::unix_now();
+                let mut nodes = Vec::new();
+                for record in model::list_nodes(&*db).await? {
+                    let lease = model::get_lease(&*db, &record.name).await?;
+                    nodes.push(NodeView {
+                        lease_renew_time: lease.map(|l| l.renew_time),
+                        record,
+                    });
+                }
+                print(s.json, &nodes, || {
+                    println!(
+                        "{:<20} {:<16} {:>10} {:<40} {:>9} BLOCKS",
+                        "NAME", "ROUTER ID", "AS", "ADDRESSES", "LEASE"
+                    );
+                    for NodeView {
+                        record: n,
+                        lease_renew_time,
+                    } in &nodes
+                    {
+                        let addrs: Vec<String> =
+                            n.addresses.iter().map(|a| a.to_string()).collect();
+                        let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
+                        let asn = n
+                            .as_number
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "cluster".into());
+                        let lease = lease_renew_time.map_or_else(
+                            || "none".to_string(),
+                            |t| format!("{}s ago", now.saturating_sub(t)),
+                        );
+                        println!(
+                            "{:<20} {:<16} {:>10} {:<40} {:>9} {}",
+                            n.name,
+                            n.router_id,
+                            asn,
+                            addrs.join(","),
+                            lease,
+                            blocks.join(",")
+                        );
+                    }
+                })?;
             }
         }
-        NodeCmd::List => {
-            let nodes = model::list_nodes(&db)?;
-            print(s.json, &nodes, || {
-                println!(
-                    "{:<20} {:<16} {:>10} {:<40} BLOCKS",
-                    "NAME", "ROUTER ID", "AS", "ADDRESSES"
-                );
-                for n in &nodes {
-                    let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
-                    let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
-                    let asn = n
-                        .as_number
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "cluster".into());
-                    println!(
-                        "{:<20} {:<16} {:>10} {:<40} {}",
-                        n.name,
-                        n.router_id,
-                        asn,
-                        addrs.join(","),
-                        blocks.join(",")
-                    );
-                }
-            })?;
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 pub fn cluster(s: &Store, cmd: ClusterCmd) -> Result<()> {
-    let db = open(s)?;
-    let c: ClusterBgp = match cmd {
-        ClusterCmd::Show => model::get_cluster_bgp(&db)?.with_context(|| {
-            "no cluster BGP settings yet: the first agent seeds them from its configuration"
-        })?,
-        ClusterCmd::Set { mesh, as_number } => {
-            if mesh.is_none() && as_number.is_none() {
-                bail!("nothing to change: give --mesh on|off and/or --as-number N");
+    run(async {
+        let db = open(s).await?;
+        let c: ClusterBgp = match cmd {
+            ClusterCmd::Show => model::get_cluster_bgp(&*db).await?.with_context(|| {
+                "no cluster BGP settings yet: the first agent seeds them from its configuration"
+            })?,
+            ClusterCmd::Set { mesh, as_number } => {
+                if mesh.is_none() && as_number.is_none() {
+                    bail!("nothing to change: give --mesh on|off and/or --as-number N");
+                }
+                model::set_cluster_bgp(&*db, mesh.map(|m| matches!(m, OnOff::On)), as_number)
+                    .await?
             }
-            model::set_cluster_bgp(&db, mesh.map(|m| matches!(m, OnOff::On)), as_number)?
-        }
-    };
-    print(s.json, &c, || {
-        println!(
-            "AS {}  mesh {}  listen port {}",
-            c.as_number,
-            if c.mesh { "on" } else { "off" },
-            c.listen_port
-        )
+        };
+        print(s.json, &c, || {
+            println!(
+                "AS {}  mesh {}  listen port {}",
+                c.as_number,
+                if c.mesh { "on" } else { "off" },
+                c.listen_port
+            )
+        })
     })
 }
 
 pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
-    let db = open(s)?;
-    match cmd {
-        PeerCmd::Add {
-            name,
-            address,
-            as_number,
-            node,
-            password_file,
-        } => {
-            let rec = PeerRecord {
+    run(async {
+        let db = open(s).await?;
+        match cmd {
+            PeerCmd::Add {
                 name,
                 address,
                 as_number,
                 node,
                 password_file,
-            };
-            model::put_peer(&db, &rec)?;
-            println!("peer {} stored", rec.name);
-        }
-        PeerCmd::Remove { name } => {
-            if model::remove_peer(&db, &name)? {
-                println!("peer {name} removed");
-            } else {
-                bail!("no peer named {name} in {}", s.datastore.display());
+            } => {
+                let rec = PeerRecord {
+                    name,
+                    address,
+                    as_number,
+                    node,
+                    password_file,
+                };
+                model::put_peer(&*db, &rec).await?;
+                println!("peer {} stored", rec.name);
+            }
+            PeerCmd::Remove { name } => {
+                if model::remove_peer(&*db, &name).await? {
+                    println!("peer {name} removed");
+                } else {
+                    bail!("no peer named {name} in {}", s.datastore.display());
+                }
+            }
+            PeerCmd::List => {
+                let peers = model::list_peers(&*db).await?;
+                print(s.json, &peers, || {
+                    println!("{:<20} {:<40} {:>10} NODE", "NAME", "ADDRESS", "AS");
+                    for p in &peers {
+                        println!(
+                            "{:<20} {:<40} {:>10} {}",
+                            p.name,
+                            p.address,
+                            p.as_number,
+                            p.node.as_deref().unwrap_or("(all)")
+                        );
+                    }
+                })?;
             }
         }
-        PeerCmd::List => {
-            let peers = model::list_peers(&db)?;
-            print(s.json, &peers, || {
-                println!("{:<20} {:<40} {:>10} NODE", "NAME", "ADDRESS", "AS");
-                for p in &peers {
-                    println!(
-                        "{:<20} {:<40} {:>10} {}",
-                        p.name,
-                        p.address,
-                        p.as_number,
-                        p.node.as_deref().unwrap_or("(all)")
-                    );
-                }
-            })?;
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }

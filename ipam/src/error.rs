@@ -1,7 +1,7 @@
 //! Every error of IPAM. Each message says what happened and what to do about it.
 
+use crate::datastore::DatastoreError;
 use crate::model::Family;
-use crate::store::StoreError;
 use ipnet::IpNet;
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ pub enum IpamError {
         kind: &'static str,
         name: String,
         #[source]
-        source: StoreError,
+        source: Box<DatastoreError>,
     },
 }
 
@@ -169,10 +169,16 @@ impl IpamError {
     /// True for errors a caller may retry as they are (a busy or unreachable store, a
     /// conflict storm). CNI maps these to error 11 (try again later).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            IpamError::TooManyConflicts { .. } | IpamError::Store { .. }
-        )
+        match self {
+            IpamError::TooManyConflicts { .. } => true,
+            IpamError::Store { source, .. } => !matches!(
+                **source,
+                DatastoreError::Invalid { .. }
+                    | DatastoreError::Forbidden { .. }
+                    | DatastoreError::Backend { .. }
+            ),
+            _ => false,
+        }
     }
 
     /// True when the addresses of a family ran out (the pool is full, or the node's

@@ -1,5 +1,6 @@
 //! The allocator: pools, block claims, assignment, release, GC and block release.
 
+use crate::datastore::{DatastoreError, Object, Selector, SharedDatastore, Version};
 use crate::error::IpamError;
 use crate::lock::KeyedLock;
 use crate::model::{
@@ -7,7 +8,6 @@ use crate::model::{
     Family, Handle, HandleAddr, HandleId, Pool, PoolSpec, KIND_BLOCK, KIND_HANDLE, KIND_POOL,
 };
 use crate::snapshot::{AllocationStatus, BlockStatus, PoolStatus, Snapshot};
-use crate::store::{Store, StoreError, Version};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -80,8 +80,8 @@ impl Assignment {
 }
 
 /// The IP address manager of one agent. Shared across threads (`&self` everywhere).
-pub struct Ipam<S: Store> {
-    store: S,
+pub struct Ipam {
+    store: SharedDatastore,
     config: IpamConfig,
     handle_locks: KeyedLock,
     /// Blocks known to be affine to each node: a hint that saves listing every block on
@@ -112,6 +112,26 @@ impl Stored for Pool {
             return Err(format!("its cidr {} has host bits set", self.cidr));
         }
         self.check_block_size().map_err(|e| e.to_string())
+    }
+}
+
+/// A pool as stored: the pool and when it was created. Two agents that create
+/// overlapping pools at the same instant keep the one created first (then the lower
+/// CIDR): a value both read from the store, never the store's versions (opaque).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPool {
+    #[serde(flatten)]
+    pool: Pool,
+    /// Unix milliseconds, written by the creator.
+    #[serde(default)]
+    created_ms: u64,
+}
+
+impl Stored for StoredPool {
+    const KIND: &'static str = KIND_POOL;
+    fn check(&self, name: &str) -> Result<(), String> {
+        self.pool.check(name)
     }
 }
 
@@ -163,8 +183,8 @@ fn usable_pools(pools: &[Pool], family: Family) -> Result<Vec<Pool>, IpamError> 
     Ok(enabled)
 }
 
-impl<S: Store> Ipam<S> {
-    pub fn new(store: S, config: IpamConfig) -> Self {
+impl Ipam {
+    pub fn new(store: SharedDatastore, config: IpamConfig) -> Self {
         Ipam {
             store,
             config,
@@ -177,7 +197,7 @@ impl<S: Store> Ipam<S> {
         &self.config
     }
 
-    pub fn store(&self) -> &S {
+    pub fn store(&self) -> &SharedDatastore {
         &self.store
     }
 
@@ -189,7 +209,7 @@ impl<S: Store> Ipam<S> {
     /// Pools in the store that `specs` does not name are left alone (another node's
     /// config may name them; see [`Ipam::remove_pool`]). Nothing is written when a spec
     /// is invalid or two specs overlap.
-    pub fn ensure_pools(&self, specs: &[PoolSpec]) -> Result<(), IpamError> {
+    pub async fn ensure_pools(&self, specs: &[PoolSpec]) -> Result<(), IpamError> {
         let mut wanted: Vec<Pool> = Vec::new();
         for spec in specs {
             let pool = Pool::from_spec(spec)?;
@@ -208,59 +228,67 @@ impl<S: Store> Ipam<S> {
             }
         }
         for pool in &wanted {
-            self.ensure_pool(pool)?;
+            self.ensure_pool(pool).await?;
         }
         Ok(())
     }
 
-    fn ensure_pool(&self, pool: &Pool) -> Result<(), IpamError> {
+    async fn ensure_pool(&self, pool: &Pool) -> Result<(), IpamError> {
         let name = pool.name();
         for _ in 0..MAX_ATTEMPTS {
-            let stored = self.list::<Pool>()?;
+            let stored = self.list::<StoredPool>().await?;
             if let Some((other, _)) = stored
                 .iter()
-                .find(|(p, _)| p.cidr != pool.cidr && overlaps(&p.cidr, &pool.cidr))
+                .find(|(p, _)| p.pool.cidr != pool.cidr && overlaps(&p.pool.cidr, &pool.cidr))
             {
                 return Err(IpamError::PoolOverlap {
                     cidr: pool.cidr,
-                    other: other.cidr,
+                    other: other.pool.cidr,
                 });
             }
-            match stored.iter().find(|(p, _)| p.cidr == pool.cidr) {
-                Some((current, _)) if current == pool => return Ok(()),
+            match stored.iter().find(|(p, _)| p.pool.cidr == pool.cidr) {
+                Some((current, _)) if current.pool == *pool => return Ok(()),
                 Some((current, version)) => {
-                    if current.block_size != pool.block_size {
-                        let blocks = self.blocks_in(&pool.cidr)?;
+                    if current.pool.block_size != pool.block_size {
+                        let blocks = self.blocks_in(&pool.cidr).await?;
                         if blocks > 0 {
                             return Err(IpamError::BlockSizeChange {
                                 cidr: pool.cidr,
-                                stored: current.block_size,
+                                stored: current.pool.block_size,
                                 requested: pool.block_size,
                                 blocks,
                             });
                         }
                     }
-                    if self.update(&name, pool, *version)?.is_some() {
+                    let new = StoredPool {
+                        pool: pool.clone(),
+                        created_ms: current.created_ms,
+                    };
+                    if self.update(&name, &new, version).await?.is_some() {
                         tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool updated");
                         return Ok(());
                     }
                 }
                 None => {
-                    let Some(version) = self.create(&name, pool)? else {
+                    let new = StoredPool {
+                        pool: pool.clone(),
+                        created_ms: unix_ms(SystemTime::now()),
+                    };
+                    let Some(version) = self.create(&name, &new).await? else {
                         continue;
                     };
                     // Two agents may have created overlapping pools at the same time:
-                    // the pool written first (lower version, then lower CIDR) stays.
-                    let after = self.list::<Pool>()?;
-                    if let Some((winner, _)) = after.iter().find(|(p, v)| {
-                        p.cidr != pool.cidr
-                            && overlaps(&p.cidr, &pool.cidr)
-                            && (*v, p.cidr) < (version, pool.cidr)
+                    // the pool created first (then the lower CIDR) stays.
+                    let after = self.list::<StoredPool>().await?;
+                    if let Some((winner, _)) = after.iter().find(|(p, _)| {
+                        p.pool.cidr != pool.cidr
+                            && overlaps(&p.pool.cidr, &pool.cidr)
+                            && (p.created_ms, p.pool.cidr) < (new.created_ms, pool.cidr)
                     }) {
-                        self.delete::<Pool>(&name, Some(version))?;
+                        self.delete::<Pool>(&name, Some(&version)).await?;
                         return Err(IpamError::PoolOverlap {
                             cidr: pool.cidr,
-                            other: winner.cidr,
+                            other: winner.pool.cidr,
                         });
                     }
                     tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool created");
@@ -277,7 +305,7 @@ impl<S: Store> Ipam<S> {
 
     /// Removes a pool from the store; refused while blocks of it are claimed. Returns
     /// false when there was no such pool.
-    pub fn remove_pool(&self, cidr: &str) -> Result<bool, IpamError> {
+    pub async fn remove_pool(&self, cidr: &str) -> Result<bool, IpamError> {
         let pool = Pool::from_spec(&PoolSpec::new(cidr)).or_else(|e| match e {
             // The block size does not matter for removal.
             IpamError::BadBlockSize { cidr, .. } => Ok(Pool {
@@ -287,26 +315,35 @@ impl<S: Store> Ipam<S> {
             }),
             e => Err(e),
         })?;
-        let blocks = self.blocks_in(&pool.cidr)?;
+        let blocks = self.blocks_in(&pool.cidr).await?;
         if blocks > 0 {
             return Err(IpamError::PoolInUse {
                 cidr: pool.cidr,
                 blocks,
             });
         }
-        Ok(self.delete::<Pool>(&pool.name(), None)?.unwrap_or(false))
+        Ok(self
+            .delete::<Pool>(&pool.name(), None)
+            .await?
+            .unwrap_or(false))
     }
 
     /// Every stored pool, sorted by CIDR.
-    pub fn pools(&self) -> Result<Vec<Pool>, IpamError> {
-        let mut pools: Vec<Pool> = self.list::<Pool>()?.into_iter().map(|(p, _)| p).collect();
+    pub async fn pools(&self) -> Result<Vec<Pool>, IpamError> {
+        let mut pools: Vec<Pool> = self
+            .list::<Pool>()
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         pools.sort_by_key(|p| p.cidr);
         Ok(pools)
     }
 
-    fn blocks_in(&self, pool: &IpNet) -> Result<usize, IpamError> {
+    async fn blocks_in(&self, pool: &IpNet) -> Result<usize, IpamError> {
         Ok(self
-            .list::<Block>()?
+            .list::<Block>()
+            .await?
             .iter()
             .filter(|(b, _)| overlaps(&b.cidr, pool))
             .count())
@@ -323,7 +360,7 @@ impl<S: Store> Ipam<S> {
     /// Idempotent: when the handle already holds an address of a family, that address is
     /// returned. When the handle did not exist and one family fails, the other family's
     /// new address is released before the error is returned.
-    pub fn assign(
+    pub async fn assign(
         &self,
         node: &str,
         handle: &HandleId,
@@ -336,31 +373,35 @@ impl<S: Store> Ipam<S> {
             return Err(IpamError::NoFamily);
         }
         let key = handle.key();
-        let _guard = self.handle_locks.lock(key.clone());
-        let existed = self.get::<Handle>(&key)?.is_some();
+        let _guard = self.handle_locks.lock(key.clone()).await;
+        let existed = self.get::<Handle>(&handle_name(&key)).await?.is_some();
         let pools = self
-            .list::<Pool>()?
+            .list::<Pool>()
+            .await?
             .into_iter()
             .map(|(p, _)| p)
             .collect::<Vec<_>>();
         let mut assignment = Assignment::default();
         for family in families.iter() {
-            match self.assign_family(
-                node,
-                handle,
-                &key,
-                attributes,
-                family,
-                &pools,
-                &mut assignment.claimed_blocks,
-            ) {
+            match self
+                .assign_family(
+                    node,
+                    handle,
+                    &key,
+                    attributes,
+                    family,
+                    &pools,
+                    &mut assignment.claimed_blocks,
+                )
+                .await
+            {
                 Ok(ip) => match family {
                     Family::Ipv4 => assignment.ipv4 = Some(ip),
                     Family::Ipv6 => assignment.ipv6 = Some(ip),
                 },
                 Err(e) => {
                     if !existed {
-                        if let Err(rollback) = self.release_locked(&key) {
+                        if let Err(rollback) = self.release_locked(&key).await {
                             tracing::warn!(handle = %key, error = %rollback, "could not undo a partial assignment; CNI DEL or GC will free it");
                         }
                     }
@@ -372,7 +413,7 @@ impl<S: Store> Ipam<S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn assign_family(
+    async fn assign_family(
         &self,
         node: &str,
         handle: &HandleId,
@@ -383,7 +424,7 @@ impl<S: Store> Ipam<S> {
         claimed: &mut Vec<IpNet>,
     ) -> Result<AssignedIp, IpamError> {
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.get::<Handle>(key)?;
+            let current = self.get::<Handle>(&handle_name(key)).await?;
             if let Some((h, _)) = &current {
                 if h.node != node {
                     return Err(IpamError::HandleOnOtherNode {
@@ -397,7 +438,7 @@ impl<S: Store> Ipam<S> {
                     .iter()
                     .filter(|a| Family::of_addr(&a.ip) == family)
                 {
-                    if let Some((b, _)) = self.get::<Block>(&net_name(&a.block))? {
+                    if let Some((b, _)) = self.get::<Block>(&net_name(&a.block)).await? {
                         let held = b
                             .ordinal_of(&a.ip)
                             .and_then(|o| b.allocation(o))
@@ -415,7 +456,7 @@ impl<S: Store> Ipam<S> {
             }
 
             let usable = usable_pools(pools, family)?;
-            let candidate = self.find_candidate(node, family, &usable, claimed)?;
+            let candidate = self.find_candidate(node, family, &usable, claimed).await?;
             let block_name = candidate.block.name();
             let ip =
                 candidate
@@ -439,8 +480,8 @@ impl<S: Store> Ipam<S> {
             });
             h.addresses.sort();
             let written = match &current {
-                None => self.create(key, &h)?,
-                Some((_, version)) => self.update(key, &h, *version)?,
+                None => self.create(&handle_name(key), &h).await?,
+                Some((_, version)) => self.update(&handle_name(key), &h, version).await?,
             };
             if written.is_none() {
                 continue;
@@ -455,7 +496,8 @@ impl<S: Store> Ipam<S> {
             });
             if inserted
                 && self
-                    .update(&block_name, &block, candidate.version)?
+                    .update(&block_name, &block, &candidate.version)
+                    .await?
                     .is_some()
             {
                 if candidate.borrowed {
@@ -478,7 +520,7 @@ impl<S: Store> Ipam<S> {
 
     /// A free address for `node`: in its blocks, else in a newly claimed block, else
     /// borrowed.
-    fn find_candidate(
+    async fn find_candidate(
         &self,
         node: &str,
         family: Family,
@@ -488,7 +530,7 @@ impl<S: Store> Ipam<S> {
         // Fast path: the blocks this process knows to be the node's.
         if let Some(cached) = self.cached_affine(node, family) {
             for cidr in cached {
-                match self.get::<Block>(&net_name(&cidr))? {
+                match self.get::<Block>(&net_name(&cidr)).await? {
                     Some((b, version)) if b.affinity == node => {
                         if in_pools(&b.cidr, usable) {
                             if let Some(ordinal) = b.first_free() {
@@ -508,7 +550,7 @@ impl<S: Store> Ipam<S> {
 
         // Slow path: every block; again whenever a claim loses a race.
         'relist: for _ in 0..MAX_ATTEMPTS {
-            let mut blocks = self.list::<Block>()?;
+            let mut blocks = self.list::<Block>().await?;
             blocks.sort_by_key(|(b, _)| b.cidr);
             self.refresh_affine(node, &blocks);
             let mut affine = 0usize;
@@ -521,7 +563,7 @@ impl<S: Store> Ipam<S> {
                     if let Some(ordinal) = b.first_free() {
                         return Ok(Candidate {
                             block: b.clone(),
-                            version: *version,
+                            version: version.clone(),
                             ordinal,
                             borrowed: false,
                         });
@@ -536,7 +578,7 @@ impl<S: Store> Ipam<S> {
                 for pool in usable {
                     if let Some(cidr) = first_free_block(pool, &taken) {
                         let block = Block::new(cidr, node);
-                        match self.create(&block.name(), &block)? {
+                        match self.create(&block.name(), &block).await? {
                             Some(version) => {
                                 tracing::info!(block = %cidr, %node, "claimed a block");
                                 claimed.push(cidr);
@@ -563,7 +605,7 @@ impl<S: Store> Ipam<S> {
                     if let Some(ordinal) = b.first_free() {
                         return Ok(Candidate {
                             block: b.clone(),
-                            version: *version,
+                            version: version.clone(),
                             ordinal,
                             borrowed: true,
                         });
@@ -598,23 +640,23 @@ impl<S: Store> Ipam<S> {
     /// Frees every address `handle` holds and forgets the handle. Idempotent: releasing
     /// an unknown handle returns an empty list. Only addresses the blocks record as held
     /// by this handle are freed.
-    pub fn release(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
+    pub async fn release(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
         handle.validate()?;
         let key = handle.key();
-        let _guard = self.handle_locks.lock(key.clone());
-        self.release_locked(&key)
+        let _guard = self.handle_locks.lock(key.clone()).await;
+        self.release_locked(&key).await
     }
 
     /// The addresses `handle` holds (per the blocks), sorted; empty when none.
-    pub fn addresses(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
+    pub async fn addresses(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
         handle.validate()?;
         let key = handle.key();
-        let Some((h, _)) = self.get::<Handle>(&key)? else {
+        let Some((h, _)) = self.get::<Handle>(&handle_name(&key)).await? else {
             return Ok(Vec::new());
         };
         let mut held = Vec::new();
         for a in &h.addresses {
-            if let Some((b, _)) = self.get::<Block>(&net_name(&a.block))? {
+            if let Some((b, _)) = self.get::<Block>(&net_name(&a.block)).await? {
                 if b.ordinal_of(&a.ip)
                     .and_then(|o| b.allocation(o))
                     .is_some_and(|al| al.handle == key)
@@ -629,18 +671,20 @@ impl<S: Store> Ipam<S> {
 
     /// Release with the handle's lock held: blocks first, then the handle object, so the
     /// index never lists less than the blocks hold.
-    fn release_locked(&self, key: &str) -> Result<Vec<IpAddr>, IpamError> {
+    async fn release_locked(&self, key: &str) -> Result<Vec<IpAddr>, IpamError> {
         let mut freed = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
-            let done = match self.get::<Handle>(key)? {
+            let done = match self.get::<Handle>(&handle_name(key)).await? {
                 None => true,
                 Some((h, version)) => {
                     for a in &h.addresses {
-                        if self.free_address(&a.block, &a.ip, key)? {
+                        if self.free_address(&a.block, &a.ip, key).await? {
                             freed.push(a.ip);
                         }
                     }
-                    self.delete::<Handle>(key, Some(version))?.is_some()
+                    self.delete::<Handle>(&handle_name(key), Some(&version))
+                        .await?
+                        .is_some()
                 }
             };
             if done {
@@ -657,10 +701,10 @@ impl<S: Store> Ipam<S> {
     }
 
     /// Removes the allocation of `ip` from its block if `key` holds it.
-    fn free_address(&self, block: &IpNet, ip: &IpAddr, key: &str) -> Result<bool, IpamError> {
+    async fn free_address(&self, block: &IpNet, ip: &IpAddr, key: &str) -> Result<bool, IpamError> {
         let name = net_name(block);
         for _ in 0..MAX_ATTEMPTS {
-            let Some((mut b, version)) = self.get::<Block>(&name)? else {
+            let Some((mut b, version)) = self.get::<Block>(&name).await? else {
                 return Ok(false);
             };
             let Some(ordinal) = b.ordinal_of(ip) else {
@@ -669,7 +713,7 @@ impl<S: Store> Ipam<S> {
             if !b.remove_if_held(ordinal, key) {
                 return Ok(false);
             }
-            if self.update(&name, &b, version)?.is_some() {
+            if self.update(&name, &b, &version).await?.is_some() {
                 return Ok(true);
             }
         }
@@ -692,13 +736,17 @@ impl<S: Store> Ipam<S> {
     /// The caller must not run it concurrently with an assignment of a handle outside
     /// `valid` (the runtime lists attachments before calling GC; an ADD finished after
     /// that would be freed).
-    pub fn gc(&self, node: &str, valid: &HashSet<HandleId>) -> Result<Vec<HandleId>, IpamError> {
+    pub async fn gc(
+        &self,
+        node: &str,
+        valid: &HashSet<HandleId>,
+    ) -> Result<Vec<HandleId>, IpamError> {
         validate_node(node)?;
         let valid: HashSet<String> = valid.iter().map(HandleId::key).collect();
         let mut freed: BTreeSet<String> = BTreeSet::new();
 
         // What the blocks say the node's pods hold.
-        let blocks = self.list::<Block>()?;
+        let blocks = self.list::<Block>().await?;
         let mut held: BTreeMap<String, BTreeSet<HandleAddr>> = BTreeMap::new();
         let mut stale: BTreeMap<String, Vec<HandleAddr>> = BTreeMap::new();
         for (b, _) in &blocks {
@@ -720,9 +768,9 @@ impl<S: Store> Ipam<S> {
 
         // Free what invalid handles hold in blocks (found even without a handle object).
         for (key, addrs) in &stale {
-            let _guard = self.handle_locks.lock(key.clone());
+            let _guard = self.handle_locks.lock(key.clone()).await;
             for a in addrs {
-                if self.free_address(&a.block, &a.ip, key)? {
+                if self.free_address(&a.block, &a.ip, key).await? {
                     tracing::info!(handle = %key, ip = %a.ip, "GC freed an address");
                 }
             }
@@ -730,28 +778,30 @@ impl<S: Store> Ipam<S> {
         }
 
         // The node's handle objects.
-        let handles = self.list::<Handle>()?;
+        let handles = self.list::<Handle>().await?;
         let mut indexed: HashSet<String> = HashSet::new();
         for (h, _) in handles.iter().filter(|(h, _)| h.node == node) {
             let key = h.id().key();
             indexed.insert(key.clone());
             if !valid.contains(&key) {
-                let _guard = self.handle_locks.lock(key.clone());
-                self.release_locked(&key)?;
+                let _guard = self.handle_locks.lock(key.clone()).await;
+                self.release_locked(&key).await?;
                 freed.insert(key);
             } else {
                 let listed: BTreeSet<HandleAddr> = h.addresses.iter().cloned().collect();
                 let empty = BTreeSet::new();
                 let actual = held.get(&key).unwrap_or(&empty);
                 if listed != *actual {
-                    self.repair_index(&key, node, listed.union(actual).cloned().collect())?;
+                    self.repair_index(&key, node, listed.union(actual).cloned().collect())
+                        .await?;
                 }
             }
         }
         // Valid handles the blocks know but no handle object lists.
         for (key, addrs) in &held {
             if !indexed.contains(key) {
-                self.repair_index(key, node, addrs.iter().cloned().collect())?;
+                self.repair_index(key, node, addrs.iter().cloned().collect())
+                    .await?;
             }
         }
 
@@ -760,16 +810,16 @@ impl<S: Store> Ipam<S> {
 
     /// Rewrites the index of a valid handle as exactly what the blocks hold of
     /// `candidates` (read again under the handle's lock).
-    fn repair_index(
+    async fn repair_index(
         &self,
         key: &str,
         node: &str,
         candidates: Vec<HandleAddr>,
     ) -> Result<(), IpamError> {
-        let _guard = self.handle_locks.lock(key.to_string());
+        let _guard = self.handle_locks.lock(key.to_string()).await;
         let mut actual = Vec::new();
         for a in candidates {
-            if let Some((b, _)) = self.get::<Block>(&net_name(&a.block))? {
+            if let Some((b, _)) = self.get::<Block>(&net_name(&a.block)).await? {
                 if b.ordinal_of(&a.ip)
                     .and_then(|o| b.allocation(o))
                     .is_some_and(|al| al.handle == key)
@@ -783,11 +833,11 @@ impl<S: Store> Ipam<S> {
         let Some(id) = HandleId::from_key(key) else {
             return Ok(());
         };
-        match self.get::<Handle>(key)? {
+        match self.get::<Handle>(&handle_name(key)).await? {
             Some((mut h, version)) => {
                 // Keep any address it lists that the blocks hold, even outside `candidates`.
                 for a in &h.addresses {
-                    if !actual.contains(a) && self.holds(key, a)? {
+                    if !actual.contains(a) && self.holds(key, a).await? {
                         actual.push(a.clone());
                     }
                 }
@@ -796,23 +846,24 @@ impl<S: Store> Ipam<S> {
                 if h.addresses != actual {
                     h.addresses = actual;
                     tracing::info!(handle = %key, "GC repaired the handle index");
-                    self.update(key, &h, version)?;
+                    self.update(&handle_name(key), &h, &version).await?;
                 }
             }
             None if !actual.is_empty() => {
                 let mut h = Handle::new(&id, node, &Attributes::default());
                 h.addresses = actual;
                 tracing::info!(handle = %key, "GC recreated a missing handle object");
-                self.create(key, &h)?;
+                self.create(&handle_name(key), &h).await?;
             }
             None => {}
         }
         Ok(())
     }
 
-    fn holds(&self, key: &str, a: &HandleAddr) -> Result<bool, IpamError> {
+    async fn holds(&self, key: &str, a: &HandleAddr) -> Result<bool, IpamError> {
         Ok(self
-            .get::<Block>(&net_name(&a.block))?
+            .get::<Block>(&net_name(&a.block))
+            .await?
             .is_some_and(|(b, _)| {
                 b.ordinal_of(&a.ip)
                     .and_then(|o| b.allocation(o))
@@ -828,7 +879,7 @@ impl<S: Store> Ipam<S> {
     /// at or after stamp + grace deletes it (compare-and-swap on the version read, so a
     /// block that got an address in between stays). Returns the released blocks: the
     /// agent withdraws their routes.
-    pub fn release_empty_blocks(
+    pub async fn release_empty_blocks(
         &self,
         node: &str,
         now: SystemTime,
@@ -837,7 +888,7 @@ impl<S: Store> Ipam<S> {
         let now_ms = unix_ms(now);
         let grace_ms = u64::try_from(self.config.empty_block_grace.as_millis()).unwrap_or(u64::MAX);
         let mut released = Vec::new();
-        let mut blocks = self.list::<Block>()?;
+        let mut blocks = self.list::<Block>().await?;
         blocks.sort_by_key(|(b, _)| b.cidr);
         for (mut b, version) in blocks {
             if b.affinity != node || !b.allocations.is_empty() {
@@ -847,10 +898,10 @@ impl<S: Store> Ipam<S> {
             match b.empty_since_ms {
                 None => {
                     b.empty_since_ms = Some(now_ms);
-                    self.update(&name, &b, version)?;
+                    self.update(&name, &b, &version).await?;
                 }
                 Some(since) if now_ms.saturating_sub(since) >= grace_ms => {
-                    if self.delete::<Block>(&name, Some(version))? == Some(true) {
+                    if self.delete::<Block>(&name, Some(&version)).await? == Some(true) {
                         tracing::info!(block = %b.cidr, %node, "released an empty block");
                         self.forget_affine(node, &b.cidr);
                         released.push(b.cidr);
@@ -864,8 +915,8 @@ impl<S: Store> Ipam<S> {
 
     /// The blocks affine to `node`, sorted: announce them over BGP, with a blackhole
     /// route each.
-    pub fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
-        let mut blocks = self.list::<Block>()?;
+    pub async fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+        let mut blocks = self.list::<Block>().await?;
         blocks.sort_by_key(|(b, _)| b.cidr);
         self.refresh_affine(node, &blocks);
         Ok(blocks
@@ -877,9 +928,9 @@ impl<S: Store> Ipam<S> {
 
     /// The addresses `node`'s pods hold in other nodes' blocks, sorted: announce each as
     /// a /32 or /128.
-    pub fn borrowed(&self, node: &str) -> Result<Vec<IpAddr>, IpamError> {
+    pub async fn borrowed(&self, node: &str) -> Result<Vec<IpAddr>, IpamError> {
         let mut ips: Vec<IpAddr> = Vec::new();
-        for (b, _) in self.list::<Block>()? {
+        for (b, _) in self.list::<Block>().await? {
             for a in &b.allocations {
                 if a.node.as_deref() == Some(node) && b.affinity != node {
                     if let Some(ip) = b.ip_at(a.ordinal) {
@@ -893,12 +944,18 @@ impl<S: Store> Ipam<S> {
     }
 
     /// Every pool, block and allocation (for `ferrovia ipam show`).
-    pub fn show(&self) -> Result<Snapshot, IpamError> {
-        let pools = self.pools()?;
-        let mut blocks: Vec<Block> = self.list::<Block>()?.into_iter().map(|(b, _)| b).collect();
+    pub async fn show(&self) -> Result<Snapshot, IpamError> {
+        let pools = self.pools().await?;
+        let mut blocks: Vec<Block> = self
+            .list::<Block>()
+            .await?
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect();
         blocks.sort_by_key(|b| b.cidr);
         let handles: HashMap<String, Handle> = self
-            .list::<Handle>()?
+            .list::<Handle>()
+            .await?
             .into_iter()
             .map(|(h, _)| (h.id().key(), h))
             .collect();
@@ -1016,69 +1073,81 @@ impl<S: Store> Ipam<S> {
         })
     }
 
-    fn store_error<T: Stored>(op: &'static str, name: &str, source: StoreError) -> IpamError {
+    fn store_error<T: Stored>(op: &'static str, name: &str, source: DatastoreError) -> IpamError {
         IpamError::Store {
             op,
             kind: T::KIND,
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
-    fn get<T: Stored>(&self, name: &str) -> Result<Option<(T, Version)>, IpamError> {
-        match self.store.get(T::KIND, name) {
-            Ok(Some((value, version))) => Ok(Some((Self::decode(name, value)?, version))),
-            Ok(None) | Err(StoreError::NotFound) => Ok(None),
+    async fn get<T: Stored>(&self, name: &str) -> Result<Option<(T, Version)>, IpamError> {
+        match self.store.get(T::KIND, name).await {
+            Ok(Some(item)) => Ok(Some((Self::decode(name, item.object.value)?, item.version))),
+            Ok(None) | Err(DatastoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::store_error::<T>("read", name, e)),
         }
     }
 
-    fn list<T: Stored>(&self) -> Result<Vec<(T, Version)>, IpamError> {
+    async fn list<T: Stored>(&self) -> Result<Vec<(T, Version)>, IpamError> {
         self.store
-            .list(T::KIND)
+            .list(T::KIND, &Selector::everything())
+            .await
             .map_err(|e| Self::store_error::<T>("list", "*", e))?
+            .items
             .into_iter()
-            .map(|(name, value, version)| Ok((Self::decode(&name, value)?, version)))
+            .map(|item| {
+                Ok((
+                    Self::decode(&item.object.name, item.object.value)?,
+                    item.version,
+                ))
+            })
             .collect()
     }
 
-    fn create<T: Stored>(&self, name: &str, object: &T) -> Result<Option<Version>, IpamError> {
-        match self
-            .store
-            .create(T::KIND, name, &Self::encode(name, object)?)
-        {
+    async fn create<T: Stored>(
+        &self,
+        name: &str,
+        object: &T,
+    ) -> Result<Option<Version>, IpamError> {
+        let object = Object::new(name, Self::encode(name, object)?);
+        match self.store.create(T::KIND, &object).await {
             Ok(version) => Ok(Some(version)),
-            Err(StoreError::AlreadyExists) => Ok(None),
+            Err(DatastoreError::AlreadyExists { .. }) => Ok(None),
             Err(e) => Err(Self::store_error::<T>("create", name, e)),
         }
     }
 
-    fn update<T: Stored>(
+    async fn update<T: Stored>(
         &self,
         name: &str,
         object: &T,
-        expected: Version,
+        expected: &Version,
     ) -> Result<Option<Version>, IpamError> {
-        match self
-            .store
-            .update(T::KIND, name, &Self::encode(name, object)?, expected)
-        {
+        let object = Object::new(name, Self::encode(name, object)?);
+        match self.store.update(T::KIND, &object, expected).await {
             Ok(version) => Ok(Some(version)),
-            Err(StoreError::Conflict | StoreError::NotFound) => Ok(None),
+            Err(DatastoreError::Conflict { .. } | DatastoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::store_error::<T>("update", name, e)),
         }
     }
 
-    fn delete<T: Stored>(
+    async fn delete<T: Stored>(
         &self,
         name: &str,
-        expected: Option<Version>,
+        expected: Option<&Version>,
     ) -> Result<Option<bool>, IpamError> {
-        match self.store.delete(T::KIND, name, expected) {
+        match self.store.delete(T::KIND, name, expected).await {
             Ok(existed) => Ok(Some(existed)),
-            Err(StoreError::Conflict) => Ok(None),
-            Err(StoreError::NotFound) => Ok(Some(false)),
+            Err(DatastoreError::Conflict { .. }) => Ok(None),
+            Err(DatastoreError::NotFound { .. }) => Ok(Some(false)),
             Err(e) => Err(Self::store_error::<T>("delete", name, e)),
         }
     }
+}
+
+/// The object name of the handle whose block key is `key` ([`HandleId::name`]).
+fn handle_name(key: &str) -> String {
+    HandleId::from_key(key).map_or_else(|| key.to_string(), |h| h.name())
 }

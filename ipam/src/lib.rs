@@ -1,6 +1,6 @@
 //! IP address management for ferrovia: pools, blocks affine to nodes, and addresses held
-//! under handles, kept in the agent's datastore through a compare-and-swap object
-//! [`Store`].
+//! under handles, kept in the agent's datastore ([`datastore::Datastore`], defined here
+//! because IPAM runs on it; the agent crate holds the backends).
 //!
 //! # Model
 //!
@@ -26,11 +26,13 @@
 //!
 //! | kind | name | value |
 //! | --- | --- | --- |
-//! | `IPPool` | CIDR with `.:/` → `-` (`10-244-0-0-16`) | `{"cidr":"10.244.0.0/16","blockSize":26,"disabled":false}` |
+//! | `IPPool` | CIDR with `.:/` → `-` (`10-244-0-0-16`, see [`net_name`]) | `{"cidr":"10.244.0.0/16","blockSize":26,"disabled":false,"createdMs":…}` |
 //! | `IPAMBlock` | CIDR likewise (`10-244-1-0-26`) | `{"cidr":"10.244.1.0/26","affinity":"node1","allocations":[{"ordinal":0,"handle":"c1:eth0"},{"ordinal":1,"handle":"c2:eth0","node":"node2"}],"emptySinceMs":…}` |
-//! | `IPAMHandle` | `CONTAINERID:IFNAME` | `{"containerId":"c1","interface":"eth0","node":"node1","attributes":{"namespace":"ns","pod":"p"},"addresses":[{"ip":"10.244.1.0","block":"10.244.1.0/26"}]}` |
+//! | `IPAMHandle` | `CONTAINERID.IFNAME`, or `h-` + hash ([`HandleId::name`]) | `{"containerId":"c1","interface":"eth0","node":"node1","attributes":{"namespace":"ns","pod":"p"},"addresses":[{"ip":"10.244.1.0","block":"10.244.1.0/26"}]}` |
 //!
-//! In a block, `allocations` is sorted by `ordinal` (offset from the block's network
+//! Names are DNS-1123 subdomains (valid Kubernetes object names); a block records its
+//! holders by [`HandleId::key`] (`CONTAINERID:IFNAME`, inside the value, where any text
+//! is allowed). In a block, `allocations` is sorted by `ordinal` (offset from the block's network
 //! address); `node` is present only on a borrowed address (the holder's node, when it is
 //! not the block's). `emptySinceMs` is when a sweep first saw the block empty. Every
 //! address of a block can be given, the network and last addresses included (pods get
@@ -59,13 +61,13 @@
 //!
 //! Releasing a block is a delete with the version read while it was empty, so a block
 //! that received an address in between is kept. Two nodes creating overlapping pools at
-//! the same instant: the one written second (higher version) deletes its pool and fails.
+//! the same instant: the one created later (`createdMs`, then the higher CIDR) deletes
+//! its pool and fails. Versions are opaque: IPAM compares them for equality only.
 //!
 //! # Wiring
 //!
-//! * Datastore: implement [`Store`] for the agent's datastore by delegation (map
-//!   AlreadyExists / Conflict / NotFound onto [`StoreError`], everything else onto
-//!   [`StoreError::Other`]). Methods block: call from `spawn_blocking`.
+//! * Datastore: [`Ipam::new`] takes the agent's `Arc<dyn Datastore>`. Every method is
+//!   async; a blocking backend does its blocking work on tokio's blocking pool.
 //! * CNI ADD → [`Ipam::assign`] (idempotent per handle); announce
 //!   [`Assignment::claimed_blocks`] at once, and a borrowed address as a host route.
 //!   CNI DEL → [`Ipam::release`] (idempotent). CNI GC → [`Ipam::gc`] with the valid
@@ -76,12 +78,12 @@
 //! * Errors: [`IpamError::is_transient`] (retry: CNI code 11),
 //!   [`IpamError::is_exhausted`].
 
+pub mod datastore;
 mod error;
 mod ipam;
 mod lock;
 mod model;
 mod snapshot;
-mod store;
 
 pub use error::IpamError;
 pub use ipam::{AssignedIp, Assignment, Ipam, IpamConfig, DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS};
@@ -91,4 +93,3 @@ pub use model::{
     KIND_POOL,
 };
 pub use snapshot::{AllocationStatus, BlockStatus, PoolStatus, Snapshot};
-pub use store::{MemStore, Store, StoreError, Version};

@@ -227,6 +227,24 @@ impl HandleId {
         format!("{}:{}", self.container_id, self.interface)
     }
 
+    /// The handle's object name in the datastore (a DNS-1123 subdomain):
+    /// `CONTAINERID.IFNAME` when that is one and the container id has no `.` (so the
+    /// first `.` separates the two: `0123abcd.eth0`), else `h-` and the first 32 hex digits
+    /// of the SHA-256 of [`HandleId::key`] (`h-3f…`; it has no `.`, so it never equals a
+    /// name of the first form). The real ids are kept inside the object.
+    pub fn name(&self) -> String {
+        let direct = format!("{}.{}", self.container_id, self.interface);
+        if !self.container_id.contains('.')
+            && crate::datastore::dns1123_subdomain_problem(&direct).is_none()
+        {
+            return direct;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.key().as_bytes());
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("h-{hex}")
+    }
+
     /// The inverse of [`HandleId::key`].
     pub fn from_key(key: &str) -> Option<HandleId> {
         let (container_id, interface) = key.split_once(':')?;
@@ -319,11 +337,18 @@ pub(crate) fn validate_node(node: &str) -> Result<(), IpamError> {
 }
 
 /// The store name of a pool or block: its CIDR with `.`, `:` and `/` turned into `-`
-/// (`10.244.1.0/26` → `10-244-1-0-26`, `fd00:10:244::/122` → `fd00-10-244---122`).
-/// Unambiguous for canonical CIDRs: an IPv4 name has 5 parts and never `--`; an IPv6
-/// name has 9 parts or contains `--`.
+/// (`10.244.1.0/26` → `10-244-1-0-26`, `fd00:10:244::/122` → `fd00-10-244---122`), and
+/// a `0` in front when that would start with `-` (`::/0` → `0---0`), so that it is a
+/// DNS-1123 name. Unambiguous for canonical CIDRs: an IPv4 name has 5 parts and never
+/// `--`; an IPv6 name has 9 parts or contains `--`; canonical IPv6 text never starts
+/// with `0::`.
 pub fn net_name(net: &IpNet) -> String {
-    net.to_string().replace(['.', ':', '/'], "-")
+    let name = net.to_string().replace(['.', ':', '/'], "-");
+    if name.starts_with('-') {
+        format!("0{name}")
+    } else {
+        name
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,7 +522,7 @@ pub(crate) struct HandleAddr {
     pub block: IpNet,
 }
 
-/// A handle (kind `IPAMHandle`, name [`HandleId::key`]): an index of the addresses a
+/// A handle (kind `IPAMHandle`, name [`HandleId::name`]): an index of the addresses a
 /// handle holds, so that release does not scan blocks. It may list more than the blocks
 /// hold (an assignment that stopped halfway), never less.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -531,7 +556,7 @@ impl Handle {
     pub fn check(&self, name: &str) -> Result<(), String> {
         let id = self.id();
         id.validate().map_err(|e| e.to_string())?;
-        if id.key() != name {
+        if id.name() != name {
             return Err("its containerId and interface do not match its name".to_string());
         }
         if self.node.is_empty() {
@@ -616,4 +641,50 @@ pub(crate) fn first_free_block(pool: &Pool, taken: &[IpNet]) -> Option<IpNet> {
         return None;
     }
     make_net(offset_addr(&pool.cidr, offset)?, pool.block_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::dns1123_subdomain_problem;
+
+    #[test]
+    fn store_names_are_kubernetes_names() {
+        for (cidr, name) in [
+            ("10.244.1.0/26", "10-244-1-0-26"),
+            ("fd00:10:244::/122", "fd00-10-244---122"),
+            ("::/0", "0---0"),
+            ("::ffff:0:0/96", "0--ffff-0-0-0-0-96"),
+        ] {
+            let net: IpNet = cidr.parse().expect("cidr");
+            assert_eq!(net_name(&net), name);
+            assert_eq!(dns1123_subdomain_problem(name), None, "{name}");
+        }
+        let h = HandleId::new("0123abcd", "eth0");
+        assert_eq!(h.name(), "0123abcd.eth0");
+        for (id, ifname) in [
+            ("ABC", "eth0"),
+            ("a.b", "eth0"),
+            ("a_b", "eth0"),
+            ("a", "Eth0"),
+            ("a", "eth_0"),
+        ] {
+            let h = HandleId::new(id, ifname);
+            let name = h.name();
+            assert!(name.starts_with("h-") && name.len() == 34, "{name}");
+            assert_eq!(dns1123_subdomain_problem(&name), None, "{name}");
+        }
+        // Different ids, different names (the hash covers the exact key).
+        assert_ne!(
+            HandleId::new("ABC", "eth0").name(),
+            HandleId::new("abc", "eth0").name()
+        );
+        assert_ne!(
+            HandleId::new("a.b", "c").name(),
+            HandleId::new("a", "b.c").name()
+        );
+        // Longest ids still give a valid name.
+        let long = HandleId::new("a".repeat(236), "eth0.1234567890");
+        assert_eq!(dns1123_subdomain_problem(&long.name()), None);
+    }
 }

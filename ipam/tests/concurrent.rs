@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{raw, YieldStore};
+use common::{raw, BIpam, YieldStore};
+use ferrovia_ipam::datastore::MemStore;
 use ferrovia_ipam::*;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -43,8 +44,13 @@ fn run(seed: u64, strict: bool, max_blocks: Option<u32>, ops: usize) -> Result<(
         max_blocks_per_node: max_blocks,
         empty_block_grace: Duration::ZERO,
     };
-    let instances: Vec<Arc<Ipam<YieldStore>>> = (0..4)
-        .map(|_| Arc::new(Ipam::new(YieldStore(inner.clone()), config.clone())))
+    let instances: Vec<Arc<BIpam<YieldStore>>> = (0..4)
+        .map(|_| {
+            Arc::new(BIpam::new(
+                Arc::new(YieldStore(inner.clone())),
+                config.clone(),
+            ))
+        })
         .collect();
     instances[0]
         .ensure_pools(&[
@@ -277,7 +283,10 @@ proptest! {
 fn many_threads_one_block_no_address_twice() {
     // Eight threads of one agent race for the 8 addresses of a single block.
     let inner = Arc::new(MemStore::new());
-    let ipam = Arc::new(Ipam::new(YieldStore(inner.clone()), IpamConfig::default()));
+    let ipam = Arc::new(BIpam::new(
+        Arc::new(YieldStore(inner.clone())),
+        IpamConfig::default(),
+    ));
     ipam.ensure_pools(&[PoolSpec::new("10.2.0.0/29").block_size(29)])
         .unwrap();
     let barrier = Arc::new(Barrier::new(8));
@@ -321,8 +330,13 @@ fn racing_nodes_get_every_address_of_a_pool_without_spurious_exhaustion() {
     // thread must get one, whoever wins the block claims.
     for round in 0..5 {
         let inner = Arc::new(MemStore::new());
-        let instances: Vec<Arc<Ipam<YieldStore>>> = (0..4)
-            .map(|_| Arc::new(Ipam::new(YieldStore(inner.clone()), IpamConfig::default())))
+        let instances: Vec<Arc<BIpam<YieldStore>>> = (0..4)
+            .map(|_| {
+                Arc::new(BIpam::new(
+                    Arc::new(YieldStore(inner.clone())),
+                    IpamConfig::default(),
+                ))
+            })
             .collect();
         instances[0]
             .ensure_pools(&[PoolSpec::new("10.3.0.0/28").block_size(30)])

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{raw, FaultStore, Raw};
+use common::{raw, BIpam, FaultStore, RawState};
+use ferrovia_ipam::datastore::MemStore;
 use ferrovia_ipam::*;
 use ipnet::IpNet;
 use proptest::prelude::*;
@@ -118,8 +119,8 @@ fn grace() -> Duration {
 
 fn run(s: Setup) -> Result<(), TestCaseError> {
     let inner = Arc::new(MemStore::new());
-    let ipam = Ipam::new(
-        FaultStore::new(inner.clone()),
+    let ipam = BIpam::new(
+        Arc::new(FaultStore::new(inner.clone())),
         IpamConfig {
             strict_affinity: s.strict,
             max_blocks_per_node: s.max_blocks,
@@ -166,7 +167,7 @@ fn run(s: Setup) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check_model(m: &Model, r: &Raw) -> Result<(), String> {
+fn check_model(m: &Model, r: &RawState) -> Result<(), String> {
     for h in 0..HANDLES {
         let key = handle(h).key();
         let held = r.held_by(&key);
@@ -199,11 +200,11 @@ fn capacity(net: &IpNet) -> usize {
 
 #[allow(clippy::too_many_arguments)]
 fn apply(
-    ipam: &Ipam<FaultStore>,
+    ipam: &BIpam<FaultStore>,
     inner: &MemStore,
     m: &mut Model,
     op: &Op,
-    before: &Raw,
+    before: &RawState,
     now: &mut SystemTime,
     ctx: &str,
 ) -> Result<(), TestCaseError> {
@@ -436,9 +437,9 @@ fn apply(
 /// An exhaustion error must be true: the node's usable blocks are full, and (per the
 /// policy) no block could be claimed and nothing could be borrowed.
 fn check_exhausted(
-    ipam: &Ipam<FaultStore>,
+    ipam: &BIpam<FaultStore>,
     m: &Model,
-    r: &Raw,
+    r: &RawState,
     nd: &str,
     family: Family,
     e: &IpamError,

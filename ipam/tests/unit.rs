@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{raw, FaultStore, HookStore};
+use common::{raw, BIpam, FaultStore, HookStore, Raw};
+use ferrovia_ipam::datastore::MemStore;
 use ferrovia_ipam::*;
 use ipnet::IpNet;
 use std::collections::HashSet;
@@ -11,14 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn ipam_with(config: IpamConfig, pools: &[PoolSpec]) -> (Arc<MemStore>, Ipam<Arc<MemStore>>) {
+fn ipam_with(config: IpamConfig, pools: &[PoolSpec]) -> (Arc<MemStore>, BIpam<MemStore>) {
     let store = Arc::new(MemStore::new());
-    let ipam = Ipam::new(store.clone(), config);
+    let ipam = BIpam::new(store.clone(), config);
     ipam.ensure_pools(pools).expect("pools");
     (store, ipam)
 }
 
-fn setup(pools: &[PoolSpec]) -> (Arc<MemStore>, Ipam<Arc<MemStore>>) {
+fn setup(pools: &[PoolSpec]) -> (Arc<MemStore>, BIpam<MemStore>) {
     ipam_with(IpamConfig::default(), pools)
 }
 
@@ -38,7 +39,7 @@ fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
-fn v4(ipam: &Ipam<Arc<MemStore>>, node: &str, n: u32) -> Result<AssignedIp, IpamError> {
+fn v4(ipam: &BIpam<MemStore>, node: &str, n: u32) -> Result<AssignedIp, IpamError> {
     ipam.assign(node, &h(n), &attrs(n), Families::V4)
         .map(|a| a.ipv4.expect("an IPv4 address"))
 }
@@ -57,7 +58,7 @@ fn at(secs: u64) -> SystemTime {
 #[test]
 fn bad_cidrs_are_refused_with_a_hint() {
     let store = Arc::new(MemStore::new());
-    let ipam = Ipam::new(store.clone(), IpamConfig::default());
+    let ipam = BIpam::new(store.clone(), IpamConfig::default());
     for (cidr, needle) in [
         ("10.244.0.0", "prefix length is missing"),
         ("banana/16", "not an address followed by a prefix length"),
@@ -203,14 +204,19 @@ fn a_pool_created_concurrently_by_another_agent_wins_if_written_first() {
     let inner = Arc::new(MemStore::new());
     let store = HookStore {
         inner: inner.clone(),
-        before_create: Mutex::new(Some(Box::new(|s: &MemStore| {
-            // Another agent creates an overlapping pool between our check and our create.
-            let other =
-                serde_json::json!({"cidr": "10.0.0.0/8", "blockSize": 26, "disabled": false});
-            s.create(KIND_POOL, "10-0-0-0-8", &other).unwrap();
+        before_create: Mutex::new(Some(Box::new(|s: Arc<MemStore>| {
+            Box::pin(async move {
+                // Another agent creates an overlapping pool between our check and our
+                // create.
+                let other =
+                    serde_json::json!({"cidr": "10.0.0.0/8", "blockSize": 26, "disabled": false});
+                let other = ferrovia_ipam::datastore::Object::new("10-0-0-0-8", other);
+                use ferrovia_ipam::datastore::Datastore;
+                s.create(KIND_POOL, &other).await.unwrap();
+            })
         }))),
     };
-    let ipam = Ipam::new(store, IpamConfig::default());
+    let ipam = BIpam::new(Arc::new(store), IpamConfig::default());
     let err = ipam
         .ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
         .unwrap_err();
@@ -219,7 +225,7 @@ fn a_pool_created_concurrently_by_another_agent_wins_if_written_first() {
         "{err}"
     );
     let names: Vec<String> = inner
-        .list(KIND_POOL)
+        .list_b(KIND_POOL)
         .unwrap()
         .into_iter()
         .map(|(n, _, _)| n)
@@ -228,19 +234,57 @@ fn a_pool_created_concurrently_by_another_agent_wins_if_written_first() {
 }
 
 #[test]
+fn of_two_overlapping_pools_created_at_once_the_later_created_backs_out() {
+    // The other agent's pool is stamped later than ours (and written first): ours stays,
+    // whatever the store's versions say; the other agent backs its pool out.
+    let inner = Arc::new(MemStore::new());
+    let store = HookStore {
+        inner: inner.clone(),
+        before_create: Mutex::new(Some(Box::new(|s: Arc<MemStore>| {
+            Box::pin(async move {
+                let other = serde_json::json!({
+                    "cidr": "10.0.0.0/8", "blockSize": 26, "disabled": false,
+                    "createdMs": u64::MAX / 2,
+                });
+                let other = ferrovia_ipam::datastore::Object::new("10-0-0-0-8", other);
+                use ferrovia_ipam::datastore::Datastore;
+                s.create(KIND_POOL, &other).await.unwrap();
+            })
+        }))),
+    };
+    let ipam = BIpam::new(Arc::new(store), IpamConfig::default());
+    ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
+        .expect("ours was created first");
+    let names: Vec<String> = inner
+        .list_b(KIND_POOL)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names, ["10-0-0-0-8", "10-244-0-0-16"]);
+}
+
+#[test]
 fn ensure_pools_is_idempotent_and_toggles_disabled() {
     let (store, ipam) = setup(&[PoolSpec::new("10.244.0.0/16")]);
-    let before = store.list(KIND_POOL).unwrap();
+    let before = store.list_b(KIND_POOL).unwrap();
     ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
         .unwrap();
     assert_eq!(
-        store.list(KIND_POOL).unwrap(),
+        store.list_b(KIND_POOL).unwrap(),
         before,
         "no write when nothing changed"
     );
     assert_eq!(before[0].0, "10-244-0-0-16");
+    let mut stored = before[0].1.clone();
+    let created = stored
+        .as_object_mut()
+        .and_then(|o| o.remove("createdMs"))
+        .and_then(|c| c.as_u64())
+        .expect("the creator stamps createdMs");
+    assert!(created > 1_700_000_000_000, "unix milliseconds: {created}");
     assert_eq!(
-        before[0].1,
+        stored,
         serde_json::json!({"cidr": "10.244.0.0/16", "blockSize": 26, "disabled": false})
     );
     ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16").disabled(true)])
@@ -325,12 +369,12 @@ fn assign_claims_a_block_then_fills_it() {
     check(&store);
 
     // Layout: block name and compact allocations.
-    let (value, _) = store.get(KIND_BLOCK, "10-244-0-64-26").unwrap().unwrap();
+    let (value, _) = store.get_b(KIND_BLOCK, "10-244-0-64-26").unwrap().unwrap();
     assert_eq!(
         value,
         serde_json::json!({"cidr": "10.244.0.64/26", "affinity": "n2", "allocations": [{"ordinal": 0, "handle": "c0003:eth0"}]})
     );
-    let (value, _) = store.get(KIND_HANDLE, "c0003:eth0").unwrap().unwrap();
+    let (value, _) = store.get_b(KIND_HANDLE, "c0003.eth0").unwrap().unwrap();
     assert_eq!(
         value,
         serde_json::json!({"containerId": "c0003", "interface": "eth0", "node": "n2",
@@ -355,7 +399,7 @@ fn ipv6_and_dual_stack() {
         [net("10.244.0.0/26"), net("fd00:10:244::/122")]
     );
     assert!(store
-        .get(KIND_BLOCK, "fd00-10-244---122")
+        .get_b(KIND_BLOCK, "fd00-10-244---122")
         .unwrap()
         .is_some());
     let b = ipam.assign("n2", &h(2), &attrs(2), Families::V6).unwrap();
@@ -412,7 +456,7 @@ fn release_is_idempotent_and_frees_only_its_handle() {
             .collect::<Vec<_>>(),
         [b.ip]
     );
-    assert!(store.get(KIND_HANDLE, "c0001:eth0").unwrap().is_none());
+    assert!(store.get_b(KIND_HANDLE, "c0001.eth0").unwrap().is_none());
     // The freed address is given again.
     assert_eq!(v4(&ipam, "n1", 3).unwrap().ip, a.ip);
     check(&store);
@@ -423,14 +467,14 @@ fn release_never_frees_an_address_now_held_by_another_handle() {
     // A stale index entry (h1 lists an address the block gives h2) must not free it.
     let (store, ipam) = setup(&[PoolSpec::new("10.244.0.0/16")]);
     let a = v4(&ipam, "n1", 1).unwrap();
-    let (mut value, version) = store.get(KIND_HANDLE, "c0001:eth0").unwrap().unwrap();
+    let (mut value, version) = store.get_b(KIND_HANDLE, "c0001.eth0").unwrap().unwrap();
     let b = v4(&ipam, "n1", 2).unwrap();
     value["addresses"]
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"ip": b.ip.to_string(), "block": b.block.to_string()}));
     store
-        .update(KIND_HANDLE, "c0001:eth0", &value, version)
+        .update_b(KIND_HANDLE, "c0001.eth0", &value, &version)
         .unwrap();
     assert_eq!(ipam.release(&h(1)).unwrap(), [a.ip]);
     assert_eq!(ipam.addresses(&h(2)).unwrap(), [b.ip]);
@@ -825,7 +869,7 @@ fn gc_frees_what_valid_handles_do_not_cover() {
 fn gc_repairs_a_crash_between_block_and_handle_writes() {
     let inner = Arc::new(MemStore::new());
     let store = Arc::new(FaultStore::new(inner.clone()));
-    let ipam = Ipam::new(store.clone(), IpamConfig::default());
+    let ipam = BIpam::new(store.clone(), IpamConfig::default());
     ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
         .unwrap();
     v4_any(&ipam, "n1", 1).unwrap();
@@ -838,7 +882,7 @@ fn gc_repairs_a_crash_between_block_and_handle_writes() {
     assert!(err.is_transient(), "{err}");
     store.heal();
     raw(&inner).check().unwrap();
-    assert!(inner.get(KIND_HANDLE, "c0002:eth0").unwrap().is_none());
+    assert!(inner.get_b(KIND_HANDLE, "c0002.eth0").unwrap().is_none());
 
     // A crash after the intent (nothing written after it, not even the undo): the handle
     // lists an address the block does not hold. Harmless; a retried assign completes.
@@ -847,7 +891,7 @@ fn gc_repairs_a_crash_between_block_and_handle_writes() {
         .assign("n1", &h(3), &attrs(3), Families::V4)
         .unwrap_err();
     store.heal();
-    let (value, _) = inner.get(KIND_HANDLE, "c0003:eth0").unwrap().unwrap();
+    let (value, _) = inner.get_b(KIND_HANDLE, "c0003.eth0").unwrap().unwrap();
     assert_eq!(
         value["addresses"].as_array().unwrap().len(),
         1,
@@ -866,19 +910,19 @@ fn gc_repairs_a_crash_between_block_and_handle_writes() {
     assert!(ipam.release(&h(5)).is_err());
     store.heal();
     assert!(raw(&inner).held_by("c0005:eth0").is_empty());
-    assert!(inner.get(KIND_HANDLE, "c0005:eth0").unwrap().is_some());
+    assert!(inner.get_b(KIND_HANDLE, "c0005.eth0").unwrap().is_some());
     raw(&inner).check().unwrap();
     assert!(
         ipam.release(&h(5)).unwrap().is_empty(),
         "already freed in the block"
     );
-    assert!(inner.get(KIND_HANDLE, "c0005:eth0").unwrap().is_none());
+    assert!(inner.get_b(KIND_HANDLE, "c0005.eth0").unwrap().is_none());
     assert_eq!(v4_any(&ipam, "n1", 6).unwrap().ip, h5.ip, "reused");
 
     // Forge the other inconsistency (block holds, handle object gone), as a buggy or
     // older writer could leave it: release cannot see it, GC finds it in the blocks.
     let held = ipam.addresses(&h(1)).unwrap();
-    inner.delete(KIND_HANDLE, "c0001:eth0", None).unwrap();
+    inner.delete_b(KIND_HANDLE, "c0001.eth0", None).unwrap();
     assert!(ipam.release(&h(1)).unwrap().is_empty());
     assert!(raw(&inner).check().is_err(), "the inconsistency is there");
     // GC with h1 valid recreates the index ...
@@ -888,7 +932,7 @@ fn gc_repairs_a_crash_between_block_and_handle_writes() {
     assert_eq!(ipam.release(&h(1)).unwrap(), held);
     // ... and GC without it frees the orphan.
     let got = v4_any(&ipam, "n1", 4).unwrap();
-    inner.delete(KIND_HANDLE, "c0004:eth0", None).unwrap();
+    inner.delete_b(KIND_HANDLE, "c0004.eth0", None).unwrap();
     assert_eq!(
         ipam.gc("n1", &[h(3), h(6)].into_iter().collect()).unwrap(),
         [h(4)]
@@ -897,23 +941,23 @@ fn gc_repairs_a_crash_between_block_and_handle_writes() {
     raw(&inner).check().unwrap();
 
     // A dangling index entry of a valid handle is trimmed by GC.
-    let (mut value, version) = inner.get(KIND_HANDLE, "c0003:eth0").unwrap().unwrap();
+    let (mut value, version) = inner.get_b(KIND_HANDLE, "c0003.eth0").unwrap().unwrap();
     value["addresses"]
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"ip": "10.244.0.9", "block": "10.244.0.0/26"}));
     inner
-        .update(KIND_HANDLE, "c0003:eth0", &value, version)
+        .update_b(KIND_HANDLE, "c0003.eth0", &value, &version)
         .unwrap();
     assert!(ipam
         .gc("n1", &[h(3), h(6)].into_iter().collect())
         .unwrap()
         .is_empty());
-    let (value, _) = inner.get(KIND_HANDLE, "c0003:eth0").unwrap().unwrap();
+    let (value, _) = inner.get_b(KIND_HANDLE, "c0003.eth0").unwrap().unwrap();
     assert_eq!(value["addresses"].as_array().unwrap().len(), 1);
 }
 
-fn v4_any<S: Store>(ipam: &Ipam<S>, node: &str, n: u32) -> Result<AssignedIp, IpamError> {
+fn v4_any<S>(ipam: &BIpam<S>, node: &str, n: u32) -> Result<AssignedIp, IpamError> {
     ipam.assign(node, &h(n), &attrs(n), Families::V4)
         .map(|a| a.ipv4.expect("an IPv4 address"))
 }
@@ -922,7 +966,7 @@ fn v4_any<S: Store>(ipam: &Ipam<S>, node: &str, n: u32) -> Result<AssignedIp, Ip
 fn store_failures_are_transient_errors_naming_the_object() {
     let inner = Arc::new(MemStore::new());
     let store = FaultStore::new(inner.clone());
-    let ipam = Ipam::new(store, IpamConfig::default());
+    let ipam = BIpam::new(Arc::new(store), IpamConfig::default());
     ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
         .unwrap();
     ipam.store().down.store(true, Ordering::SeqCst);
@@ -930,7 +974,7 @@ fn store_failures_are_transient_errors_naming_the_object() {
     assert!(err.is_transient(), "{err}");
     assert!(matches!(err, IpamError::Store { .. }));
     assert!(
-        err.to_string().contains("IPAMHandle \"c0001:eth0\""),
+        err.to_string().contains("IPAMHandle \"c0001.eth0\""),
         "{err}"
     );
     assert!(ipam.release(&h(1)).unwrap_err().is_transient());
@@ -951,7 +995,9 @@ fn corrupt_objects_are_errors_not_panics() {
         serde_json::json!({"cidr": "10.244.0.64/26", "affinity": ""}),
     ];
     for value in bad_blocks {
-        store.create(KIND_BLOCK, "10-244-0-64-26", &value).unwrap();
+        store
+            .create_b(KIND_BLOCK, "10-244-0-64-26", &value)
+            .unwrap();
         let err = ipam.show().unwrap_err();
         assert!(
             matches!(&err, IpamError::Corrupt { kind: "IPAMBlock", name, .. } if name == "10-244-0-64-26"),
@@ -959,12 +1005,12 @@ fn corrupt_objects_are_errors_not_panics() {
         );
         assert!(err.to_string().contains("fix or delete it"));
         assert!(v4(&ipam, "n2", 2).is_err());
-        store.delete(KIND_BLOCK, "10-244-0-64-26", None).unwrap();
+        store.delete_b(KIND_BLOCK, "10-244-0-64-26", None).unwrap();
     }
     store
-        .create(
+        .create_b(
             KIND_HANDLE,
-            "x:eth0",
+            "x.eth0",
             &serde_json::json!({"containerId": "y", "interface": "eth0", "node": "n"}),
         )
         .unwrap();

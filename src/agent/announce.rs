@@ -2,69 +2,76 @@
 //! its IPAM blocks.
 
 use super::NodeIpam;
-use crate::datastore::model;
-use crate::datastore::SqliteStore;
-use anyhow::Result;
+use crate::datastore::model::NodeRecord;
+use crate::datastore::{Reflector, Selector, SharedDatastore};
 use ferrovia_bgp::driver::Handle;
+use ferrovia_ipam::{IpamError, KIND_BLOCK};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// How often empty blocks are looked for and the announcements re-checked.
 const IPAM_SWEEP: Duration = Duration::from_secs(30);
+/// Pause after a failed datastore read before watching again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// What this node announces: the configuration's prefixes, the blocks its datastore record
 /// lists, its IPAM blocks, and single addresses its pods borrowed from other nodes' blocks
-/// (as /32 and /128). Woken by CNI (a block claimed or released), by datastore changes, and
-/// every [`IPAM_SWEEP`], when blocks empty for longer than the grace period are given back.
+/// (as /32 and /128). Woken by CNI (a block claimed or released), by changes to node
+/// records and IPAM blocks (per-kind watches), and every [`IPAM_SWEEP`], when blocks empty
+/// for longer than the grace period are given back.
 pub async fn announce_task(
-    store: Arc<SqliteStore>,
+    store: SharedDatastore,
     ipam: Option<Arc<NodeIpam>>,
     node: String,
     config: BTreeSet<IpNet>,
     handle: Handle,
     wake: Arc<tokio::sync::Notify>,
-    mut rev: tokio::sync::watch::Receiver<u64>,
 ) {
     let mut announced: BTreeSet<IpNet> = config.clone();
     let mut sweep = tokio::time::interval(IPAM_SWEEP);
+    let mut nodes = Reflector::of::<NodeRecord>(store.clone(), Selector::everything());
+    let mut blocks = Reflector::new(store, KIND_BLOCK, Selector::everything());
     loop {
-        let swept = tokio::select! {
-            _ = wake.notified() => false,
-            r = rev.changed() => { if r.is_err() { break; } false }
-            _ = sweep.tick() => true,
-        };
-        let (s, i, n) = (store.clone(), ipam.clone(), node.clone());
-        let wanted = tokio::task::spawn_blocking(move || -> Result<BTreeSet<IpNet>> {
-            let mut out = BTreeSet::new();
-            if let Some(rec) = model::get_node(&*s, &n)? {
-                out.extend(rec.value.blocks);
-            }
-            if let Some(ipam) = i {
-                if swept {
-                    for b in ipam.release_empty_blocks(&n, std::time::SystemTime::now())? {
-                        info!(block = %b, "released an IPAM block that stayed empty past the grace period");
-                    }
-                }
-                out.extend(ipam.node_blocks(&n)?);
-                out.extend(ipam.borrowed(&n)?.into_iter().map(IpNet::from));
-            }
-            Ok(out)
-        })
-        .await;
-        let wanted: BTreeSet<IpNet> = match wanted {
-            Ok(Ok(w)) => w.into_iter().chain(config.iter().copied()).collect(),
-            Ok(Err(e)) => {
-                warn!(error = %e, "reading this node's blocks failed; announcements unchanged");
+        let swept = if !nodes.is_synced() {
+            // At start and after an error: list (that is the first look).
+            if let Err(e) = nodes.next().await {
+                warn!(error = %e, "reading the node records failed; announcements unchanged");
+                tokio::time::sleep(RETRY).await;
                 continue;
+            }
+            false
+        } else {
+            tokio::select! {
+                _ = wake.notified() => false,
+                r = nodes.next() => { watch_error(r).await; false }
+                r = blocks.next() => { watch_error(r).await; false }
+                _ = sweep.tick() => true,
+            }
+        };
+        let mut wanted: BTreeSet<IpNet> = config.clone();
+        match nodes.typed::<NodeRecord>() {
+            Ok(recs) => {
+                if let Some(rec) = recs.into_iter().find(|r| r.value.name == node) {
+                    wanted.extend(rec.value.blocks);
+                }
             }
             Err(e) => {
-                error!(error = %e, "block reader task failed");
+                warn!(error = %e, "this node's record is not valid; announcements unchanged");
                 continue;
             }
-        };
+        }
+        if let Some(ipam) = &ipam {
+            match ipam_prefixes(ipam, &node, swept).await {
+                Ok(p) => wanted.extend(p),
+                Err(e) => {
+                    warn!(error = %e, "reading this node's blocks failed; announcements unchanged");
+                    continue;
+                }
+            }
+        }
         for p in wanted.difference(&announced) {
             info!(prefix = %p, "announcing");
             let _ = handle.originate(*p, Vec::new()).await;
@@ -74,5 +81,29 @@ pub async fn announce_task(
             let _ = handle.withdraw(*p).await;
         }
         announced = wanted;
+    }
+}
+
+/// The node's IPAM blocks and borrowed addresses; first gives back blocks empty past the
+/// grace period when `sweep`.
+async fn ipam_prefixes(ipam: &NodeIpam, node: &str, sweep: bool) -> Result<Vec<IpNet>, IpamError> {
+    if sweep {
+        for b in ipam
+            .release_empty_blocks(node, std::time::SystemTime::now())
+            .await?
+        {
+            info!(block = %b, "released an IPAM block that stayed empty past the grace period");
+        }
+    }
+    let mut out = ipam.node_blocks(node).await?;
+    out.extend(ipam.borrowed(node).await?.into_iter().map(IpNet::from));
+    Ok(out)
+}
+
+/// Logs a failed watch and pauses before the next attempt (which lists again).
+async fn watch_error(r: crate::datastore::Result<()>) {
+    if let Err(e) = r {
+        warn!(error = %e, "watching the datastore failed; listing again");
+        tokio::time::sleep(RETRY).await;
     }
 }

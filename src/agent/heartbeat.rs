@@ -1,30 +1,28 @@
-//! The heartbeat task: refreshes this node's record in the datastore.
+//! The heartbeat task: renews this node's lease in the datastore. The lease is a kind of
+//! its own (`NodeLease`), so renewing it wakes none of the watchers of nodes, peers or
+//! blocks.
 
 use crate::datastore::model;
-use crate::datastore::SqliteStore;
-use std::sync::Arc;
+use crate::datastore::SharedDatastore;
 use std::time::Duration;
 use tracing::warn;
 
-/// How often the node record's heartbeat is refreshed.
+/// How often the node's lease is renewed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-pub async fn heartbeat_task(store: Arc<SqliteStore>, name: String) {
+pub async fn heartbeat_task(store: SharedDatastore, name: String) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.tick().await;
     let mut warned = false;
     loop {
         tick.tick().await;
-        let (s, n) = (store.clone(), name.clone());
-        let r =
-            tokio::task::spawn_blocking(move || model::heartbeat(&*s, &n, model::unix_now())).await;
-        match r {
-            Ok(Ok(_)) => warned = false,
-            Ok(Err(e)) if !warned => {
-                warn!(error = %e, node = %name, "heartbeat failed; if the node was removed from the datastore on purpose, stop this agent (it re-registers at start)");
+        match model::renew_lease(&*store, &name, model::unix_now()).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warn!(error = %e, node = %name, "renewing the node lease failed; retrying every 10 s");
                 warned = true;
             }
-            _ => {}
+            Err(_) => {}
         }
     }
 }

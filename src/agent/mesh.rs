@@ -2,14 +2,16 @@
 //! and per-node peers) and the configuration file's peers.
 
 use crate::datastore::model::{self, ClusterBgp, NodeRecord};
-use crate::datastore::{self as ds, SqliteStore};
+use crate::datastore::{Reflector, Resource, Selector, SharedDatastore};
 use crate::mesh::{self, MeshNode, StoredPeer};
 use ferrovia_bgp::driver::{Handle, PeerSpec};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, warn};
+use tracing::warn;
+
+/// Pause after a failed datastore read before the next attempt.
+const RETRY: Duration = Duration::from_secs(1);
 
 pub struct MeshContext {
     pub me: String,
@@ -19,46 +21,87 @@ pub struct MeshContext {
     pub connect_retry: Duration,
 }
 
-/// What the datastore says, read in one go.
+/// What the datastore says.
 struct Snapshot {
     cluster: Option<ClusterBgp>,
     nodes: Vec<NodeRecord>,
     peers: Vec<model::PeerRecord>,
 }
 
-/// Keeps the speaker's peers and this node's originated blocks in line with the datastore.
-pub async fn mesh_task(
-    store: Arc<SqliteStore>,
-    ctx: MeshContext,
-    handle: Handle,
-    mut rev: tokio::sync::watch::Receiver<u64>,
-) {
+/// Local copies of the kinds the mesh depends on, each kept current by its own watch (node
+/// leases and IPAM objects change without waking this task).
+struct Watched {
+    cluster: Reflector,
+    nodes: Reflector,
+    peers: Reflector,
+}
+
+impl Watched {
+    fn new(store: SharedDatastore) -> Self {
+        let all = Selector::everything;
+        Watched {
+            cluster: Reflector::of::<ClusterBgp>(store.clone(), all()),
+            nodes: Reflector::of::<NodeRecord>(store.clone(), all()),
+            peers: Reflector::of::<model::PeerRecord>(store, all()),
+        }
+    }
+
+    /// Waits until one of the kinds changed; a kind not listed yet (at start, or after an
+    /// error) is listed first, and that counts as a change.
+    async fn changed(&mut self) -> crate::datastore::Result<()> {
+        let mut listed = false;
+        for r in [&mut self.cluster, &mut self.nodes, &mut self.peers] {
+            if !r.is_synced() {
+                r.next().await?;
+                listed = true;
+            }
+        }
+        if listed {
+            return Ok(());
+        }
+        tokio::select! {
+            r = self.cluster.next() => r,
+            r = self.nodes.next() => r,
+            r = self.peers.next() => r,
+        }
+    }
+
+    fn snapshot(&self) -> crate::datastore::Result<Snapshot> {
+        Ok(Snapshot {
+            cluster: values::<ClusterBgp>(&self.cluster)?.into_iter().next(),
+            nodes: values(&self.nodes)?,
+            peers: values(&self.peers)?,
+        })
+    }
+}
+
+fn values<R: Resource>(r: &Reflector) -> crate::datastore::Result<Vec<R>> {
+    Ok(r.typed::<R>()?.into_iter().map(|t| t.value).collect())
+}
+
+/// Keeps the speaker's peers in line with the datastore: wakes when a node, a peer or the
+/// cluster settings change (per-kind watches), never on a timer.
+pub async fn mesh_task(store: SharedDatastore, ctx: MeshContext, handle: Handle) {
     let mut current: BTreeMap<IpAddr, PeerSpec> = ctx
         .file_peers
         .iter()
         .map(|p| (p.config.address, p.clone()))
         .collect();
+    let mut watched = Watched::new(store);
     loop {
-        let s = store.clone();
-        let snap = tokio::task::spawn_blocking(move || -> ds::Result<Snapshot> {
-            Ok(Snapshot {
-                cluster: model::get_cluster_bgp(&*s)?,
-                nodes: model::list_nodes(&*s)?,
-                peers: model::list_peers(&*s)?,
-            })
-        })
-        .await;
-        match snap {
-            Ok(Ok(snap)) => {
-                apply_mesh(&ctx, &handle, &snap, &mut current).await;
+        match watched.changed().await {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(error = %e, "reading the datastore failed; keeping the current peers and retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
             }
-            Ok(Err(e)) => {
-                warn!(error = %e, "reading the datastore failed; keeping the current peers")
-            }
-            Err(e) => error!(error = %e, "datastore reader task failed"),
         }
-        if rev.changed().await.is_err() {
-            break;
+        match watched.snapshot() {
+            Ok(snap) => apply_mesh(&ctx, &handle, &snap, &mut current).await,
+            Err(e) => {
+                warn!(error = %e, "a datastore object is not valid; keeping the current peers")
+            }
         }
     }
 }

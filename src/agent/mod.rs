@@ -17,8 +17,6 @@ mod store;
 
 use crate::config::Loaded;
 use crate::control::NodeInfo;
-use crate::datastore as ds;
-use crate::ipam_store::DatastoreStore;
 use crate::metrics::{Health, HttpState, Metrics};
 use anyhow::{Context, Result};
 use ferrovia_ipam::Ipam;
@@ -30,11 +28,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::info;
 
-/// How often the datastore is polled for changes (mesh membership, peers, settings).
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-
 /// IPAM over the agent's datastore.
-pub type NodeIpam = Ipam<DatastoreStore>;
+pub type NodeIpam = Ipam;
 
 /// Runs the agent until a termination signal.
 pub async fn run(loaded: Loaded) -> Result<()> {
@@ -52,7 +47,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
 
     // The datastore: register this node and read the cluster-wide BGP settings.
     let store = match &cfg.datastore {
-        Some(d) => Some(store::open_store(&d.sqlite.path, &loaded).await?),
+        Some(d) => Some(store::open_store(d, &loaded).await?),
         None => None,
     };
 
@@ -103,14 +98,10 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             hold_time: cfg.bgp.hold_time,
             connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
         };
-        let rev = ds::watch(store.clone(), WATCH_INTERVAL)
-            .await
-            .context("watching the datastore")?;
         tasks.push(tokio::spawn(mesh::mesh_task(
             store.clone(),
             ctx,
             handle.clone(),
-            rev.clone(),
         )));
         let ipam = match &cfg.ipam {
             Some(i) => Some(store::open_ipam(store.clone(), i).await?),
@@ -123,7 +114,6 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             loaded.originate.iter().map(|(p, _)| *p).collect(),
             handle.clone(),
             announce.clone(),
-            rev,
         )));
         cni_ipam = ipam;
         tasks.push(tokio::spawn(heartbeat::heartbeat_task(

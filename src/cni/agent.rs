@@ -16,7 +16,7 @@
 use super::protocol::{AgentReply, AgentRequest, Attach, Check, Detach, Gc};
 use super::spec::{code, Added, CniError};
 use super::wiring::{self, PodSpec};
-use crate::ipam_store::DatastoreStore;
+use ferrovia_ipam::datastore::DatastoreError;
 use ferrovia_ipam::{Attributes, Families, HandleId, Ipam, IpamError};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -31,7 +31,7 @@ pub struct CniContext {
     pub node: String,
     /// None when the agent has no datastore or no `ipam` section: ADD fails with a
     /// configuration error, DEL and GC still unwire.
-    pub ipam: Option<Arc<Ipam<DatastoreStore>>>,
+    pub ipam: Option<Arc<Ipam>>,
     /// Woken after anything that may have claimed or freed a block or a borrowed address;
     /// the agent then re-announces this node's blocks and borrowed addresses.
     pub announce: Arc<Notify>,
@@ -43,11 +43,7 @@ pub struct CniContext {
 }
 
 impl CniContext {
-    pub fn new(
-        node: String,
-        ipam: Option<Arc<Ipam<DatastoreStore>>>,
-        announce: Arc<Notify>,
-    ) -> CniContext {
+    pub fn new(node: String, ipam: Option<Arc<Ipam>>, announce: Arc<Notify>) -> CniContext {
         CniContext {
             node,
             ipam,
@@ -94,16 +90,24 @@ fn agent_error(msg: impl Into<String>, details: impl Into<String>) -> CniError {
     CniError::new(code::AGENT, msg, details)
 }
 
-/// The CNI error for an IPAM error.
+/// The CNI error for an IPAM error. A datastore that refuses the agent or is broken (not
+/// something retrying fixes) is the agent's own failure, not IPAM's.
 fn ipam_error(what: &str, e: &IpamError) -> CniError {
-    let c = if e.is_transient() {
-        code::TRY_AGAIN
-    } else if e.is_exhausted() {
-        code::NO_ADDRESS
-    } else {
-        code::IPAM
-    };
-    CniError::new(c, format!("{what} failed"), e.to_string())
+    if e.is_transient() {
+        return CniError::new(code::TRY_AGAIN, format!("{what} failed"), e.to_string());
+    }
+    if e.is_exhausted() {
+        return CniError::new(code::NO_ADDRESS, format!("{what} failed"), e.to_string());
+    }
+    if let IpamError::Store { source, .. } = e {
+        if matches!(
+            **source,
+            DatastoreError::Forbidden { .. } | DatastoreError::Backend { .. }
+        ) {
+            return agent_error(format!("{what} failed"), e.to_string());
+        }
+    }
+    CniError::new(code::IPAM, format!("{what} failed"), e.to_string())
 }
 
 fn no_ipam() -> CniError {
@@ -115,16 +119,12 @@ fn no_ipam() -> CniError {
     )
 }
 
-/// Runs a blocking IPAM call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
+/// Runs an IPAM call, its error turned into a CNI error about `what`.
+async fn ipam_call<T>(
+    f: impl std::future::Future<Output = Result<T, IpamError>>,
     what: &str,
 ) -> Result<T, CniError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ipam_error(what, &e)),
-        Err(e) => Err(agent_error(format!("{what} failed"), e.to_string())),
-    }
+    f.await.map_err(|e| ipam_error(what, &e))
 }
 
 fn wiring_error(what: &str, e: &wiring::WiringError) -> CniError {
@@ -182,9 +182,9 @@ fn validate_netns(path: &Path) -> Result<(), CniError> {
 // -------------------------------------------------------------------------------------
 // ADD.
 
-async fn families(ipam: &Arc<Ipam<DatastoreStore>>) -> Result<Families, CniError> {
+async fn families(ipam: &Arc<Ipam>) -> Result<Families, CniError> {
     let i = ipam.clone();
-    let pools = blocking(move || i.pools(), "reading the IPAM pools").await?;
+    let pools = ipam_call(i.pools(), "reading the IPAM pools").await?;
     // Every family that has a pool, enabled or not: a dual-stack cluster whose IPv6 pools
     // are all disabled gets an error saying so, not IPv4-only pods.
     let f = Families {
@@ -215,11 +215,12 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
 
     let (held_before, assignment) = {
         let _w = ctx.ipam_lock.lock().await;
-        let (i, h, node) = (ipam.clone(), handle.clone(), ctx.node.clone());
-        blocking(
-            move || {
-                let before = i.addresses(&h)?;
-                let a = i.assign(&node, &h, &attributes, families)?;
+        ipam_call(
+            async {
+                let before = ipam.addresses(&handle).await?;
+                let a = ipam
+                    .assign(&ctx.node, &handle, &attributes, families)
+                    .await?;
                 Ok((before, a))
             },
             "assigning addresses",
@@ -274,7 +275,7 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
             if held_before.is_empty() {
                 let _w = ctx.ipam_lock.lock().await;
                 let (i, h) = (ipam.clone(), handle.clone());
-                match blocking(move || i.release(&h), "releasing the addresses").await {
+                match ipam_call(i.release(&h), "releasing the addresses").await {
                     Ok(freed) => {
                         if !freed.is_empty() {
                             ctx.announce.notify_one();
@@ -305,7 +306,7 @@ async fn del(d: Detach, ctx: &CniContext) -> Result<(), CniError> {
     };
     let _w = ctx.ipam_lock.lock().await;
     let h = handle.clone();
-    let freed = blocking(move || ipam.release(&h), "releasing the addresses").await?;
+    let freed = ipam_call(ipam.release(&h), "releasing the addresses").await?;
     if !freed.is_empty() {
         info!(container = %d.container_id, ifname = %d.ifname, addresses = ?freed, "pod removed, addresses released");
         ctx.announce.notify_one();
@@ -322,7 +323,7 @@ async fn check(c: Check, ctx: &CniContext) -> Result<(), CniError> {
     let ipam = ctx.ipam.clone().ok_or_else(no_ipam)?;
     let failed = |msg: String, details: String| CniError::new(code::CHECK_FAILED, msg, details);
     let h = handle.clone();
-    let held = blocking(move || ipam.addresses(&h), "reading the addresses").await?;
+    let held = ipam_call(ipam.addresses(&h), "reading the addresses").await?;
     if held.is_empty() {
         return Err(failed(
             format!("IPAM holds no address for {handle}"),
@@ -395,7 +396,7 @@ async fn gc(g: Gc, ctx: &CniContext) -> Result<(), CniError> {
     if let Some(ipam) = ctx.ipam.clone() {
         let _w = ctx.ipam_lock.lock().await;
         let node = ctx.node.clone();
-        match blocking(move || ipam.gc(&node, &valid), "IPAM garbage collection").await {
+        match ipam_call(ipam.gc(&node, &valid), "IPAM garbage collection").await {
             Ok(freed) => {
                 if !freed.is_empty() {
                     info!(handles = ?freed.iter().map(|h| h.to_string()).collect::<Vec<_>>(), "GC freed the addresses of stale attachments");
@@ -429,7 +430,7 @@ async fn status(ctx: &CniContext) -> Result<(), CniError> {
                 .into(),
         ));
     };
-    let snap = match blocking(move || ipam.show(), "reading IPAM").await {
+    let snap = match ipam_call(ipam.show(), "reading IPAM").await {
         Ok(s) => s,
         Err(e) if e.code == code::TRY_AGAIN => {
             return Err(CniError::new(code::UNAVAILABLE, e.msg, e.details))

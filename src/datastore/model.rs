@@ -4,14 +4,18 @@
 //! | kind         | name        | record          |
 //! |--------------|-------------|-----------------|
 //! | `Node`       | node name   | [`NodeRecord`]  |
+//! | `NodeLease`  | node name   | [`NodeLease`]   |
 //! | `ClusterBgp` | `default`   | [`ClusterBgp`]  |
 //! | `BgpPeer`    | peer name   | [`PeerRecord`]  |
+//!
+//! The heartbeat is a `NodeLease` of its own (like `coordination.k8s.io` Leases), so
+//! renewing it every few seconds wakes none of the watchers of nodes, peers or blocks.
+//! Names are DNS-1123 subdomains (node names are already, in Kubernetes).
 //!
 //! Unknown JSON fields are ignored when reading, so an older agent can read what a newer
 //! one wrote.
 
-use super::typed::{Change, DatastoreExt, Resource};
-use super::{Datastore, DatastoreError, Result, Versioned};
+use super::{Change, Datastore, DatastoreError, DatastoreExt, Resource, Result, Selector, Typed};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,18 +37,34 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,
     pub router_id: Ipv4Addr,
-    /// Last sign of life, unix seconds.
-    #[serde(default)]
-    pub heartbeat: u64,
-    /// The pod address blocks routed to this node (until IPAM manages blocks).
+    /// Prefixes the node originates from its configuration (`originate:`); IPAM's blocks
+    /// are announced from the IPAM objects.
     #[serde(default)]
     pub blocks: Vec<IpNet>,
 }
 
 impl Resource for NodeRecord {
     const KIND: &'static str = "Node";
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A node's sign of life, renewed by its agent (Kubernetes: a `coordination.k8s.io`
+/// Lease named after the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLease {
+    /// The node's name.
+    pub name: String,
+    /// Last renewal, unix seconds.
+    pub renew_time: u64,
+}
+
+impl Resource for NodeLease {
+    const KIND: &'static str = "NodeLease";
+    fn name(&self) -> String {
+        self.name.clone()
     }
 }
 
@@ -68,8 +88,8 @@ pub struct ClusterBgp {
 
 impl Resource for ClusterBgp {
     const KIND: &'static str = "ClusterBgp";
-    fn name(&self) -> &str {
-        CLUSTER_BGP_NAME
+    fn name(&self) -> String {
+        CLUSTER_BGP_NAME.to_string()
     }
 }
 
@@ -91,8 +111,8 @@ pub struct PeerRecord {
 
 impl Resource for PeerRecord {
     const KIND: &'static str = "BgpPeer";
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> String {
+        self.name.clone()
     }
 }
 
@@ -103,7 +123,7 @@ impl PeerRecord {
     }
 }
 
-/// Now, in unix seconds (for [`heartbeat`]).
+/// Now, in unix seconds (for [`renew_lease`]).
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,11 +132,7 @@ pub fn unix_now() -> u64 {
 }
 
 fn invalid(kind: &str, name: &str, reason: impl Into<String>) -> DatastoreError {
-    DatastoreError::InvalidValue {
-        kind: kind.to_string(),
-        name: name.to_string(),
-        reason: reason.into(),
-    }
+    DatastoreError::invalid(kind, name, reason)
 }
 
 fn check_as(kind: &str, name: &str, as_number: u32) -> Result<()> {
@@ -132,20 +148,17 @@ fn check_as(kind: &str, name: &str, as_number: u32) -> Result<()> {
 
 /// `modify` returns `None` only after a delete or a `Keep` of an absent object; the
 /// helpers below never ask for either, so this is a bug guard, not a panic.
-fn present<R: Resource>(name: &str, v: Option<Versioned<R>>) -> Result<Versioned<R>> {
-    v.ok_or_else(|| DatastoreError::NotFound {
-        kind: R::KIND.to_string(),
-        name: name.to_string(),
-    })
+fn present<R: Resource>(name: &str, v: Option<Typed<R>>) -> Result<Typed<R>> {
+    v.ok_or_else(|| DatastoreError::not_found(R::KIND, name))
 }
 
 /// Creates the node or replaces it with `record`; writes nothing when the stored record
 /// is already equal (so re-registering does not wake every watcher). The record replaces
-/// the stored one as a whole, blocks and heartbeat included.
-pub fn register_node<S: Datastore + ?Sized>(
-    store: &S,
+/// the stored one as a whole. The lease is separate ([`renew_lease`]).
+pub async fn register_node(
+    store: &dyn Datastore,
     record: &NodeRecord,
-) -> Result<Versioned<NodeRecord>> {
+) -> Result<Typed<NodeRecord>> {
     let kind = NodeRecord::KIND;
     if let Some(asn) = record.as_number {
         check_as(kind, &record.name, asn)?;
@@ -157,52 +170,50 @@ pub fn register_node<S: Datastore + ?Sized>(
             format!("router id {} is not usable", record.router_id),
         ));
     }
-    let stored = store.modify::<NodeRecord, _>(&record.name, |cur| {
-        Ok(match cur {
-            Some(cur) if cur == record => Change::Keep,
-            _ => Change::Put(record.clone()),
+    let stored = store
+        .modify::<NodeRecord, _>(&record.name, |cur| {
+            Ok(match cur {
+                Some(cur) if cur == record => Change::Keep,
+                _ => Change::Put(record.clone()),
+            })
         })
-    })?;
+        .await?;
     present(&record.name, stored)
 }
 
-/// Removes the node; false when it was not registered.
-pub fn remove_node<S: Datastore + ?Sized>(store: &S, name: &str) -> Result<bool> {
-    store.delete_object::<NodeRecord>(name, None)
+/// Removes the node and its lease; false when it was not registered.
+pub async fn remove_node(store: &dyn Datastore, name: &str) -> Result<bool> {
+    let removed = store.delete_object::<NodeRecord>(name, None).await?;
+    store.delete_object::<NodeLease>(name, None).await?;
+    Ok(removed)
 }
 
-/// Sets the node's heartbeat to `now` (unix seconds, see [`unix_now`]); fails with
-/// [`DatastoreError::NotFound`] when the node is not registered.
-pub fn heartbeat<S: Datastore + ?Sized>(
-    store: &S,
-    name: &str,
-    now: u64,
-) -> Result<Versioned<NodeRecord>> {
-    let stored = store.modify::<NodeRecord, _>(name, |cur| match cur {
-        None => Err(DatastoreError::NotFound {
-            kind: NodeRecord::KIND.to_string(),
-            name: name.to_string(),
-        }),
-        Some(cur) if cur.heartbeat == now => Ok(Change::Keep),
-        Some(cur) => Ok(Change::Put(NodeRecord {
-            heartbeat: now,
-            ..cur.clone()
-        })),
-    })?;
+/// Renews the node's lease to `now` (unix seconds, see [`unix_now`]), creating it when
+/// absent. Writes only the lease: watchers of nodes, peers and blocks are not woken.
+pub async fn renew_lease(store: &dyn Datastore, name: &str, now: u64) -> Result<Typed<NodeLease>> {
+    let stored = store
+        .modify::<NodeLease, _>(name, |cur| {
+            Ok(match cur {
+                Some(cur) if cur.renew_time == now => Change::Keep,
+                _ => Change::Put(NodeLease {
+                    name: name.to_string(),
+                    renew_time: now,
+                }),
+            })
+        })
+        .await?;
     present(name, stored)
 }
 
-pub fn get_node<S: Datastore + ?Sized>(
-    store: &S,
-    name: &str,
-) -> Result<Option<Versioned<NodeRecord>>> {
-    store.get_object(name)
+pub async fn get_lease(store: &dyn Datastore, name: &str) -> Result<Option<NodeLease>> {
+    Ok(store.get_object::<NodeLease>(name).await?.map(|t| t.value))
 }
 
 /// Every registered node, sorted by name.
-pub fn list_nodes<S: Datastore + ?Sized>(store: &S) -> Result<Vec<NodeRecord>> {
+pub async fn list_nodes(store: &dyn Datastore) -> Result<Vec<NodeRecord>> {
     Ok(store
-        .list_objects::<NodeRecord>()?
+        .list_objects::<NodeRecord>(&Selector::everything())
+        .await?
         .into_iter()
         .map(|v| v.value)
         .collect())
@@ -210,63 +221,62 @@ pub fn list_nodes<S: Datastore + ?Sized>(store: &S) -> Result<Vec<NodeRecord>> {
 
 /// Stores `default` as the cluster BGP configuration when there is none yet, and returns
 /// the stored configuration (which wins over `default` when it exists).
-pub fn seed_cluster_bgp<S: Datastore + ?Sized>(
-    store: &S,
-    default: &ClusterBgp,
-) -> Result<ClusterBgp> {
+pub async fn seed_cluster_bgp(store: &dyn Datastore, default: &ClusterBgp) -> Result<ClusterBgp> {
     check_as(ClusterBgp::KIND, CLUSTER_BGP_NAME, default.as_number)?;
-    let stored = store.modify::<ClusterBgp, _>(CLUSTER_BGP_NAME, |cur| {
-        Ok(match cur {
-            Some(_) => Change::Keep,
-            None => Change::Put(default.clone()),
+    let stored = store
+        .modify::<ClusterBgp, _>(CLUSTER_BGP_NAME, |cur| {
+            Ok(match cur {
+                Some(_) => Change::Keep,
+                None => Change::Put(default.clone()),
+            })
         })
-    })?;
+        .await?;
     Ok(present(CLUSTER_BGP_NAME, stored)?.value)
 }
 
-pub fn get_cluster_bgp<S: Datastore + ?Sized>(store: &S) -> Result<Option<ClusterBgp>> {
+pub async fn get_cluster_bgp(store: &dyn Datastore) -> Result<Option<ClusterBgp>> {
     Ok(store
-        .get_object::<ClusterBgp>(CLUSTER_BGP_NAME)?
+        .get_object::<ClusterBgp>(CLUSTER_BGP_NAME)
+        .await?
         .map(|v| v.value))
 }
 
 /// Changes the given fields of the cluster BGP configuration (compare-and-swap, retried
 /// on conflicts) and returns the result. Fails with [`DatastoreError::NotFound`] before an
 /// agent has seeded it.
-pub fn set_cluster_bgp<S: Datastore + ?Sized>(
-    store: &S,
+pub async fn set_cluster_bgp(
+    store: &dyn Datastore,
     mesh: Option<bool>,
     as_number: Option<u32>,
 ) -> Result<ClusterBgp> {
     if let Some(asn) = as_number {
         check_as(ClusterBgp::KIND, CLUSTER_BGP_NAME, asn)?;
     }
-    let stored = store.modify::<ClusterBgp, _>(CLUSTER_BGP_NAME, |cur| {
-        let Some(cur) = cur else {
-            return Err(DatastoreError::NotFound {
-                kind: ClusterBgp::KIND.to_string(),
-                name: CLUSTER_BGP_NAME.to_string(),
-            });
-        };
-        let new = ClusterBgp {
-            mesh: mesh.unwrap_or(cur.mesh),
-            as_number: as_number.unwrap_or(cur.as_number),
-            ..cur.clone()
-        };
-        Ok(if &new == cur {
-            Change::Keep
-        } else {
-            Change::Put(new)
+    let stored = store
+        .modify::<ClusterBgp, _>(CLUSTER_BGP_NAME, |cur| {
+            let Some(cur) = cur else {
+                return Err(DatastoreError::NotFound {
+                    kind: ClusterBgp::KIND.to_string(),
+                    name: CLUSTER_BGP_NAME.to_string(),
+                });
+            };
+            let new = ClusterBgp {
+                mesh: mesh.unwrap_or(cur.mesh),
+                as_number: as_number.unwrap_or(cur.as_number),
+                ..cur.clone()
+            };
+            Ok(if &new == cur {
+                Change::Keep
+            } else {
+                Change::Put(new)
+            })
         })
-    })?;
+        .await?;
     Ok(present(CLUSTER_BGP_NAME, stored)?.value)
 }
 
 /// Creates or replaces the peer (no write when it is already stored as given).
-pub fn put_peer<S: Datastore + ?Sized>(
-    store: &S,
-    peer: &PeerRecord,
-) -> Result<Versioned<PeerRecord>> {
+pub async fn put_peer(store: &dyn Datastore, peer: &PeerRecord) -> Result<Typed<PeerRecord>> {
     let kind = PeerRecord::KIND;
     check_as(kind, &peer.name, peer.as_number)?;
     if peer.address.is_unspecified() || peer.address.is_multicast() {
@@ -279,34 +289,30 @@ pub fn put_peer<S: Datastore + ?Sized>(
     if peer.node.as_deref() == Some("") {
         return Err(invalid(kind, &peer.name, "the node name is empty"));
     }
-    let stored = store.modify::<PeerRecord, _>(&peer.name, |cur| {
-        Ok(match cur {
-            Some(cur) if cur == peer => Change::Keep,
-            _ => Change::Put(peer.clone()),
+    let stored = store
+        .modify::<PeerRecord, _>(&peer.name, |cur| {
+            Ok(match cur {
+                Some(cur) if cur == peer => Change::Keep,
+                _ => Change::Put(peer.clone()),
+            })
         })
-    })?;
+        .await?;
     present(&peer.name, stored)
 }
 
 /// Removes the peer; false when it did not exist.
-pub fn remove_peer<S: Datastore + ?Sized>(store: &S, name: &str) -> Result<bool> {
-    store.delete_object::<PeerRecord>(name, None)
+pub async fn remove_peer(store: &dyn Datastore, name: &str) -> Result<bool> {
+    store.delete_object::<PeerRecord>(name, None).await
 }
 
 /// Every peer, global and per-node, sorted by name.
-pub fn list_peers<S: Datastore + ?Sized>(store: &S) -> Result<Vec<PeerRecord>> {
+pub async fn list_peers(store: &dyn Datastore) -> Result<Vec<PeerRecord>> {
     Ok(store
-        .list_objects::<PeerRecord>()?
+        .list_objects::<PeerRecord>(&Selector::everything())
+        .await?
         .into_iter()
         .map(|v| v.value)
         .collect())
-}
-
-/// The peers the node named `node` must have: the global ones and its own.
-pub fn list_peers_for<S: Datastore + ?Sized>(store: &S, node: &str) -> Result<Vec<PeerRecord>> {
-    let mut peers = list_peers(store)?;
-    peers.retain(|p| p.applies_to(node));
-    Ok(peers)
 }
 
 #[cfg(test)]

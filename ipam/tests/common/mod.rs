@@ -1,17 +1,161 @@
-//! Test helpers: store wrappers (fault injection, hooks, yields) and an invariant checker
-//! that reads the raw stored objects, independently of the library's own decoding.
+//! Test helpers: a blocking face of IPAM for tests written as plain functions, store
+//! wrappers (fault injection, hooks, yields) and an invariant checker that reads the raw
+//! stored objects, independently of the library's own decoding.
 #![allow(dead_code)]
 
-use ferrovia_ipam::{MemStore, Store, StoreError, Version};
+use ferrovia_ipam::datastore::{
+    Datastore, DatastoreError, EventStream, Item, List, MemStore, Object, Selector,
+    SharedDatastore, Version,
+};
+use ferrovia_ipam::{
+    Assignment, Attributes, Families, HandleId, Ipam, IpamConfig, IpamError, Pool, PoolSpec,
+    Snapshot,
+};
+use futures::executor::block_on;
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// IPAM driven to completion on the calling thread (each test thread drives its own
+/// operations; threads run them in parallel), with the store it was built on.
+pub struct BIpam<S> {
+    pub ipam: Ipam,
+    store: Arc<S>,
+}
+
+impl<S: Datastore + 'static> BIpam<S> {
+    pub fn new(store: Arc<S>, config: IpamConfig) -> Self {
+        let shared: SharedDatastore = store.clone();
+        BIpam {
+            ipam: Ipam::new(shared, config),
+            store,
+        }
+    }
+}
+
+impl<S> BIpam<S> {
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    pub fn config(&self) -> &IpamConfig {
+        self.ipam.config()
+    }
+    pub fn ensure_pools(&self, specs: &[PoolSpec]) -> Result<(), IpamError> {
+        block_on(self.ipam.ensure_pools(specs))
+    }
+    pub fn remove_pool(&self, cidr: &str) -> Result<bool, IpamError> {
+        block_on(self.ipam.remove_pool(cidr))
+    }
+    pub fn pools(&self) -> Result<Vec<Pool>, IpamError> {
+        block_on(self.ipam.pools())
+    }
+    pub fn assign(
+        &self,
+        node: &str,
+        handle: &HandleId,
+        attributes: &Attributes,
+        families: Families,
+    ) -> Result<Assignment, IpamError> {
+        block_on(self.ipam.assign(node, handle, attributes, families))
+    }
+    pub fn release(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
+        block_on(self.ipam.release(handle))
+    }
+    pub fn addresses(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
+        block_on(self.ipam.addresses(handle))
+    }
+    pub fn gc(&self, node: &str, valid: &HashSet<HandleId>) -> Result<Vec<HandleId>, IpamError> {
+        block_on(self.ipam.gc(node, valid))
+    }
+    pub fn release_empty_blocks(
+        &self,
+        node: &str,
+        now: SystemTime,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        block_on(self.ipam.release_empty_blocks(node, now))
+    }
+    pub fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+        block_on(self.ipam.node_blocks(node))
+    }
+    pub fn borrowed(&self, node: &str) -> Result<Vec<IpAddr>, IpamError> {
+        block_on(self.ipam.borrowed(node))
+    }
+    pub fn show(&self) -> Result<Snapshot, IpamError> {
+        block_on(self.ipam.show())
+    }
+}
+
+/// Blocking raw access to a store, for tests: values and versions as stored.
+pub trait Raw {
+    fn get_b(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, DatastoreError>;
+    fn list_b(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, DatastoreError>;
+    fn create_b(&self, kind: &str, name: &str, value: &Value) -> Result<Version, DatastoreError>;
+    fn update_b(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &Value,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError>;
+    fn delete_b(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError>;
+}
+
+impl<D: Datastore + ?Sized> Raw for D {
+    fn get_b(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, DatastoreError> {
+        Ok(block_on(self.get(kind, name))?.map(|i| (i.object.value, i.version)))
+    }
+    fn list_b(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, DatastoreError> {
+        Ok(block_on(self.list(kind, &Selector::everything()))?
+            .items
+            .into_iter()
+            .map(|i| (i.object.name, i.object.value, i.version))
+            .collect())
+    }
+    fn create_b(&self, kind: &str, name: &str, value: &Value) -> Result<Version, DatastoreError> {
+        block_on(self.create(kind, &Object::new(name, value.clone())))
+    }
+    fn update_b(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &Value,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        block_on(self.update(kind, &Object::new(name, value.clone()), expected))
+    }
+    fn delete_b(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
+        block_on(self.delete(kind, name, expected))
+    }
+}
+
+/// The store name of a test handle (see `HandleId::name`).
+pub fn hname(container_id: &str, ifname: &str) -> String {
+    HandleId::new(container_id, ifname).name()
+}
+
+fn injected(what: &str) -> DatastoreError {
+    DatastoreError::Unavailable {
+        detail: what.to_string(),
+    }
+}
 
 /// A store whose writes can be made to fail, to simulate a crash between two writes.
-#[derive(Default)]
+#[derive(Debug)]
 pub struct FaultStore {
     pub inner: Arc<MemStore>,
     /// Writes left before the "crash"; u64::MAX = no crash armed.
@@ -60,10 +204,10 @@ impl FaultStore {
         self.countdown.store(u64::MAX, Ordering::SeqCst);
     }
 
-    fn write(&self) -> Result<(), StoreError> {
+    fn write(&self) -> Result<(), DatastoreError> {
         self.read()?;
         if self.crashed.load(Ordering::SeqCst) {
-            return Err(StoreError::Other("injected crash".into()));
+            return Err(injected("injected crash"));
         }
         let left = self.countdown.load(Ordering::SeqCst);
         if left != u64::MAX {
@@ -71,96 +215,114 @@ impl FaultStore {
                 if self.once.load(Ordering::SeqCst) {
                     self.once.store(false, Ordering::SeqCst);
                     self.countdown.store(u64::MAX, Ordering::SeqCst);
-                    return Err(StoreError::Other("injected write failure".into()));
+                    return Err(injected("injected write failure"));
                 }
                 self.crashed.store(true, Ordering::SeqCst);
-                return Err(StoreError::Other("injected crash".into()));
+                return Err(injected("injected crash"));
             }
             self.countdown.store(left - 1, Ordering::SeqCst);
         }
         Ok(())
     }
 
-    fn read(&self) -> Result<(), StoreError> {
+    fn read(&self) -> Result<(), DatastoreError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Other("store is down (injected)".into()));
+            return Err(injected("store is down (injected)"));
         }
         Ok(())
     }
 }
 
-impl Store for FaultStore {
-    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
+#[async_trait::async_trait]
+impl Datastore for FaultStore {
+    async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>, DatastoreError> {
         self.read()?;
-        self.inner.get(kind, name)
+        self.inner.get(kind, name).await
     }
-    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
+    async fn list(&self, kind: &str, selector: &Selector) -> Result<List, DatastoreError> {
         self.read()?;
-        self.inner.list(kind)
+        self.inner.list(kind, selector).await
     }
-    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+    async fn create(&self, kind: &str, object: &Object) -> Result<Version, DatastoreError> {
         self.write()?;
-        self.inner.create(kind, name, value)
+        self.inner.create(kind, object).await
     }
-    fn update(
+    async fn update(
+        &self,
+        kind: &str,
+        object: &Object,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        self.write()?;
+        self.inner.update(kind, object, expected).await
+    }
+    async fn delete(
         &self,
         kind: &str,
         name: &str,
-        value: &Value,
-        expected: Version,
-    ) -> Result<Version, StoreError> {
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
         self.write()?;
-        self.inner.update(kind, name, value, expected)
+        self.inner.delete(kind, name, expected).await
     }
-    fn delete(
+    async fn watch(
         &self,
         kind: &str,
-        name: &str,
-        expected: Option<Version>,
-    ) -> Result<bool, StoreError> {
-        self.write()?;
-        self.inner.delete(kind, name, expected)
+        selector: &Selector,
+        from: &Version,
+    ) -> Result<EventStream, DatastoreError> {
+        self.read()?;
+        self.inner.watch(kind, selector, from).await
     }
 }
 
 /// A store that yields the thread around every call, to shake out interleavings.
+#[derive(Debug)]
 pub struct YieldStore(pub Arc<MemStore>);
 
-impl Store for YieldStore {
-    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
+#[async_trait::async_trait]
+impl Datastore for YieldStore {
+    async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>, DatastoreError> {
         std::thread::yield_now();
-        self.0.get(kind, name)
+        self.0.get(kind, name).await
     }
-    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
+    async fn list(&self, kind: &str, selector: &Selector) -> Result<List, DatastoreError> {
         std::thread::yield_now();
-        self.0.list(kind)
+        self.0.list(kind, selector).await
     }
-    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+    async fn create(&self, kind: &str, object: &Object) -> Result<Version, DatastoreError> {
         std::thread::yield_now();
-        self.0.create(kind, name, value)
+        self.0.create(kind, object).await
     }
-    fn update(
+    async fn update(
+        &self,
+        kind: &str,
+        object: &Object,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        std::thread::yield_now();
+        self.0.update(kind, object, expected).await
+    }
+    async fn delete(
         &self,
         kind: &str,
         name: &str,
-        value: &Value,
-        expected: Version,
-    ) -> Result<Version, StoreError> {
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
         std::thread::yield_now();
-        self.0.update(kind, name, value, expected)
+        self.0.delete(kind, name, expected).await
     }
-    fn delete(
+    async fn watch(
         &self,
         kind: &str,
-        name: &str,
-        expected: Option<Version>,
-    ) -> Result<bool, StoreError> {
-        std::thread::yield_now();
-        self.0.delete(kind, name, expected)
+        selector: &Selector,
+        from: &Version,
+    ) -> Result<EventStream, DatastoreError> {
+        self.0.watch(kind, selector, from).await
     }
 }
 
-pub type CreateHook = Box<dyn FnOnce(&MemStore) + Send>;
+pub type CreateHook = Box<dyn FnOnce(Arc<MemStore>) -> BoxFuture<'static, ()> + Send>;
 
 /// A store that runs a hook before each create (to play "another agent got there first").
 pub struct HookStore {
@@ -168,36 +330,50 @@ pub struct HookStore {
     pub before_create: Mutex<Option<CreateHook>>,
 }
 
-impl Store for HookStore {
-    fn get(&self, kind: &str, name: &str) -> Result<Option<(Value, Version)>, StoreError> {
-        self.inner.get(kind, name)
+impl std::fmt::Debug for HookStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookStore").finish_non_exhaustive()
     }
-    fn list(&self, kind: &str) -> Result<Vec<(String, Value, Version)>, StoreError> {
-        self.inner.list(kind)
+}
+
+#[async_trait::async_trait]
+impl Datastore for HookStore {
+    async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>, DatastoreError> {
+        self.inner.get(kind, name).await
     }
-    fn create(&self, kind: &str, name: &str, value: &Value) -> Result<Version, StoreError> {
+    async fn list(&self, kind: &str, selector: &Selector) -> Result<List, DatastoreError> {
+        self.inner.list(kind, selector).await
+    }
+    async fn create(&self, kind: &str, object: &Object) -> Result<Version, DatastoreError> {
         let hook = self.before_create.lock().unwrap().take();
         if let Some(hook) = hook {
-            hook(&self.inner);
+            hook(self.inner.clone()).await;
         }
-        self.inner.create(kind, name, value)
+        self.inner.create(kind, object).await
     }
-    fn update(
+    async fn update(
+        &self,
+        kind: &str,
+        object: &Object,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        self.inner.update(kind, object, expected).await
+    }
+    async fn delete(
         &self,
         kind: &str,
         name: &str,
-        value: &Value,
-        expected: Version,
-    ) -> Result<Version, StoreError> {
-        self.inner.update(kind, name, value, expected)
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
+        self.inner.delete(kind, name, expected).await
     }
-    fn delete(
+    async fn watch(
         &self,
         kind: &str,
-        name: &str,
-        expected: Option<Version>,
-    ) -> Result<bool, StoreError> {
-        self.inner.delete(kind, name, expected)
+        selector: &Selector,
+        from: &Version,
+    ) -> Result<EventStream, DatastoreError> {
+        self.inner.watch(kind, selector, from).await
     }
 }
 
@@ -214,7 +390,7 @@ pub struct RawAlloc {
 
 /// What the store holds, decoded by hand from the documented layout.
 #[derive(Debug, Default)]
-pub struct Raw {
+pub struct RawState {
     pub pools: Vec<(IpNet, u8, bool)>,
     /// cidr → (affinity, emptySinceMs)
     pub blocks: BTreeMap<IpNet, (String, Option<u64>)>,
@@ -230,16 +406,16 @@ fn net(v: &Value) -> IpNet {
         .expect("cidr parses")
 }
 
-pub fn raw(store: &MemStore) -> Raw {
-    let mut r = Raw::default();
-    for (_, v, _) in store.list("IPPool").unwrap() {
+pub fn raw(store: &MemStore) -> RawState {
+    let mut r = RawState::default();
+    for (_, v, _) in store.list_b("IPPool").unwrap() {
         r.pools.push((
             net(&v["cidr"]),
             v["blockSize"].as_u64().unwrap() as u8,
             v["disabled"].as_bool().unwrap_or(false),
         ));
     }
-    for (_, v, _) in store.list("IPAMBlock").unwrap() {
+    for (_, v, _) in store.list_b("IPAMBlock").unwrap() {
         let cidr = net(&v["cidr"]);
         let affinity = v["affinity"].as_str().unwrap().to_string();
         r.blocks
@@ -264,7 +440,12 @@ pub fn raw(store: &MemStore) -> Raw {
             });
         }
     }
-    for (name, v, _) in store.list("IPAMHandle").unwrap() {
+    for (_, v, _) in store.list_b("IPAMHandle").unwrap() {
+        let key = format!(
+            "{}:{}",
+            v["containerId"].as_str().unwrap(),
+            v["interface"].as_str().unwrap()
+        );
         let addrs = v["addresses"]
             .as_array()
             .unwrap()
@@ -272,12 +453,12 @@ pub fn raw(store: &MemStore) -> Raw {
             .map(|a| (a["ip"].as_str().unwrap().parse().unwrap(), net(&a["block"])))
             .collect();
         r.handles
-            .insert(name, (v["node"].as_str().unwrap().to_string(), addrs));
+            .insert(key, (v["node"].as_str().unwrap().to_string(), addrs));
     }
     r
 }
 
-impl Raw {
+impl RawState {
     /// The store's invariants: blocks inside pools and disjoint, no address twice,
     /// addresses inside their blocks, borrowed marks right, and the handle index lists
     /// every allocation.

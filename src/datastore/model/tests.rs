@@ -1,5 +1,13 @@
 use super::*;
-use crate::datastore::SqliteStore;
+use crate::datastore::sqlite::SqliteStore;
+use crate::datastore::{DatastoreExt, Object};
+
+/// The peers the node named `node` must have: the global ones and its own.
+async fn peers_for(s: &SqliteStore, node: &str) -> Vec<PeerRecord> {
+    let mut peers = list_peers(s).await.unwrap();
+    peers.retain(|p| p.applies_to(node));
+    peers
+}
 use serde_json::json;
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -14,7 +22,6 @@ fn node(name: &str) -> NodeRecord {
         addresses: vec!["198.18.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
         as_number: None,
         router_id: "198.18.0.1".parse().unwrap(),
-        heartbeat: 1_700_000_000,
         blocks: vec!["10.244.1.0/26".parse().unwrap()],
     }
 }
@@ -37,8 +44,8 @@ fn peer(name: &str, node: Option<&str>) -> PeerRecord {
     }
 }
 
-#[test]
-fn records_are_camel_case_json() {
+#[tokio::test]
+async fn records_are_camel_case_json() {
     let mut n = node("a");
     n.as_number = Some(64600);
     assert_eq!(
@@ -48,7 +55,6 @@ fn records_are_camel_case_json() {
             "addresses": ["198.18.0.1", "fd00::1"],
             "asNumber": 64600,
             "routerId": "198.18.0.1",
-            "heartbeat": 1_700_000_000u64,
             "blocks": ["10.244.1.0/26"],
         })
     );
@@ -81,81 +87,126 @@ fn records_are_camel_case_json() {
     assert!(old.blocks.is_empty() && old.addresses.is_empty());
 }
 
-#[test]
-fn register_node_is_idempotent() {
+#[tokio::test]
+async fn register_node_is_idempotent() {
     let (_dir, s) = store();
-    let first = register_node(&s, &node("a")).unwrap();
-    let rev = s.revision().unwrap();
-    let again = register_node(&s, &node("a")).unwrap();
+    let first = register_node(&s, &node("a")).await.unwrap();
+    let rev = s.sync().revision().unwrap();
+    let again = register_node(&s, &node("a")).await.unwrap();
     assert_eq!(again, first);
     assert_eq!(
-        s.revision().unwrap(),
+        s.sync().revision().unwrap(),
         rev,
         "an unchanged record is not rewritten"
     );
 
     let mut changed = node("a");
     changed.blocks.push("10.244.1.64/26".parse().unwrap());
-    let second = register_node(&s, &changed).unwrap();
-    assert!(second.version > first.version);
-    assert_eq!(get_node(&s, "a").unwrap().unwrap(), second);
-    assert_eq!(list_nodes(&s).unwrap(), vec![changed]);
+    let second = register_node(&s, &changed).await.unwrap();
+    assert_ne!(second.version, first.version);
+    assert_eq!(
+        s.get_object::<NodeRecord>("a").await.unwrap().unwrap(),
+        second
+    );
+    assert_eq!(list_nodes(&s).await.unwrap(), vec![changed]);
 }
 
-#[test]
-fn register_node_refuses_bad_values() {
+#[tokio::test]
+async fn register_node_refuses_bad_values() {
     let (_dir, s) = store();
     let mut n = node("a");
     n.as_number = Some(0);
-    assert!(register_node(&s, &n).is_err());
+    assert!(register_node(&s, &n).await.is_err());
     n.as_number = Some(23456);
-    assert!(register_node(&s, &n).is_err());
+    assert!(register_node(&s, &n).await.is_err());
     n.as_number = None;
     n.router_id = "0.0.0.0".parse().unwrap();
-    let err = register_node(&s, &n).unwrap_err();
+    let err = register_node(&s, &n).await.unwrap_err();
     assert!(err.to_string().contains("router id 0.0.0.0"), "{err}");
     n = node("");
-    assert!(register_node(&s, &n).is_err());
-    assert_eq!(s.revision().unwrap(), 0);
+    assert!(register_node(&s, &n).await.is_err());
+    assert_eq!(s.sync().revision().unwrap(), 0);
 }
 
-#[test]
-fn heartbeat_and_remove() {
+#[tokio::test]
+async fn the_lease_is_its_own_kind_and_goes_with_the_node() {
     let (_dir, s) = store();
-    let err = heartbeat(&s, "a", 5).unwrap_err();
-    assert!(matches!(err, DatastoreError::NotFound { .. }), "{err}");
-
-    register_node(&s, &node("a")).unwrap();
-    let hb = heartbeat(&s, "a", 1_800_000_000).unwrap();
-    assert_eq!(hb.value.heartbeat, 1_800_000_000);
-    assert_eq!(hb.value.blocks, node("a").blocks, "other fields are kept");
-    let rev = s.revision().unwrap();
-    assert_eq!(heartbeat(&s, "a", 1_800_000_000).unwrap(), hb);
-    assert_eq!(s.revision().unwrap(), rev);
+    register_node(&s, &node("a")).await.unwrap();
+    let nodes_version = s.get("Node", "a").await.unwrap().unwrap().version;
+    let lease = renew_lease(&s, "a", 1_800_000_000).await.unwrap();
+    assert_eq!(lease.value.renew_time, 1_800_000_000);
+    let rev = s.sync().revision().unwrap();
+    assert_eq!(renew_lease(&s, "a", 1_800_000_000).await.unwrap(), lease);
+    assert_eq!(s.sync().revision().unwrap(), rev, "same time, no write");
+    renew_lease(&s, "a", 1_800_000_010).await.unwrap();
+    assert_eq!(
+        s.get("Node", "a").await.unwrap().unwrap().version,
+        nodes_version,
+        "renewing the lease leaves the node record alone"
+    );
+    assert_eq!(
+        get_lease(&s, "a").await.unwrap().map(|l| l.renew_time),
+        Some(1_800_000_010)
+    );
     assert!(unix_now() > 1_700_000_000);
 
-    assert!(remove_node(&s, "a").unwrap());
-    assert!(!remove_node(&s, "a").unwrap());
-    assert!(list_nodes(&s).unwrap().is_empty());
+    assert!(remove_node(&s, "a").await.unwrap());
+    assert!(!remove_node(&s, "a").await.unwrap());
+    assert!(list_nodes(&s).await.unwrap().is_empty());
+    assert_eq!(
+        get_lease(&s, "a").await.unwrap(),
+        None,
+        "the lease went too"
+    );
 }
 
-#[test]
-fn cluster_bgp_seed_and_set() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_a_lease_wakes_no_watcher_of_nodes() {
+    use futures::StreamExt;
     let (_dir, s) = store();
-    assert_eq!(get_cluster_bgp(&s).unwrap(), None);
-    let err = set_cluster_bgp(&s, Some(false), None).unwrap_err();
+    register_node(&s, &node("a")).await.unwrap();
+    let from = s
+        .list(NodeRecord::KIND, &Selector::everything())
+        .await
+        .unwrap()
+        .version;
+    let mut nodes = s
+        .watch(NodeRecord::KIND, &Selector::everything(), &from)
+        .await
+        .unwrap();
+    for t in 0..5 {
+        renew_lease(&s, "a", 1_800_000_000 + t).await.unwrap();
+    }
+    register_node(&s, &node("b")).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), nodes.next())
+        .await
+        .expect("an event in time")
+        .expect("an event")
+        .expect("no error");
+    assert_eq!(
+        first.item().object.name,
+        "b",
+        "the first change a node watcher sees is the node's, not the 5 lease renewals"
+    );
+}
+
+#[tokio::test]
+async fn cluster_bgp_seed_and_set() {
+    let (_dir, s) = store();
+    assert_eq!(get_cluster_bgp(&s).await.unwrap(), None);
+    let err = set_cluster_bgp(&s, Some(false), None).await.unwrap_err();
     assert!(matches!(err, DatastoreError::NotFound { .. }), "{err}");
 
-    assert_eq!(seed_cluster_bgp(&s, &cluster()).unwrap(), cluster());
+    assert_eq!(seed_cluster_bgp(&s, &cluster()).await.unwrap(), cluster());
     // The stored configuration wins over another agent's default.
     let other = ClusterBgp {
         as_number: 65123,
         mesh: false,
         listen_port: 1179,
     };
-    assert_eq!(seed_cluster_bgp(&s, &other).unwrap(), cluster());
+    assert_eq!(seed_cluster_bgp(&s, &other).await.unwrap(), cluster());
 
-    let set = set_cluster_bgp(&s, Some(false), None).unwrap();
+    let set = set_cluster_bgp(&s, Some(false), None).await.unwrap();
     assert_eq!(
         set,
         ClusterBgp {
@@ -163,15 +214,17 @@ fn cluster_bgp_seed_and_set() {
             ..cluster()
         }
     );
-    let set = set_cluster_bgp(&s, None, Some(4_200_000_000)).unwrap();
+    let set = set_cluster_bgp(&s, None, Some(4_200_000_000))
+        .await
+        .unwrap();
     assert_eq!(set.as_number, 4_200_000_000);
     assert!(!set.mesh);
-    assert_eq!(get_cluster_bgp(&s).unwrap(), Some(set.clone()));
-    let rev = s.revision().unwrap();
-    assert_eq!(set_cluster_bgp(&s, Some(false), None).unwrap(), set);
-    assert_eq!(s.revision().unwrap(), rev, "no change, no write");
+    assert_eq!(get_cluster_bgp(&s).await.unwrap(), Some(set.clone()));
+    let rev = s.sync().revision().unwrap();
+    assert_eq!(set_cluster_bgp(&s, Some(false), None).await.unwrap(), set);
+    assert_eq!(s.sync().revision().unwrap(), rev, "no change, no write");
 
-    assert!(set_cluster_bgp(&s, None, Some(0)).is_err());
+    assert!(set_cluster_bgp(&s, None, Some(0)).await.is_err());
     assert!(seed_cluster_bgp(
         &s,
         &ClusterBgp {
@@ -179,6 +232,7 @@ fn cluster_bgp_seed_and_set() {
             ..cluster()
         }
     )
+    .await
     .is_err());
 
     let mut n = node("a");
@@ -187,64 +241,68 @@ fn cluster_bgp_seed_and_set() {
     assert_eq!(n.effective_as(&set), 64700);
 }
 
-#[test]
-fn peers_global_and_per_node() {
+#[tokio::test]
+async fn peers_global_and_per_node() {
     let (_dir, s) = store();
-    put_peer(&s, &peer("rr-1", None)).unwrap();
-    put_peer(&s, &peer("tor-a", Some("a"))).unwrap();
-    put_peer(&s, &peer("tor-b", Some("b"))).unwrap();
+    put_peer(&s, &peer("rr-1", None)).await.unwrap();
+    put_peer(&s, &peer("tor-a", Some("a"))).await.unwrap();
+    put_peer(&s, &peer("tor-b", Some("b"))).await.unwrap();
 
     let names = |v: Vec<PeerRecord>| v.into_iter().map(|p| p.name).collect::<Vec<_>>();
-    assert_eq!(names(list_peers_for(&s, "a").unwrap()), ["rr-1", "tor-a"]);
-    assert_eq!(names(list_peers_for(&s, "b").unwrap()), ["rr-1", "tor-b"]);
-    assert_eq!(names(list_peers_for(&s, "c").unwrap()), ["rr-1"]);
-    assert_eq!(list_peers(&s).unwrap().len(), 3);
+    assert_eq!(names(peers_for(&s, "a").await), ["rr-1", "tor-a"]);
+    assert_eq!(names(peers_for(&s, "b").await), ["rr-1", "tor-b"]);
+    assert_eq!(names(peers_for(&s, "c").await), ["rr-1"]);
+    assert_eq!(list_peers(&s).await.unwrap().len(), 3);
 
-    let rev = s.revision().unwrap();
-    put_peer(&s, &peer("rr-1", None)).unwrap();
-    assert_eq!(s.revision().unwrap(), rev);
+    let rev = s.sync().revision().unwrap();
+    put_peer(&s, &peer("rr-1", None)).await.unwrap();
+    assert_eq!(s.sync().revision().unwrap(), rev);
     let mut moved = peer("rr-1", None);
     moved.password_file = Some("/etc/ferrovia/rr.pw".into());
-    put_peer(&s, &moved).unwrap();
-    assert_eq!(list_peers(&s).unwrap()[0], moved);
+    put_peer(&s, &moved).await.unwrap();
+    assert_eq!(list_peers(&s).await.unwrap()[0], moved);
 
-    assert!(remove_peer(&s, "tor-b").unwrap());
-    assert_eq!(names(list_peers_for(&s, "b").unwrap()), ["rr-1"]);
+    assert!(remove_peer(&s, "tor-b").await.unwrap());
+    assert_eq!(names(peers_for(&s, "b").await), ["rr-1"]);
 
-    assert!(put_peer(&s, &peer("x", Some(""))).is_err());
+    assert!(put_peer(&s, &peer("x", Some(""))).await.is_err());
     let mut bad = peer("x", None);
     bad.address = "0.0.0.0".parse().unwrap();
-    assert!(put_peer(&s, &bad).is_err());
+    assert!(put_peer(&s, &bad).await.is_err());
     bad = peer("x", None);
     bad.as_number = 0;
-    assert!(put_peer(&s, &bad).is_err());
+    assert!(put_peer(&s, &bad).await.is_err());
 }
 
-#[test]
-fn an_invalid_stored_object_names_itself() {
+#[tokio::test]
+async fn an_invalid_stored_object_names_itself() {
     let (_dir, s) = store();
     s.create(
         "Node",
-        "a",
-        &json!({"name": "a", "routerId": "not an address"}),
+        &Object::new("a", json!({"name": "a", "routerId": "not an address"})),
     )
+    .await
     .unwrap();
-    let err = list_nodes(&s).unwrap_err();
+    let err = list_nodes(&s).await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, DatastoreError::InvalidObject { .. }), "{msg}");
+    assert!(matches!(err, DatastoreError::Invalid { .. }), "{msg}");
     assert!(msg.contains("Node \"a\""), "{msg}");
 
-    s.create("Node", "b", &json!({"name": "c", "routerId": "198.18.0.3"}))
-        .unwrap();
-    let err = get_node(&s, "b").unwrap_err();
+    s.create(
+        "Node",
+        &Object::new("b", json!({"name": "c", "routerId": "198.18.0.3"})),
+    )
+    .await
+    .unwrap();
+    let err = s.get_object::<NodeRecord>("b").await.unwrap_err();
     assert!(err.to_string().contains("names itself \"c\""), "{err}");
 }
 
-#[test]
-fn helpers_work_through_a_trait_object() {
+#[tokio::test]
+async fn helpers_work_through_a_trait_object() {
     let (_dir, s) = store();
     let dynamic: std::sync::Arc<dyn Datastore> = std::sync::Arc::new(s);
-    register_node(dynamic.as_ref(), &node("a")).unwrap();
-    seed_cluster_bgp(&dynamic, &cluster()).unwrap();
-    assert_eq!(list_nodes(&dynamic).unwrap().len(), 1);
+    register_node(dynamic.as_ref(), &node("a")).await.unwrap();
+    seed_cluster_bgp(&*dynamic, &cluster()).await.unwrap();
+    assert_eq!(list_nodes(&*dynamic).await.unwrap().len(), 1);
 }
