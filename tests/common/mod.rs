@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bird;
+pub mod capture;
 pub mod cluster;
 pub mod ferrovia;
 pub mod frr;
@@ -21,6 +22,7 @@ pub mod scenarios;
 pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};
+pub use capture::Capture;
 pub use ferrovia::{Ferrovia, FerroviaConfig, FerroviaPeer};
 pub use frr::{Frr, FrrConfig, FrrNeighbor};
 pub use gobgp::{Gobgp, GobgpConfig, GobgpNeighbor};
@@ -49,10 +51,15 @@ pub const P_V4_B: &str = "10.244.201.0/24";
 pub const P_V6: &str = "fd00:10:244:200::/64";
 pub const P_V6_B: &str = "fd00:10:244:201::/64";
 
+/// Deadlines are generous: machines differ in speed by 2x or more both ways, and a deadline
+/// only bounds a wait on observed state (it never measures speed).
 /// Time allowed for a session to come up between two freshly started speakers.
-pub const ESTABLISH: Duration = Duration::from_secs(20);
+pub const ESTABLISH: Duration = Duration::from_secs(30);
 /// Time allowed for an UPDATE / withdrawal to be reflected in a CLI.
-pub const PROPAGATE: Duration = Duration::from_secs(10);
+pub const PROPAGATE: Duration = Duration::from_secs(30);
+/// Time allowed for a daemon (BIRD, FRR, GoBGP, the agent) to answer on its socket after
+/// being started, and for a process to exit after SIGTERM.
+pub const START: Duration = Duration::from_secs(30);
 pub const POLL: Duration = Duration::from_millis(200);
 
 /// A unique, short token for names (namespaces, FRR pathspaces, ports).
@@ -138,7 +145,7 @@ pub fn output_bounded(
 }
 
 /// Time limit for one CLI call (birdc, vtysh, gobgp, ferrovia status).
-pub const CLI_LIMIT: Duration = Duration::from_secs(8);
+pub const CLI_LIMIT: Duration = Duration::from_secs(30);
 
 /// Originate entries in the daemon configs are `PREFIX` or `PREFIX|ASN:VAL,ASN:VAL` (with
 /// communities). Returns the prefix and the communities.

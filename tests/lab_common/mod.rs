@@ -4,12 +4,11 @@
 //! `ferrovia lab down` when the guard drops — also when the test panics.
 #![allow(dead_code)]
 
-use crate::common::{wait_until, NetLock};
+use crate::common::{wait_until, Capture, NetLock};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
@@ -17,7 +16,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// The hold time of every session in the lab topologies.
 pub const HOLD: Duration = Duration::from_secs(9);
 /// Time for something to propagate once it is decided (announcements, kernel routes).
-pub const PROPAGATE: Duration = Duration::from_secs(20);
+pub const PROPAGATE: Duration = Duration::from_secs(30);
 
 pub fn topology(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -187,7 +186,7 @@ impl<'l> Lab<'l> {
             Command::new(BIN)
                 .args(["ipam", "show", "--json", "--datastore"])
                 .arg(&db),
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         assert!(
             out.status.success(),
@@ -318,98 +317,29 @@ impl Drop for Lab<'_> {
     }
 }
 
-/// tcpdump on one interface of a node, started before the traffic it is to see.
-pub struct Capture {
-    child: Child,
-    what: String,
-}
-
-impl Capture {
-    /// Starts `tcpdump -n -l -i IFACE FILTER` in the node's network namespace and waits
-    /// until it listens.
-    pub fn start(lab: &Lab, node: &str, iface: &str, filter: &str) -> Capture {
-        let ns = format!("{}-{node}", lab.name);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "tcpdump", "-n", "-l", "-i", iface])
-            .args(filter.split_whitespace())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-                line.clear();
-            }
-        });
-        let what = format!("tcpdump on {node}:{iface} ({filter})");
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not start listening");
-        }
-        Capture { child, what }
-    }
-
-    /// Stops the capture (after a moment for the last packets) and returns its lines.
-    pub fn finish(mut self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(500));
-        // SIGINT flushes and exits.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let mut out = String::new();
-        if let Some(mut so) = self.child.stdout.take() {
-            let t = std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = so.read_to_string(&mut s);
-                s
-            });
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            out = t.join().unwrap_or_default();
-        }
-        eprintln!("{}:\n{out}", self.what);
-        out.lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// tcpdump on one interface of a node, started (and listening) before the traffic it is to
+/// see.
+pub fn capture(lab: &Lab, node: &str, iface: &str, filter: &str) -> Capture {
+    Capture::start(&format!("{}-{node}", lab.name), iface, filter)
 }
 
 /// Asserts that the capture saw `src` ping `dst` as a plain IP packet — pod addresses in
-/// the outermost header — and no encapsulated packet at all.
-pub fn assert_plain_echo(lines: &[String], src: &str, dst: &str) {
+/// the outermost header — and no encapsulated packet at all. Stops the capture once the
+/// echo request is in it (or its deadline passed).
+pub fn assert_plain_echo(cap: Capture, src: &str, dst: &str) {
     let v6 = src.contains(':');
     let want = if v6 {
         format!("IP6 {src} > {dst}: ICMP6, echo request")
     } else {
         format!("IP {src} > {dst}: ICMP echo request")
     };
+    let lines = cap.finish_when_seen(&[&want]);
     assert!(
         lines.iter().any(|l| l.contains(&want)),
         "no `{want}` in the capture:\n{}",
         lines.join("\n")
     );
-    for l in lines {
+    for l in &lines {
         let lower = l.to_ascii_lowercase();
         for enc in [
             "ipip",
