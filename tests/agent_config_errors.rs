@@ -26,10 +26,10 @@ fn run_agent(yaml: &str) -> (Option<i32>, String) {
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
-        if start.elapsed() > std::time::Duration::from_secs(10) {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ferrovia agent still running 10 s after being given a bad config:\n{yaml}");
+            panic!("ferrovia agent still running 30 s after being given a bad config:\n{yaml}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -273,7 +273,7 @@ fn pod_reaches_the_node_over_both_families() {
     for target in ["198.18.0.1", "fd00:198:18::1"] {
         wait_until(
             &format!("the pod pings {target}"),
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             Duration::from_millis(200),
             || {
                 let out = pod.exec(&["ping", "-c", "1", "-W", "1", target]);

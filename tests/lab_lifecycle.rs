@@ -197,7 +197,7 @@ fn down_removes_what_an_interrupted_up_made() {
     let _lock = net_lock();
     let tmp = tempfile::tempdir().expect("tempdir");
     // b's exec hangs: `up` is killed while it waits, after a's agent is running.
-    let f = write_topology(tmp.path(), ", \"sleep 30\"");
+    let f = write_topology(tmp.path(), ", \"sleep 300\"");
     let _ = lab(&f, &["down"]);
     let mut up = Command::new(BIN)
         .args(["lab", "--name", NAME, "up"])
@@ -220,7 +220,7 @@ fn down_removes_what_an_interrupted_up_made() {
             let pids = String::from_utf8_lossy(&out.stdout).into_owned();
             let sleeping = pids.split_whitespace().any(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .map(|c| c.starts_with("sleep\u{0}30"))
+                    .map(|c| c.starts_with("sleep\u{0}300"))
                     .unwrap_or(false)
             });
             if sleeping {

@@ -210,7 +210,7 @@ impl Node {
         let log = self.log.clone();
         wait_until(
             "the agent answers on its socket",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
             Duration::from_millis(50),
             || {
                 if let Some(st) = self.agent.as_mut().and_then(|p| p.try_wait()) {
@@ -233,7 +233,7 @@ impl Node {
     /// SIGTERM and wait.
     pub fn stop_agent(&mut self) {
         if let Some(mut p) = self.agent.take() {
-            p.terminate(Duration::from_secs(10));
+            p.terminate(Duration::from_secs(30));
         }
     }
 
@@ -391,7 +391,7 @@ impl Node {
         // addresses, and their local routes): not a change anybody made.
         wait_until(
             "no tentative IPv6 address",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             Duration::from_millis(50),
             || {
                 let busy: Vec<&str> = names

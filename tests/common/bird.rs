@@ -242,7 +242,7 @@ impl Bird {
         ));
         super::wait_until(
             "BIRD control socket answers",
-            Duration::from_secs(10),
+            super::START,
             super::POLL,
             || {
                 if let Some(p) = self.proc.as_mut() {

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 pub const POLL: Duration = Duration::from_millis(100);
-pub const CONVERGE: Duration = Duration::from_secs(20);
+/// Generous: a deadline bounds a wait on observed state, it never measures speed.
+pub const CONVERGE: Duration = Duration::from_secs(30);
 
 pub struct Node {
     pub i: u8,
@@ -109,7 +110,7 @@ impl Node {
     pub fn kill(&mut self, sig: i32) {
         if let Some(a) = self.agent.as_mut() {
             a.signal(sig);
-            let _ = a.terminate(Duration::from_secs(5));
+            let _ = a.terminate(super::START);
         }
         self.agent = None;
     }

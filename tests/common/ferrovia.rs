@@ -204,7 +204,7 @@ impl Ferrovia {
         ));
         super::wait_until(
             "ferrovia status socket answers",
-            Duration::from_secs(10),
+            super::START,
             super::POLL,
             || {
                 if let Some(st) = self.proc.as_mut().and_then(|p| p.try_wait()) {
@@ -240,11 +240,9 @@ impl Ferrovia {
         self.proc.as_mut().map(|p| p.is_running()).unwrap_or(false)
     }
 
-    /// SIGTERM; waits up to 10 s for the exit. None if it had to be SIGKILLed.
+    /// SIGTERM; waits (bounded, generously) for the exit. None if it had to be SIGKILLed.
     pub fn sigterm(&mut self) -> Option<ExitStatus> {
-        self.proc
-            .take()
-            .and_then(|mut p| p.terminate(Duration::from_secs(10)))
+        self.proc.take().and_then(|mut p| p.terminate(super::START))
     }
 
     fn cli(&self, sub: &str) -> Result<Value, String> {

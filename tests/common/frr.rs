@@ -145,7 +145,7 @@ impl Frr {
             &zlog,
             &[],
         ));
-        super::wait_until("FRR zebra up", Duration::from_secs(10), super::POLL, || {
+        super::wait_until("FRR zebra up", super::START, super::POLL, || {
             if let Some(st) = f.zebra.as_mut().and_then(|p| p.try_wait()) {
                 panic!("zebra exited at start ({st}):\n{}", tail_file(&zlog, 40));
             }
@@ -208,21 +208,16 @@ impl Frr {
             &log,
             &[],
         ));
-        super::wait_until(
-            "FRR bgpd answers vtysh",
-            Duration::from_secs(10),
-            super::POLL,
-            || {
-                if let Some(st) = self.bgpd.as_mut().and_then(|p| p.try_wait()) {
-                    panic!("bgpd exited at start ({st}):\n{}", tail_file(&log, 40));
-                }
-                let out = self.vtysh(&["show bgp summary json"]);
-                match serde_json::from_str::<Value>(&out) {
-                    Ok(v) if v.get("ipv4Unicast").is_some() => Ok(()),
-                    _ => Err(out),
-                }
-            },
-        );
+        super::wait_until("FRR bgpd answers vtysh", super::START, super::POLL, || {
+            if let Some(st) = self.bgpd.as_mut().and_then(|p| p.try_wait()) {
+                panic!("bgpd exited at start ({st}):\n{}", tail_file(&log, 40));
+            }
+            let out = self.vtysh(&["show bgp summary json"]);
+            match serde_json::from_str::<Value>(&out) {
+                Ok(v) if v.get("ipv4Unicast").is_some() => Ok(()),
+                _ => Err(out),
+            }
+        });
     }
 
     /// SIGKILL bgpd, as if it crashed (zebra stays).

@@ -141,25 +141,20 @@ impl Gobgp {
             &self.log,
             &[],
         ));
-        super::wait_until(
-            "gobgpd API answers",
-            Duration::from_secs(10),
-            super::POLL,
-            || {
-                if let Some(st) = self.proc.as_mut().and_then(|p| p.try_wait()) {
-                    panic!(
-                        "gobgpd exited at start ({st}):\n{}",
-                        tail_file(&self.log, 40)
-                    );
-                }
-                let (ok, out) = self.gobgp_status(&["-j", "global"]);
-                if ok && out.contains("router_id") {
-                    Ok(())
-                } else {
-                    Err(out)
-                }
-            },
-        );
+        super::wait_until("gobgpd API answers", super::START, super::POLL, || {
+            if let Some(st) = self.proc.as_mut().and_then(|p| p.try_wait()) {
+                panic!(
+                    "gobgpd exited at start ({st}):\n{}",
+                    tail_file(&self.log, 40)
+                );
+            }
+            let (ok, out) = self.gobgp_status(&["-j", "global"]);
+            if ok && out.contains("router_id") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
         for p in self.cfg.originate.clone() {
             self.add_route(&p);
         }

@@ -100,9 +100,9 @@ fn kill_all_in(ns: &str) {
     let start = Instant::now();
     loop {
         let pids = pids_in(ns);
-        if pids.is_empty() || start.elapsed() > Duration::from_secs(5) {
+        if pids.is_empty() || start.elapsed() > Duration::from_secs(30) {
             if !pids.is_empty() {
-                eprintln!("harness: processes {pids:?} still in namespace {ns} after 5 s");
+                eprintln!("harness: processes {pids:?} still in namespace {ns} after 30 s");
             }
             return;
         }
