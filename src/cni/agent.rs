@@ -142,30 +142,18 @@ fn wiring_error(what: &str, e: &wiring::WiringError) -> CniError {
 }
 
 // -------------------------------------------------------------------------------------
-// Validation (before anything changes).
+// Validation (before anything changes). The request's rules live in `spec`.
 
-fn validate_ids(container_id: &str, ifname: &str) -> Result<HandleId, CniError> {
-    let mut bad = Vec::new();
-    if let Err(e) = super::spec::valid_container_id(container_id) {
-        bad.push(format!("CNI_CONTAINERID {container_id:?} {e}"));
-    }
-    if let Err(e) = super::spec::valid_ifname(ifname) {
-        bad.push(format!("CNI_IFNAME {ifname:?} {e}"));
-    }
-    if !bad.is_empty() {
-        return Err(CniError::new(
-            code::INVALID_ENV,
-            "invalid environment variables",
-            bad.join("; "),
-        ));
-    }
-    Ok(HandleId::new(container_id, ifname))
+/// The IPAM handle of an attachment. Its identifiers were checked against the CNI rules
+/// (`spec::valid_container_id`, `spec::valid_ifname`) as the request was decoded.
+fn handle_of(container_id: &str, ifname: &str) -> HandleId {
+    HandleId::new(container_id, ifname)
 }
 
 /// The namespace must exist here too (the agent may see a different mount namespace than
 /// the runtime) and must not be the agent's own.
 fn validate_netns(path: &Path) -> Result<(), CniError> {
-    super::plugin::check_netns(path).map_err(|mut e| {
+    super::spec::check_netns(path).map_err(|mut e| {
         if e.code == code::UNKNOWN_CONTAINER {
             e.details = format!(
                 "the agent cannot see {}: {}; when the agent runs in a container, mount the \
@@ -203,7 +191,7 @@ async fn families(ipam: &Arc<Ipam>) -> Result<Families, CniError> {
 }
 
 async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
-    let handle = validate_ids(&a.container_id, &a.ifname)?;
+    let handle = handle_of(&a.container_id, &a.ifname);
     validate_netns(&a.netns)?;
     let ipam = ctx.ipam.clone().ok_or_else(no_ipam)?;
     let _gc = ctx.gc_lock.read().await;
@@ -295,7 +283,7 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
 // DEL.
 
 async fn del(d: Detach, ctx: &CniContext) -> Result<(), CniError> {
-    let handle = validate_ids(&d.container_id, &d.ifname)?;
+    let handle = handle_of(&d.container_id, &d.ifname);
     // A namespace that is gone is no namespace: the veth went with it.
     let netns = d.netns.as_deref().filter(|p| p.exists());
     wiring::del(&d.container_id, &d.ifname, netns)
@@ -318,7 +306,7 @@ async fn del(d: Detach, ctx: &CniContext) -> Result<(), CniError> {
 // CHECK.
 
 async fn check(c: Check, ctx: &CniContext) -> Result<(), CniError> {
-    let handle = validate_ids(&c.container_id, &c.ifname)?;
+    let handle = handle_of(&c.container_id, &c.ifname);
     validate_netns(&c.netns)?;
     let ipam = ctx.ipam.clone().ok_or_else(no_ipam)?;
     let failed = |msg: String, details: String| CniError::new(code::CHECK_FAILED, msg, details);
@@ -382,14 +370,8 @@ async fn gc(g: Gc, ctx: &CniContext) -> Result<(), CniError> {
     let mut valid = HashSet::new();
     let mut valid_hosts = BTreeSet::new();
     for a in &g.valid {
-        match validate_ids(&a.container_id, &a.ifname) {
-            Ok(h) => {
-                valid_hosts.insert(wiring::host_ifname(&a.container_id, &a.ifname));
-                valid.insert(h);
-            }
-            // It cannot hold anything of ours: nothing to keep.
-            Err(e) => debug!(error = %e.details, "GC: ignoring an invalid attachment"),
-        }
+        valid_hosts.insert(wiring::host_ifname(&a.container_id, &a.ifname));
+        valid.insert(handle_of(&a.container_id, &a.ifname));
     }
     // Spec: remove as much as possible, then report the first error.
     let mut first_error = None;

@@ -10,13 +10,12 @@
 //! addresses and host interface, so a DEL answered without it would leak both while the
 //! runtime forgets the pod; with 11 the kubelet retries until the agent is back.
 
-use super::protocol::{AgentReply, AgentRequest, Attach, AttachmentId, Check, Detach, Gc};
-use super::spec::{self, code, CniError, Command, Env, NetConf};
+use super::protocol::{AgentReply, AgentRequest};
+use super::spec::{self, code, Call, CniError, Command, Invocation};
 use crate::control::Request;
 use serde_json::Value;
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -148,187 +147,47 @@ pub fn decode_reply(buf: &[u8]) -> Result<AgentReply, CallError> {
     serde_json::from_value(v).map_err(|e| CallError::Protocol(format!("unexpected answer: {e}")))
 }
 
-/// The version string an error carries: the configuration's when it looks like one, else
-/// our newest.
-fn error_version(raw: Option<&str>) -> String {
-    match raw {
-        Some(v) if spec::looks_like_version(v) => v.to_string(),
-        _ => spec::LATEST.as_str().to_string(),
-    }
-}
-
-/// One CNI invocation: `get` reads the environment, `stdin` the configuration.
+/// One CNI invocation: `get` reads the environment, `stdin` the configuration. Validated
+/// in one place ([`spec::parse_invocation`]); what passes is sent to the agent.
 pub fn run(
     get: &dyn Fn(&str) -> Option<OsString>,
     stdin: &mut dyn Read,
     agent: &dyn AgentClient,
 ) -> Outcome {
-    let fail = |error: CniError, raw: Option<&str>| Outcome::Fail {
-        error,
-        version: error_version(raw),
-    };
-    // Read first, so that every error can carry the configuration's version.
     let mut bytes = Vec::new();
     let read = stdin.take(MAX_STDIN).read_to_end(&mut bytes);
-    let decoded = spec::decode_stdin(&bytes);
-    let raw = decoded.as_ref().ok().and_then(|s| s.raw_version.clone());
-    let raw = raw.as_deref();
-    let command = match spec::command_from(get) {
-        Ok(c) => c,
-        Err(e) => return fail(e, raw),
-    };
-    if command == Command::Version {
-        return Outcome::Print(spec::version_reply(raw));
-    }
-    let env = match spec::env_from(command, get) {
-        Ok(e) => e,
-        Err(e) => return fail(e, raw),
-    };
-    if let Err(e) = read {
-        return fail(
-            CniError::new(
-                code::IO,
-                "cannot read the network configuration from stdin",
-                e.to_string(),
-            ),
-            raw,
-        );
-    }
-    let stdin = match decoded {
-        Ok(s) => s,
-        Err(e) => return fail(e, raw),
-    };
-    let version = match spec::negotiate(&stdin, command) {
-        Ok(v) => v,
-        Err(e) => return fail(e, raw),
-    };
-    let conf = match spec::parse_netconf(&stdin, command, version) {
-        Ok(c) => c,
-        Err(e) => return fail(e, raw),
-    };
-    match execute(&env, &conf, agent) {
-        Ok(o) => o,
-        Err(e) => fail(e, Some(version.as_str())),
-    }
-}
-
-/// Checks that `path` is a network namespace other than the caller's own: 3 when it does
-/// not exist (the container is gone), 4 when it is something else.
-pub fn check_netns(path: &Path) -> Result<(), CniError> {
-    let meta =
-        match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CniError::new(
-                code::UNKNOWN_CONTAINER,
-                format!("the network namespace {} does not exist", path.display()),
-                "CNI_NETNS must name the container's network namespace (e.g. /var/run/netns/ID \
-                 or /proc/PID/ns/net); the container may have gone already",
-            )),
-            Err(e) => {
-                return Err(CniError::new(
-                    code::INVALID_ENV,
-                    format!("cannot look at CNI_NETNS {}", path.display()),
-                    e.to_string(),
-                ))
+    match spec::parse_invocation(get, &bytes, read.as_ref().err()) {
+        Err(r) => Outcome::Fail {
+            error: r.error,
+            version: r.version,
+        },
+        Ok(Invocation::Version(v)) => Outcome::Print(v),
+        Ok(Invocation::Call(call)) => {
+            let version = call.conf.version;
+            match execute(call, agent) {
+                Ok(o) => o,
+                Err(error) => Outcome::Fail {
+                    error,
+                    version: version.as_str().to_string(),
+                },
             }
-        };
-    // Every namespace file lives on the nsfs pseudo file system: the same device as our
-    // own namespace's file.
-    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
-        if meta.dev() != own.dev() {
-            return Err(CniError::new(
-                code::INVALID_ENV,
-                format!("CNI_NETNS {} is not a network namespace", path.display()),
-                "CNI_NETNS must name the container's network namespace (e.g. /var/run/netns/ID \
-                 or /proc/PID/ns/net)",
-            ));
-        }
-        if meta.ino() == own.ino() {
-            return Err(CniError::new(
-                code::INVALID_ENV,
-                format!(
-                    "CNI_NETNS {} is the node's own network namespace",
-                    path.display()
-                ),
-                "a pod needs a network namespace of its own; ferrovia never moves interfaces \
-                 of the node",
-            ));
         }
     }
-    Ok(())
 }
 
-/// CNI_NETNS absent where the command needs it (env_from refuses that already; kept as an
-/// error, not a panic, so the runtime always gets error JSON).
-fn missing_netns() -> CniError {
-    CniError::new(
-        code::INVALID_ENV,
-        "CNI_NETNS is not set",
-        "ADD and CHECK need CNI_NETNS",
-    )
-}
-
-fn execute(env: &Env, conf: &NetConf, agent: &dyn AgentClient) -> Result<Outcome, CniError> {
-    let req = match env.command {
-        Command::Version => unreachable!("handled before"),
-        Command::Add => {
-            let netns = env.netns.clone().ok_or_else(missing_netns)?;
-            check_netns(&netns)?;
-            AgentRequest::Add(Attach {
-                container_id: env.container_id.clone(),
-                ifname: env.ifname.clone(),
-                netns,
-                mtu: conf.mtu,
-                namespace: env.pod_namespace().map(str::to_string),
-                pod: env.pod_name().map(str::to_string),
-            })
-        }
-        Command::Del => AgentRequest::Del(Detach {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            netns: env.netns.clone(),
-        }),
-        Command::Check => {
-            let netns = env.netns.clone().ok_or_else(missing_netns)?;
-            check_netns(&netns)?;
-            let prev = conf.prev_result.as_ref().ok_or_else(|| {
-                CniError::new(
-                    code::INVALID_CONFIG,
-                    "CHECK needs prevResult in the network configuration",
-                    "the runtime passes the result of the ADD as prevResult",
-                )
-            })?;
-            let expected = spec::expected_from(prev, &env.ifname, &netns.to_string_lossy())?;
-            AgentRequest::Check(Check {
-                container_id: env.container_id.clone(),
-                ifname: env.ifname.clone(),
-                netns,
-                mtu: conf.mtu,
-                expected_ips: expected.ips,
-                host_interfaces: expected.host_interfaces,
-            })
-        }
-        Command::Gc => AgentRequest::Gc(Gc {
-            valid: conf
-                .valid_attachments
-                .iter()
-                .map(|a| AttachmentId {
-                    container_id: a.container_id.clone(),
-                    ifname: a.ifname.clone(),
-                })
-                .collect(),
-        }),
-        Command::Status => AgentRequest::Status,
-    };
-    let timeout = if env.command == Command::Status {
+/// Sends a validated call to the agent and formats its answer.
+fn execute(call: Call, agent: &dyn AgentClient) -> Result<Outcome, CniError> {
+    let command = call.command();
+    let conf = call.conf;
+    let timeout = if command == Command::Status {
         STATUS_TIMEOUT
     } else {
         AGENT_TIMEOUT
     };
     let reply = agent
-        .call(&conf.agent_socket, req, timeout)
-        .map_err(|e| call_error(e, env.command, &conf.agent_socket))?;
-    match (env.command, reply) {
+        .call(&conf.agent_socket, call.request, timeout)
+        .map_err(|e| call_error(e, command, &conf.agent_socket))?;
+    match (command, reply) {
         (_, AgentReply::Error(e)) => Err(e),
         (Command::Add, AgentReply::Added(a)) => {
             let own = spec::add_result(&a, conf.dns.as_ref());
@@ -378,6 +237,7 @@ fn call_error(e: CallError, command: Command, socket: &Path) -> CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::protocol::Detach;
     use crate::cni::spec::Added;
     use serde_json::json;
     use std::cell::RefCell;
@@ -448,13 +308,13 @@ mod tests {
     // tests/cni_plugin.rs.
     #[test]
     fn netns_checks() {
-        let e = check_netns(Path::new("/nonexistent/netns")).unwrap_err();
+        let e = spec::check_netns(Path::new("/nonexistent/netns")).unwrap_err();
         assert_eq!(e.code, code::UNKNOWN_CONTAINER);
         let f = tempfile::NamedTempFile::new().unwrap();
-        let e = check_netns(f.path()).unwrap_err();
+        let e = spec::check_netns(f.path()).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.contains("not a network namespace"), "{e:?}");
-        let e = check_netns(Path::new("/proc/self/ns/net")).unwrap_err();
+        let e = spec::check_netns(Path::new("/proc/self/ns/net")).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.contains("node's own"), "{e:?}");
     }
@@ -615,7 +475,7 @@ mod tests {
         // The formatting itself, through execute() with a namespace check that passes, is
         // covered by tests/cni_plugin.rs; here the agent's answer is formatted directly.
         let Ok(AgentReply::Added(x)) = added() else {
-            unreachable!()
+            panic!("added() answers Added")
         };
         let r = spec::add_result(&x, None).to_json(spec::Version::V0_3_1);
         assert_eq!(r["ips"][0]["version"], "4");

@@ -5,9 +5,13 @@
 //! answers with one [`AgentReply`] and closes the connection. The messages are
 //! version-neutral: the plugin turns them into the result or error of the CNI version the
 //! runtime asked for.
+//!
+//! Container ids and interface names are checked against the CNI rules as they are decoded
+//! (the same rules `ferrovia-cni` applies, in [`super::spec`]): a request that breaks them
+//! never reaches the agent's handlers.
 
-use super::spec::{Added, CniError};
-use serde::{Deserialize, Serialize};
+use super::spec::{valid_container_id, valid_ifname, Added, CniError};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -31,7 +35,9 @@ pub enum AgentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
+    #[serde(deserialize_with = "container_id")]
     pub container_id: String,
+    #[serde(deserialize_with = "ifname")]
     pub ifname: String,
     pub netns: PathBuf,
     pub mtu: u32,
@@ -46,7 +52,9 @@ pub struct Attach {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Detach {
+    #[serde(deserialize_with = "container_id")]
     pub container_id: String,
+    #[serde(deserialize_with = "ifname")]
     pub ifname: String,
     /// Absent when the runtime no longer has the namespace.
     #[serde(default)]
@@ -57,7 +65,9 @@ pub struct Detach {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
+    #[serde(deserialize_with = "container_id")]
     pub container_id: String,
+    #[serde(deserialize_with = "ifname")]
     pub ifname: String,
     pub netns: PathBuf,
     pub mtu: u32,
@@ -78,7 +88,9 @@ pub struct Gc {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentId {
+    #[serde(deserialize_with = "container_id")]
     pub container_id: String,
+    #[serde(deserialize_with = "ifname")]
     pub ifname: String,
 }
 
@@ -92,6 +104,21 @@ pub enum AgentReply {
     Done,
     /// The command failed, with its CNI error code.
     Error(CniError),
+}
+
+/// A `CNI_CONTAINERID`, refused unless valid.
+fn container_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    valid_container_id(&s)
+        .map_err(|e| serde::de::Error::custom(format!("CNI_CONTAINERID {s:?} {e}")))?;
+    Ok(s)
+}
+
+/// A `CNI_IFNAME`, refused unless valid.
+fn ifname<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    valid_ifname(&s).map_err(|e| serde::de::Error::custom(format!("CNI_IFNAME {s:?} {e}")))?;
+    Ok(s)
 }
 
 impl From<CniError> for AgentReply {
@@ -167,5 +194,28 @@ mod tests {
         assert_eq!(serde_json::to_value(AgentReply::Done).unwrap(), "done");
         let back: AgentReply = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn identifiers_breaking_the_cni_rules_are_refused_as_they_are_decoded() {
+        let ok = r#"{"request":"cni","command":"del","containerId":"c1","ifname":"eth0"}"#;
+        assert!(serde_json::from_str::<Request>(ok).is_ok());
+        for (bad, what) in [
+            (
+                r#"{"request":"cni","command":"del","containerId":"-c","ifname":"eth0"}"#,
+                "CNI_CONTAINERID",
+            ),
+            (
+                r#"{"request":"cni","command":"add","containerId":"c","ifname":"a/b","netns":"/x","mtu":1500}"#,
+                "CNI_IFNAME",
+            ),
+            (
+                r#"{"request":"cni","command":"gc","valid":[{"containerId":"c","ifname":"waytoolonginterfacename"}]}"#,
+                "CNI_IFNAME",
+            ),
+        ] {
+            let e = serde_json::from_str::<Request>(bad).unwrap_err();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
     }
 }

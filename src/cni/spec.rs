@@ -1,6 +1,14 @@
 //! The CNI specification as the plugin speaks it: versions, the environment, the plugin
 //! configuration on stdin, results per version and the error JSON. Pure functions of their
-//! inputs, so every rule is unit-tested here; `plugin.rs` only does the I/O.
+//! inputs (but for [`check_netns`], which looks at the file system), so every rule is
+//! unit-tested here; `plugin.rs` only does the I/O.
+//!
+//! A request is validated in one place: [`parse_invocation`] turns the environment and stdin
+//! into an [`Invocation`] — the VERSION reply, or the [`AgentRequest`] to send with the
+//! configuration to answer in — and nothing after it checks the request again. The agent
+//! receives the same rules: the identifiers in [`crate::cni::protocol`] are checked with
+//! [`valid_container_id`] and [`valid_ifname`] as they are decoded, and it looks at the
+//! namespace from its own side with [`check_netns`].
 //!
 //! Versions spoken: 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0. CHECK needs 0.4.0 or later, GC and
 //! STATUS 1.1.0 (older versions get error 1, as the reference `skel` does).
@@ -11,7 +19,10 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::protocol::{AgentRequest, Attach, AttachmentId, Check, Detach, Gc};
 
 /// Well-known error codes (spec "Error").
 pub mod code {
@@ -33,10 +44,8 @@ pub mod code {
     pub const TRY_AGAIN: u32 = 11;
     /// STATUS: the plugin cannot serve ADD requests.
     pub const UNAVAILABLE: u32 = 50;
-    /// STATUS: the plugin cannot serve ADD requests and existing containers may have
-    /// limited connectivity.
-    #[allow(dead_code)]
-    pub const UNAVAILABLE_DEGRADED: u32 = 51;
+    // 51 (STATUS: cannot serve ADD requests and existing containers may have limited
+    // connectivity) is never sent: the agent being down leaves running pods routed.
 
     // Ours (100 and up).
     /// The agent failed for a reason of its own (see the message).
@@ -1072,6 +1081,220 @@ pub fn expected_from(prev: &CniResult, ifname: &str, netns: &str) -> Result<Expe
         ips,
         host_interfaces,
     })
+}
+
+// -------------------------------------------------------------------------------------
+// The network namespace.
+
+/// Checks that `path` is a network namespace other than the caller's own: 3 when it does
+/// not exist (the container is gone), 4 when it is something else.
+pub fn check_netns(path: &Path) -> Result<(), CniError> {
+    let meta =
+        match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("the network namespace {} does not exist", path.display()),
+                "CNI_NETNS must name the container's network namespace (e.g. /var/run/netns/ID \
+                 or /proc/PID/ns/net); the container may have gone already",
+            )),
+            Err(e) => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("cannot look at CNI_NETNS {}", path.display()),
+                    e.to_string(),
+                ))
+            }
+        };
+    // Every namespace file lives on the nsfs pseudo file system: the same device as our
+    // own namespace's file.
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        if meta.dev() != own.dev() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS {} is not a network namespace", path.display()),
+                "CNI_NETNS must name the container's network namespace (e.g. /var/run/netns/ID \
+                 or /proc/PID/ns/net)",
+            ));
+        }
+        if meta.ino() == own.ino() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_NETNS {} is the node's own network namespace",
+                    path.display()
+                ),
+                "a pod needs a network namespace of its own; ferrovia never moves interfaces \
+                 of the node",
+            ));
+        }
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------
+// One invocation, validated once.
+
+/// A validated run of `ferrovia-cni`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// VERSION: the reply to print. Needs nothing but `CNI_COMMAND`.
+    Version(Value),
+    /// Every other command: what to ask the agent.
+    Call(Call),
+}
+
+/// A command for the agent, with the configuration its answer is formatted in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub request: AgentRequest,
+    pub conf: NetConf,
+}
+
+impl Call {
+    pub fn command(&self) -> Command {
+        match self.request {
+            AgentRequest::Add(_) => Command::Add,
+            AgentRequest::Del(_) => Command::Del,
+            AgentRequest::Check(_) => Command::Check,
+            AgentRequest::Gc(_) => Command::Gc,
+            AgentRequest::Status => Command::Status,
+        }
+    }
+}
+
+/// Why an invocation was refused: the error, and the `cniVersion` to print it with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub error: CniError,
+    pub version: String,
+}
+
+/// The version string an error carries: the configuration's when it looks like one, else
+/// our newest.
+pub fn error_version(raw: Option<&str>) -> String {
+    match raw {
+        Some(v) if looks_like_version(v) => v.to_string(),
+        _ => LATEST.as_str().to_string(),
+    }
+}
+
+/// CNI_NETNS absent where the command needs it ([`env_from`] refuses that already; an error,
+/// not a panic, so the runtime always gets error JSON).
+fn missing_netns() -> CniError {
+    CniError::new(
+        code::INVALID_ENV,
+        "CNI_NETNS is not set",
+        "ADD and CHECK need CNI_NETNS",
+    )
+}
+
+/// Validates one invocation: `get` reads the environment, `stdin` is what was read from
+/// stdin and `read_error` why reading it stopped early, if it did. Errors come in the order
+/// a runtime expects: the command, VERSION (which needs nothing else), the environment,
+/// reading stdin, decoding it, the version, the configuration, the network namespace, and
+/// for CHECK prevResult against the attachment.
+pub fn parse_invocation(
+    get: &dyn Fn(&str) -> Option<OsString>,
+    stdin: &[u8],
+    read_error: Option<&std::io::Error>,
+) -> Result<Invocation, Refusal> {
+    // Decoded first, so that every error can carry the configuration's version.
+    let decoded = decode_stdin(stdin);
+    let raw = decoded.as_ref().ok().and_then(|s| s.raw_version.clone());
+    let refuse = |error: CniError| Refusal {
+        error,
+        version: error_version(raw.as_deref()),
+    };
+    let command = command_from(get).map_err(refuse)?;
+    if command == Command::Version {
+        return Ok(Invocation::Version(version_reply(raw.as_deref())));
+    }
+    let env = env_from(command, get).map_err(refuse)?;
+    if let Some(e) = read_error {
+        return Err(refuse(CniError::new(
+            code::IO,
+            "cannot read the network configuration from stdin",
+            e.to_string(),
+        )));
+    }
+    let stdin = decoded.map_err(refuse)?;
+    let version = negotiate(&stdin, command).map_err(refuse)?;
+    let conf = parse_netconf(&stdin, command, version).map_err(refuse)?;
+    let refuse = |error: CniError| Refusal {
+        error,
+        version: version.as_str().to_string(),
+    };
+    let request = match command {
+        // Answered above already; the same answer here rather than a panic.
+        Command::Version => return Ok(Invocation::Version(version_reply(raw.as_deref()))),
+        Command::Add => {
+            let netns = env
+                .netns
+                .clone()
+                .ok_or_else(missing_netns)
+                .map_err(refuse)?;
+            check_netns(&netns).map_err(refuse)?;
+            AgentRequest::Add(Attach {
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+                netns,
+                mtu: conf.mtu,
+                namespace: env.pod_namespace().map(str::to_string),
+                pod: env.pod_name().map(str::to_string),
+            })
+        }
+        Command::Del => AgentRequest::Del(Detach {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns: env.netns.clone(),
+        }),
+        Command::Check => {
+            let netns = env
+                .netns
+                .clone()
+                .ok_or_else(missing_netns)
+                .map_err(refuse)?;
+            check_netns(&netns).map_err(refuse)?;
+            let prev = conf
+                .prev_result
+                .as_ref()
+                .ok_or_else(|| {
+                    invalid(
+                        "CHECK needs prevResult in the network configuration",
+                        "the runtime passes the result of the ADD as prevResult",
+                    )
+                })
+                .map_err(refuse)?;
+            let expected =
+                expected_from(prev, &env.ifname, &netns.to_string_lossy()).map_err(refuse)?;
+            AgentRequest::Check(Check {
+                container_id: env.container_id.clone(),
+                ifname: env.ifname.clone(),
+                netns,
+                mtu: conf.mtu,
+                expected_ips: expected.ips,
+                host_interfaces: expected.host_interfaces,
+            })
+        }
+        // An attachment whose identifiers break the rules cannot hold anything of ours:
+        // nothing to keep for it.
+        Command::Gc => AgentRequest::Gc(Gc {
+            valid: conf
+                .valid_attachments
+                .iter()
+                .filter(|a| {
+                    valid_container_id(&a.container_id).is_ok() && valid_ifname(&a.ifname).is_ok()
+                })
+                .map(|a| AttachmentId {
+                    container_id: a.container_id.clone(),
+                    ifname: a.ifname.clone(),
+                })
+                .collect(),
+        }),
+        Command::Status => AgentRequest::Status,
+    };
+    Ok(Invocation::Call(Call { request, conf }))
 }
 
 #[cfg(test)]

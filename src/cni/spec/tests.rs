@@ -527,3 +527,100 @@ fn check_expectations_come_from_the_pod_interface_in_prev_result() {
         code::CHECK_FAILED
     );
 }
+
+// ---------------------------------------------------------------------------------
+// One invocation, validated once.
+
+fn invoke(env: &[(&str, &str)], stdin: &str) -> Result<Invocation, Refusal> {
+    parse_invocation(&env_of(env), stdin.as_bytes(), None)
+}
+
+#[test]
+fn version_is_answered_whatever_else_is_wrong() {
+    let r = invoke(&[("CNI_COMMAND", "VERSION")], "{nope").expect("version");
+    let Invocation::Version(v) = r else {
+        panic!("not a VERSION reply: {r:?}")
+    };
+    assert_eq!(v["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn errors_come_in_order_and_carry_the_configuration_version() {
+    // The environment before stdin: a missing CNI_NETNS is reported even with bad stdin.
+    let e = invoke(&[("CNI_COMMAND", "ADD")], "{nope").unwrap_err();
+    assert_eq!((e.error.code, e.version.as_str()), (4, "1.1.0"));
+    let e = invoke(
+        &[("CNI_COMMAND", "ADD")],
+        r#"{"cniVersion":"0.4.0","name":"n","type":"t"}"#,
+    )
+    .unwrap_err();
+    assert_eq!((e.error.code, e.version.as_str()), (4, "0.4.0"));
+    // Reading stdin failed: 5, after the environment.
+    let io = std::io::Error::other("broken pipe");
+    let e = parse_invocation(
+        &env_of(&[("CNI_COMMAND", "STATUS")]),
+        br#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#,
+        Some(&io),
+    )
+    .unwrap_err();
+    assert_eq!((e.error.code, e.version.as_str()), (5, "1.1.0"));
+    // The namespace last: a path that is not a namespace is 4, a gone one 3.
+    let add = |netns: &str| {
+        invoke(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", netns),
+            ],
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#,
+        )
+    };
+    let e = add("/nonexistent/netns").unwrap_err();
+    assert_eq!((e.error.code, e.version.as_str()), (3, "1.0.0"));
+    let e = add("/proc/self/ns/net").unwrap_err();
+    assert_eq!(e.error.code, 4);
+    assert!(e.error.msg.contains("node's own"), "{e:?}");
+}
+
+#[test]
+fn del_and_gc_become_agent_requests_without_a_namespace() {
+    let conf = r#"{"cniVersion":"1.1.0","name":"n","type":"t","agentSocket":"/x/y.sock","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"},{"containerID":"-bad","ifname":"eth0"}],"cni.dev/attachments":[{"containerID":"c2","ifname":"a/b"}]}"#;
+    let r = invoke(
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        conf,
+    )
+    .expect("DEL");
+    let Invocation::Call(call) = r else {
+        panic!("not a call: {r:?}")
+    };
+    assert_eq!(call.command(), Command::Del);
+    assert_eq!(call.conf.agent_socket, Path::new("/x/y.sock"));
+    assert_eq!(
+        call.request,
+        AgentRequest::Del(Detach {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: None
+        })
+    );
+    // GC: attachments whose identifiers break the rules hold nothing of ours and are not
+    // sent (the agent would refuse the whole request).
+    let r = invoke(&[("CNI_COMMAND", "GC")], conf).expect("GC");
+    let Invocation::Call(call) = r else {
+        panic!("not a call: {r:?}")
+    };
+    assert_eq!(
+        call.request,
+        AgentRequest::Gc(Gc {
+            valid: vec![AttachmentId {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }]
+        })
+    );
+}
