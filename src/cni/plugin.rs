@@ -164,7 +164,7 @@ pub fn run(
         Ok(Invocation::Version(v)) => Outcome::Print(v),
         Ok(Invocation::Call(call)) => {
             let version = call.conf.version;
-            match execute(call, agent) {
+            match execute(*call, agent) {
                 Ok(o) => o,
                 Err(error) => Outcome::Fail {
                     error,

@@ -1140,8 +1140,8 @@ pub fn check_netns(path: &Path) -> Result<(), CniError> {
 pub enum Invocation {
     /// VERSION: the reply to print. Needs nothing but `CNI_COMMAND`.
     Version(Value),
-    /// Every other command: what to ask the agent.
-    Call(Call),
+    /// Every other command: what to ask the agent (boxed: far larger than a reply).
+    Call(Box<Call>),
 }
 
 /// A command for the agent, with the configuration its answer is formatted in.
@@ -1294,7 +1294,7 @@ pub fn parse_invocation(
         }),
         Command::Status => AgentRequest::Status,
     };
-    Ok(Invocation::Call(Call { request, conf }))
+    Ok(Invocation::Call(Box::new(Call { request, conf })))
 }
 
 #[cfg(test)]
