@@ -283,7 +283,7 @@ fn running_pods_keep_their_routes_and_traffic_across_an_agent_restart() {
         "reconciliation kept the pod's host routes: {:?}",
         c.node(1).kernel_routes()
     );
-    let out = c.node(2).ns.exec(&["ping", "-c", "1", "-W", "2", &v4]);
+    let out = c.node(2).ns.exec(&["ping", "-c", "1", "-W", "10", &v4]);
     assert!(
         out.status.success(),
         "the pod stayed reachable: {}",

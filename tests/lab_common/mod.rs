@@ -158,8 +158,10 @@ impl<'l> Lab<'l> {
         assert!(ok, "ping {dst} from {node}/{pod}: {out}");
     }
 
+    /// One echo request; the reply may take up to 10 s (a busy machine resolving neighbours
+    /// on every hop), which bounds the wait and measures nothing.
     pub fn try_ping(&self, node: &str, pod: &str, dst: &str) -> (bool, String) {
-        self.pod_exec(node, pod, &["ping", "-n", "-c", "1", "-W", "2", dst])
+        self.pod_exec(node, pod, &["ping", "-n", "-c", "1", "-W", "10", dst])
     }
 
     pub fn stop(&self, node: &str, kill: bool) {
