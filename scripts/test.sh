@@ -24,6 +24,12 @@ for svc in bird frr gobgpd prometheus; do
   command -v systemctl >/dev/null 2>&1 && systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
+# The Kubernetes tests run a real kube-apiserver: build it from Debian's source once (a few
+# minutes), cached outside the checkout; the fixture (tests/common/kube.rs) reads its path here.
+echo "==> kube-apiserver"
+FERROVIA_KUBE_APISERVER=$(scripts/kube-apiserver.sh | tail -n1)
+export FERROVIA_KUBE_APISERVER
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
   exit 1

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod ferrovia;
 pub mod frr;
 pub mod gobgp;
+pub mod kube;
 pub mod netns;
 pub mod proc;
 pub mod scenarios;
