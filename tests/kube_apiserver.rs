@@ -419,3 +419,38 @@ fn api_server_is_reachable_from_a_node_namespace_with_a_kubeconfig() {
     assert_eq!(ns["metadata"]["name"], "default");
     assert!(SA_AUDIENCE.starts_with("https://"));
 }
+
+#[test]
+fn control_plane_is_removed_when_a_test_panics() {
+    let lock = net_lock();
+    let seg = segment(&lock, "kpanic");
+    let mut seen: Option<(String, Vec<i32>, std::path::PathBuf)> = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cp = ControlPlane::start(&lock, &seg);
+        seen = Some((
+            cp.ns.name().to_string(),
+            cp.ns.pids(),
+            cp.dir().to_path_buf(),
+        ));
+        panic!("a failing test");
+    }));
+    assert!(result.is_err(), "the closure panics");
+    let (ns, pids, dir) = seen.expect("the control plane started");
+    assert!(
+        pids.len() >= 2,
+        "etcd and kube-apiserver ran in {ns}: {pids:?}"
+    );
+    assert!(
+        !common::netns::list_netns().contains(&ns),
+        "namespace {ns} left behind"
+    );
+    for pid in pids {
+        // Reaped children: signal 0 finds no such process.
+        assert_eq!(
+            unsafe { libc::kill(pid, 0) },
+            -1,
+            "process {pid} of the control plane still exists"
+        );
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
