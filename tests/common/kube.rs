@@ -367,9 +367,7 @@ impl ControlPlane {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let body_text;
         if let Some(b) = body {
-            body_text = b.to_string();
             let ct = if method == "PATCH" {
                 "application/merge-patch+json"
             } else {
@@ -379,7 +377,7 @@ impl ControlPlane {
                 "-H".into(),
                 format!("Content-Type: {ct}"),
                 "--data-raw".into(),
-                body_text.clone(),
+                b.to_string(),
             ]);
         }
         argv.push(url.clone());
