@@ -353,7 +353,7 @@ fn api_server_is_reachable_from_a_node_namespace_with_a_kubeconfig() {
     let node = join_segment(&lock, &seg, "n1", "p1", "198.18.0.1/24");
 
     // The address is on-link from the node; nothing else routes it.
-    node.run(&["ping", "-c", "1", "-W", "5", CONTROL_PLANE_V4]);
+    node.run(&["ping", "-c", "1", "-W", "10", CONTROL_PLANE_V4]);
 
     // What an agent would be given: a kubeconfig with a ServiceAccount token. Use only what the
     // file says (server, CA, token) to talk to the API server from the node's namespace.
