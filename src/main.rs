@@ -148,7 +148,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(agent::run(loaded)) {
+            let result = rt.block_on(agent::run(loaded));
+            // Work left in blocking threads (a datastore call) must not hold the exit up.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ferrovia: {e:#}");

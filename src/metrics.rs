@@ -1,6 +1,7 @@
 //! Prometheus metrics and health endpoints on `metrics.listen`:
 //! `/metrics` (exposition format), `/healthz` (the agent's loop answers), `/readyz` (every
-//! configured peer has been tried and the kernel is in sync).
+//! configured peer has been tried, the kernel is in sync and none of the agent's tasks has
+//! ended).
 //!
 //! Peer figures are read from the speaker at scrape time, so they always match
 //! `ferrovia status`; counters advance by the difference since the previous scrape.
@@ -210,10 +211,11 @@ pub fn state_number(s: BgpState) -> i64 {
 }
 
 /// Readiness, set by the agent: the kernel is in sync after its first reconciliation and
-/// after any error has been repaired.
+/// after any error has been repaired; once one of the agent's tasks has ended, never again.
 #[derive(Default)]
 pub struct Health {
     kernel_in_sync: std::sync::atomic::AtomicBool,
+    failed: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -225,6 +227,18 @@ impl Health {
         self.kernel_in_sync
             .load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// One of the agent's tasks ended (`why` says which and how): not ready from now on.
+    pub fn set_failed(&self, why: String) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(why);
+    }
+    /// Why the agent is failing, once a task has ended.
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// What the HTTP handlers need.
@@ -235,22 +249,21 @@ pub struct HttpState {
     pub bgp: Handle,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+/// Binds `listen`; the returned future serves `/metrics`, `/healthz` and `/readyz` until it
+/// is dropped or the server fails.
 pub async fn serve(
     listen: SocketAddr,
     state: HttpState,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server stopped");
-        }
-    }))
+    Ok(std::future::IntoFuture::into_future(axum::serve(
+        listener, app,
+    )))
 }
 
 async fn snapshot(bgp: &Handle) -> Option<(Vec<PeerStatus>, usize)> {
@@ -283,6 +296,12 @@ async fn healthz(State(st): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(st): State<HttpState>) -> (StatusCode, String) {
+    if let Some(why) = st.health.failed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}; the agent is exiting\n"),
+        );
+    }
     let Ok(Some((peers, _))) =
         tokio::time::timeout(Duration::from_secs(2), snapshot(&st.bgp)).await
     else {
@@ -372,5 +391,48 @@ mod tests {
             !m.render().contains("198.18.0.2"),
             "removed peer's series are gone"
         );
+    }
+
+    #[tokio::test]
+    async fn readiness_turns_false_for_good_once_a_task_has_ended() {
+        use ferrovia_bgp::driver::{self, DriverConfig};
+        use ferrovia_bgp::message::Family;
+        use ferrovia_bgp::speaker::SpeakerConfig;
+        let speaker = Speaker::new(SpeakerConfig {
+            local_as: 64512,
+            router_id: "198.18.0.1".parse().expect("ip"),
+            families: vec![Family::Ipv4Unicast],
+            graceful_restart: None,
+            next_hop_v4: None,
+            next_hop_v6: None,
+        });
+        let config = DriverConfig {
+            listen: None,
+            connect_timeout: Duration::from_secs(10),
+        };
+        let (bgp, _task) = driver::spawn(speaker, config, Vec::new(), None)
+            .await
+            .expect("speaker");
+        let health = Arc::new(Health::default());
+        health.set_kernel_in_sync(true);
+        let st = HttpState {
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+            health: health.clone(),
+            bgp: bgp.clone(),
+        };
+        let (code, body) = readyz(State(st.clone())).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        health.set_failed("the kernel task failed: netlink closed".into());
+        health.set_failed("the mesh task failed: later".into());
+        let (code, body) = readyz(State(st.clone())).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "not ready: the kernel task failed: netlink closed; the agent is exiting\n"
+        );
+        health.set_kernel_in_sync(true);
+        let (code, _) = readyz(State(st)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "stays false");
+        bgp.shutdown().await;
     }
 }

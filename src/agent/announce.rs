@@ -4,6 +4,7 @@
 use super::NodeIpam;
 use crate::datastore::model::NodeRecord;
 use crate::datastore::{Reflector, Selector, SharedDatastore};
+use anyhow::Context;
 use ferrovia_bgp::driver::Handle;
 use ferrovia_ipam::{IpamError, KIND_BLOCK};
 use ipnet::IpNet;
@@ -21,7 +22,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// lists, its IPAM blocks, and single addresses its pods borrowed from other nodes' blocks
 /// (as /32 and /128). Woken by CNI (a block claimed or released), by changes to node
 /// records and IPAM blocks (per-kind watches), and every [`IPAM_SWEEP`], when blocks empty
-/// for longer than the grace period are given back.
+/// for longer than the grace period are given back. Datastore errors are retried; ends
+/// with an error only when the speaker is gone.
 pub async fn announce_task(
     store: SharedDatastore,
     ipam: Option<Arc<NodeIpam>>,
@@ -29,7 +31,7 @@ pub async fn announce_task(
     config: BTreeSet<IpNet>,
     handle: Handle,
     wake: Arc<tokio::sync::Notify>,
-) {
+) -> anyhow::Result<()> {
     let mut announced: BTreeSet<IpNet> = config.clone();
     let mut sweep = tokio::time::interval(IPAM_SWEEP);
     let mut nodes = Reflector::of::<NodeRecord>(store.clone(), Selector::everything());
@@ -74,11 +76,17 @@ pub async fn announce_task(
         }
         for p in wanted.difference(&announced) {
             info!(prefix = %p, "announcing");
-            let _ = handle.originate(*p, Vec::new()).await;
+            handle
+                .originate(*p, Vec::new())
+                .await
+                .with_context(|| format!("announcing {p}"))?;
         }
         for p in announced.difference(&wanted) {
             info!(prefix = %p, "withdrawing");
-            let _ = handle.withdraw(*p).await;
+            handle
+                .withdraw(*p)
+                .await
+                .with_context(|| format!("withdrawing {p}"))?;
         }
         announced = wanted;
     }

@@ -54,7 +54,7 @@ pub async fn serve_control(
     node: NodeInfo,
     kstatus: SharedKernelStatus,
     cni_ctx: Arc<crate::cni::agent::CniContext>,
-) {
+) -> Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -68,12 +68,31 @@ pub async fn serve_control(
                     }
                 });
             }
-            Err(e) => {
-                error!(error = %e, "control socket accept failed");
+            Err(e) if transient(&e) => {
+                error!(error = %e, "control socket accept failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Err(e) => return Err(e).context("accepting on the control socket"),
         }
     }
+}
+
+/// Accept errors that pass: out of descriptors or memory, or a client that gave up.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::EPROTO
+                | libc::EPERM
+        )
+    )
 }
 
 async fn answer(

@@ -4,13 +4,15 @@
 
 use crate::datastore::model;
 use crate::datastore::SharedDatastore;
+use anyhow::Result;
 use std::time::Duration;
 use tracing::warn;
 
 /// How often the node's lease is renewed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-pub async fn heartbeat_task(store: SharedDatastore, name: String) {
+/// Renews the lease for ever; datastore errors are logged once and retried.
+pub async fn heartbeat_task(store: SharedDatastore, name: String) -> Result<()> {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.tick().await;
     let mut warned = false;

@@ -4,6 +4,7 @@
 
 use crate::kernel::{Kernel, RouteKind};
 use crate::metrics::{Health, Metrics};
+use anyhow::{bail, Context, Result};
 use ferrovia_bgp::driver::Handle;
 use ferrovia_bgp::rib::{Change, Source};
 use ferrovia_bgp::speaker::{Event, Speaker};
@@ -44,16 +45,16 @@ fn kernel_route(best: Option<&ferrovia_bgp::rib::Best>) -> Option<RouteKind> {
 /// The whole Loc-RIB as kernel routes, read [`KERNEL_CHUNK`] prefixes per query so the
 /// speaker task serves its sessions between pages instead of copying the table in one go.
 /// Changes made between pages also wait in `take_changes`, applied after the reconcile.
-async fn desired_routes(handle: &Handle) -> Option<HashMap<IpNet, RouteKind>> {
+async fn desired_routes(handle: &Handle) -> Result<HashMap<IpNet, RouteKind>> {
     let mut desired = HashMap::new();
     let mut after: Option<IpNet> = None;
     loop {
         let page = handle
             .query(move |s: &mut Speaker| s.loc_rib().page(after.as_ref(), KERNEL_CHUNK))
             .await
-            .ok()?;
+            .context("reading the Loc-RIB from the BGP speaker")?;
         let Some((last, _)) = page.last() else {
-            return Some(desired);
+            return Ok(desired);
         };
         after = Some(*last);
         desired.extend(
@@ -63,7 +64,9 @@ async fn desired_routes(handle: &Handle) -> Option<HashMap<IpNet, RouteKind>> {
     }
 }
 
-/// Installs Loc-RIB changes in the kernel; reconciles at start and after any error.
+/// Installs Loc-RIB changes in the kernel; reconciles at start and after any error (kernel
+/// errors are retried for ever, readiness false meanwhile). Ends with an error only when the
+/// speaker is gone.
 pub async fn kernel_task(
     mut kernel: Kernel,
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -71,29 +74,28 @@ pub async fn kernel_task(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     status: SharedKernelStatus,
-) {
+) -> Result<()> {
     let mut in_sync = false;
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
     loop {
         if !in_sync {
-            if let Some(desired) = desired_routes(&handle).await {
-                let t = Instant::now();
-                match kernel.reconcile(&desired).await {
-                    Ok(stats) => {
-                        info!(
-                            found = stats.found,
-                            added = stats.changes.added,
-                            replaced = stats.changes.replaced,
-                            deleted = stats.changes.deleted,
-                            unresolved = stats.changes.unresolved,
-                            "kernel routes reconciled"
-                        );
-                        in_sync = true;
-                    }
-                    Err(e) => error!(error = %e, "kernel reconciliation failed; retrying"),
+            let desired = desired_routes(&handle).await?;
+            let t = Instant::now();
+            match kernel.reconcile(&desired).await {
+                Ok(stats) => {
+                    info!(
+                        found = stats.found,
+                        added = stats.changes.added,
+                        replaced = stats.changes.replaced,
+                        deleted = stats.changes.deleted,
+                        unresolved = stats.changes.unresolved,
+                        "kernel routes reconciled"
+                    );
+                    in_sync = true;
                 }
-                publish(&kernel, t.elapsed(), &metrics, &status);
+                Err(e) => error!(error = %e, "kernel reconciliation failed; retrying"),
             }
+            publish(&kernel, t.elapsed(), &metrics, &status);
             health.set_kernel_in_sync(in_sync);
             if !in_sync {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -103,7 +105,7 @@ pub async fn kernel_task(
         tokio::select! {
             ev = events.recv() => {
                 if ev.is_none() {
-                    break;
+                    bail!("the BGP speaker's route change events stopped (the speaker ended)");
                 }
                 // Signals only: drain them, then pull the coalesced changes in chunks.
                 while events.try_recv().is_ok() {}
@@ -111,7 +113,7 @@ pub async fn kernel_task(
                     let chunk = handle
                         .query(|s: &mut Speaker| s.take_changes(KERNEL_CHUNK))
                         .await
-                        .unwrap_or_default();
+                        .context("taking route changes from the BGP speaker")?;
                     if chunk.is_empty() {
                         break;
                     }

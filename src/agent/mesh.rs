@@ -4,7 +4,8 @@
 use crate::datastore::model::{self, ClusterBgp, NodeRecord};
 use crate::datastore::{Reflector, Resource, Selector, SharedDatastore};
 use crate::mesh::{self, MeshNode, StoredPeer};
-use ferrovia_bgp::driver::{Handle, PeerSpec};
+use anyhow::{bail, Context, Result};
+use ferrovia_bgp::driver::{DriverError, Handle, PeerSpec};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -79,41 +80,79 @@ fn values<R: Resource>(r: &Reflector) -> crate::datastore::Result<Vec<R>> {
     Ok(r.typed::<R>()?.into_iter().map(|t| t.value).collect())
 }
 
-/// Keeps the speaker's peers in line with the datastore: wakes when a node, a peer or the
+/// The speaker's peers kept in line with the datastore: wakes when a node, a peer or the
 /// cluster settings change (per-kind watches), never on a timer.
-pub async fn mesh_task(store: SharedDatastore, ctx: MeshContext, handle: Handle) {
-    let mut current: BTreeMap<IpAddr, PeerSpec> = ctx
-        .file_peers
-        .iter()
-        .map(|p| (p.config.address, p.clone()))
-        .collect();
-    let mut watched = Watched::new(store);
-    loop {
-        match watched.changed().await {
-            Ok(()) => {}
-            Err(e) => {
-                warn!(error = %e, "reading the datastore failed; keeping the current peers and retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
+pub struct Mesh {
+    ctx: MeshContext,
+    handle: Handle,
+    watched: Watched,
+    /// The peers the speaker has, by address.
+    current: BTreeMap<IpAddr, PeerSpec>,
+}
+
+impl Mesh {
+    /// The speaker already has the configuration file's peers.
+    pub fn new(store: SharedDatastore, ctx: MeshContext, handle: Handle) -> Mesh {
+        let current = ctx
+            .file_peers
+            .iter()
+            .map(|p| (p.config.address, p.clone()))
+            .collect();
+        Mesh {
+            ctx,
+            handle,
+            watched: Watched::new(store),
+            current,
         }
-        match watched.snapshot() {
-            Ok(snap) => apply_mesh(&ctx, &handle, &snap, &mut current).await,
-            Err(e) => {
-                warn!(error = %e, "a datastore object is not valid; keeping the current peers")
+    }
+
+    /// Lists the datastore and applies the stored peers and the mesh once, before this node
+    /// registers: a datastore that cannot be read now is an error.
+    pub async fn apply_once(&mut self) -> Result<()> {
+        self.watched
+            .changed()
+            .await
+            .context("listing the cluster settings, nodes and peers in the datastore")?;
+        let snap = self
+            .watched
+            .snapshot()
+            .context("reading the cluster settings, nodes and peers in the datastore")?;
+        apply_mesh(&self.ctx, &self.handle, &snap, &mut self.current).await
+    }
+
+    /// Follows the datastore until the speaker is gone (an error: it never goes while the
+    /// agent runs). Datastore errors keep the current peers and are retried.
+    pub async fn run(mut self) -> Result<()> {
+        loop {
+            match self.watched.changed().await {
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(error = %e, "reading the datastore failed; keeping the current peers and retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+            match self.watched.snapshot() {
+                Ok(snap) => apply_mesh(&self.ctx, &self.handle, &snap, &mut self.current).await?,
+                Err(e) => {
+                    warn!(error = %e, "a datastore object is not valid; keeping the current peers")
+                }
             }
         }
     }
 }
 
+/// Brings the speaker's peers to what the datastore and the configuration file ask for.
+/// Fails only when the speaker is gone; a peer the speaker refuses is logged and tried
+/// again at the next change.
 async fn apply_mesh(
     ctx: &MeshContext,
     handle: &Handle,
     snap: &Snapshot,
     current: &mut BTreeMap<IpAddr, PeerSpec>,
-) {
+) -> Result<()> {
     let Some(cluster) = &snap.cluster else {
-        return;
+        return Ok(());
     };
     let nodes: Vec<MeshNode> = snap
         .nodes
@@ -168,6 +207,7 @@ async fn apply_mesh(
             Ok(()) => {
                 current.remove(&a);
             }
+            Err(DriverError::Stopped) => bail!("the BGP speaker stopped"),
             Err(e) => warn!(peer = %a, error = %e, "removing peer failed"),
         }
     }
@@ -177,7 +217,9 @@ async fn apply_mesh(
             Ok(()) => {
                 current.insert(a, spec);
             }
+            Err(DriverError::Stopped) => bail!("the BGP speaker stopped"),
             Err(e) => warn!(peer = %a, error = %e, "adding peer failed"),
         }
     }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //! serves the control socket, metrics and health; and stops cleanly on SIGTERM/SIGINT.
 //!
 //! One file per task: [`speaker`], [`kernel`], [`mesh`], [`announce`], [`heartbeat`],
-//! [`control`] (control socket and CNI) and [`metrics`]; [`store`] opens the datastore.
+//! [`control`] (control socket and CNI) and [`metrics`]; [`store`] opens the datastore;
+//! every task runs under the [`supervisor`], and the agent exits when any of them ends.
 
 mod announce;
 mod control;
@@ -14,6 +15,7 @@ mod mesh;
 mod metrics;
 mod speaker;
 mod store;
+mod supervisor;
 
 use crate::config::Loaded;
 use crate::control::NodeInfo;
@@ -24,6 +26,7 @@ use kernel::{KernelStatus, SharedKernelStatus};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use supervisor::Supervisor;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -31,7 +34,14 @@ use tracing::info;
 /// IPAM over the agent's datastore.
 pub type NodeIpam = Ipam;
 
-/// Runs the agent until a termination signal.
+/// Runs the agent until a termination signal (`Ok`, every session closed with CEASE) or
+/// until one of its tasks ends (`Err` naming the task: the caller exits non-zero so that the
+/// node's supervisor restarts the agent; sessions just drop, so peers with graceful restart
+/// keep our routes as stale, and kernel routes and pods stay).
+///
+/// Start-up order: the datastore is opened, the speaker listens with the configuration
+/// file's peers, the stored peers and the mesh are applied once, and only then is the node
+/// registered, so that nodes that find it there are expected when they connect.
 pub async fn run(loaded: Loaded) -> Result<()> {
     let cfg = &loaded.config;
     let socket = cfg.status.socket.clone();
@@ -45,7 +55,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         .copied()
         .unwrap_or(IpAddr::V4(cfg.node.router_id));
 
-    // The datastore: register this node and read the cluster-wide BGP settings.
+    // The datastore: opened and seeded now, the node registered once the speaker is ready.
     let store = match &cfg.datastore {
         Some(d) => Some(store::open_store(d, &loaded).await?),
         None => None,
@@ -62,31 +72,37 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             None
         };
 
+    let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
+    let health = Arc::new(Health::default());
+    let mut sup = Supervisor::new(health.clone());
+
+    // The speaker: listening, with the configuration file's peers, when this returns.
     let file_peers = speaker::file_peers(&loaded);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (handle, task) = speaker::start(
+    let (handle, driver) = speaker::start(
         &loaded,
         file_peers.clone(),
         kernel.is_some().then_some(events_tx),
     )
     .await?;
+    sup.adopt("speaker", driver);
 
     let announce = Arc::new(tokio::sync::Notify::new());
     let mut cni_ipam: Option<Arc<NodeIpam>> = None;
-    let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
-    let health = Arc::new(Health::default());
     let kstatus: SharedKernelStatus = Arc::new(Mutex::new(KernelStatus::default()));
-    let mut tasks = Vec::new();
     match kernel {
         Some(k) => {
-            tasks.push(tokio::spawn(kernel::kernel_task(
-                k,
-                events_rx,
-                handle.clone(),
-                metrics.clone(),
-                health.clone(),
-                kstatus.clone(),
-            )));
+            sup.spawn(
+                "kernel",
+                kernel::kernel_task(
+                    k,
+                    events_rx,
+                    handle.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    kstatus.clone(),
+                ),
+            );
         }
         None => health.set_kernel_in_sync(true),
     }
@@ -98,28 +114,30 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             hold_time: cfg.bgp.hold_time,
             connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
         };
-        tasks.push(tokio::spawn(mesh::mesh_task(
-            store.clone(),
-            ctx,
-            handle.clone(),
-        )));
+        let mut mesh = mesh::Mesh::new(store.clone(), ctx, handle.clone());
+        mesh.apply_once().await?;
+        store::register_node(store, &loaded).await?;
+        sup.spawn("mesh", mesh.run());
         let ipam = match &cfg.ipam {
             Some(i) => Some(store::open_ipam(store.clone(), i).await?),
             None => None,
         };
-        tasks.push(tokio::spawn(announce::announce_task(
-            store.clone(),
-            ipam.clone(),
-            cfg.node.name.clone(),
-            loaded.originate.iter().map(|(p, _)| *p).collect(),
-            handle.clone(),
-            announce.clone(),
-        )));
+        sup.spawn(
+            "announce",
+            announce::announce_task(
+                store.clone(),
+                ipam.clone(),
+                cfg.node.name.clone(),
+                loaded.originate.iter().map(|(p, _)| *p).collect(),
+                handle.clone(),
+                announce.clone(),
+            ),
+        );
         cni_ipam = ipam;
-        tasks.push(tokio::spawn(heartbeat::heartbeat_task(
-            store.clone(),
-            cfg.node.name.clone(),
-        )));
+        sup.spawn(
+            "heartbeat",
+            heartbeat::heartbeat_task(store.clone(), cfg.node.name.clone()),
+        );
     }
     if let Some(m) = &cfg.metrics {
         let st = HttpState {
@@ -127,7 +145,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             health: health.clone(),
             bgp: handle.clone(),
         };
-        tasks.push(metrics::start(m.listen, st).await?);
+        sup.spawn("metrics", metrics::start(m.listen, st).await?);
     }
     info!(
         node = %cfg.node.name,
@@ -151,27 +169,32 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         cni_ipam.clone(),
         announce.clone(),
     ));
-    tasks.push(tokio::spawn(control::serve_control(
-        listener,
-        handle.clone(),
-        node,
-        kstatus,
-        cni_ctx,
-    )));
+    sup.spawn(
+        "control",
+        control::serve_control(listener, handle.clone(), node, kstatus, cni_ctx),
+    );
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let result = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM: closing every BGP session with CEASE"); Ok(()) }
-        _ = int.recv() => { info!("SIGINT: closing every BGP session with CEASE"); Ok(()) }
-        r = task => Err(anyhow::anyhow!("the BGP speaker stopped unexpectedly: {r:?}")),
+    let exit = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM: closing every BGP session with CEASE"); None }
+        _ = int.recv() => { info!("SIGINT: closing every BGP session with CEASE"); None }
+        exit = sup.first_exit() => Some(exit),
     };
-    handle.shutdown().await;
-    for t in tasks {
-        t.abort();
+    match exit {
+        None => {
+            handle.shutdown().await;
+            sup.shutdown().await;
+            info!("ferrovia agent stopped");
+            Ok(())
+        }
+        Some(exit) => {
+            // No CEASE: the sessions must just drop so that peers with graceful restart
+            // keep our routes while the agent restarts. The driver sends CEASE when every
+            // handle is gone, so one handle is kept until the process ends.
+            std::mem::forget(handle);
+            sup.shutdown().await;
+            Err(exit.into())
+        }
     }
-    if result.is_ok() {
-        info!("ferrovia agent stopped");
-    }
-    result
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 
-/// Opens the datastore, seeds the cluster settings and registers this node.
+/// Opens the datastore and seeds the cluster settings (the first agent's configuration
+/// wins). The node registers later, with [`register_node`].
 pub async fn open_store(
     cfg: &crate::config::Datastore,
     loaded: &Loaded,
@@ -34,13 +35,26 @@ pub async fn open_store(
     )
     .await
     .context("seeding the cluster BGP settings")?;
+    info!(
+        path = %cfg.sqlite.path.display(),
+        cluster_as = cluster.as_number,
+        mesh = cluster.mesh,
+        "datastore opened"
+    );
+    Ok(store)
+}
+
+/// Registers (or re-registers) this node and renews its lease: other nodes peer with it
+/// from now on, so the speaker must already listen and know its peers.
+pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<()> {
+    let node = &loaded.config.node;
     let addresses = if node.addresses.is_empty() {
         vec![IpAddr::V4(node.router_id)]
     } else {
         node.addresses.clone()
     };
     model::register_node(
-        &*store,
+        &**store,
         &NodeRecord {
             name: node.name.clone(),
             addresses,
@@ -51,16 +65,11 @@ pub async fn open_store(
     )
     .await
     .with_context(|| format!("registering node {} in the datastore", node.name))?;
-    model::renew_lease(&*store, &node.name, model::unix_now())
+    model::renew_lease(&**store, &node.name, model::unix_now())
         .await
         .with_context(|| format!("renewing the lease of node {}", node.name))?;
-    info!(
-        path = %cfg.sqlite.path.display(),
-        cluster_as = cluster.as_number,
-        mesh = cluster.mesh,
-        "datastore opened, node registered"
-    );
-    Ok(store)
+    info!(node = %node.name, "node registered in the datastore");
+    Ok(())
 }
 
 pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Result<Arc<NodeIpam>> {
