@@ -409,22 +409,7 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         }
         let pw = match &p.password_file {
             None => None,
-            Some(f) => {
-                let s = std::fs::read_to_string(f).map_err(|e| {
-                    err(
-                        &key("passwordFile"),
-                        format!("cannot read {}: {e}", f.display()),
-                    )
-                })?;
-                let s = s.trim_end_matches(['\n', '\r']).to_string();
-                if s.is_empty() || s.len() > ferrovia_bgp::md5::MAX_KEY_LEN {
-                    return Err(err(
-                        &key("passwordFile"),
-                        format!("{} must hold a password of 1 to 80 bytes", f.display()),
-                    ));
-                }
-                Some(s)
-            }
+            Some(f) => Some(read_password_file(f).map_err(|m| err(&key("passwordFile"), m))?),
         };
         passwords.push(pw);
     }
@@ -456,6 +441,21 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         passwords,
         originate,
     })
+}
+
+/// Reads a TCP MD5 password file (RFC 2385): trailing newlines are ignored and what is left
+/// must be 1 to 80 bytes (an empty file would otherwise turn MD5 off without a word). The
+/// error names the file and the rule.
+pub fn read_password_file(f: &Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() || s.len() > ferrovia_bgp::md5::MAX_KEY_LEN {
+        return Err(format!(
+            "{} must hold a password of 1 to 80 bytes",
+            f.display()
+        ));
+    }
+    Ok(s)
 }
 
 fn check_hold(_key: &str, h: u16) -> Result<(), String> {
@@ -629,5 +629,31 @@ status: { socket: /run/ferrovia/ferrovia.sock }
             "no example configurations found in {}",
             dir.display()
         );
+    }
+
+    #[test]
+    fn a_password_file_holds_1_to_80_bytes_after_trailing_newlines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("pw");
+        for (text, want) in [
+            ("s3cret\r\n", Ok("s3cret".to_string())),
+            (&"x".repeat(80), Ok("x".repeat(80))),
+            ("", Err(())),
+            ("\n\n", Err(())),
+            (&"x".repeat(81), Err(())),
+        ] {
+            std::fs::write(&f, text).expect("write");
+            let got = read_password_file(&f);
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w),
+                (Err(m), Err(())) => {
+                    assert!(m.contains(&f.display().to_string()), "{m}");
+                    assert!(m.contains("1 to 80 bytes"), "{m}");
+                }
+                _ => panic!("{text:?}: {got:?}"),
+            }
+        }
+        let gone = read_password_file(&dir.path().join("absent")).expect_err("missing");
+        assert!(gone.contains("cannot read"), "{gone}");
     }
 }

@@ -41,7 +41,9 @@ pub struct NodeInfo {
 pub struct PeerInfo {
     pub address: String,
     pub as_number: u32,
-    /// Where the peer is configured: "global" (config file) for now.
+    /// Where the peer comes from: "global" (the configuration file, or a datastore peer for
+    /// every node), "node" (a datastore peer for this node only) or "mesh" (another node of
+    /// the full mesh).
     #[serde(rename = "type")]
     pub kind: String,
     /// "eBGP" or "iBGP".

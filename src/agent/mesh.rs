@@ -1,6 +1,7 @@
 //! The mesh task: keeps the speaker's peers in line with the datastore (full mesh, global
 //! and per-node peers) and the configuration file's peers.
 
+use crate::config::read_password_file;
 use crate::datastore::model::{self, ClusterBgp, NodeRecord};
 use crate::datastore::{Reflector, Resource, Selector, SharedDatastore};
 use crate::mesh::{self, MeshNode, StoredPeer};
@@ -163,29 +164,7 @@ async fn apply_mesh(
             as_number: n.effective_as(cluster),
         })
         .collect();
-    let stored: Vec<StoredPeer> = snap
-        .peers
-        .iter()
-        .filter(|p| p.applies_to(&ctx.me))
-        .filter_map(|p| {
-            let password = match &p.password_file {
-                None => None,
-                Some(f) => match std::fs::read_to_string(f) {
-                    Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
-                    Err(e) => {
-                        warn!(peer = %p.name, file = %f.display(), error = %e, "cannot read the peer's password file; peer skipped");
-                        return None;
-                    }
-                },
-            };
-            Some(StoredPeer {
-                address: p.address,
-                as_number: p.as_number,
-                node: p.node.clone(),
-                password,
-            })
-        })
-        .collect();
+    let stored = stored_peers(&snap.peers, &ctx.me);
     let mut desired = mesh::desired_peers(&mesh::Inputs {
         me: &ctx.me,
         my_address: ctx.my_address,
@@ -222,4 +201,79 @@ async fn apply_mesh(
         }
     }
     Ok(())
+}
+
+/// The datastore's peers that apply to node `me`, with their passwords read. A peer whose
+/// password file cannot be read or breaks the 1–80 byte rule (an empty file would turn MD5
+/// off) is skipped with a warning naming the file and the rule.
+fn stored_peers(peers: &[model::PeerRecord], me: &str) -> Vec<StoredPeer> {
+    peers
+        .iter()
+        .filter(|p| p.applies_to(me))
+        .filter_map(|p| {
+            let password = match &p.password_file {
+                None => None,
+                Some(f) => match read_password_file(f) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!(peer = %p.name, file = %f.display(), error = %e, "the peer's password file is unusable; peer skipped until it is fixed");
+                        return None;
+                    }
+                },
+            };
+            Some(StoredPeer {
+                address: p.address,
+                as_number: p.as_number,
+                node: p.node.clone(),
+                password,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn peer(name: &str, address: &str, password_file: Option<PathBuf>) -> model::PeerRecord {
+        model::PeerRecord {
+            name: name.into(),
+            address: address.parse().expect("ip"),
+            as_number: 65000,
+            node: None,
+            password_file,
+        }
+    }
+
+    #[test]
+    fn a_stored_peer_whose_password_file_breaks_the_rule_is_skipped_not_unprotected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let f = dir.path().join(name);
+            std::fs::write(&f, text).expect("write password file");
+            f
+        };
+        let good = write("good", "s3cret\n");
+        let empty = write("empty", "\n");
+        let long = write("long", &"x".repeat(81));
+        let peers = [
+            peer("tor", "198.18.0.254", Some(good)),
+            peer("empty", "198.18.0.253", Some(empty)),
+            peer("long", "198.18.0.252", Some(long)),
+            peer("missing", "198.18.0.251", Some(dir.path().join("absent"))),
+            peer("plain", "198.18.0.250", None),
+        ];
+        let got: Vec<(String, Option<String>)> = stored_peers(&peers, "node1")
+            .into_iter()
+            .map(|p| (p.address.to_string(), p.password))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("198.18.0.254".to_string(), Some("s3cret".to_string())),
+                ("198.18.0.250".to_string(), None),
+            ]
+        );
+    }
 }
