@@ -73,6 +73,7 @@ enum Command {
     Withdraw(IpNet),
     Query(Query),
     Shutdown(oneshot::Sender<()>),
+    Abandon(oneshot::Sender<()>),
 }
 
 enum Io {
@@ -128,6 +129,15 @@ impl Handle {
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+    /// Stops without a NOTIFICATION: every connection is closed at the TCP level, as if
+    /// the process had died. Peers that help graceful restart (RFC 4724) keep our routes
+    /// as stale until we are back, so forwarding goes on while the agent restarts.
+    pub async fn abandon(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Abandon(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -271,6 +281,7 @@ impl Driver {
                 biased;
                 c = cmds.recv() => match c {
                     Some(Command::Shutdown(tx)) => { shutdown = Some(tx); }
+                    Some(Command::Abandon(tx)) => { self.abandon(); let _ = tx.send(()); return; }
                     Some(c) => self.command(c),
                     None => { shutdown = None; self.speaker.shutdown(); self.pump(); break; }
                 },
@@ -334,7 +345,18 @@ impl Driver {
                 self.speaker.withdraw(p);
             }
             Command::Query(q) => q(&mut self.speaker),
-            Command::Shutdown(_) => {}
+            Command::Shutdown(_) | Command::Abandon(_) => {}
+        }
+    }
+
+    /// Drops every connection without a word to the peers (see [`Handle::abandon`]).
+    fn abandon(&mut self) {
+        for (_, c) in self.conns.drain() {
+            c.reader_task.abort();
+            c.writer_task.abort();
+        }
+        for w in self.closing.drain(..) {
+            w.abort();
         }
     }
 

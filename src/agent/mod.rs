@@ -189,10 +189,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
             Ok(())
         }
         Some(exit) => {
-            // No CEASE: the sessions must just drop so that peers with graceful restart
-            // keep our routes while the agent restarts. The driver sends CEASE when every
-            // handle is gone, so one handle is kept until the process ends.
-            std::mem::forget(handle);
+            // No CEASE: the sessions just drop, so that peers with graceful restart keep
+            // our routes while the agent restarts.
+            handle.abandon().await;
             sup.shutdown().await;
             Err(exit.into())
         }
