@@ -3,7 +3,7 @@
 //! Checked after every operation (no address given twice, no overlapping blocks, nothing
 //! of a thread's freed by someone else) and at the end (the handle index, clean-up).
 
-mod common;
+use ferrovia_ipam_testsupport as common;
 
 use common::{raw, BIpam, YieldStore};
 use ferrovia_ipam::datastore::MemStore;

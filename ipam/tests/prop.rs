@@ -2,7 +2,7 @@
 //! toggles on several nodes, some of them cut short by a simulated crash, checked after
 //! every operation against the raw store and a model of who holds what.
 
-mod common;
+use ferrovia_ipam_testsupport as common;
 
 use common::{raw, BIpam, FaultStore, RawState};
 use ferrovia_ipam::datastore::MemStore;

@@ -1,6 +1,6 @@
 //! One test per behaviour and per error of the IPAM API.
 
-mod common;
+use ferrovia_ipam_testsupport as common;
 
 use common::{raw, BIpam, FaultStore, HookStore, Raw};
 use ferrovia_ipam::datastore::MemStore;

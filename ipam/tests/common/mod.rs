@@ -1,7 +1,6 @@
 //! Test helpers: a blocking face of IPAM for tests written as plain functions, store
 //! wrappers (fault injection, hooks, yields) and an invariant checker that reads the raw
 //! stored objects, independently of the library's own decoding.
-#![allow(dead_code)]
 
 use ferrovia_ipam::datastore::{
     Datastore, DatastoreError, EventStream, Item, List, MemStore, Object, Selector,
@@ -141,11 +140,6 @@ impl<D: Datastore + ?Sized> Raw for D {
     ) -> Result<bool, DatastoreError> {
         block_on(self.delete(kind, name, expected))
     }
-}
-
-/// The store name of a test handle (see `HandleId::name`).
-pub fn hname(container_id: &str, ifname: &str) -> String {
-    HandleId::new(container_id, ifname).name()
 }
 
 fn injected(what: &str) -> DatastoreError {
