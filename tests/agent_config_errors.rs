@@ -1,7 +1,7 @@
 //! `ferrovia agent` with a bad configuration: exit code 2 and a message naming the key. Run in
 //! an empty namespace, so that an agent which wrongly starts cannot reach anything.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The agent accepts BGP connections only from configured peers: a connection from any
 //! other address is closed at once, before an OPEN is sent, and the agent says so.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::{net_lock, wait_until, Ferrovia, FerroviaConfig, Pair};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! even with ADDs racing on every node; a newly claimed block reaches every other node's
 //! kernel, announced by the ADD itself.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::cluster::{Cluster, Pod, CONVERGE, POLL};
 use common::wait_until;

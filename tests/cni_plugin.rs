@@ -3,8 +3,8 @@
 //! namespaces made with `ip netns add`, and `ferrovia-cni` run as a runtime runs it.
 //! IPAM is read back with `ferrovia ipam show --json`.
 
-mod cni_support;
-mod common;
+use ferrovia_testsupport::cni_support;
+use ferrovia_testsupport::common;
 
 use cni_support::{addrs, link, links_of, netns_path, Call, Node, VERSIONS};
 use common::{net_lock, wait_until, Netns};

@@ -2,7 +2,7 @@
 //! peers with FRR and with GoBGP (198.18.0.254), eBGP and iBGP, IPv4 and IPv6 prefixes over one
 //! IPv4 session, checked in each daemon's CLI.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::*;
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! The dual-stack lab (tests/topologies/dual-stack.clab.yml) end to end: the mesh with an
 //! IPv4 and an IPv6 pool; pods get one address of each and reach each other over both.
 
-mod common;
-mod lab_common;
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::net_lock;
 use lab_common::{assert_plain_echo, capture, time_until, Lab, HOLD, PROPAGATE};

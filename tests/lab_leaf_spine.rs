@@ -2,8 +2,8 @@
 //! ferrovia nodes, eBGP to an FRR top-of-rack router per rack, an FRR spine; pods in
 //! different racks talk natively through ToR, spine, ToR.
 
-mod common;
-mod lab_common;
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::net_lock;
 use lab_common::{assert_plain_echo, capture, time_until, Lab, HOLD, PROPAGATE};

@@ -3,14 +3,16 @@
 //! `up` made and is idempotent, bind mounts stay inside their node, and pods are refused
 //! where they cannot be.
 
-mod common;
-mod lab_common;
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::{net_lock, wait_until};
-use lab_common::{bounded, BIN};
+use lab_common::bounded;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 
 const NAME: &str = "fvt-life";
 

@@ -1,8 +1,8 @@
 //! The mesh lab (tests/topologies/mesh.clab.yml) end to end: three ferrovia nodes on one
 //! segment in a full iBGP mesh, pods made through the CNI plugin, native routing.
 
-mod common;
-mod lab_common;
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::net_lock;
 use lab_common::{assert_plain_echo, capture, time_until, Lab, HOLD, PROPAGATE};

@@ -2,8 +2,8 @@
 //! with the mesh off, clients of a BIRD route reflector; they learn each other's blocks
 //! only through it, and route pod traffic node to node.
 
-mod common;
-mod lab_common;
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::net_lock;
 use lab_common::{assert_plain_echo, capture, time_until, Lab, HOLD, PROPAGATE};

@@ -5,7 +5,7 @@
 //! Each node has a veth pair `pod0`/`pod0p` holding a /32 and /128 from its block, standing
 //! in for a pod until the CNI exists.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::proc::Proc;
 use common::{wait_until, Capture, Netns};

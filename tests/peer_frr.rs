@@ -1,7 +1,7 @@
 //! ferrovia against a real FRR peer (zebra + bgpd) (GUIDE §4): eBGP and iBGP, v4+v6 over one session,
 //! withdrawals both ways, reconnection, TCP MD5, OPEN errors, hold timer.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::scenarios::*;
 

@@ -3,18 +3,15 @@
 //! plugin run exactly as a runtime runs it (a file named `ferrovia-cni`, `CNI_*` in a
 //! clean environment, the configuration on stdin, inside the node's namespace).
 
-#![allow(dead_code)]
-
 use crate::common::proc::Proc;
 use crate::common::{tail_file, wait_until, NetLock, Netns};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// How long one plugin run may take.
@@ -165,8 +162,9 @@ impl Node {
         // Our own link of the binary (a concurrent `cargo build` replaces target/debug),
         // and the plugin as runtimes find it: a symlink named ferrovia-cni.
         let bin = dir.path().join("ferrovia");
-        if std::fs::hard_link(BIN, &bin).is_err() {
-            std::fs::copy(BIN, &bin).unwrap_or_else(|e| panic!("copy {BIN}: {e}"));
+        let exe = crate::common::bin();
+        if std::fs::hard_link(exe, &bin).is_err() {
+            std::fs::copy(exe, &bin).unwrap_or_else(|e| panic!("copy {exe}: {e}"));
         }
         let plugin = dir.path().join("ferrovia-cni");
         std::os::unix::fs::symlink(&bin, &plugin).expect("symlink ferrovia-cni");
@@ -241,10 +239,9 @@ impl Node {
     /// it to the plugin for `version`: the plugin object with `cniVersion` and `name`,
     /// `agentSocket` pointed at this node's agent.
     pub fn conf(&self, version: &str) -> Value {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferrovia.conflist"),
-        )
-        .expect("config/ferrovia.conflist");
+        let text =
+            std::fs::read_to_string(crate::common::repo_root().join("config/ferrovia.conflist"))
+                .expect("config/ferrovia.conflist");
         let list: Value = serde_json::from_str(&text).expect("conflist JSON");
         let mut p = list["plugins"][0].clone();
         assert_eq!(p["type"], "ferrovia-cni");

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 /// One `protocol bgp` with an ipv4 and an ipv6 channel over a single session.
 #[derive(Clone, Debug)]
@@ -258,10 +257,6 @@ impl Bird {
                 }
             },
         );
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     fn birdc_raw(&self, cmd: &str) -> String {

@@ -3,8 +3,6 @@
 //! Each node has a veth pair `pod0`/`pod0p` holding 10.244.N.1/32 and fd00:10:244:N::1/128,
 //! a stand-in pod for tests that do not need the CNI.
 
-#![allow(dead_code)]
-
 use super::proc::Proc;
 use super::{net_lock, NetLock, Netns};
 use serde_json::Value;
@@ -12,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 pub const POLL: Duration = Duration::from_millis(100);
 /// Generous: a deadline bounds a wait on observed state, it never measures speed.
 pub const CONVERGE: Duration = Duration::from_secs(30);
@@ -55,14 +52,14 @@ impl Node {
         let conf = conf.display().to_string();
         self.agent = Some(Proc::spawn(
             self.ns.name(),
-            &[BIN, "agent", "--config", &conf],
+            &[super::bin(), "agent", "--config", &conf],
             &log,
             &[("FERROVIA_LOG", "info")],
         ));
     }
 
     pub fn status(&self) -> Result<Value, String> {
-        let out = Command::new(BIN)
+        let out = Command::new(super::bin())
             .args(["status", "--json", "--socket"])
             .arg(self.sock())
             .output()
@@ -213,7 +210,7 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
+        let out = Command::new(super::bin())
             .args(args)
             .arg("--datastore")
             .arg(&self.db)
@@ -326,7 +323,7 @@ impl Cluster {
     pub fn plugin(&self) -> PathBuf {
         let path = self.dir.path().join("ferrovia-cni");
         if !path.exists() {
-            std::os::unix::fs::symlink(BIN, &path).expect("symlink ferrovia-cni");
+            std::os::unix::fs::symlink(super::bin(), &path).expect("symlink ferrovia-cni");
         }
         path
     }

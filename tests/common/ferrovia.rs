@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
-
 #[derive(Clone, Debug)]
 pub struct FerroviaPeer {
     pub address: String,
@@ -159,8 +157,9 @@ impl Ferrovia {
         let conf_path = dir.path().join("ferrovia.yaml");
         let log = dir.path().join("ferrovia.log");
         let bin = dir.path().join("ferrovia");
-        if std::fs::hard_link(BIN, &bin).is_err() {
-            std::fs::copy(BIN, &bin).unwrap_or_else(|e| panic!("copy {BIN}: {e}"));
+        let exe = super::bin();
+        if std::fs::hard_link(exe, &bin).is_err() {
+            std::fs::copy(exe, &bin).unwrap_or_else(|e| panic!("copy {exe}: {e}"));
         }
         let mut f = Ferrovia {
             ns: ns.name().to_string(),
@@ -232,14 +231,6 @@ impl Ferrovia {
         self.spawn();
     }
 
-    pub fn pid(&self) -> Option<i32> {
-        self.proc.as_ref().and_then(|p| p.pid())
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().map(|p| p.is_running()).unwrap_or(false)
-    }
-
     /// SIGTERM; waits (bounded, generously) for the exit. None if it had to be SIGKILLed.
     pub fn sigterm(&mut self) -> Option<ExitStatus> {
         self.proc.take().and_then(|mut p| p.terminate(super::START))
@@ -285,13 +276,6 @@ impl Ferrovia {
             .as_array()
             .and_then(|a| a.iter().find(|p| p["address"] == addr).cloned())
             .ok_or_else(|| format!("no peer {addr} in status {s}"))
-    }
-
-    pub fn peer_state(&self, addr: &str) -> String {
-        match self.peer(addr) {
-            Ok(p) => p["state"].as_str().unwrap_or("?").to_string(),
-            Err(e) => format!("<{e}>"),
-        }
     }
 
     /// Loc-RIB entries for `prefix`.

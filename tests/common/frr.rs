@@ -6,7 +6,6 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct FrrNeighbor {
@@ -227,10 +226,6 @@ impl Frr {
         }
     }
 
-    pub fn bgpd_pid(&self) -> Option<i32> {
-        self.bgpd.as_ref().and_then(|p| p.pid())
-    }
-
     pub fn signal_bgpd(&self, sig: i32) {
         if let Some(p) = &self.bgpd {
             p.signal(sig);
@@ -305,15 +300,6 @@ impl Frr {
         } else {
             "ipv4"
         }
-    }
-
-    pub fn add_network(&mut self, prefix: &str) {
-        let r = format!("router bgp {}", self.cfg.asn);
-        let a = format!("address-family {} unicast", Self::afi(prefix));
-        let n = format!("network {prefix}");
-        let out = self.vtysh(&["configure terminal", &r, &a, &n]);
-        assert!(out.trim().is_empty(), "vtysh network {prefix}: {out}");
-        self.cfg.networks.push(prefix.to_string());
     }
 
     pub fn remove_network(&mut self, prefix: &str) {

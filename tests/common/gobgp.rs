@@ -7,7 +7,6 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct GobgpNeighbor {
@@ -275,10 +274,6 @@ impl Gobgp {
         } else {
             self.gobgp(&["global", "rib", "del", prefix]);
         }
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     pub fn signal(&self, sig: i32) {

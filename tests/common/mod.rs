@@ -7,8 +7,7 @@
 //! Address plan (GUIDE §4), only inside namespaces:
 //! - link 198.18.0.0/24: ferrovia 198.18.0.1, peer 198.18.0.254; fd00:198:18::/64 (::1, ::254)
 //! - ferrovia's originated prefixes from 10.244.0.0/16 and fd00:10:244::/48
-//! - peer-originated prefixes 10.244.200.0/24, 10.244.201.0/24, fd00:10:244:200::/64, …:201::/64
-#![allow(dead_code, unused_imports)]
+//! - peer-originated prefixes 10.244.200.0/24 and fd00:10:244:200::/64
 
 pub mod bird;
 pub mod capture;
@@ -24,7 +23,7 @@ pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};
 pub use capture::Capture;
-pub use ferrovia::{Ferrovia, FerroviaConfig, FerroviaPeer};
+pub use ferrovia::{Ferrovia, FerroviaConfig};
 pub use frr::{Frr, FrrConfig, FrrNeighbor};
 pub use gobgp::{Gobgp, GobgpConfig, GobgpNeighbor};
 pub use netns::{net_lock, NetLock, Netns, Pair};
@@ -42,15 +41,11 @@ pub const PEER_AS: u32 = 65000;
 
 /// Prefixes ferrovia originates in the tests.
 pub const F_V4: &str = "10.244.1.0/26";
-pub const F_V4_B: &str = "10.244.1.64/26";
 pub const F_V6: &str = "fd00:10:244:1::/122";
-pub const F_V6_B: &str = "fd00:10:244:1::40/122";
 
 /// Prefixes the peer originates in the tests.
 pub const P_V4: &str = "10.244.200.0/24";
-pub const P_V4_B: &str = "10.244.201.0/24";
 pub const P_V6: &str = "fd00:10:244:200::/64";
-pub const P_V6_B: &str = "fd00:10:244:201::/64";
 
 /// Deadlines are generous: machines differ in speed by 2x or more both ways, and a deadline
 /// only bounds a wait on observed state (it never measures speed).
@@ -62,6 +57,42 @@ pub const PROPAGATE: Duration = Duration::from_secs(30);
 /// being started, and for a process to exit after SIGTERM.
 pub const START: Duration = Duration::from_secs(30);
 pub const POLL: Duration = Duration::from_millis(200);
+
+/// The `ferrovia` binary cargo built for this test run. The harness is a library, so
+/// `env!("CARGO_BIN_EXE_ferrovia")` is not set when it compiles: the path is taken from the
+/// environment when the runner sets it (cargo-nextest does), else found beside the running test
+/// executable (`target/<profile>/deps/<test>-<hash>` → `target/<profile>/ferrovia`).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CARGO_BIN_EXE_ferrovia") {
+            return p
+                .into_string()
+                .unwrap_or_else(|p| panic!("CARGO_BIN_EXE_ferrovia is not UTF-8: {p:?}"));
+        }
+        let exe = std::env::current_exe().expect("path of the running test executable");
+        let path = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .map(|dir| dir.join("ferrovia"))
+            .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
+        assert!(
+            path.is_file(),
+            "the ferrovia binary is not at {} (beside the test executable {}): run the tests \
+             with `cargo test` from the workspace, which builds it first",
+            path.display(),
+            exe.display()
+        );
+        path.into_os_string()
+            .into_string()
+            .unwrap_or_else(|p| panic!("path of the ferrovia binary is not UTF-8: {p:?}"))
+    })
+}
+
+/// The repository's root directory (for files such as tests/topologies or config/).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// A unique, short token for names (namespaces, FRR pathspaces, ports).
 pub fn unique(tag: &str) -> String {

@@ -2,14 +2,12 @@
 //! Killed (SIGCONT, then SIGKILL) and reaped on drop.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Proc {
-    pub what: String,
     child: Option<Child>,
-    pub log: PathBuf,
 }
 
 impl Proc {
@@ -31,11 +29,7 @@ impl Proc {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {argv:?} in {ns}: {e}"));
-        Proc {
-            what: argv.join(" "),
-            child: Some(child),
-            log: log.to_path_buf(),
-        }
+        Proc { child: Some(child) }
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -56,10 +50,6 @@ impl Proc {
             Some(c) => c.try_wait().ok().flatten(),
             None => None,
         }
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_some() && self.try_wait().is_none()
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; SIGKILL after that.

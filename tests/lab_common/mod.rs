@@ -2,8 +2,6 @@
 //! under a test name (`fvt-…`, so the harness's stale-namespace sweep covers it), driven
 //! only through the `ferrovia lab` CLI and the tools inside the nodes, and removed with
 //! `ferrovia lab down` when the guard drops — also when the test panics.
-#![allow(dead_code)]
-
 use crate::common::{wait_until, Capture, NetLock};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -11,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 pub const POLL: Duration = Duration::from_millis(200);
 /// The hold time of every session in the lab topologies.
 pub const HOLD: Duration = Duration::from_secs(9);
@@ -19,7 +16,7 @@ pub const HOLD: Duration = Duration::from_secs(9);
 pub const PROPAGATE: Duration = Duration::from_secs(30);
 
 pub fn topology(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::common::repo_root()
         .join("tests/topologies")
         .join(file)
 }
@@ -61,7 +58,7 @@ impl<'l> Lab<'l> {
 
     /// `ferrovia lab --name NAME SUB FILE ARGS…`.
     pub fn cli(&self, sub: &[&str], args: &[&str], limit: Duration) -> Output {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(crate::common::bin());
         c.args(["lab", "--name", &self.name])
             .args(sub)
             .arg(&self.file)
@@ -185,7 +182,7 @@ impl<'l> Lab<'l> {
     pub fn blocks(&self) -> BTreeMap<String, Vec<String>> {
         let db = self.state_dir().join("datastore/ferrovia.db");
         let out = bounded(
-            Command::new(BIN)
+            Command::new(crate::common::bin())
                 .args(["ipam", "show", "--json", "--datastore"])
                 .arg(&db),
             Duration::from_secs(30),
