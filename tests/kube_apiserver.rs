@@ -5,7 +5,7 @@
 //!
 //! Needs the binary from `scripts/kube-apiserver.sh`; without it every test here fails and says so.
 
-mod common;
+use ferrovia_testsupport::common;
 
 use common::kube::{join_segment, segment, ControlPlane, Response, CONTROL_PLANE_V4, SETTLE};
 use common::{net_lock, wait_until};

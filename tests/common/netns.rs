@@ -214,6 +214,10 @@ impl Netns {
         a.link_up(a_if);
         b.link_up(b_if);
     }
+
+    pub fn pids(&self) -> Vec<i32> {
+        pids_in(&self.name)
+    }
 }
 
 impl Drop for Netns {

@@ -52,6 +52,10 @@ impl Proc {
         }
     }
 
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit; SIGKILL after that.
     /// Returns the exit status, or None if it had to be killed.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
