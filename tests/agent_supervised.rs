@@ -6,13 +6,15 @@
 //! `FERROVIA_TEST_FAIL_TASK=NAME[:panic]` (the task fails, or panics, on SIGUSR1): no task
 //! of a healthy agent can be made to end from outside (they retry whatever can be retried).
 
-mod common;
+use ferrovia_testsupport::common;
 
-use common::cluster::{libc_sigterm, Cluster, BIN, CONVERGE, POLL};
+use common::cluster::{libc_sigterm, Cluster, CONVERGE, POLL};
 use common::proc::Proc;
 use common::wait_until;
 use serde_json::Value;
 use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrovia");
 
 /// Generous: only a broken agent takes this long to exit.
 const EXIT: Duration = Duration::from_secs(30);
