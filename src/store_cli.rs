@@ -78,6 +78,9 @@ pub enum PeerCmd {
         as_number: u32,
         #[arg(long)]
         node: Option<String>,
+        /// A file, present on every node, holding the TCP MD5 password (1 to 80 bytes).
+        /// An agent that cannot read it, or finds it empty or too long, skips the peer
+        /// and says so in its log.
         #[arg(long)]
         password_file: Option<PathBuf>,
     },

@@ -51,9 +51,15 @@ fn cleanup_stale() {
     if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if ["fvt-bird", "fvt-frr", "fvt-gobgp", "fvt-ferrovia"]
-                .iter()
-                .any(|p| name.starts_with(p))
+            if [
+                "fvt-bird",
+                "fvt-frr",
+                "fvt-gobgp",
+                "fvt-ferrovia",
+                "fvt-kube",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
             {
                 let _ = std::fs::remove_dir_all(e.path());
             }
