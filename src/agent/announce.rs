@@ -3,7 +3,7 @@
 
 use super::NodeIpam;
 use crate::datastore::model::NodeRecord;
-use crate::datastore::{Reflector, Selector, SharedDatastore};
+use crate::datastore::{decode, Reflector, Selector, SharedDatastore};
 use anyhow::Context;
 use ferrovia_bgp::driver::Handle;
 use ferrovia_ipam::{IpamError, KIND_BLOCK};
@@ -54,15 +54,13 @@ pub async fn announce_task(
             }
         };
         let mut wanted: BTreeSet<IpNet> = config.clone();
-        match nodes.typed::<NodeRecord>() {
-            Ok(recs) => {
-                if let Some(rec) = recs.into_iter().find(|r| r.value.name == node) {
-                    wanted.extend(rec.value.blocks);
+        if let Some(item) = nodes.items().find(|i| i.object.name == node) {
+            match decode::<NodeRecord>(item.clone()) {
+                Ok(rec) => wanted.extend(rec.value.blocks),
+                Err(e) => {
+                    warn!(error = %e, "this node's record is not valid; announcements unchanged");
+                    continue;
                 }
-            }
-            Err(e) => {
-                warn!(error = %e, "this node's record is not valid; announcements unchanged");
-                continue;
             }
         }
         if let Some(ipam) = &ipam {

@@ -68,17 +68,23 @@ impl Watched {
         }
     }
 
-    fn snapshot(&self) -> crate::datastore::Result<Snapshot> {
-        Ok(Snapshot {
-            cluster: values::<ClusterBgp>(&self.cluster)?.into_iter().next(),
-            nodes: values(&self.nodes)?,
-            peers: values(&self.peers)?,
-        })
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            cluster: values::<ClusterBgp>(&self.cluster).into_iter().next(),
+            nodes: values(&self.nodes),
+            peers: values(&self.peers),
+        }
     }
 }
 
-fn values<R: Resource>(r: &Reflector) -> crate::datastore::Result<Vec<R>> {
-    Ok(r.typed::<R>()?.into_iter().map(|t| t.value).collect())
+/// The valid objects of a kind; each invalid one is logged (with its name and what is
+/// wrong) and left out, so one broken object never stops the mesh from following the rest.
+fn values<R: Resource>(r: &Reflector) -> Vec<R> {
+    let (valid, invalid) = r.typed::<R>();
+    for e in invalid {
+        warn!(error = %e, "ignoring an invalid datastore object");
+    }
+    valid.into_iter().map(|t| t.value).collect()
 }
 
 /// The speaker's peers kept in line with the datastore: wakes when a node, a peer or the
@@ -114,10 +120,7 @@ impl Mesh {
             .changed()
             .await
             .context("listing the cluster settings, nodes and peers in the datastore")?;
-        let snap = self
-            .watched
-            .snapshot()
-            .context("reading the cluster settings, nodes and peers in the datastore")?;
+        let snap = self.watched.snapshot();
         apply_mesh(&self.ctx, &self.handle, &snap, &mut self.current).await
     }
 
@@ -133,12 +136,8 @@ impl Mesh {
                     continue;
                 }
             }
-            match self.watched.snapshot() {
-                Ok(snap) => apply_mesh(&self.ctx, &self.handle, &snap, &mut self.current).await?,
-                Err(e) => {
-                    warn!(error = %e, "a datastore object is not valid; keeping the current peers")
-                }
-            }
+            let snap = self.watched.snapshot();
+            apply_mesh(&self.ctx, &self.handle, &snap, &mut self.current).await?;
         }
     }
 }

@@ -35,7 +35,7 @@ pub use name::{
 };
 pub use reflector::Reflector;
 pub use selector::{Requirement, Selector, SelectorError};
-pub use typed::{Change, DatastoreExt, Resource, Typed, MAX_ATTEMPTS};
+pub use typed::{decode, Change, DatastoreExt, Resource, Typed, MAX_ATTEMPTS};
 
 use futures::stream::BoxStream;
 use serde_json::Value;

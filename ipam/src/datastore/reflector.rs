@@ -136,8 +136,67 @@ impl Reflector {
         self.items.values()
     }
 
-    /// The objects decoded as `R`, sorted by name.
-    pub fn typed<R: Resource>(&self) -> Result<Vec<Typed<R>>> {
-        self.items.values().cloned().map(decode).collect()
+    /// The objects decoded as `R`, sorted by name, and beside them the errors of those
+    /// that do not decode (a broken object, written by hand or by a newer version, must
+    /// not hide the valid ones: callers log the errors and go on without those objects).
+    pub fn typed<R: Resource>(&self) -> (Vec<Typed<R>>, Vec<DatastoreError>) {
+        let mut valid = Vec::new();
+        let mut invalid = Vec::new();
+        for item in self.items.values().cloned() {
+            match decode(item) {
+                Ok(t) => valid.push(t),
+                Err(e) => invalid.push(e),
+            }
+        }
+        (valid, invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{Datastore, MemStore, Object};
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Thing {
+        name: String,
+        n: u64,
+    }
+
+    impl Resource for Thing {
+        const KIND: &'static str = "Thing";
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_object_is_reported_beside_the_valid_ones_never_hiding_them() {
+        let store = Arc::new(MemStore::new());
+        for (name, value) in [
+            ("a", json!({"name": "a", "n": 1})),
+            ("b", json!({"name": "b", "n": "not a number"})),
+            ("c", json!({"name": "c", "n": 3})),
+        ] {
+            store
+                .create("Thing", &Object::new(name, value))
+                .await
+                .expect("create");
+        }
+        let shared: SharedDatastore = store;
+        let mut r = Reflector::of::<Thing>(shared, Selector::everything());
+        r.next().await.expect("list");
+        let (valid, invalid) = r.typed::<Thing>();
+        let names: Vec<_> = valid.iter().map(|t| t.value.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(invalid.len(), 1);
+        let msg = invalid[0].to_string();
+        assert!(
+            msg.starts_with("Thing \"b\" is not valid"),
+            "names the object: {msg}"
+        );
     }
 }
