@@ -322,8 +322,11 @@ impl Cluster {
     /// ferrovia binary).
     pub fn plugin(&self) -> PathBuf {
         let path = self.dir.path().join("ferrovia-cni");
-        if !path.exists() {
-            std::os::unix::fs::symlink(super::bin(), &path).expect("symlink ferrovia-cni");
+        // Many threads may ask at once (parallel ADDs): whoever comes second finds it made.
+        match std::os::unix::fs::symlink(super::bin(), &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("symlink {}: {e}", path.display()),
         }
         path
     }
