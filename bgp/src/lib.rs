@@ -12,6 +12,7 @@
 //! (time, monotonic and wall, comes in as arguments) and names no socket or runtime;
 //! `tests/core_boundary.rs` fails when that stops being true.
 
+pub mod bfd;
 pub mod driver;
 pub mod fsm;
 pub mod md5;
