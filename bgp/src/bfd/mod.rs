@@ -295,8 +295,13 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.detect_deadline.is_some_and(|d| d <= now) {
             self.detect_deadline = None;
+            // The peer is forgotten (§6.8.1): back to the values before its first packet,
+            // so periodic packets resume even if it had asked for none.
             self.remote_discr = 0;
             self.remote_state = State::Down;
+            self.remote_min_rx = Duration::from_micros(1);
+            self.remote_detect_mult = 0;
+            self.reschedule_tx(now);
             if matches!(self.state, State::Init | State::Up) {
                 self.diag = Diag::ControlDetectionTimeExpired;
                 self.go(now, State::Down, false);
