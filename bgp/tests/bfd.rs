@@ -351,6 +351,34 @@ fn an_interval_change_runs_a_poll_sequence() {
 }
 
 #[test]
+fn a_change_during_a_poll_sequence_is_polled_again() {
+    let mut pair = Pair::new(timing(300, 3), timing(300, 3));
+    pair.settle_up();
+    let now = pair.now;
+    pair.a.set_timing(now, timing(1000, 3));
+    // Before B's Final arrives, a second change: it waits for a second Poll Sequence.
+    pair.a.set_timing(now, timing(600, 3));
+    assert_eq!(
+        pair.a.tx_interval(),
+        Some(MS300),
+        "no increase before a Final"
+    );
+    let mark = pair.sent.len();
+    pair.run_until(Duration::from_secs(30), "both polls done", |p| {
+        !p.a.polling()
+    });
+    let finals = pair.sent[mark..]
+        .iter()
+        .filter(|(_, w, p)| *w == 'b' && p.final_)
+        .count();
+    assert!(finals >= 2, "{finals} Finals from B");
+    assert_eq!(pair.a.tx_interval(), Some(Duration::from_millis(600)));
+    assert_eq!(pair.b.detection_time(), Some(Duration::from_millis(1800)));
+    assert_eq!(pair.a.detection_time(), Some(Duration::from_millis(1800)));
+    assert_eq!(pair.a.state(), State::Up);
+}
+
+#[test]
 fn remote_admin_down_is_told_apart_from_a_failure() {
     let mut pair = Pair::new(timing(300, 3), timing(300, 3));
     pair.settle_up();

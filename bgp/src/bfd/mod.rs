@@ -156,6 +156,7 @@ pub struct Session {
     diag: Diag,
     remote_discr: u32,
     remote_state: State,
+    remote_diag: Diag,
     remote_demand: bool,
     /// bfd.RemoteMinRxInterval; 1 µs until the peer tells us (§6.8.1).
     remote_min_rx: Duration,
@@ -210,6 +211,7 @@ impl Session {
             diag: Diag::None,
             remote_discr: 0,
             remote_state: State::Down,
+            remote_diag: Diag::None,
             remote_demand: false,
             remote_min_rx: Duration::from_micros(1),
             remote_desired_tx: Duration::ZERO,
@@ -248,6 +250,11 @@ impl Session {
     /// The state the peer last reported.
     pub fn remote_state(&self) -> State {
         self.remote_state
+    }
+
+    /// The diagnostic the peer last sent: why it says its session is not Up.
+    pub fn remote_diag(&self) -> Diag {
+        self.remote_diag
     }
 
     /// The peer's Demand bit (we do not implement Demand mode; shown for diagnosis).
@@ -329,6 +336,7 @@ impl Session {
         }
         self.remote_discr = p.my_discriminator;
         self.remote_state = p.state;
+        self.remote_diag = p.diag;
         self.remote_demand = p.demand;
         self.remote_desired_tx = p.desired_min_tx;
         self.remote_detect_mult = p.detect_mult;
@@ -433,13 +441,17 @@ impl Session {
 
     fn end_poll(&mut self, now: Instant) {
         self.polling = false;
-        self.active_tx = self.desired_tx;
-        self.active_rx = self.required_rx;
         if self.repoll && self.state == State::Up {
+            // The Final may answer a packet sent before the last change: keep the values
+            // that are safe either way until the next Poll Sequence ends.
             self.repoll = false;
             self.begin_poll(now);
+            return;
         }
         self.repoll = false;
+        self.active_tx = self.desired_tx;
+        self.active_rx = self.required_rx;
+        self.reschedule_tx(now);
     }
 
     fn go(&mut self, now: Instant, to: State, remote_admin_down: bool) {
