@@ -710,6 +710,36 @@ fn packets_in_admin_down_change_nothing() {
 }
 
 #[test]
+fn detection_expiry_in_init_goes_down_and_in_down_only_forgets_the_peer() {
+    let now = Instant::now();
+    let mut s = init_session(now);
+    assert_eq!(s.remote_discriminator(), B_DISCR);
+    // Its packet offered 300 ms × 3 and we require 300 ms: detection after 900 ms.
+    let detect = now + MS300 * 3;
+    let mut t = now;
+    while s.state() == State::Init {
+        t = s.poll_timeout().expect("deadline");
+        assert!(t <= detect, "detection never fired");
+        s.handle_timeout(t);
+    }
+    assert_eq!(t, detect);
+    let (_, changes) = drain(&mut s);
+    assert_eq!((changes[0].from, changes[0].to), (State::Init, State::Down));
+    assert_eq!(changes[0].diag, Diag::ControlDetectionTimeExpired);
+    assert!(!changes[0].is_failure(), "never Up, nothing to fail");
+    assert_eq!(s.remote_discriminator(), 0);
+    // In Down, an expiry changes no state.
+    s.received(t, &peer_packet(State::Up, A_DISCR).encode())
+        .expect("accepted");
+    assert_eq!(s.state(), State::Down);
+    s.handle_timeout(t + Duration::from_secs(10));
+    assert_eq!(s.state(), State::Down);
+    assert_eq!(s.remote_discriminator(), 0);
+    let (_, changes) = drain(&mut s);
+    assert!(changes.is_empty());
+}
+
+#[test]
 fn a_poll_is_answered_with_a_final_at_once() {
     let now = Instant::now();
     let mut s = up_session(now);
