@@ -232,6 +232,10 @@ pub struct Peer {
     /// Overrides `bgp.holdTime` for this peer.
     #[serde(default)]
     pub hold_time: Option<u16>,
+    /// GTSM (RFC 5082): the peer is at most this many hops away (1–254; 1 = directly
+    /// connected). Packets are sent with TTL 255 and refused below 256 − HOPS. Absent: off.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
 }
 
 /// A prefix to originate, bare or with communities.
@@ -394,6 +398,17 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         }
         if let Some(h) = p.hold_time {
             check_hold("", h).map_err(|m| err(&key("holdTime"), m))?;
+        }
+        if let Some(hops) = p.ttl_security {
+            if ferrovia_bgp::gtsm::min_ttl(hops).is_err() {
+                return Err(err(
+                    &key("ttlSecurity"),
+                    format!(
+                        "{hops} is not a hop count for GTSM: use 1 (a directly connected peer) to {}, or leave the key out to turn GTSM off",
+                        ferrovia_bgp::gtsm::MAX_HOPS
+                    ),
+                ));
+            }
         }
         if p.address.is_unspecified() || p.address.is_multicast() {
             return Err(err(
@@ -564,6 +579,25 @@ status: { socket: /run/ferrovia/ferrovia.sock }
             key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\nbgp: { peers: [ { address: 1.2.3.4, asNumber: 5 }, { address: 1.2.3.4, asNumber: 6 } ] }"),
             "bgp.peers[1].address"
         );
+    }
+
+    #[test]
+    fn ttl_security_takes_1_to_254_hops_and_names_the_key_otherwise() {
+        let peer = |v: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1 }}\nbgp: {{ peers: [ {{ address: 1.2.3.4, asNumber: 5{v} }} ] }}")
+        };
+        let off = parse("t", &peer("")).expect("loads");
+        assert_eq!(off.config.bgp.peers[0].ttl_security, None);
+        for ok in [1u8, 2, 254] {
+            let l = parse("t", &peer(&format!(", ttlSecurity: {ok}"))).expect("loads");
+            assert_eq!(l.config.bgp.peers[0].ttl_security, Some(ok));
+        }
+        for bad in ["0", "255", "256", "-1", "x"] {
+            let e = parse("t", &peer(&format!(", ttlSecurity: {bad}"))).expect_err(bad);
+            assert_eq!(e.key, "bgp.peers[0].ttlSecurity", "{bad}: {e}");
+        }
+        let e = parse("t", &peer(", ttlSecurity: 0")).expect_err("0");
+        assert!(e.message.contains("1") && e.message.contains("254"), "{e}");
     }
 
     #[test]

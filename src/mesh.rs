@@ -74,6 +74,8 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
             },
             port: 179,
             password,
+            // Stored peers have no GTSM setting (yet): only the configuration file's do.
+            ttl_security: None,
         };
     for p in i
         .stored_peers

@@ -10,6 +10,7 @@
 //! another.
 
 use crate::fsm::{ConnId, Direction};
+use crate::gtsm;
 use crate::md5;
 use crate::speaker::{Action, Event, PeerConfig, Speaker, SpeakerError};
 use ipnet::IpNet;
@@ -31,6 +32,8 @@ pub struct PeerSpec {
     pub port: u16,
     /// TCP MD5 key (RFC 2385).
     pub password: Option<String>,
+    /// GTSM (RFC 5082): how many hops away the peer may be (1–254); None: off.
+    pub ttl_security: Option<u8>,
 }
 
 /// Transport settings.
@@ -52,6 +55,11 @@ pub enum DriverError {
     },
     #[error("cannot set the TCP MD5 password for peer {peer}: {source}")]
     Md5 {
+        peer: IpAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up GTSM (ttlSecurity, RFC 5082) for peer {peer}: {source} (does this kernel support IP_MINTTL / IPV6_MINHOPCOUNT? remove ttlSecurity from the peer to run without it)")]
+    Gtsm {
         peer: IpAddr,
         source: std::io::Error,
     },
@@ -256,6 +264,16 @@ impl Driver {
             md5::set_key(fd, v6, addr, Some(pw.as_bytes()))
                 .map_err(|source| DriverError::Md5 { peer: addr, source })?;
         }
+        if let Some(hops) = spec.ttl_security {
+            gtsm::min_ttl(hops).map_err(|source| DriverError::Gtsm { peer: addr, source })?;
+            // The kernel answers a peer's SYN with the listener's TTL before we accept: a
+            // GTSM peer that connects to us drops a SYN-ACK that arrives below 255. Sending
+            // 255 is harmless for every other peer, so it stays when this one is removed.
+            if let Some((fd, v6)) = self.listener_fd {
+                gtsm::send_255(fd, v6, addr)
+                    .map_err(|source| DriverError::Gtsm { peer: addr, source })?;
+            }
+        }
         self.speaker.add_peer(Instant::now(), spec.config.clone())?;
         info!(peer = %addr, asn = spec.config.remote_as, kind = %spec.config.kind, "peer added");
         self.peers.insert(addr, spec);
@@ -372,6 +390,25 @@ impl Driver {
                     drop(stream);
                     return 0;
                 }
+                // GTSM (RFC 5082): the listener is shared by every peer, so it cannot carry a
+                // per-peer minimum TTL; the accepted socket gets it here, before the reader
+                // task exists, so no BGP message of this connection is read unchecked except
+                // what already sat in the receive buffer. What this leaves out of RFC 5082 §3:
+                // the TCP handshake itself (SYN and the final ACK) is not checked, so a
+                // distant sender can still complete handshakes and use accept slots (the
+                // connection is then starved: its segments are dropped), and the first
+                // segments queued before this point (typically the peer's OPEN) passed
+                // unchecked; a spoofed OPEN from afar still never gets the session past
+                // OpenConfirm, as the KEEPALIVE that must follow is dropped.
+                if let Some(hops) = self.peers.get(&peer).and_then(|s| s.ttl_security) {
+                    if let Err(source) =
+                        gtsm::protect(stream.as_raw_fd(), from.is_ipv6(), peer, hops)
+                    {
+                        let e = DriverError::Gtsm { peer, source };
+                        warn!(%from, "refused a BGP connection: {e}");
+                        return 0;
+                    }
+                }
                 debug!(%peer, "accepted a connection");
                 self.start_conn(peer, stream, Direction::Incoming, now);
             }
@@ -479,6 +516,7 @@ impl Driver {
         };
         let addr = SocketAddr::new(peer, spec.port);
         let password = spec.password.clone();
+        let ttl_security = spec.ttl_security;
         let timeout = self.config.connect_timeout;
         let tx = self.io_tx.clone();
         tokio::spawn(async move {
@@ -493,6 +531,17 @@ impl Driver {
                         addr.is_ipv6(),
                         peer,
                         Some(pw.as_bytes()),
+                    )?;
+                }
+                // GTSM before connect, so that the SYN leaves with TTL 255 and the SYN-ACK is
+                // checked already.
+                if let Some(hops) = ttl_security {
+                    gtsm::protect(socket.as_raw_fd(), addr.is_ipv6(), peer, hops).map_err(
+                        |source| {
+                            let e = DriverError::Gtsm { peer, source };
+                            warn!("{e}");
+                            std::io::Error::other(e.to_string())
+                        },
                     )?;
                 }
                 tokio::time::timeout(timeout, socket.connect(addr))

@@ -6,15 +6,17 @@
 //! - [`rib`]: Adj-RIB-In, Loc-RIB with best path and multipath, Adj-RIB-Out.
 //! - [`policy`]: import and export rules.
 //! - [`speaker`]: sessions, RIBs and policy together, sans-IO.
-//! - [`driver`]: the tokio task that owns sockets and clocks; [`md5`]: TCP MD5 signatures.
+//! - [`driver`]: the tokio task that owns sockets and clocks; [`md5`]: TCP MD5 signatures;
+//!   [`gtsm`]: TTL security (RFC 5082).
 //!
-//! Only `driver` and `md5` do I/O. Everything else is the sans-IO core: it reads no clock
+//! Only `driver`, `md5` and `gtsm` do I/O. Everything else is the sans-IO core: it reads no clock
 //! (time, monotonic and wall, comes in as arguments) and names no socket or runtime;
 //! `tests/core_boundary.rs` fails when that stops being true.
 
 pub mod bfd;
 pub mod driver;
 pub mod fsm;
+pub mod gtsm;
 pub mod md5;
 pub mod message;
 pub mod policy;

@@ -29,6 +29,7 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
             },
             port: p.port,
             password: pw.clone(),
+            ttl_security: p.ttl_security,
         })
         .collect()
 }
