@@ -598,6 +598,10 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         }
         let e = parse("t", &peer(", ttlSecurity: 0")).expect_err("0");
         assert!(e.message.contains("1") && e.message.contains("254"), "{e}");
+        // The documented example turns it on for its directly connected ToR.
+        let tor = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tor-dual-stack.yaml");
+        let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.bgp.peers[0].ttl_security, Some(1));
     }
 
     #[test]
