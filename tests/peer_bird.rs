@@ -60,3 +60,18 @@ fn ibgp_duplicate_router_id_is_bad_bgp_identifier() {
 fn communities_both_ways_ebgp() {
     communities_both_ways("bird-c", start_bird);
 }
+
+#[test]
+fn gtsm_one_hop_establishes_with_ttl_security_on() {
+    gtsm_one_hop_establishes("bird-gt1", start_bird);
+}
+
+#[test]
+fn gtsm_peer_two_hops_away_is_refused() {
+    gtsm_two_hops_refused("bird-gt2", start_bird);
+}
+
+#[test]
+fn gtsm_off_peer_two_hops_away_establishes_with_multihop() {
+    gtsm_off_two_hops_establishes("bird-gt0", start_bird);
+}

@@ -55,3 +55,18 @@ fn peer_refuses_ferrovia_as() {
 fn ibgp_duplicate_router_id_is_bad_bgp_identifier() {
     ibgp_same_router_id("frr-id", start_frr, &["bad bgp identifier"]);
 }
+
+#[test]
+fn gtsm_one_hop_establishes_with_ttl_security_hops_1() {
+    gtsm_one_hop_establishes("frr-gt1", start_frr);
+}
+
+#[test]
+fn gtsm_peer_two_hops_away_is_refused() {
+    gtsm_two_hops_refused("frr-gt2", start_frr);
+}
+
+#[test]
+fn gtsm_off_peer_two_hops_away_establishes_with_ebgp_multihop() {
+    gtsm_off_two_hops_establishes("frr-gt0", start_frr);
+}

@@ -17,6 +17,8 @@ pub struct FerroviaPeer {
     pub port: Option<u16>,
     pub passive: bool,
     pub hold_time: Option<u32>,
+    /// `ttlSecurity` (GTSM hops).
+    pub ttl_security: Option<u8>,
 }
 
 impl FerroviaPeer {
@@ -29,6 +31,7 @@ impl FerroviaPeer {
             port: None,
             passive: false,
             hold_time: None,
+            ttl_security: None,
         }
     }
 }
@@ -105,6 +108,9 @@ impl FerroviaConfig {
             }
             if let Some(h) = p.hold_time {
                 writeln!(c, "      holdTime: {h}").unwrap();
+            }
+            if let Some(h) = p.ttl_security {
+                writeln!(c, "      ttlSecurity: {h}").unwrap();
             }
         }
         if self.originate.is_empty() {

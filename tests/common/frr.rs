@@ -15,6 +15,8 @@ pub struct FrrNeighbor {
     /// Hold time (keepalive = hold / 3).
     pub hold_time: Option<u32>,
     pub passive: bool,
+    /// More `neighbor ADDR …` statements, each given without `neighbor ADDR`.
+    pub extra: Vec<String>,
 }
 
 impl FrrNeighbor {
@@ -25,6 +27,7 @@ impl FrrNeighbor {
             password: None,
             hold_time: Some(9),
             passive: false,
+            extra: Vec::new(),
         }
     }
 }
@@ -60,6 +63,9 @@ impl FrrConfig {
             }
             if n.passive {
                 writeln!(c, " neighbor {} passive", n.addr).unwrap();
+            }
+            for e in &n.extra {
+                writeln!(c, " neighbor {} {e}", n.addr).unwrap();
             }
         }
         for (afi, v6) in [("ipv4", false), ("ipv6", true)] {

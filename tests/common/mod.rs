@@ -26,7 +26,7 @@ pub use capture::Capture;
 pub use ferrovia::{Ferrovia, FerroviaConfig};
 pub use frr::{Frr, FrrConfig, FrrNeighbor};
 pub use gobgp::{Gobgp, GobgpConfig, GobgpNeighbor};
-pub use netns::{net_lock, NetLock, Netns, Pair};
+pub use netns::{net_lock, NetLock, Netns, Pair, Routed};
 pub use wait::{assert_for, wait_until};
 
 use std::time::Duration;

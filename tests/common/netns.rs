@@ -263,3 +263,30 @@ impl Pair {
         Pair { f, p }
     }
 }
+
+/// ferrovia and its peer two hops apart: `f` (198.18.0.1/25) — router `r` (198.18.0.126/25 and
+/// 198.18.0.129/25, forwarding) — `p` (198.18.0.254/25), each end routed to the other's half
+/// through `r`. A packet sent with TTL 255 arrives with 254. IPv4 only.
+pub struct Routed {
+    pub f: Netns,
+    pub r: Netns,
+    pub p: Netns,
+}
+
+impl Routed {
+    pub fn new(lock: &super::NetLock, tag: &str) -> Routed {
+        let f = Netns::new(lock, &format!("{tag}-f"));
+        let r = Netns::new(lock, &format!("{tag}-r"));
+        let p = Netns::new(lock, &format!("{tag}-p"));
+        Netns::veth(&f, "eth0", &r, "eth0");
+        Netns::veth(&r, "eth1", &p, "eth0");
+        f.addr("eth0", &format!("{}/25", super::FERROVIA_V4));
+        r.addr("eth0", "198.18.0.126/25");
+        r.addr("eth1", "198.18.0.129/25");
+        p.addr("eth0", &format!("{}/25", super::PEER_V4));
+        f.ip(&["route", "add", "198.18.0.128/25", "via", "198.18.0.126"]);
+        p.ip(&["route", "add", "198.18.0.0/25", "via", "198.18.0.129"]);
+        r.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        Routed { f, r, p }
+    }
+}

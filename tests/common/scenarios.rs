@@ -48,6 +48,11 @@ pub struct PeerSpec {
     pub password: Option<String>,
     pub hold_time: u32,
     pub originate: Vec<String>,
+    /// GTSM on the peer's side: the hops it accepts (BIRD: `ttl security on`, with `multihop`
+    /// above 1; FRR: `ttl-security hops`). None: off.
+    pub gtsm: Option<u8>,
+    /// eBGP multihop without GTSM (BIRD `multihop`, FRR `ebgp-multihop`).
+    pub multihop: Option<u8>,
 }
 
 impl PeerSpec {
@@ -59,6 +64,8 @@ impl PeerSpec {
             password: None,
             hold_time: 9,
             originate: vec![P_V4.into(), P_V6.into()],
+            gtsm: None,
+            multihop: None,
         }
     }
 }
@@ -555,6 +562,151 @@ fn md5_rejections(ns: &Netns) -> u64 {
     total
 }
 
+/// GTSM (RFC 5082) on both sides of a directly connected session: Established and routes
+/// both ways. The peer drops whatever arrives below TTL 255, so this also shows that ferrovia
+/// sends with 255 (on its own connections and on the listener's SYN-ACKs alike).
+pub fn gtsm_one_hop_establishes(tag: &str, start: StartPeer) {
+    let lock = net_lock();
+    let t = Pair::new(&lock, tag);
+    let mut spec = peer_spec(true);
+    spec.gtsm = Some(1);
+    let peer = start(&t.p, &spec);
+    let mut cfg = ferrovia_cfg(true, &[F_V4, F_V6]);
+    cfg.peers[0].ttl_security = Some(1);
+    let f = Ferrovia::start(&t.f, cfg);
+    let (path_in, path_out) = ebgp_paths(true);
+    wait_established(&f, peer.as_ref());
+    wait_until("routes both ways over a GTSM session", PROPAGATE, POLL, || {
+        peer_has_fer_routes(peer.as_ref(), &[F_V4, F_V6], &path_out)?;
+        fer_has_peer_routes(&f, &[P_V4, P_V6], &path_in)
+    });
+    assert_eq!(
+        min_ttl_drops(&t.f) + min_ttl_drops(&t.p),
+        0,
+        "one hop away, no segment should fall below the minimum TTL"
+    );
+}
+
+/// The peer is two hops away (its packets arrive with TTL 254) and accepts two hops itself,
+/// while ferrovia has `ttlSecurity: 1`: ferrovia's kernel drops the peer's segments, again
+/// and again, and the session never reaches Established on ferrovia's side; no route goes
+/// either way. Anchored on ferrovia's kernel counting the drops (TcpExt TCPMinTTLDrop), not
+/// on time passing.
+pub fn gtsm_two_hops_refused(tag: &str, start: StartPeer) {
+    let lock = net_lock();
+    let t = Routed::new(&lock, tag);
+    let mut spec = peer_spec(true);
+    spec.gtsm = Some(2);
+    spec.originate = vec![P_V4.into()];
+    let peer = start(&t.p, &spec);
+    let mut cfg = ferrovia_cfg(true, &[F_V4]);
+    cfg.peers[0].ttl_security = Some(1);
+    let f = Ferrovia::start(&t.f, cfg);
+    let never_up = || -> Result<(), String> {
+        let p = f.peer(PEER_V4)?;
+        if p["state"] == "Established" {
+            return Err(format!("ferrovia got to Established: {p}"));
+        }
+        let routes = f.routes()?;
+        if routes.iter().any(|r| !r["peer"].is_null()) {
+            return Err(format!("ferrovia learned routes: {routes:?}"));
+        }
+        let theirs = peer.routes_from_ferrovia()?;
+        if !theirs.is_empty() {
+            return Err(format!("{} learned {theirs:?}", peer.label()));
+        }
+        Ok(())
+    };
+    let first = wait_until(
+        "ferrovia's kernel drops the peer's segments below TTL 255",
+        ESTABLISH,
+        POLL,
+        || {
+            if let Err(e) = never_up() {
+                panic!("a GTSM session with a peer two hops away: {e}");
+            }
+            match min_ttl_drops(&t.f) {
+                0 => Err("no segment dropped for its TTL yet".to_string()),
+                n => Ok(n),
+            }
+        },
+    );
+    // Several more drops: the peer kept trying (retransmissions and new attempts).
+    wait_until(
+        "more of the peer's segments dropped for their TTL",
+        ESTABLISH,
+        POLL,
+        || {
+            if let Err(e) = never_up() {
+                panic!("a GTSM session with a peer two hops away: {e}");
+            }
+            let n = min_ttl_drops(&t.f);
+            if n >= first + 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} segments dropped for their TTL, {first} before"))
+            }
+        },
+    );
+    never_up().expect("no session with a GTSM peer two hops away");
+    let p = f.peer(PEER_V4).expect("peer status");
+    eprintln!(
+        "after {} TTL drops: ferrovia {p}; {}: {:?}",
+        min_ttl_drops(&t.f),
+        peer.label(),
+        peer.established()
+    );
+}
+
+/// The control of [`gtsm_two_hops_refused`]: the same topology with GTSM off on ferrovia's
+/// side and plain eBGP multihop on the peer's: Established, and routes both ways.
+pub fn gtsm_off_two_hops_establishes(tag: &str, start: StartPeer) {
+    let lock = net_lock();
+    let t = Routed::new(&lock, tag);
+    let mut spec = peer_spec(true);
+    spec.multihop = Some(2);
+    spec.originate = vec![P_V4.into()];
+    let peer = start(&t.p, &spec);
+    let f = Ferrovia::start(&t.f, ferrovia_cfg(true, &[F_V4]));
+    wait_established(&f, peer.as_ref());
+    wait_until(
+        "routes both ways between peers two hops apart",
+        PROPAGATE,
+        POLL,
+        || {
+            let theirs = peer.routes_from_ferrovia()?;
+            if !theirs.contains_key(F_V4) {
+                return Err(format!("{} has {theirs:?} from ferrovia", peer.label()));
+            }
+            let ours = f.routes_for(P_V4)?;
+            if ours.iter().any(|r| r["peer"] == PEER_V4) {
+                Ok(())
+            } else {
+                Err(format!("ferrovia has {ours:?} for {P_V4}"))
+            }
+        },
+    );
+}
+
+/// TCP segments a namespace's kernel dropped for arriving below a socket's minimum TTL / hop
+/// limit (TcpExt TCPMinTTLDrop, counted for IPv4 and IPv6).
+fn min_ttl_drops(ns: &Netns) -> u64 {
+    let text = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/net/netstat"]).stdout).into_owned();
+    let mut lines = text.lines();
+    let mut total = 0;
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if n == "TCPMinTTLDrop" {
+                total += v.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// ferrovia is configured with the wrong AS for the peer (65001 instead of 65000): ferrovia
 /// must refuse the peer's OPEN with NOTIFICATION 2/2 Bad Peer AS, which the peer reports.
 pub fn ferrovia_expects_wrong_as(tag: &str, start: StartPeer, peer_sees: &[&str]) {
@@ -830,6 +982,15 @@ pub fn start_bird(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
     let mut p = BirdPeer::to_ferrovia(s.asn, s.ferrovia_as);
     p.password = s.password.clone();
     p.hold_time = Some(s.hold_time);
+    if let Some(h) = s.gtsm {
+        p.extra.push_str("  ttl security on;\n");
+        if h > 1 {
+            p.extra.push_str(&format!("  multihop {h};\n"));
+        }
+    }
+    if let Some(h) = s.multihop {
+        p.extra.push_str(&format!("  multihop {h};\n"));
+    }
     Box::new(Bird::start(
         ns,
         BirdConfig {
@@ -916,6 +1077,12 @@ pub fn start_frr(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
     let mut n = FrrNeighbor::ferrovia(s.ferrovia_as);
     n.password = s.password.clone();
     n.hold_time = Some(s.hold_time);
+    if let Some(h) = s.gtsm {
+        n.extra.push(format!("ttl-security hops {h}"));
+    }
+    if let Some(h) = s.multihop {
+        n.extra.push(format!("ebgp-multihop {h}"));
+    }
     Box::new(Frr::start(
         ns,
         FrrConfig {
@@ -1008,6 +1175,10 @@ impl PeerDaemon for Frr {
 }
 
 pub fn start_gobgp(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
+    assert!(
+        s.gtsm.is_none() && s.multihop.is_none(),
+        "the harness does not configure GTSM or multihop for GoBGP"
+    );
     let mut n = GobgpNeighbor::ferrovia(s.ferrovia_as);
     n.password = s.password.clone();
     n.hold_time = Some(s.hold_time);
