@@ -250,6 +250,8 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, DriverError> {
         s.set_only_v6(false).map_err(err)?;
     }
     socket.set_reuseaddr(true).map_err(err)?;
+    // Keep each SYN's headers, so that a GTSM peer's SYN can be checked after accept.
+    gtsm::save_syns(socket.as_raw_fd()).map_err(err)?;
     socket.bind(addr).map_err(err)?;
     socket.listen(64).map_err(err)
 }
@@ -392,21 +394,33 @@ impl Driver {
                 }
                 // GTSM (RFC 5082): the listener is shared by every peer, so it cannot carry a
                 // per-peer minimum TTL; the accepted socket gets it here, before the reader
-                // task exists, so no BGP message of this connection is read unchecked except
-                // what already sat in the receive buffer. What this leaves out of RFC 5082 §3:
-                // the TCP handshake itself (SYN and the final ACK) is not checked, so a
-                // distant sender can still complete handshakes and use accept slots (the
-                // connection is then starved: its segments are dropped), and the first
-                // segments queued before this point (typically the peer's OPEN) passed
-                // unchecked; a spoofed OPEN from afar still never gets the session past
-                // OpenConfirm, as the KEEPALIVE that must follow is dropped.
+                // task exists. What the kernel did before that is not covered by RFC 5082 §3's
+                // check on every packet: the handshake (SYN, SYN-ACK, the final ACK) went
+                // through the listener unchecked, so a distant sender can still complete
+                // handshakes and take accept slots, and segments that arrived before this
+                // point (typically the peer's OPEN) sit unchecked in the receive buffer. The
+                // SYN's own TTL, kept by the listener (TCP_SAVE_SYN), is checked below: a
+                // connection whose SYN came from too far is closed before a byte is read.
                 if let Some(hops) = self.peers.get(&peer).and_then(|s| s.ttl_security) {
-                    if let Err(source) =
-                        gtsm::protect(stream.as_raw_fd(), from.is_ipv6(), peer, hops)
-                    {
+                    let fd = stream.as_raw_fd();
+                    if let Err(source) = gtsm::protect(fd, from.is_ipv6(), peer, hops) {
                         let e = DriverError::Gtsm { peer, source };
                         warn!(%from, "refused a BGP connection: {e}");
                         return 0;
+                    }
+                    match (gtsm::syn_ttl(fd), gtsm::min_ttl(hops)) {
+                        (Ok(Some(ttl)), Ok(min)) if ttl < min => {
+                            warn!(%from, ttl, min, hops, "refused a BGP connection: its SYN arrived with TTL {ttl}, below {min} (ttlSecurity {hops}): the peer is further away than configured, or the packet was spoofed");
+                            return 0;
+                        }
+                        (Ok(_), Ok(_)) => {}
+                        (Err(e), _) => {
+                            debug!(%peer, error = %e, "the SYN's TTL is unknown; relying on the minimum TTL from now on")
+                        }
+                        (_, Err(e)) => {
+                            warn!(%from, "refused a BGP connection: {}", DriverError::Gtsm { peer, source: e });
+                            return 0;
+                        }
                     }
                 }
                 debug!(%peer, "accepted a connection");

@@ -72,6 +72,44 @@ pub fn protect(fd: RawFd, socket_is_v6: bool, peer: IpAddr, hops: u8) -> io::Res
     }
 }
 
+/// Makes the listening socket `fd` keep a copy of each connection's SYN headers
+/// (`TCP_SAVE_SYN`), so that [`syn_ttl`] can check the SYN of an accepted connection: the
+/// listener is shared by every peer and cannot carry one peer's minimum TTL itself.
+pub fn save_syns(fd: RawFd) -> io::Result<()> {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, 1)
+}
+
+/// The TTL (IPv4) or hop limit (IPv6) the SYN of accepted connection `fd` arrived with, from
+/// the copy its listener kept (see [`save_syns`]); reading it frees the copy. None when the
+/// kernel kept none.
+pub fn syn_ttl(fd: RawFd) -> io::Result<Option<u8>> {
+    let mut buf = [0u8; 512];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: fd is a live socket; buf and len are valid for the kernel to write.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_SAVED_SYN,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(header_ttl(&buf[..(len as usize).min(buf.len())]))
+}
+
+/// TTL / hop limit of an IPv4 or IPv6 header at the start of `h`.
+fn header_ttl(h: &[u8]) -> Option<u8> {
+    match h.first()? >> 4 {
+        4 => h.get(8).copied(),
+        6 => h.get(7).copied(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +133,36 @@ mod tests {
     }
 
     #[test]
+    fn the_ttl_is_read_from_ipv4_and_ipv6_headers() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[8] = 254;
+        assert_eq!(header_ttl(&v4), Some(254));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[7] = 255;
+        assert_eq!(header_ttl(&v6), Some(255));
+        assert_eq!(header_ttl(&[]), None);
+        assert_eq!(header_ttl(&[0x45, 0, 0]), None);
+        assert_eq!(header_ttl(&[0x20; 40]), None);
+    }
+
+    #[test]
+    fn an_accepted_connection_tells_its_syn_ttl() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        save_syns(l.as_raw_fd()).expect("TCP_SAVE_SYN");
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        c.set_ttl(200).expect("ttl");
+        c.connect(&l.local_addr().expect("addr").into())
+            .expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        assert_eq!(syn_ttl(a.as_raw_fd()).expect("saved SYN"), Some(200));
+        // Read once: the copy is gone.
+        assert_eq!(syn_ttl(a.as_raw_fd()).expect("no saved SYN"), None);
+    }
+
+    #[test]
     fn hops_map_to_the_minimum_ttl_of_rfc_5082() {
         assert_eq!(min_ttl(1).expect("1 hop"), 255);
         assert_eq!(min_ttl(2).expect("2 hops"), 254);
@@ -107,7 +175,13 @@ mod tests {
     fn the_kernel_holds_ttl_255_and_the_minimum_on_v4_and_v6_sockets() {
         let v4 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("v4 socket");
-        protect(v4.as_raw_fd(), false, "198.18.0.254".parse().expect("ip"), 2).expect("v4");
+        protect(
+            v4.as_raw_fd(),
+            false,
+            "198.18.0.254".parse().expect("ip"),
+            2,
+        )
+        .expect("v4");
         assert_eq!(get_int(v4.as_raw_fd(), libc::IPPROTO_IP, libc::IP_TTL), 255);
         assert_eq!(
             get_int(v4.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MINTTL),

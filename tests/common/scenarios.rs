@@ -576,20 +576,29 @@ pub fn gtsm_one_hop_establishes(tag: &str, start: StartPeer) {
     let f = Ferrovia::start(&t.f, cfg);
     let (path_in, path_out) = ebgp_paths(true);
     wait_established(&f, peer.as_ref());
-    wait_until("routes both ways over a GTSM session", PROPAGATE, POLL, || {
-        peer_has_fer_routes(peer.as_ref(), &[F_V4, F_V6], &path_out)?;
-        fer_has_peer_routes(&f, &[P_V4, P_V6], &path_in)
-    });
-    assert_eq!(
-        min_ttl_drops(&t.f) + min_ttl_drops(&t.p),
-        0,
-        "one hop away, no segment should fall below the minimum TTL"
+    wait_until(
+        "routes both ways over a GTSM session",
+        PROPAGATE,
+        POLL,
+        || {
+            peer_has_fer_routes(peer.as_ref(), &[F_V4, F_V6], &path_out)?;
+            fer_has_peer_routes(&f, &[P_V4, P_V6], &path_in)
+        },
+    );
+    // No assertion on TCPMinTTLDrop here: a kernel's RST for a socket already gone (e.g. the
+    // loser of a connection collision) leaves with the default TTL and is rightly dropped.
+    eprintln!(
+        "TTL drops one hop away: ferrovia {}, {} {}",
+        min_ttl_drops(&t.f),
+        peer.label(),
+        min_ttl_drops(&t.p)
     );
 }
 
 /// The peer is two hops away (its packets arrive with TTL 254) and accepts two hops itself,
 /// while ferrovia has `ttlSecurity: 1`: ferrovia's kernel drops the peer's segments, again
-/// and again, and the session never reaches Established on ferrovia's side; no route goes
+/// and again (its connections to ferrovia are closed for their SYN's TTL), and the session
+/// never reaches OpenConfirm on ferrovia's side nor Established on either; no route goes
 /// either way. Anchored on ferrovia's kernel counting the drops (TcpExt TCPMinTTLDrop), not
 /// on time passing.
 pub fn gtsm_two_hops_refused(tag: &str, start: StartPeer) {
@@ -604,8 +613,11 @@ pub fn gtsm_two_hops_refused(tag: &str, start: StartPeer) {
     let f = Ferrovia::start(&t.f, cfg);
     let never_up = || -> Result<(), String> {
         let p = f.peer(PEER_V4)?;
-        if p["state"] == "Established" {
-            return Err(format!("ferrovia got to Established: {p}"));
+        if p["state"] == "Established" || p["state"] == "OpenConfirm" {
+            return Err(format!("ferrovia got to {}: {p}", p["state"]));
+        }
+        if peer.established().is_ok() {
+            return Err(format!("{} is Established", peer.label()));
         }
         let routes = f.routes()?;
         if routes.iter().any(|r| !r["peer"].is_null()) {
@@ -631,9 +643,10 @@ pub fn gtsm_two_hops_refused(tag: &str, start: StartPeer) {
             }
         },
     );
-    // Several more drops: the peer kept trying (retransmissions and new attempts).
+    // Several more drops (the peer kept trying: retransmissions and new attempts), and the
+    // connections the peer opened were refused for their SYN's TTL (254 after one router).
     wait_until(
-        "more of the peer's segments dropped for their TTL",
+        "more of the peer's segments dropped for their TTL, and its own connections refused",
         ESTABLISH,
         POLL,
         || {
@@ -641,11 +654,18 @@ pub fn gtsm_two_hops_refused(tag: &str, start: StartPeer) {
                 panic!("a GTSM session with a peer two hops away: {e}");
             }
             let n = min_ttl_drops(&t.f);
-            if n >= first + 3 {
-                Ok(())
-            } else {
-                Err(format!("{n} segments dropped for their TTL, {first} before"))
+            if n < first + 3 {
+                return Err(format!(
+                    "{n} segments dropped for their TTL, {first} before"
+                ));
             }
+            let refused = f.log_text().matches("its SYN arrived with TTL 254").count();
+            if refused < 2 {
+                return Err(format!(
+                    "{refused} of the peer's connections refused for their SYN's TTL"
+                ));
+            }
+            Ok(())
         },
     );
     never_up().expect("no session with a GTSM peer two hops away");
