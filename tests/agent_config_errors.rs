@@ -106,3 +106,22 @@ fn bad_prefix_is_refused_with_its_key() {
         "stderr should name originate:\n{err}"
     );
 }
+
+#[test]
+fn ttl_security_out_of_range_is_refused_with_its_key() {
+    for hops in ["0", "255"] {
+        let yaml = format!(
+            "{GOOD_HEAD}bgp:\n  peers: [{{ address: 198.18.0.254, asNumber: 65000, ttlSecurity: {hops} }}]\n  originate: [10.244.1.0/26]\nstatus: {{ socket: /nonexistent/ferrovia.sock }}\n"
+        );
+        let (code, err) = run_agent(&yaml);
+        assert_eq!(
+            code,
+            Some(2),
+            "exit code for ttlSecurity {hops}; stderr:\n{err}"
+        );
+        assert!(
+            err.contains("bgp.peers[0].ttlSecurity") && err.contains("254"),
+            "stderr should name bgp.peers[0].ttlSecurity and the range:\n{err}"
+        );
+    }
+}
