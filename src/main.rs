@@ -84,6 +84,8 @@ enum Command {
         #[command(subcommand)]
         cmd: store_cli::IpamCmd,
     },
+    /// Print the CustomResourceDefinitions of the Kubernetes datastore (one YAML stream).
+    Crds,
     /// Labs: containerlab topology files run in network namespaces, without Docker.
     Lab(lab::LabArgs),
     /// Show the Loc-RIB (selected routes) of the running agent.
@@ -186,6 +188,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Lab(args) => lab::main(args),
+        Command::Crds => match datastore::kubernetes::crds::all_crds_yaml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrovia: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Routes { socket, json } => {
             let r: Result<Vec<control::RouteInfo>, _> =
                 control::call(&socket, &control::Request::Routes);

@@ -14,6 +14,7 @@
 //!
 //! See `docs/design-datastore.md`.
 
+pub mod kubernetes;
 pub mod model;
 mod sqlite;
 

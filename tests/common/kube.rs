@@ -415,6 +415,43 @@ impl ControlPlane {
         );
     }
 
+    /// Creates every CRD in `crds` (JSON objects of kind CustomResourceDefinition) and waits
+    /// until each is Established and its resource is served.
+    pub fn install_crds(&self, crds: &[Value]) {
+        let base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        for crd in crds {
+            let name = crd["metadata"]["name"].as_str().unwrap_or("?");
+            self.call("POST", base, Some(crd))
+                .expect_status(201, &format!("create CRD {name}"));
+        }
+        for crd in crds {
+            let name = crd["metadata"]["name"].as_str().unwrap_or("?").to_string();
+            super::wait_until(&format!("CRD {name} Established"), SETTLE, POLL, || {
+                let got = self
+                    .call("GET", &format!("{base}/{name}"), None)
+                    .status_is(200)?
+                    .json();
+                let established = got["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err(format!("conditions: {}", got["status"]["conditions"]))
+                }
+            });
+            let group = crd["spec"]["group"].as_str().unwrap_or("?");
+            let version = crd["spec"]["versions"][0]["name"].as_str().unwrap_or("?");
+            let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or("?");
+            super::wait_until(&format!("{plural}.{group} served"), SETTLE, POLL, || {
+                self.call("GET", &format!("/apis/{group}/{version}/{plural}"), None)
+                    .status_is(200)
+            });
+        }
+    }
+
     /// A token of ServiceAccount `ns`/`sa` from the TokenRequest API (what a DaemonSet pod gets),
     /// creating the namespace and the ServiceAccount when missing.
     pub fn service_account_token(&self, ns: &str, sa: &str) -> String {
