@@ -177,6 +177,8 @@ pub struct Session {
     last_error: Option<DownReason>,
     /// A connection was attempted or accepted at least once since start.
     tried: bool,
+    /// Our OPEN says we restarted with forwarding preserved (RFC 4724 R and F bits).
+    restarting: bool,
 }
 
 impl Session {
@@ -193,7 +195,20 @@ impl Session {
             outputs: VecDeque::new(),
             last_error: None,
             tried: false,
+            restarting: false,
         }
+    }
+
+    /// Whether our OPENs from now on carry the Restart State bit and the Forwarding State
+    /// bit of every family (RFC 4724 §3): set only when this speaker restarted and kept
+    /// the routes it forwards with.
+    pub fn set_restarting(&mut self, restarting: bool) {
+        self.restarting = restarting;
+    }
+
+    /// Whether our OPENs carry the Restart State bit.
+    pub fn restarting(&self) -> bool {
+        self.restarting
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -260,17 +275,17 @@ impl Session {
 
     /// ManualStop (event 2): CEASE on every connection, back to Idle, no reconnect.
     pub fn stop(&mut self, subcode: u8) {
+        self.stop_with(Notification::new(notif::CEASE, subcode));
+    }
+
+    /// ManualStop with this NOTIFICATION on every connection.
+    pub fn stop_with(&mut self, n: Notification) {
         self.started = false;
         self.retry_at = None;
         self.connecting = false;
         let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
         for id in ids {
-            self.fail_conn(
-                id,
-                Some(Notification::new(notif::CEASE, subcode)),
-                None,
-                false,
-            );
+            self.fail_conn(id, Some(n.clone()), None, false);
         }
         self.update_state();
     }
@@ -455,9 +470,15 @@ impl Session {
                 enhanced_route_refresh: false,
                 four_octet_as: Some(self.config.local_as),
                 graceful_restart: self.config.graceful_restart.map(|t| GracefulRestart {
-                    restarting: false,
+                    restarting: self.restarting,
+                    notification: true,
                     restart_time: t.min(4095),
-                    families: self.config.families.iter().map(|f| (*f, false)).collect(),
+                    families: self
+                        .config
+                        .families
+                        .iter()
+                        .map(|f| (*f, self.restarting))
+                        .collect(),
                 }),
                 unknown: Vec::new(),
             },

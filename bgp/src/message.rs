@@ -92,8 +92,11 @@ pub struct Capabilities {
 /// Graceful restart capability contents (RFC 4724 §3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GracefulRestart {
-    /// Restart State bit.
+    /// Restart State bit (R).
     pub restarting: bool,
+    /// Graceful Notification bit (N, RFC 8538): a NOTIFICATION other than Cease/Hard Reset
+    /// keeps the routes as stale too.
+    pub notification: bool,
     /// Restart Time in seconds (12 bits).
     pub restart_time: u16,
     /// Families with their Forwarding State bit.
@@ -148,6 +151,9 @@ pub mod notif {
     pub const ADMINISTRATIVE_RESET: u8 = 4;
     pub const CONNECTION_REJECTED: u8 = 5;
     pub const CONNECTION_COLLISION_RESOLUTION: u8 = 7;
+    /// Cease/Hard Reset (RFC 8538 §3): the peer flushes our routes even with graceful
+    /// restart; the data carries the code and subcode of the reason.
+    pub const HARD_RESET: u8 = 9;
 
     pub const ROUTE_REFRESH_MESSAGE_ERROR: u8 = 7;
 }
@@ -166,6 +172,18 @@ impl Notification {
             subcode,
             data,
         }
+    }
+
+    /// Cease/Hard Reset wrapping the NOTIFICATION that says why (RFC 8538 §3).
+    pub fn hard_reset(why: &Notification) -> Self {
+        let mut data = vec![why.code, why.subcode];
+        data.extend_from_slice(&why.data);
+        Notification::with_data(notif::CEASE, notif::HARD_RESET, data)
+    }
+
+    /// Whether this is Cease/Hard Reset.
+    pub fn is_hard_reset(&self) -> bool {
+        self.code == notif::CEASE && self.subcode == notif::HARD_RESET
     }
 }
 
@@ -187,6 +205,7 @@ impl std::fmt::Display for Notification {
             (CEASE, ADMINISTRATIVE_RESET) => "Cease: Administrative Reset",
             (CEASE, CONNECTION_REJECTED) => "Cease: Connection Rejected",
             (CEASE, CONNECTION_COLLISION_RESOLUTION) => "Cease: Connection Collision Resolution",
+            (CEASE, HARD_RESET) => "Cease: Hard Reset",
             (CEASE, _) => "Cease",
             (ROUTE_REFRESH_MESSAGE_ERROR, _) => "ROUTE-REFRESH Message Error",
             _ => "Unknown",

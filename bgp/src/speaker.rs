@@ -15,7 +15,7 @@
 //! heap.
 
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
-use crate::message::{Family, NextHop, PathAttributes, Reach, Update};
+use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach, Update};
 use crate::policy::{self, ExportTarget};
 use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
 use crate::wire;
@@ -68,6 +68,14 @@ pub enum SpeakerError {
 /// generating more for it (the stall threshold; one export step may overshoot it by the
 /// UPDATEs of [`EXPORT_BATCH`] prefixes).
 pub const SEND_WINDOW: usize = 256 * 1024;
+
+/// How long a graceful-restart peer that came back has to send its End-of-RIB before the
+/// routes it did not refresh are swept (RFC 4724 §4.2 leaves it to configuration; FRR's
+/// stale-path time has the same default).
+pub const STALE_ROUTES_TIME: Duration = Duration::from_secs(360);
+
+/// The GRACEFUL_SHUTDOWN well-known community 65535:0 (RFC 8326).
+pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
 
 /// Prefixes looked at per export step of one peer.
 pub const EXPORT_BATCH: usize = 2048;
@@ -122,6 +130,13 @@ pub struct PeerStats {
     /// Routes wait to be turned into UPDATEs for this peer (it reads slower than we
     /// send, or a resend is under way).
     pub export_waiting: bool,
+    /// Routes of this peer kept as stale (graceful restart helper, RFC 4724 §4.2): the
+    /// session dropped, or came back and its End-of-RIB has not refreshed them yet.
+    pub stale_prefixes: usize,
+    /// The peer sent End-of-RIB for every family of the current session.
+    pub eor_received: bool,
+    /// We sent End-of-RIB for every family of the current session.
+    pub eor_sent: bool,
 }
 
 /// A snapshot of one peer for status.
@@ -156,6 +171,22 @@ struct Peer {
     negotiated: Option<Negotiated>,
     target: Option<ExportTarget>,
     stats: PeerStats,
+    /// Graceful restart helper state: this peer's routes kept as stale.
+    stale: Option<Stale>,
+    /// Families whose End-of-RIB the peer sent on the current session.
+    eor_received: BTreeSet<Family>,
+    /// Our End-of-RIB went out on the current session.
+    eor_sent: bool,
+}
+
+/// A graceful-restart peer's routes kept while it restarts (RFC 4724 §4.2).
+#[derive(Debug)]
+struct Stale {
+    /// Prefixes of the peer not refreshed since the session dropped.
+    prefixes: BTreeSet<IpNet>,
+    /// When the rest is swept: the peer's restart time after the drop, then
+    /// [`STALE_ROUTES_TIME`] once it is back.
+    deadline: Instant,
 }
 
 /// The part of a peer's Adj-RIB-Out not computed yet. Bounded whatever the Loc-RIB size
@@ -221,6 +252,13 @@ pub struct Speaker {
     changes_signalled: bool,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    /// The time of the event being handled (sans-IO: the driver gives it; graceful
+    /// restart deadlines are set from it).
+    now: Option<Instant>,
+    /// New sessions say we restarted with forwarding preserved (R and F bits).
+    restarting: bool,
+    /// Our originated routes carry GRACEFUL_SHUTDOWN (a drain is under way).
+    graceful_shutdown: bool,
 }
 
 impl Speaker {
@@ -235,7 +273,43 @@ impl Speaker {
             changes_signalled: false,
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            now: None,
+            restarting: false,
+            graceful_shutdown: false,
         }
+    }
+
+    /// Whether our OPENs say we restarted with our forwarding state kept (RFC 4724 R and
+    /// F bits). Each peer gets them until its first session is Established; later
+    /// reconnects are ordinary ones. Set it only for a real restart: same boot, within
+    /// the restart time, our routes still in the kernel.
+    pub fn set_restarting(&mut self, restarting: bool) {
+        self.restarting = restarting;
+        for p in self.peers.values_mut() {
+            if p.negotiated.is_none() {
+                p.session.set_restarting(restarting);
+            }
+        }
+    }
+
+    /// Every peer is Established and End-of-RIB went both ways on every session (the
+    /// initial exchange after a start or restart is complete). Peers that are not
+    /// Established count as not synchronised.
+    pub fn synchronised(&self) -> bool {
+        self.peers.values().all(|p| {
+            p.negotiated.as_ref().is_some_and(|n| {
+                p.eor_sent && n.families.iter().all(|f| p.eor_received.contains(f))
+            })
+        })
+    }
+
+    /// Whether this peer's route for `prefix` is stale (kept by the graceful restart
+    /// helper, not yet refreshed).
+    pub fn is_stale(&self, peer: IpAddr, prefix: &IpNet) -> bool {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.stale.as_ref())
+            .is_some_and(|s| s.prefixes.contains(prefix))
     }
 
     pub fn config(&self) -> &SpeakerConfig {
@@ -280,9 +354,15 @@ impl Speaker {
                 negotiated: None,
                 target: None,
                 stats: PeerStats::default(),
+                stale: None,
+                eor_received: BTreeSet::new(),
+                eor_sent: false,
             },
         );
+        self.now = Some(now);
+        let restarting = self.restarting;
         if let Some(p) = self.peers.get_mut(&address) {
+            p.session.set_restarting(restarting);
             p.session.start(now);
         }
         self.drain_session(address);
@@ -312,23 +392,62 @@ impl Speaker {
         self.peers.contains_key(address)
     }
 
-    /// Sends CEASE/Administrative Shutdown on every session.
+    /// Sends CEASE/Administrative Shutdown on every session — wrapped in Cease/Hard Reset
+    /// for peers that negotiated the RFC 8538 N bit, since to them a plain Cease means
+    /// "keep my routes as stale" — and forgets the routes learned from every peer.
     pub fn shutdown(&mut self) {
         let addrs = self.peer_addresses();
+        let why = Notification::new(notif::CEASE, notif::ADMINISTRATIVE_SHUTDOWN);
         for a in addrs {
+            let n_bit = self.peers.get(&a).is_some_and(|p| self.n_bit(p));
             if let Some(p) = self.peers.get_mut(&a) {
-                p.session
-                    .stop(crate::message::notif::ADMINISTRATIVE_SHUTDOWN);
+                if n_bit {
+                    p.session.stop_with(Notification::hard_reset(&why));
+                } else {
+                    p.session.stop_with(why.clone());
+                }
             }
             self.drain_session(a);
+            self.flush_peer_routes(a);
         }
+    }
+
+    /// Re-advertises every originated prefix with (or without) the GRACEFUL_SHUTDOWN
+    /// community (RFC 8326), so that peers move traffic to other paths before we withdraw.
+    pub fn set_graceful_shutdown(&mut self, on: bool) {
+        if self.graceful_shutdown == on {
+            return;
+        }
+        self.graceful_shutdown = on;
+        let originated: Vec<(IpNet, Vec<u32>)> = self
+            .originated
+            .iter()
+            .map(|(p, r)| (*p, r.attrs.communities.clone()))
+            .collect();
+        for (prefix, mut communities) in originated {
+            communities.retain(|c| *c != GRACEFUL_SHUTDOWN);
+            self.originate(prefix, communities);
+        }
+    }
+
+    /// Whether the RFC 8538 N bit was negotiated with this peer (both sides sent it; we
+    /// send it whenever we send graceful restart).
+    fn n_bit(&self, p: &Peer) -> bool {
+        self.config.graceful_restart.is_some()
+            && p.negotiated
+                .as_ref()
+                .and_then(|n| n.peer_open.capabilities.graceful_restart.as_ref())
+                .is_some_and(|g| g.notification)
     }
 
     // ----- local routes -----
 
     /// Originates (or updates) a local prefix with the given communities.
-    pub fn originate(&mut self, prefix: IpNet, communities: Vec<u32>) {
+    pub fn originate(&mut self, prefix: IpNet, mut communities: Vec<u32>) {
         let prefix = prefix.trunc();
+        if self.graceful_shutdown && !communities.contains(&GRACEFUL_SHUTDOWN) {
+            communities.push(GRACEFUL_SHUTDOWN);
+        }
         let unspecified = match prefix {
             IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -376,6 +495,7 @@ impl Speaker {
         dir: Direction,
         local: SocketAddr,
     ) {
+        self.now = Some(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.local_addrs.insert(conn, local);
             p.session.connected(now, conn, dir);
@@ -385,6 +505,7 @@ impl Speaker {
 
     /// The outgoing connection attempt to `peer` failed.
     pub fn connect_failed(&mut self, now: Instant, peer: IpAddr) {
+        self.now = Some(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.session.connect_failed(now);
         }
@@ -393,6 +514,7 @@ impl Speaker {
 
     /// A connection closed (peer closed, reset, or error).
     pub fn closed(&mut self, now: Instant, peer: IpAddr, conn: ConnId) {
+        self.now = Some(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.session.closed(now, conn);
             p.local_addrs.remove(&conn);
@@ -412,6 +534,7 @@ impl Speaker {
         conn: ConnId,
         bytes: &[u8],
     ) {
+        self.now = Some(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.session.received(now, conn, bytes);
         }
@@ -432,6 +555,16 @@ impl Speaker {
 
     /// Fires every deadline that has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        let stale_due: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.stale.as_ref().is_some_and(|s| s.deadline <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in stale_due {
+            self.sweep_stale(a, None);
+        }
         let due: Vec<IpAddr> = self
             .peers
             .iter()
@@ -450,7 +583,13 @@ impl Speaker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers
             .values()
-            .filter_map(|p| p.session.poll_timeout())
+            .flat_map(|p| {
+                [
+                    p.session.poll_timeout(),
+                    p.stale.as_ref().map(|s| s.deadline),
+                ]
+            })
+            .flatten()
             .min()
     }
 
@@ -556,6 +695,12 @@ impl Speaker {
                 stats.prefixes_sent = p.adj_out.len();
                 stats.send_queue = p.send_queue();
                 stats.export_waiting = p.negotiated.is_some() && !p.export.is_idle();
+                stats.stale_prefixes = p.stale.as_ref().map_or(0, |s| s.prefixes.len());
+                stats.eor_sent = p.eor_sent;
+                stats.eor_received = p
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.families.iter().all(|f| p.eor_received.contains(f)));
                 PeerStatus {
                     config: p.config.clone(),
                     state: p.session.state(),
@@ -638,7 +783,7 @@ impl Speaker {
                 }
                 fsm::Output::Established(conn, n) => self.on_established(addr, conn, *n, wall),
                 fsm::Output::Down(reason) => {
-                    self.on_down(addr);
+                    self.on_down(addr, &reason);
                     self.events
                         .push_back(Event::PeerError { peer: addr, reason });
                 }
@@ -689,12 +834,143 @@ impl Speaker {
         p.conn = Some(conn);
         p.adj_out.clear();
         p.stats.since = wall;
+        p.eor_received.clear();
+        p.eor_sent = false;
+        // Our next OPEN to this peer is an ordinary one: the restart is over for it.
+        p.session.set_restarting(false);
+        // Graceful restart helper (RFC 4724 §4.2): the peer is back. Its stale routes of
+        // families it kept forwarding for (F bit) wait for its End-of-RIB; the others go.
+        let peer_gr = n.peer_open.capabilities.graceful_restart.clone();
         p.negotiated = Some(n);
+        if p.stale.is_some() {
+            let kept: Vec<Family> = match (&self.config.graceful_restart, &peer_gr) {
+                (Some(_), Some(g)) => g
+                    .families
+                    .iter()
+                    .filter(|(_, forwarding)| *forwarding)
+                    .map(|(f, _)| *f)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let now = self.now;
+            let gone: Vec<IpNet> = p
+                .stale
+                .as_ref()
+                .map(|s| {
+                    s.prefixes
+                        .iter()
+                        .filter(|q| !kept.contains(&Family::of(q)))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let (Some(s), Some(now)) = (p.stale.as_mut(), now) {
+                s.deadline = now + STALE_ROUTES_TIME;
+            }
+            self.drop_stale(addr, gone);
+        }
     }
 
-    fn on_down(&mut self, addr: IpAddr) {
-        self.flush_peer_routes(addr);
+    /// Whether the graceful restart helper keeps a peer's routes as stale after its
+    /// session went down for `reason`, and for which families and how long (RFC 4724 §4.2,
+    /// RFC 8538 §4).
+    fn graceful_keep(&self, p: &Peer, reason: &DownReason) -> Option<(Duration, Vec<Family>)> {
+        self.config.graceful_restart?;
+        let n = p.negotiated.as_ref()?;
+        let gr = n.peer_open.capabilities.graceful_restart.as_ref()?;
+        if gr.restart_time == 0 || p.stale.is_some() {
+            // No time to wait, or it went down again before refreshing its routes.
+            return None;
+        }
+        let keep = match reason {
+            DownReason::ConnectionLost | DownReason::ConnectFailed => true,
+            // The peer restarted: its new OPEN closed the old session (RFC 4724 §4).
+            DownReason::Sent(x)
+                if x.code == notif::CEASE
+                    && x.subcode == notif::CONNECTION_COLLISION_RESOLUTION =>
+            {
+                true
+            }
+            DownReason::Sent(x) | DownReason::Received(x) => self.n_bit(p) && !x.is_hard_reset(),
+        };
+        let families = gr
+            .families
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| n.families.contains(f))
+            .collect();
+        keep.then(|| (Duration::from_secs(u64::from(gr.restart_time)), families))
+    }
+
+    /// Withdraws some of a peer's stale routes.
+    fn drop_stale(&mut self, addr: IpAddr, prefixes: Vec<IpNet>) {
+        for prefix in prefixes {
+            if let Some(s) = self.peers.get_mut(&addr).and_then(|p| p.stale.as_mut()) {
+                s.prefixes.remove(&prefix);
+            }
+            self.rib_update(prefix, Source::Peer(addr), None);
+        }
         if let Some(p) = self.peers.get_mut(&addr) {
+            if p.stale.as_ref().is_some_and(|s| s.prefixes.is_empty()) {
+                p.stale = None;
+            }
+        }
+    }
+
+    /// Withdraws a peer's stale routes of `family` (all of them with `None`): its
+    /// End-of-RIB arrived, or the time to refresh them is over.
+    fn sweep_stale(&mut self, addr: IpAddr, family: Option<Family>) {
+        let gone: Vec<IpNet> = self
+            .peers
+            .get(&addr)
+            .and_then(|p| p.stale.as_ref())
+            .map(|s| {
+                s.prefixes
+                    .iter()
+                    .filter(|q| family.is_none_or(|f| Family::of(q) == f))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.drop_stale(addr, gone);
+        if family.is_none() {
+            if let Some(p) = self.peers.get_mut(&addr) {
+                p.stale = None;
+            }
+        }
+    }
+
+    fn on_down(&mut self, addr: IpAddr, reason: &DownReason) {
+        let keep = self
+            .peers
+            .get(&addr)
+            .and_then(|p| self.graceful_keep(p, reason))
+            .zip(self.now);
+        match keep {
+            Some(((restart_time, families), now)) => {
+                // Graceful restart helper: the peer's routes stay (in the Loc-RIB and the
+                // kernel) as stale until it is back and refreshes them, or its restart
+                // time ends; those of families it did not ask us to keep go now.
+                let mut stale = BTreeSet::new();
+                for prefix in self.loc_rib.prefixes_from(Source::Peer(addr)) {
+                    if families.contains(&Family::of(&prefix)) {
+                        stale.insert(prefix);
+                    } else {
+                        self.rib_update(prefix, Source::Peer(addr), None);
+                    }
+                }
+                if let Some(p) = self.peers.get_mut(&addr) {
+                    p.stale = (!stale.is_empty()).then(|| Stale {
+                        prefixes: stale,
+                        deadline: now + restart_time,
+                    });
+                }
+            }
+            None => self.flush_peer_routes(addr),
+        }
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.eor_received.clear();
+            p.eor_sent = false;
             p.adj_out.clear();
             p.export.clear();
             p.conn = None;
@@ -705,9 +981,10 @@ impl Speaker {
     }
 
     fn flush_peer_routes(&mut self, addr: IpAddr) {
-        if !self.peers.contains_key(&addr) {
+        let Some(p) = self.peers.get_mut(&addr) else {
             return;
-        }
+        };
+        p.stale = None;
         for prefix in self.loc_rib.prefixes_from(Source::Peer(addr)) {
             self.rib_update(prefix, Source::Peer(addr), None);
         }
@@ -731,6 +1008,24 @@ impl Speaker {
             .map(|n| n.peer_open.bgp_id)
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         let source = Source::Peer(addr);
+        if let Some(f) = u.end_of_rib {
+            p.eor_received.insert(f);
+            self.sweep_stale(addr, Some(f));
+            return;
+        }
+        if let Some(s) = p.stale.as_mut() {
+            // Refreshed (or withdrawn) by the peer: not stale any more.
+            for prefix in u
+                .withdrawn
+                .iter()
+                .chain(u.reach.iter().flat_map(|r| &r.prefixes))
+            {
+                s.prefixes.remove(prefix);
+            }
+            if s.prefixes.is_empty() {
+                p.stale = None;
+            }
+        }
         for prefix in &u.withdrawn {
             self.rib_update(*prefix, source, None);
         }
@@ -827,6 +1122,9 @@ impl Speaker {
             if batch.is_empty() {
                 if p.export.resend.is_empty() && p.export.pending.is_empty() {
                     let eor = std::mem::take(&mut p.export.eor);
+                    if !eor.is_empty() {
+                        p.eor_sent = true;
+                    }
                     if let Some(ctx) = p.negotiated.as_ref().map(|n| n.context) {
                         let messages = eor.iter().map(|f| wire::end_of_rib(*f, &ctx)).collect();
                         self.send_updates(addr, messages);

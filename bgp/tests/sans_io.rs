@@ -405,6 +405,7 @@ fn restarted_peer_with_graceful_restart_replaces_the_old_session() {
     let mut o = open(65000, PEER_ID, 90);
     o.capabilities.graceful_restart = Some(GracefulRestart {
         restarting: true,
+        notification: false,
         restart_time: 120,
         families: vec![(Family::Ipv4Unicast, true)],
     });

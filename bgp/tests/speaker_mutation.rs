@@ -32,6 +32,7 @@ fn peer_open() -> Open {
             four_octet_as: Some(65000),
             graceful_restart: Some(GracefulRestart {
                 restarting: false,
+                notification: false,
                 restart_time: 120,
                 families: vec![(Family::Ipv4Unicast, true)],
             }),

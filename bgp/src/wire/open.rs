@@ -137,6 +137,7 @@ pub(super) fn decode_capabilities(buf: &[u8], caps: &mut Capabilities) -> Result
                 let head = g.u16().ok_or_else(malformed)?;
                 let mut gr = GracefulRestart {
                     restarting: head & 0x8000 != 0,
+                    notification: head & 0x4000 != 0,
                     restart_time: head & 0x0fff,
                     families: Vec::new(),
                 };
@@ -190,7 +191,7 @@ pub(super) fn encode_open(o: &Open) -> Result<BgpMessage, WireError> {
         caps.push(BgpCapability::GracefulRestartCapability(
             GracefulRestartCapability::new(
                 gr.restarting,
-                false,
+                gr.notification,
                 gr.restart_time & 0x0fff,
                 families,
             ),
@@ -233,6 +234,7 @@ mod tests {
                 four_octet_as: Some(4_200_000_001),
                 graceful_restart: Some(GracefulRestart {
                     restarting: true,
+                    notification: true,
                     restart_time: 120,
                     families: vec![(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, false)],
                 }),
@@ -286,6 +288,7 @@ mod tests {
                 unknown: vec![128, 73],
                 graceful_restart: Some(GracefulRestart {
                     restarting: true,
+                    notification: false,
                     restart_time: 90,
                     families: vec![(Family::Ipv4Unicast, true)],
                 }),

@@ -69,6 +69,7 @@ pub fn seed_opens() -> Vec<Vec<u8>> {
             four_octet_as: Some(4_200_000_001),
             graceful_restart: Some(GracefulRestart {
                 restarting: true,
+                notification: false,
                 restart_time: 120,
                 families: vec![(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, false)],
             }),
