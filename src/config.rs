@@ -31,6 +31,21 @@ pub struct Config {
     /// IP address management for pods; needs `datastore`.
     #[serde(default)]
     pub ipam: Option<Ipam>,
+    /// Where the agent keeps its small state files (the restart marker); the control
+    /// socket's directory when absent.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The state directory: `stateDir`, or the control socket's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        match (&self.state_dir, self.status.socket.parent()) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -149,6 +164,10 @@ pub struct Bgp {
     /// Restart time advertised in the graceful restart capability, seconds (≤ 4095).
     #[serde(default = "default_gr_time")]
     pub graceful_restart_time: u16,
+    /// `ferrovia node drain`: seconds between re-advertising our routes with
+    /// GRACEFUL_SHUTDOWN (RFC 8326) and withdrawing them, for traffic to move (≤ 3600).
+    #[serde(default = "default_drain_wait")]
+    pub drain_wait: u64,
     #[serde(default)]
     pub peers: Vec<Peer>,
     #[serde(default)]
@@ -167,6 +186,7 @@ impl Default for Bgp {
             hold_time: default_hold_time(),
             connect_retry: default_connect_retry(),
             graceful_restart_time: default_gr_time(),
+            drain_wait: default_drain_wait(),
             peers: Vec::new(),
             originate: Vec::new(),
             mesh: true,
@@ -182,6 +202,9 @@ fn default_connect_retry() -> u64 {
 }
 fn default_gr_time() -> u16 {
     120
+}
+fn default_drain_wait() -> u64 {
+    10
 }
 fn default_port() -> u16 {
     179
@@ -388,6 +411,15 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         return Err(err(
             "bgp.gracefulRestartTime",
             "must be at most 4095 seconds (12 bits, RFC 4724)".into(),
+        ));
+    }
+    if b.drain_wait > 3600 {
+        return Err(err(
+            "bgp.drainWait",
+            format!(
+                "{} seconds is more than an hour; use 0 to 3600 seconds",
+                b.drain_wait
+            ),
         ));
     }
     let mut passwords = Vec::new();

@@ -14,6 +14,13 @@ use std::time::Duration;
 pub enum Request {
     Status,
     Routes,
+    /// `ferrovia node drain`: leave on purpose (GRACEFUL_SHUTDOWN, wait, withdraw, Cease,
+    /// remove our kernel state), then the agent exits. `node`: the node the operator
+    /// meant, checked against the agent's own name.
+    Drain {
+        #[serde(default)]
+        node: Option<String>,
+    },
     /// A CNI command from `ferrovia-cni`, answered with a
     /// [`crate::cni::protocol::AgentReply`].
     Cni(crate::cni::protocol::AgentRequest),
@@ -59,6 +66,16 @@ pub struct PeerInfo {
     pub peer_router_id: Option<String>,
     pub families: Vec<String>,
     pub last_error: Option<String>,
+    /// The peer's routes kept as stale by graceful restart (its session dropped, or it came
+    /// back and has not refreshed them yet).
+    #[serde(default)]
+    pub stale_prefixes: usize,
+    /// End-of-RIB went both ways on the current session (sent by us, received for every
+    /// family).
+    #[serde(default)]
+    pub end_of_rib_sent: bool,
+    #[serde(default)]
+    pub end_of_rib_received: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +113,24 @@ pub struct RouteInfo {
     pub communities: Vec<String>,
     /// The peer the best path came from; null when originated here.
     pub peer: Option<String>,
+    /// Kept by graceful restart while the peer restarts; not refreshed yet.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// Answer to [`Request::Drain`], once the node has left.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainReply {
+    pub node: String,
+    /// Seconds waited between GRACEFUL_SHUTDOWN and the withdrawal (`bgp.drainWait`).
+    pub waited_seconds: u64,
+    /// Prefixes of ours withdrawn.
+    pub withdrawn: usize,
+    /// Sessions closed (Cease, or Cease/Hard Reset to peers with the N bit).
+    pub sessions_closed: usize,
+    /// Our routes removed from the kernel.
+    pub kernel_routes_removed: usize,
 }
 
 /// Errors of the client side.
@@ -117,6 +152,15 @@ pub enum ClientError {
 
 /// Sends one request and decodes the answer.
 pub fn call<T: for<'de> Deserialize<'de>>(socket: &Path, req: &Request) -> Result<T, ClientError> {
+    call_within(socket, req, Duration::from_secs(10))
+}
+
+/// [`call`], waiting up to `timeout` for the answer.
+pub fn call_within<T: for<'de> Deserialize<'de>>(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, ClientError> {
     let path = socket.display().to_string();
     let io = |source| ClientError::Io {
         path: path.clone(),
@@ -126,8 +170,7 @@ pub fn call<T: for<'de> Deserialize<'de>>(socket: &Path, req: &Request) -> Resul
         path: path.clone(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
         path: path.clone(),
         message: e.to_string(),

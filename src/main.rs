@@ -171,6 +171,29 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Node {
+            store,
+            cmd: store_cli::NodeCmd::Drain { name, socket },
+        } => {
+            // GRACEFUL_SHUTDOWN, bgp.drainWait, the withdrawal and the kernel cleanup: allow
+            // for an hour of waiting plus a minute.
+            let r: Result<control::DrainReply, _> = control::call_within(
+                &socket,
+                &control::Request::Drain { node: name },
+                std::time::Duration::from_secs(3660),
+            );
+            match r {
+                Ok(d) if store.json => print_json(&d),
+                Ok(d) => {
+                    println!(
+                        "node {} drained: waited {} s after GRACEFUL_SHUTDOWN, withdrew {} prefixes, closed {} sessions, removed {} kernel routes; the agent stopped",
+                        d.node, d.waited_seconds, d.withdrawn, d.sessions_closed, d.kernel_routes_removed
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Node { store, cmd } => store_result(store_cli::node(&store, cmd)),
         Command::Cluster { store, cmd } => store_result(store_cli::cluster(&store, cmd)),
         Command::Peer { store, cmd } => store_result(store_cli::peer(&store, cmd)),
@@ -261,6 +284,12 @@ fn print_status(s: &control::StatusReply) {
         if let Some(e) = &p.last_error {
             println!("    last error: {e}");
         }
+        if p.stale_prefixes > 0 {
+            println!(
+                "    graceful restart: {} stale prefixes kept until the peer refreshes them",
+                p.stale_prefixes
+            );
+        }
     }
     let installed = match s.routes.installed {
         Some(n) => format!("{n} installed in the kernel"),
@@ -291,9 +320,14 @@ fn print_routes(routes: &[control::RouteInfo]) {
             r.next_hops.join(",")
         };
         let path: Vec<String> = r.as_path.iter().map(|a| a.to_string()).collect();
+        let prefix = if r.stale {
+            format!("{} (stale)", r.prefix)
+        } else {
+            r.prefix.clone()
+        };
         println!(
             "{:<44} {:<40} {:<20} {:>6}",
-            r.prefix,
+            prefix,
             nh,
             path.join(" "),
             r.local_pref

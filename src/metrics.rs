@@ -1,7 +1,8 @@
 //! Prometheus metrics and health endpoints on `metrics.listen`:
 //! `/metrics` (exposition format), `/healthz` (the agent's loop answers), `/readyz` (every
-//! configured peer has been tried, the kernel is in sync and none of the agent's tasks has
-//! ended).
+//! configured peer has been tried, the kernel is in sync, End-of-RIB went both ways with
+//! every peer — waited for at most the graceful restart time after start — and none of the
+//! agent's tasks has ended).
 //!
 //! Peer figures are read from the speaker at scrape time, so they always match
 //! `ferrovia status`; counters advance by the difference since the previous scrape.
@@ -29,6 +30,7 @@ pub struct Metrics {
     peer_up: IntGaugeVec,
     prefixes_received: IntGaugeVec,
     prefixes_sent: IntGaugeVec,
+    prefixes_stale: IntGaugeVec,
     updates_received: IntCounterVec,
     updates_sent: IntCounterVec,
     transitions: IntCounterVec,
@@ -60,6 +62,10 @@ impl Metrics {
             prefixes_sent: gv(
                 "ferrovia_bgp_prefixes_sent",
                 "Prefixes in the peer's Adj-RIB-Out.",
+            )?,
+            prefixes_stale: gv(
+                "ferrovia_bgp_prefixes_stale",
+                "Prefixes of the peer kept as stale by graceful restart (RFC 4724): its session dropped, or it came back and has not refreshed them yet.",
             )?,
             updates_received: cv(
                 "ferrovia_bgp_updates_received_total",
@@ -98,6 +104,7 @@ impl Metrics {
         m.registry.register(Box::new(m.peer_up.clone()))?;
         m.registry.register(Box::new(m.prefixes_received.clone()))?;
         m.registry.register(Box::new(m.prefixes_sent.clone()))?;
+        m.registry.register(Box::new(m.prefixes_stale.clone()))?;
         m.registry.register(Box::new(m.updates_received.clone()))?;
         m.registry.register(Box::new(m.updates_sent.clone()))?;
         m.registry.register(Box::new(m.transitions.clone()))?;
@@ -135,6 +142,9 @@ impl Metrics {
             self.prefixes_sent
                 .with_label_values(&labels)
                 .set(p.stats.prefixes_sent as i64);
+            self.prefixes_stale
+                .with_label_values(&labels)
+                .set(p.stats.stale_prefixes as i64);
             let now = [
                 p.stats.updates_received,
                 p.stats.updates_sent,
@@ -165,6 +175,7 @@ impl Metrics {
                 &self.peer_up,
                 &self.prefixes_received,
                 &self.prefixes_sent,
+                &self.prefixes_stale,
             ] {
                 remove_peer_series(vec.clone(), &g);
             }
@@ -216,9 +227,43 @@ pub fn state_number(s: BgpState) -> i64 {
 pub struct Health {
     kernel_in_sync: std::sync::atomic::AtomicBool,
     failed: Mutex<Option<String>>,
+    /// Until then, readiness also waits for End-of-RIB both ways with every peer (the
+    /// initial exchange after a start); `None` once it happened or the time is over.
+    bgp_sync_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Health {
+    /// Readiness waits for End-of-RIB both ways with every peer, at most until `until`.
+    pub fn wait_for_bgp_sync(&self, until: std::time::Instant) {
+        *self
+            .bgp_sync_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+    /// Peers that hold readiness up: not Established with End-of-RIB both ways, while the
+    /// wait lasts. Once every peer got there the wait is over for good (a later flap does
+    /// not make the agent unready).
+    fn unsynchronised(&self, peers: &[PeerStatus]) -> Vec<String> {
+        let mut until = self
+            .bgp_sync_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(t) = *until else {
+            return Vec::new();
+        };
+        let missing: Vec<String> = peers
+            .iter()
+            .filter(|p| {
+                !(p.state == BgpState::Established && p.stats.eor_sent && p.stats.eor_received)
+            })
+            .map(|p| p.config.address.to_string())
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() >= t {
+            *until = None;
+            return Vec::new();
+        }
+        missing
+    }
     pub fn set_kernel_in_sync(&self, v: bool) {
         self.kernel_in_sync
             .store(v, std::sync::atomic::Ordering::Relaxed);
@@ -321,6 +366,13 @@ async fn readyz(State(st): State<HttpState>) -> (StatusCode, String) {
     }
     if !st.health.kernel_in_sync() {
         why.push("kernel routes not in sync yet".to_string());
+    }
+    let unsynchronised = st.health.unsynchronised(&peers);
+    if !unsynchronised.is_empty() {
+        why.push(format!(
+            "End-of-RIB not exchanged yet with: {}",
+            unsynchronised.join(", ")
+        ));
     }
     if why.is_empty() {
         (StatusCode::OK, "ready\n".into())

@@ -46,6 +46,16 @@ pub enum NodeCmd {
     Remove { name: String },
     /// List nodes.
     List,
+    /// Make this node's agent leave on purpose: re-advertise its routes with
+    /// GRACEFUL_SHUTDOWN (65535:0), wait bgp.drainWait seconds, withdraw them, close every
+    /// session with Cease, remove its kernel routes and stop. NAME, when given, must be the
+    /// agent's own node.
+    Drain {
+        name: Option<String>,
+        /// The agent's control socket (status.socket).
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,6 +179,9 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
                 };
                 let v = model::register_node(&*db, &rec).await?;
                 println!("node {} registered (version {})", rec.name, v.version);
+            }
+            NodeCmd::Drain { .. } => {
+                bail!("node drain talks to the agent, not the datastore (a bug: it is handled before the datastore is opened)")
             }
             NodeCmd::Remove { name } => {
                 if model::remove_node(&*db, &name).await? {

@@ -2,6 +2,7 @@
 //! requests (see `crate::control` for the protocol).
 
 use super::kernel::SharedKernelStatus;
+use super::DrainAsk;
 use crate::config::format_community;
 use crate::control::{
     NodeInfo, PeerInfo, Request, RouteCounts, RouteInfo, StatusReply, Unresolved,
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 /// Removes the control socket file when the agent exits.
@@ -54,6 +56,7 @@ pub async fn serve_control(
     node: NodeInfo,
     kstatus: SharedKernelStatus,
     cni_ctx: Arc<crate::cni::agent::CniContext>,
+    drain: mpsc::Sender<DrainAsk>,
 ) -> Result<()> {
     loop {
         match listener.accept().await {
@@ -62,8 +65,9 @@ pub async fn serve_control(
                 let n = node.clone();
                 let k = kstatus.clone();
                 let c = cni_ctx.clone();
+                let d = drain.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, h, n, k, c).await {
+                    if let Err(e) = answer(stream, h, n, k, c, d).await {
                         warn!(error = %e, "control socket request failed");
                     }
                 });
@@ -101,6 +105,7 @@ async fn answer(
     node: NodeInfo,
     kstatus: SharedKernelStatus,
     cni_ctx: Arc<crate::cni::agent::CniContext>,
+    drain: mpsc::Sender<DrainAsk>,
 ) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -110,6 +115,33 @@ async fn answer(
         Ok(Request::Status) => serde_json::to_vec(&status(&handle, node, &kstatus).await?)?,
         Ok(Request::Routes) => serde_json::to_vec(&routes(&handle).await?)?,
         Ok(Request::Cni(r)) => serde_json::to_vec(&crate::cni::agent::handle(r, &cni_ctx).await)?,
+        Ok(Request::Drain { node }) => {
+            let (tx, rx) = oneshot::channel();
+            let ask = DrainAsk { node, reply: tx };
+            let answer = match drain.try_send(ask) {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            let (reply, written) = match answer {
+                Some((Ok(r), w)) => (serde_json::to_vec(&r)?, Some(w)),
+                Some((Err(e), w)) => (
+                    serde_json::to_vec(&serde_json::json!({ "error": e }))?,
+                    Some(w),
+                ),
+                None => (
+                    serde_json::to_vec(&serde_json::json!({
+                        "error": "the agent is already stopping or draining; check its log"
+                    }))?,
+                    None,
+                ),
+            };
+            wr.write_all(&reply).await?;
+            wr.shutdown().await?;
+            if let Some(w) = written {
+                let _ = w.send(());
+            }
+            return Ok(());
+        }
         Err(e) => serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?,
     };
     wr.write_all(&reply).await?;
@@ -156,6 +188,9 @@ async fn status(
                     peer_router_id: p.peer_id.map(|i| i.to_string()),
                     families: p.families.iter().map(|f| family_name(*f).into()).collect(),
                     last_error: p.last_error,
+                    stale_prefixes: p.stats.stale_prefixes,
+                    end_of_rib_sent: p.stats.eor_sent,
+                    end_of_rib_received: p.stats.eor_received,
                 })
                 .collect();
             StatusReply {
@@ -184,7 +219,7 @@ fn family_name(f: Family) -> &'static str {
 /// between pages instead of copying the whole table in one go.
 const ROUTES_PAGE: usize = 4096;
 
-fn route_info(prefix: IpNet, best: Best) -> RouteInfo {
+fn route_info(prefix: IpNet, best: Best, stale: bool) -> RouteInfo {
     let a = &best.best.route.attrs;
     RouteInfo {
         prefix: prefix.to_string(),
@@ -212,6 +247,7 @@ fn route_info(prefix: IpNet, best: Best) -> RouteInfo {
             Source::Local => None,
             Source::Peer(p) => Some(p.to_string()),
         },
+        stale,
     }
 }
 
@@ -223,8 +259,16 @@ async fn routes(handle: &Handle) -> Result<Vec<RouteInfo>> {
             .query(move |s: &mut Speaker| {
                 let page = s.loc_rib().page(after.as_ref(), ROUTES_PAGE);
                 let last = page.last().map(|(p, _)| *p);
-                let infos: Vec<RouteInfo> =
-                    page.into_iter().map(|(p, b)| route_info(p, b)).collect();
+                let infos: Vec<RouteInfo> = page
+                    .into_iter()
+                    .map(|(p, b)| {
+                        let stale = match b.best.source {
+                            Source::Peer(a) => s.is_stale(a, &p),
+                            Source::Local => false,
+                        };
+                        route_info(p, b, stale)
+                    })
+                    .collect();
                 (last, infos)
             })
             .await?;

@@ -67,6 +67,11 @@ async fn desired_routes(handle: &Handle) -> Result<HashMap<IpNet, RouteKind>> {
 /// Installs Loc-RIB changes in the kernel; reconciles at start and after any error (kernel
 /// errors are retried for ever, readiness false meanwhile). Ends with an error only when the
 /// speaker is gone.
+///
+/// After a graceful restart (`keep_until` set) the first reconcile keeps our routes the
+/// Loc-RIB does not have yet: the peers are about to send them again. Once End-of-RIB went
+/// both ways with every peer, or at `keep_until`, a full reconcile sweeps those that did not
+/// come back and the speaker stops advertising the Restart State bit.
 pub async fn kernel_task(
     mut kernel: Kernel,
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -74,6 +79,7 @@ pub async fn kernel_task(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     status: SharedKernelStatus,
+    mut keep_until: Option<Instant>,
 ) -> Result<()> {
     let mut in_sync = false;
     let mut retry = tokio::time::interval(RETRY_UNRESOLVED);
@@ -81,7 +87,12 @@ pub async fn kernel_task(
         if !in_sync {
             let desired = desired_routes(&handle).await?;
             let t = Instant::now();
-            match kernel.reconcile(&desired).await {
+            let reconciled = if keep_until.is_some() {
+                kernel.reconcile_keeping(&desired).await
+            } else {
+                kernel.reconcile(&desired).await
+            };
+            match reconciled {
                 Ok(stats) => {
                     info!(
                         found = stats.found,
@@ -134,6 +145,25 @@ pub async fn kernel_task(
                 }
             }
             _ = retry.tick() => {
+                if let Some(until) = keep_until {
+                    let synchronised = handle
+                        .query(|s: &mut Speaker| s.synchronised())
+                        .await
+                        .context("asking the BGP speaker whether End-of-RIB was exchanged")?;
+                    if synchronised || Instant::now() >= until {
+                        info!(
+                            synchronised,
+                            "graceful restart over: sweeping kept kernel routes that no peer sent again"
+                        );
+                        keep_until = None;
+                        in_sync = false;
+                        handle
+                            .query(|s: &mut Speaker| s.set_restarting(false))
+                            .await
+                            .context("ending the restart state in the BGP speaker")?;
+                        continue;
+                    }
+                }
                 if !kernel.unresolved().is_empty() || !kernel.conflicts().is_empty() {
                     let t = Instant::now();
                     if let Err(e) = kernel.retry_pending().await {

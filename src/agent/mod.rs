@@ -11,8 +11,10 @@ mod announce;
 mod control;
 mod heartbeat;
 mod kernel;
+mod leave;
 mod mesh;
 mod metrics;
+mod restart;
 mod speaker;
 mod store;
 mod supervisor;
@@ -24,18 +26,45 @@ use anyhow::{Context, Result};
 use ferrovia_ipam::Ipam;
 use kernel::{KernelStatus, SharedKernelStatus};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use supervisor::Supervisor;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tracing::info;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// A `ferrovia node drain` asked on the control socket, handed to the agent's main loop.
+pub struct DrainAsk {
+    /// The node the operator named, if any.
+    pub node: Option<String>,
+    /// The outcome, and a sender the control connection fires once it wrote the answer
+    /// (the agent exits after that).
+    pub reply: oneshot::Sender<(
+        Result<crate::control::DrainReply, String>,
+        oneshot::Sender<()>,
+    )>,
+}
+
+/// How the agent's main loop ended.
+enum Exit {
+    /// SIGTERM: a restart. Sessions drop without a NOTIFICATION, everything stays.
+    Restart,
+    /// SIGINT: CEASE to every peer (Hard Reset to N-bit peers); kernel state stays.
+    Stop,
+    /// `ferrovia node drain`.
+    Drain(DrainAsk),
+    /// A task ended.
+    Failed(supervisor::TaskExit),
+}
 
 /// IPAM over the agent's datastore.
 pub type NodeIpam = Ipam;
 
-/// Runs the agent until a termination signal (`Ok`, every session closed with CEASE) or
-/// until one of its tasks ends (`Err` naming the task: the caller exits non-zero so that the
+/// Runs the agent until SIGTERM (`Ok`: a restart — sessions drop without a NOTIFICATION so
+/// that graceful-restart peers keep our routes, kernel routes and pods stay, the restart
+/// marker is written), SIGINT (`Ok`, every session closed with CEASE), `ferrovia node
+/// drain` (`Ok`, the node left: see [`leave`]) or until one of its tasks ends (`Err` naming the task: the caller exits non-zero so that the
 /// node's supervisor restarts the agent; sessions just drop, so peers with graceful restart
 /// keep our routes as stale, and kernel routes and pods stay).
 ///
@@ -62,7 +91,7 @@ pub async fn run(loaded: Loaded) -> Result<()> {
     };
 
     // The kernel: our routes only, reconciled at start.
-    let kernel =
+    let mut kernel =
         if cfg.kernel.enabled {
             let table = cfg.kernel.table.id().unwrap_or(254);
             Some(crate::kernel::Kernel::new(table).await.with_context(|| {
@@ -71,6 +100,30 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         } else {
             None
         };
+
+    // A graceful restart, or a first start? (RFC 4724: claim the restart and the kept
+    // forwarding state only when both are true.)
+    let state_dir: PathBuf = cfg.state_dir();
+    let restart_time = Duration::from_secs(u64::from(cfg.bgp.graceful_restart_time));
+    let kept_routes = match kernel.as_mut() {
+        Some(k) => k.count_ours().await.unwrap_or(0),
+        None => 0,
+    };
+    let restarting = match restart::verdict(&state_dir, &cfg.node.name, restart_time, kept_routes) {
+        restart::Verdict::Restart { away } => {
+            info!(
+                away_ms = away.as_millis() as u64,
+                kernel_routes = kept_routes,
+                "graceful restart: our routes are still in the kernel; advertising Restart State and Forwarding State"
+            );
+            true
+        }
+        restart::Verdict::FirstStart(why) => {
+            info!(reason = %why, "first start (not a graceful restart)");
+            false
+        }
+    };
+    let started = Instant::now();
 
     let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
     let health = Arc::new(Health::default());
@@ -83,8 +136,11 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         &loaded,
         file_peers.clone(),
         kernel.is_some().then_some(events_tx),
+        restarting,
     )
     .await?;
+    // Readiness waits for End-of-RIB both ways with every peer, at most this long.
+    health.wait_for_bgp_sync(started + restart_time);
     sup.adopt("speaker", driver);
 
     let announce = Arc::new(tokio::sync::Notify::new());
@@ -101,11 +157,16 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                     metrics.clone(),
                     health.clone(),
                     kstatus.clone(),
+                    restarting.then_some(started + restart_time),
                 ),
             );
         }
         None => health.set_kernel_in_sync(true),
     }
+    sup.spawn(
+        "restart-marker",
+        refresh_marker(state_dir.clone(), cfg.node.name.clone()),
+    );
     if let Some(store) = &store {
         let ctx = mesh::MeshContext {
             me: cfg.node.name.clone(),
@@ -169,31 +230,111 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         cni_ipam.clone(),
         announce.clone(),
     ));
+    let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
     sup.spawn(
         "control",
-        control::serve_control(listener, handle.clone(), node, kstatus, cni_ctx),
+        control::serve_control(listener, handle.clone(), node, kstatus, cni_ctx, drain_tx),
     );
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let exit = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM: closing every BGP session with CEASE"); None }
-        _ = int.recv() => { info!("SIGINT: closing every BGP session with CEASE"); None }
-        exit = sup.first_exit() => Some(exit),
+    let exit = loop {
+        tokio::select! {
+            _ = term.recv() => break Exit::Restart,
+            _ = int.recv() => break Exit::Stop,
+            exit = sup.first_exit() => break Exit::Failed(exit),
+            Some(ask) = drain_rx.recv() => match &ask.node {
+                Some(n) if *n != cfg.node.name => {
+                    let why = format!(
+                        "this agent is node {}'s, not {n}'s: run the drain on {n} (or against its status.socket)",
+                        cfg.node.name
+                    );
+                    let (tx, _) = oneshot::channel();
+                    let _ = ask.reply.send((Err(why), tx));
+                }
+                _ => break Exit::Drain(ask),
+            },
+        }
     };
     match exit {
-        None => {
+        Exit::Restart => {
+            info!("SIGTERM: restarting; sessions close without a NOTIFICATION so that graceful-restart peers keep our routes; kernel routes and pods stay");
+            // No CEASE: the sessions just drop, so that peers with graceful restart keep
+            // our routes while the agent restarts.
+            handle.abandon().await;
+            sup.shutdown().await;
+            if let Err(e) = restart::write(&state_dir, &cfg.node.name) {
+                warn!(error = %format!("{e:#}"), "writing the restart marker failed: the next start will not claim a graceful restart");
+            }
+            info!("ferrovia agent stopped for a restart");
+            Ok(())
+        }
+        Exit::Stop => {
+            info!("SIGINT: closing every BGP session with CEASE");
             handle.shutdown().await;
             sup.shutdown().await;
             info!("ferrovia agent stopped");
             Ok(())
         }
-        Some(exit) => {
+        Exit::Drain(ask) => {
+            info!("drain: leaving on purpose");
+            let result = drain(&handle, &loaded, &mut sup, &state_dir).await;
+            let failed = result.as_ref().err().map(|e| format!("{e:#}"));
+            let (written_tx, written_rx) = oneshot::channel();
+            let _ = ask
+                .reply
+                .send((result.map_err(|e| format!("{e:#}")), written_tx));
+            let _ = tokio::time::timeout(Duration::from_secs(5), written_rx).await;
+            match failed {
+                None => {
+                    info!("ferrovia agent drained and stopped");
+                    Ok(())
+                }
+                Some(e) => Err(anyhow::anyhow!("the drain failed: {e}")),
+            }
+        }
+        Exit::Failed(exit) => {
             // No CEASE: the sessions just drop, so that peers with graceful restart keep
             // our routes while the agent restarts.
             handle.abandon().await;
             sup.shutdown().await;
+            if let Err(e) = restart::write(&state_dir, &cfg.node.name) {
+                warn!(error = %format!("{e:#}"), "writing the restart marker failed");
+            }
             Err(exit.into())
+        }
+    }
+}
+
+/// `ferrovia node drain`: the BGP half (see [`leave::leave_bgp`]), every task stopped, then
+/// the kernel state and the restart marker removed.
+async fn drain(
+    handle: &ferrovia_bgp::driver::Handle,
+    loaded: &Loaded,
+    sup: &mut Supervisor,
+    state_dir: &std::path::Path,
+) -> Result<crate::control::DrainReply> {
+    let mut reply = leave::leave_bgp(handle, &loaded.config).await?;
+    sup.shutdown().await;
+    restart::remove(state_dir);
+    reply.kernel_routes_removed = leave::remove_kernel_state(&loaded.config).await?;
+    Ok(reply)
+}
+
+/// Keeps the restart marker fresh while the agent runs, so that a crash or SIGKILL followed
+/// by a quick restart counts as a graceful restart too.
+async fn refresh_marker(dir: PathBuf, node: String) -> Result<()> {
+    let mut tick = tokio::time::interval(restart::REFRESH);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        match restart::write(&dir, &node) {
+            Ok(()) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                warn!(error = %format!("{e:#}"), "writing the restart marker failed: a restart will not be graceful; make stateDir writable");
+            }
+            Err(_) => {}
         }
     }
 }

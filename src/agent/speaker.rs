@@ -35,11 +35,14 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
 }
 
 /// Starts the speaker: it listens (when `bgp.listen` is on) and knows `peers` when this
-/// returns. `events` receives Loc-RIB change signals (for the kernel task).
+/// returns. `events` receives Loc-RIB change signals (for the kernel task). `restarting`:
+/// this start is a graceful restart (see `restart::verdict`), so the OPENs carry the Restart
+/// State and Forwarding State bits.
 pub async fn start(
     loaded: &Loaded,
     peers: Vec<PeerSpec>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    restarting: bool,
 ) -> Result<(Handle, JoinHandle<()>)> {
     let cfg = &loaded.config;
     let v4 = cfg.node.addresses.iter().find_map(|a| match a {
@@ -50,7 +53,7 @@ pub async fn start(
         IpAddr::V6(v) => Some(*v),
         _ => None,
     });
-    let speaker = Speaker::new(SpeakerConfig {
+    let mut speaker = Speaker::new(SpeakerConfig {
         local_as: cfg.node.as_number,
         router_id: cfg.node.router_id,
         families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
@@ -58,6 +61,7 @@ pub async fn start(
         next_hop_v4: v4.or(Some(cfg.node.router_id)),
         next_hop_v6: v6,
     });
+    speaker.set_restarting(restarting);
     let listen = cfg
         .bgp
         .listen

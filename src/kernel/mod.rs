@@ -370,6 +370,36 @@ impl Kernel {
         &mut self,
         desired: &HashMap<IpNet, RouteKind>,
     ) -> Result<ReconcileStats, KernelError> {
+        self.reconcile_with(desired, false).await
+    }
+
+    /// Like [`Kernel::reconcile`], but our routes that `desired` lacks stay (they are
+    /// taken into the bookkeeping): after a graceful restart they are the forwarding state
+    /// kept for the routes the peers are about to send again. A later `reconcile` sweeps
+    /// those that did not come back.
+    pub async fn reconcile_keeping(
+        &mut self,
+        desired: &HashMap<IpNet, RouteKind>,
+    ) -> Result<ReconcileStats, KernelError> {
+        self.reconcile_with(desired, true).await
+    }
+
+    /// How many of our routes (this table, our protocol) the kernel has now.
+    pub async fn count_ours(&mut self) -> Result<usize, KernelError> {
+        if self.nl.is_closed() {
+            self.reopen(NlError::Closed);
+        }
+        match self.dump().await {
+            Ok((ours, strays)) => Ok(ours.len() + strays.len()),
+            Err(e) => Err(self.fail_dump(e)),
+        }
+    }
+
+    async fn reconcile_with(
+        &mut self,
+        desired: &HashMap<IpNet, RouteKind>,
+        keep_others: bool,
+    ) -> Result<ReconcileStats, KernelError> {
         if self.nl.is_closed() {
             self.reopen(NlError::Closed);
         }
@@ -408,8 +438,10 @@ impl Kernel {
             .iter()
             .map(|(p, k)| (p.trunc(), Some(k.clone())))
             .collect();
-        for p in self.installed.keys() {
-            changes.entry(p).or_insert(None);
+        if !keep_others {
+            for p in self.installed.keys() {
+                changes.entry(p).or_insert(None);
+            }
         }
         let s = self.apply_changes(changes).await?;
         stats.added += s.added;

@@ -237,9 +237,18 @@ impl Ferrovia {
         self.spawn();
     }
 
-    /// SIGTERM; waits (bounded, generously) for the exit. None if it had to be SIGKILLed.
+    /// SIGTERM (a restart: sessions drop without a NOTIFICATION); waits (bounded,
+    /// generously) for the exit. None if it had to be SIGKILLed.
     pub fn sigterm(&mut self) -> Option<ExitStatus> {
         self.proc.take().and_then(|mut p| p.terminate(super::START))
+    }
+
+    /// SIGINT (stop: CEASE to every peer); waits (bounded, generously) for the exit. None if
+    /// it had to be SIGKILLed.
+    pub fn sigint(&mut self) -> Option<ExitStatus> {
+        self.proc
+            .take()
+            .and_then(|mut p| p.stop_with(libc::SIGINT, super::START))
     }
 
     fn cli(&self, sub: &str) -> Result<Value, String> {

@@ -59,10 +59,16 @@ impl Proc {
     /// Sends SIGTERM and waits up to `timeout` for the exit; SIGKILL after that.
     /// Returns the exit status, or None if it had to be killed.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the exit; SIGKILL after that.
+    /// Returns the exit status, or None if it had to be killed.
+    pub fn stop_with(&mut self, sig: i32, timeout: Duration) -> Option<ExitStatus> {
         let mut c = self.child.take()?;
         unsafe {
             libc::kill(c.id() as i32, libc::SIGCONT);
-            libc::kill(c.id() as i32, libc::SIGTERM);
+            libc::kill(c.id() as i32, sig);
         }
         let start = Instant::now();
         while start.elapsed() < timeout {

@@ -226,8 +226,8 @@ fn peer_spec(ebgp: bool) -> PeerSpec {
 // ---------------------------------------------------------------- scenarios
 
 /// Session up both ways, v4+v6 routes both ways with next hops / AS paths / counters, a
-/// withdrawal by the peer, SIGTERM of ferrovia (CEASE, exit 0, the peer drops its routes), and a
-/// restart of ferrovia with fewer prefixes.
+/// withdrawal by the peer, SIGINT of ferrovia (CEASE, exit 0, the peer drops its routes; SIGTERM
+/// is a graceful restart since issue 11), and a restart of ferrovia with fewer prefixes.
 pub fn exchange_and_withdraw(tag: &str, start: StartPeer, ebgp: bool) {
     let lock = net_lock();
     let t = Pair::new(&lock, tag);
@@ -305,17 +305,17 @@ pub fn exchange_and_withdraw(tag: &str, start: StartPeer, ebgp: bool) {
     );
     both_established(&f, peer.as_ref()).expect("a withdrawal must not reset the session");
 
-    // SIGTERM: CEASE to the peer, exit 0, the peer drops ferrovia's routes.
+    // SIGINT: CEASE to the peer, exit 0, the peer drops ferrovia's routes.
     let t0 = Instant::now();
-    let st = f.sigterm();
+    let st = f.sigint();
     let took = t0.elapsed();
     assert_eq!(
         st.and_then(|s| s.code()),
         Some(0),
-        "ferrovia should exit 0 on SIGTERM (None = still running after {START:?}, killed)"
+        "ferrovia should exit 0 on SIGINT (None = still running after {START:?}, killed)"
     );
     wait_until(
-        &format!("{} drops ferrovia's routes after SIGTERM", peer.label()),
+        &format!("{} drops ferrovia's routes after SIGINT", peer.label()),
         PROPAGATE,
         POLL,
         || peer_has_fer_routes(peer.as_ref(), &[], &path_out),
@@ -333,7 +333,7 @@ pub fn exchange_and_withdraw(tag: &str, start: StartPeer, ebgp: bool) {
             }
         },
     );
-    eprintln!("{} after SIGTERM ({took:?}): {e}", peer.label());
+    eprintln!("{} after SIGINT ({took:?}): {e}", peer.label());
 
     // Restart with one prefix fewer: the peer ends up with only F_V4.
     f.restart_with(ferrovia_cfg(ebgp, &[F_V4]));
