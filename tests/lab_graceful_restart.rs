@@ -1,0 +1,234 @@
+//! Graceful restart end to end (issue 11): pods on n1 (rack 1) and n3 (rack 2) of the
+//! leaf-spine lab ping each other 100 times a second through tor1, the spine and tor2 (FRR
+//! 8.4, graceful-restart helpers by default) while an agent restarts. SIGTERM drops the
+//! sessions without a NOTIFICATION and keeps the kernel state; the restarted agent claims
+//! the restart (R and F bits), sends its routes and End-of-RIB at once, and the ToR never
+//! withdraws the pods' blocks. Loss is counted from the echo replies' sequence numbers: a
+//! number missing below the highest one answered is a lost packet.
+//!
+//! The lab is `graceful-restart.clab.yml` (the leaf-spine lab with a 60 s restart time, so
+//! the ToR's helper covers the agent however slow the machine is).
+
+use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
+
+use common::{net_lock, wait_until};
+use lab_common::{time_until, Lab, POLL, PROPAGATE};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const FILE: &str = "graceful-restart.clab.yml";
+/// A restarted agent is up, meshed and ready (End-of-RIB both ways) within this.
+const READY: Duration = Duration::from_secs(60);
+/// What the restarted agent logs when it claims a graceful restart.
+const CLAIM: &str = "graceful restart: our routes are still in the kernel";
+
+/// Node → its ToR and its address as the ToR sees it.
+fn tor_of(node: &str) -> (&'static str, &'static str) {
+    match node {
+        "n1" => ("tor1", "198.18.11.1"),
+        "n3" => ("tor2", "198.18.21.1"),
+        other => panic!("no ToR known for {other}"),
+    }
+}
+
+/// A ping of 100 packets a second from a pod, running until [`PingRun::finish`].
+struct PingRun {
+    pidfile: PathBuf,
+    _dir: tempfile::TempDir,
+    thread: Option<std::thread::JoinHandle<Output>>,
+}
+
+/// What a ping saw.
+#[derive(Debug)]
+struct PingCount {
+    /// Highest sequence number answered.
+    last: u64,
+    answered: usize,
+    /// Sequence numbers below `last` never answered.
+    lost: Vec<u64>,
+}
+
+impl PingRun {
+    fn start(lab: &Lab, node: &str, pod: &str, dst: &str) -> PingRun {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("ping.pid");
+        let script = format!(
+            "echo $$ > {}; exec ping -n -i 0.01 {dst}",
+            pidfile.display()
+        );
+        let mut c = Command::new(common::bin());
+        c.args(["lab", "--name", &lab.name, "pod", "exec"])
+            .arg(&lab.file)
+            .args([node, pod, "--", "sh", "-c", &script]);
+        // Bounded: the run is stopped long before; this only ends a forgotten one.
+        let thread =
+            std::thread::spawn(move || lab_common::bounded(&mut c, Duration::from_secs(900)));
+        wait_until("the ping runs", Duration::from_secs(30), POLL, || {
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|_| ())
+                .ok_or_else(|| "no pid yet".to_string())
+        });
+        PingRun {
+            pidfile,
+            _dir: dir,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the ping (SIGINT: it prints what it saw) and counts.
+    fn finish(mut self) -> PingCount {
+        let pid: i32 = std::fs::read_to_string(&self.pidfile)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        // SAFETY: a plain kill(2) on the ping this run started.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        let out = self
+            .thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("ping thread");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let seqs: BTreeSet<u64> = text
+            .lines()
+            .filter_map(|l| l.split("icmp_seq=").nth(1))
+            .filter_map(|s| s.split_whitespace().next())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let last = seqs.last().copied().unwrap_or(0);
+        let lost = (1..last).filter(|s| !seqs.contains(s)).collect();
+        let summary: Vec<&str> = text.lines().filter(|l| l.contains("transmitted")).collect();
+        eprintln!("ping: {summary:?}");
+        PingCount {
+            last,
+            answered: seqs.len(),
+            lost,
+        }
+    }
+}
+
+/// How often the agent of `node` claimed a graceful restart in its log.
+fn claims(lab: &Lab, node: &str) -> usize {
+    let log = lab.state_dir().join("nodes").join(node).join("agent.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(CLAIM)
+        .count()
+}
+
+/// The agent of `node` answers /readyz 200: its session is up and End-of-RIB went both ways.
+fn ready(lab: &Lab, node: &str) -> Result<(), String> {
+    let (_, out) = lab.exec(
+        node,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "-w",
+            " %{http_code}",
+            "http://127.0.0.1:9091/readyz",
+        ],
+    );
+    if out.trim_end().ends_with(" 200") {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// The ToR's view of its session with `node`.
+fn tor_session(lab: &Lab, node: &str) -> String {
+    let (tor, addr) = tor_of(node);
+    lab.sessions(tor).get(addr).cloned().unwrap_or_default()
+}
+
+/// Stops the agent of `node` (SIGTERM, or SIGKILL with `kill`), waits until its ToR saw
+/// the session go, starts it again and waits until it claimed the restart and is ready.
+fn restart(lab: &Lab, node: &str, kill: bool) {
+    let before = claims(lab, node);
+    lab.stop(node, kill);
+    wait_until(
+        &format!("{} notices {node}'s agent is gone", tor_of(node).0),
+        PROPAGATE,
+        POLL,
+        || match tor_session(lab, node) {
+            s if s == "Established" => Err(s),
+            _ => Ok(()),
+        },
+    );
+    lab.start(node);
+    let took = time_until(&format!("{node} ready after its restart"), READY, || {
+        if claims(lab, node) <= before {
+            return Err(format!("{node} has not claimed a graceful restart"));
+        }
+        ready(lab, node)
+    });
+    eprintln!(
+        "{node} restarted ({}) and ready in {took:.1?}",
+        if kill { "SIGKILL" } else { "SIGTERM" }
+    );
+}
+
+#[test]
+fn pods_lose_no_packet_while_either_agent_restarts_with_sigterm_or_sigkill() {
+    let lock = net_lock();
+    let lab = Lab::up(&lock, FILE, "fvt-gr");
+    lab.wait_established(PROPAGATE);
+    let p1 = lab.pod_add("n1", "p")[0].clone();
+    let p3 = lab.pod_add("n3", "p")[0].clone();
+    time_until("n1's pod reaches n3's pod", PROPAGATE, || {
+        match lab.try_ping("n1", "p", &p3) {
+            (true, _) => Ok(()),
+            (false, out) => Err(out),
+        }
+    });
+    time_until("n3's pod reaches n1's pod", PROPAGATE, || {
+        match lab.try_ping("n3", "p", &p1) {
+            (true, _) => Ok(()),
+            (false, out) => Err(out),
+        }
+    });
+
+    let mut report = Vec::new();
+    for (node, kill, rounds) in [
+        ("n3", false, 3),
+        ("n1", false, 3),
+        ("n3", true, 1),
+        ("n1", true, 1),
+    ] {
+        let ping = PingRun::start(&lab, "n1", "p", &p3);
+        for _ in 0..rounds {
+            restart(&lab, node, kill);
+        }
+        // Traffic after the last restart is counted too: one more echo goes all the way.
+        lab.ping("n1", "p", &p3);
+        let c = ping.finish();
+        let how = if kill { "SIGKILL" } else { "SIGTERM" };
+        eprintln!(
+            "{how} + restart of {node}'s agent x{rounds}: {} of {} echo requests lost (answered {})",
+            c.lost.len(),
+            c.last,
+            c.answered
+        );
+        report.push((node, how, rounds, c));
+    }
+    for (node, how, rounds, c) in &report {
+        assert!(c.last >= 20, "{node} {how}: the ping hardly ran: {c:?}");
+        assert!(
+            c.lost.is_empty(),
+            "{how} + restart of {node}'s agent x{rounds}: lost echo requests {:?} of {}",
+            c.lost,
+            c.last
+        );
+    }
+}
