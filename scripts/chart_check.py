@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Offline checks of charts/ferrovia, driven by tests/chart.rs.
+
+Runs in the virtual environment scripts/test.sh creates (/var/cache/ferrovia/chart-venv,
+with helm-python-sdk and kubernetes-validate). Prints one JSON document on stdout.
+
+  chart_check.py render CHART VALUES|- OUTDIR   render like `helm template` (install),
+                                                 one file per manifest in OUTDIR; prints
+                                                 {"files": [...], "notes": "..."} or
+                                                 {"error": "..."} when the chart refuses
+  chart_check.py lint CHART VALUES|-            `helm lint --strict`; prints the report
+  chart_check.py newest-schema                  the newest Kubernetes version whose
+                                                 schemas kubernetes-validate ships
+"""
+
+import json
+import os
+import sys
+
+import yaml
+
+
+def load_values(path):
+    if path == "-":
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def render(chart, values_path, outdir):
+    import helm_python as helm
+
+    values = load_values(values_path)
+    try:
+        rendered = helm.Chart.load(chart).render(
+            values, name="ferrovia", namespace="kube-system", is_install=True
+        )
+    except helm.HelmError as e:
+        return {"error": str(e)}
+    files, notes = [], ""
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for i, doc in enumerate(yaml.safe_load_all(text)):
+            if not doc:
+                continue
+            name = "%s-%d.yaml" % (template.replace("/", "_"), i)
+            path = os.path.join(outdir, name)
+            with open(path, "w", encoding="utf-8") as f:
+                yaml.safe_dump(doc, f, sort_keys=False)
+            files.append(path)
+    return {"files": files, "notes": notes}
+
+
+def lint(chart, values_path):
+    import helm_python as helm
+
+    return helm.lint(chart, load_values(values_path), strict=True)
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd, args = argv[1], argv[2:]
+    if cmd == "render" and len(args) == 3:
+        result = render(*args)
+    elif cmd == "lint" and len(args) == 2:
+        result = lint(*args)
+    elif cmd == "newest-schema" and not args:
+        import kubernetes_validate
+
+        result = kubernetes_validate.latest_version()
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
