@@ -6,7 +6,7 @@ with helm-python-sdk and kubernetes-validate). Prints one JSON document on stdou
 
   chart_check.py render CHART VALUES|- OUTDIR   render like `helm template` (install),
                                                  one file per manifest in OUTDIR; prints
-                                                 {"files": [...], "notes": "..."} or
+                                                 {"files": [...], "docs": [...], "notes": "..."} or
                                                  {"error": "..."} when the chart refuses
   chart_check.py lint CHART VALUES|-            `helm lint --strict`; prints the report
   chart_check.py newest-schema                  the newest Kubernetes version whose
@@ -37,7 +37,7 @@ def render(chart, values_path, outdir):
         )
     except helm.HelmError as e:
         return {"error": str(e)}
-    files, notes = [], ""
+    files, docs, notes = [], [], ""
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
             notes = text
@@ -45,12 +45,15 @@ def render(chart, values_path, outdir):
         for i, doc in enumerate(yaml.safe_load_all(text)):
             if not doc:
                 continue
-            name = "%s-%d.yaml" % (template.replace("/", "_"), i)
+            # Namespaces first: `kubectl apply -f DIR` goes in file-name order.
+            first = "0" if doc.get("kind") == "Namespace" else "1"
+            name = "%s-%s-%d.yaml" % (first, template.replace("/", "_"), i)
             path = os.path.join(outdir, name)
             with open(path, "w", encoding="utf-8") as f:
                 yaml.safe_dump(doc, f, sort_keys=False)
             files.append(path)
-    return {"files": files, "notes": notes}
+            docs.append(doc)
+    return {"files": files, "docs": docs, "notes": notes}
 
 
 def lint(chart, values_path):

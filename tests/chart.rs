@@ -8,140 +8,13 @@
 //! virtual environment scripts/test.sh creates at /var/cache/ferrovia/chart-venv
 //! (FERROVIA_CHART_VENV overrides it); scripts/chart_check.py is the bridge.
 
+use ferrovia_testsupport::common;
+
+use common::chart::{chart_check, chart_dir, render_ok, render_values, venv_bin, VALUE_SETS};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const FERROVIA: &str = env!("CARGO_BIN_EXE_ferrovia");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The value sets every offline check runs on: the defaults and charts/ferrovia/ci/*.
-const VALUE_SETS: &[&str] = &[
-    "-",
-    "ci/dual-stack-tor-values.yaml",
-    "ci/podcidr-values.yaml",
-    "ci/reflectors-values.yaml",
-];
-
-fn chart_dir() -> PathBuf {
-    Path::new(ROOT).join("charts/ferrovia")
-}
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let venv = std::env::var_os("FERROVIA_CHART_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/ferrovia/chart-venv"));
-    let bin = venv.join("bin").join(tool);
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test.sh once (as root) to create the chart-check \
-         environment (python3 -m venv with helm-python-sdk and kubernetes-validate), or set \
-         FERROVIA_CHART_VENV",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs scripts/chart_check.py and parses its JSON answer.
-fn chart_check(args: &[&str]) -> Value {
-    let out = Command::new(venv_bin("python"))
-        .arg(Path::new(ROOT).join("scripts/chart_check.py"))
-        .args(args)
-        .output()
-        .expect("run scripts/chart_check.py");
-    assert!(
-        out.status.success(),
-        "chart_check.py {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "chart_check.py {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-struct Rendered {
-    _dir: tempfile::TempDir,
-    files: Vec<PathBuf>,
-    docs: Vec<Value>,
-    notes: String,
-}
-
-impl Rendered {
-    fn find(&self, kind: &str) -> Vec<&Value> {
-        self.docs.iter().filter(|d| d["kind"] == kind).collect()
-    }
-
-    fn one(&self, kind: &str) -> &Value {
-        let found = self.find(kind);
-        assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
-        found[0]
-    }
-
-    /// The agent configuration file the ConfigMap carries.
-    fn agent_config(&self) -> String {
-        self.one("ConfigMap")["data"]["agent.yaml"]
-            .as_str()
-            .expect("the ConfigMap has data.agent.yaml")
-            .to_string()
-    }
-
-    fn daemonset(&self) -> &Value {
-        self.one("DaemonSet")
-    }
-}
-
-/// Renders the chart with a values file relative to the chart ("-": the defaults).
-fn render_set(values: &str) -> Result<Rendered, String> {
-    let path = if values == "-" {
-        "-".to_string()
-    } else {
-        chart_dir().join(values).display().to_string()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let out = chart_check(&[
-        "render",
-        &chart_dir().display().to_string(),
-        &path,
-        &dir.path().display().to_string(),
-    ]);
-    if let Some(e) = out.get("error") {
-        return Err(e.as_str().unwrap_or_default().to_string());
-    }
-    let files: Vec<PathBuf> = out["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .map(|f| PathBuf::from(f.as_str().unwrap()))
-        .collect();
-    let docs = files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            serde_yaml_ng::from_str::<Value>(&text).unwrap()
-        })
-        .collect();
-    Ok(Rendered {
-        _dir: dir,
-        files,
-        docs,
-        notes: out["notes"].as_str().unwrap_or_default().to_string(),
-    })
-}
-
-fn render_ok(values: &str) -> Rendered {
-    render_set(values).unwrap_or_else(|e| panic!("the chart refuses {values}: {e}"))
-}
-
-/// Renders with values given as YAML text.
-fn render_values(yaml: &str) -> Result<Rendered, String> {
-    let f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-    std::fs::write(f.path(), yaml).unwrap();
-    render_set(&f.path().display().to_string())
-}
 
 #[test]
 fn every_value_set_renders_and_lints_strict_clean() {
@@ -174,7 +47,11 @@ fn every_value_set_renders_and_lints_strict_clean() {
         // Strict: warnings count too (severity 2 warning, 3 error; 1 is information).
         let bad: Vec<&Value> = report["messages"]
             .as_array()
-            .map(|m| m.iter().filter(|m| m["severity"].as_u64() >= Some(2)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|m| m["severity"].as_u64() >= Some(2))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(bad.is_empty(), "{set}: lint --strict findings: {bad:?}");
     }
@@ -241,7 +118,10 @@ fn daemonset_runs_on_every_node_with_what_the_agent_needs() {
         .iter()
         .find(|e| e["name"] == "NODENAME")
         .expect("NODENAME in the agent's environment");
-    assert_eq!(nodename["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        nodename["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
     assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
     let caps: Vec<&str> = agent["securityContext"]["capabilities"]["add"]
@@ -259,7 +139,12 @@ fn daemonset_runs_on_every_node_with_what_the_agent_needs() {
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    for p in ["/opt/cni/bin", "/etc/cni/net.d", "/run/ferrovia", "/run/netns"] {
+    for p in [
+        "/opt/cni/bin",
+        "/etc/cni/net.d",
+        "/run/ferrovia",
+        "/run/netns",
+    ] {
         assert!(host_paths.contains(&p), "no hostPath {p}: {host_paths:?}");
     }
     let init = &spec["initContainers"][0];
@@ -298,10 +183,9 @@ fn the_init_containers_command_installs_the_plugin() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(bin.path().join("ferrovia-cni").is_file());
-    let conflist: Value = serde_json::from_slice(
-        &std::fs::read(conf.path().join("10-ferrovia.conflist")).unwrap(),
-    )
-    .unwrap();
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(conf.path().join("10-ferrovia.conflist")).unwrap())
+            .unwrap();
     assert_eq!(conflist["plugins"][0]["mtu"], 9000);
     assert_eq!(
         conflist["plugins"][0]["agentSocket"],
@@ -333,10 +217,7 @@ fn peer_passwords_are_secret_files_and_the_agent_reads_no_secrets() {
                 == 1,
             "{file} is under two mounts"
         );
-        let volume = volumes
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .unwrap();
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
         assert_eq!(volume["secret"]["secretName"], "tor-bgp");
         assert_eq!(volume["secret"]["items"][0]["key"], key);
         assert!(file.ends_with(&format!("/{key}")), "{file}");
@@ -372,7 +253,9 @@ fn a_created_namespace_carries_the_privileged_pod_security_label() {
         "{}",
         r.notes
     );
-    let e = render_values("namespace: { create: true }\n").err().unwrap();
+    let e = render_values("namespace: { create: true }\n")
+        .err()
+        .unwrap();
     assert!(e.contains("namespace.name"), "{e}");
 }
 
@@ -420,7 +303,10 @@ fn refuses_a_peer_address_that_does_not_parse() {
 
 #[test]
 fn refuses_a_pool_cidr_that_does_not_parse() {
-    refused("ipam: { pools: [{ cidr: 10.244.0/16 }] }", "/ipam/pools/0/cidr");
+    refused(
+        "ipam: { pools: [{ cidr: 10.244.0/16 }] }",
+        "/ipam/pools/0/cidr",
+    );
     refused(
         "ipam: { pools: [{ cidr: 10.244.0.0/16 }, { cidr: \"fd00:10:244::/129\" }] }",
         "/ipam/pools/1/cidr",
@@ -430,7 +316,10 @@ fn refuses_a_pool_cidr_that_does_not_parse() {
 #[test]
 fn refuses_an_unknown_key() {
     refused("bgp: { asNumbr: 64512 }", "/bgp");
-    refused("ipam: { pools: [{ cidr: 10.244.0.0/16, blocksize: 26 }] }", "/ipam/pools/0");
+    refused(
+        "ipam: { pools: [{ cidr: 10.244.0.0/16, blocksize: 26 }] }",
+        "/ipam/pools/0",
+    );
     refused("imageTag: v1", "");
 }
 
