@@ -9,6 +9,8 @@ with helm-python-sdk and kubernetes-validate). Prints one JSON document on stdou
                                                  {"files": [...], "docs": [...], "notes": "..."} or
                                                  {"error": "..."} when the chart refuses
   chart_check.py lint CHART VALUES|-            `helm lint --strict`; prints the report
+  chart_check.py validate-custom CRD_DIR FILE...  custom resources against the CRDs' schemas;
+                                                 prints {"FILE": null | "errors"}
   chart_check.py newest-schema                  the newest Kubernetes version whose
                                                  schemas kubernetes-validate ships
 """
@@ -62,6 +64,43 @@ def lint(chart, values_path):
     return helm.lint(chart, load_values(values_path), strict=True)
 
 
+def validate_custom(crd_dir, files):
+    """Checks custom resources against the openAPIV3Schema of the CRDs in crd_dir
+    (kubernetes-validate only knows the built-in kinds)."""
+    import jsonschema
+
+    schemas = {}
+    for name in sorted(os.listdir(crd_dir)):
+        if not name.endswith(".yaml"):
+            continue
+        with open(os.path.join(crd_dir, name), encoding="utf-8") as f:
+            for crd in yaml.safe_load_all(f):
+                if not crd or crd.get("kind") != "CustomResourceDefinition":
+                    continue
+                group = crd["spec"]["group"]
+                kind = crd["spec"]["names"]["kind"]
+                for v in crd["spec"]["versions"]:
+                    key = ("%s/%s" % (group, v["name"]), kind)
+                    schemas[key] = v["schema"]["openAPIV3Schema"]
+    out = {}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        schema = schemas.get((doc.get("apiVersion"), doc.get("kind")))
+        if schema is None:
+            out[path] = "no CRD in %s for %s %s" % (crd_dir, doc.get("apiVersion"), doc.get("kind"))
+            continue
+        body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+        errors = sorted(
+            jsonschema.Draft7Validator(schema).iter_errors(body), key=lambda e: list(e.path)
+        )
+        out[path] = (
+            "; ".join("%s: %s" % ("/".join(str(p) for p in e.path), e.message) for e in errors)
+            or None
+        )
+    return out
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -71,6 +110,8 @@ def main(argv):
         result = render(*args)
     elif cmd == "lint" and len(args) == 2:
         result = lint(*args)
+    elif cmd == "validate-custom" and len(args) >= 2:
+        result = validate_custom(args[0], args[1:])
     elif cmd == "newest-schema" and not args:
         import kubernetes_validate
 
