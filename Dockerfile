@@ -33,7 +33,7 @@ ENTRYPOINT ["bird", "-f", "-c", "/etc/bird/bird.conf", "-s", "/run/bird/bird.ctl
 
 FROM debian:bookworm-slim AS ferrovia
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 iputils-ping tcpdump procps \
+ && apt-get install -y --no-install-recommends iproute2 iputils-ping tcpdump procps nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrovia /usr/local/bin/ferrovia
 RUN mkdir -p /opt/cni/bin /etc/ferrovia /var/lib/ferrovia /run/ferrovia \
