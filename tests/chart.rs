@@ -10,7 +10,9 @@
 
 use ferrovia_testsupport::common;
 
-use common::chart::{chart_check, chart_dir, render_ok, render_values, venv_bin, VALUE_SETS};
+use common::chart::{
+    chart_check, chart_dir, crd_files, render_ok, render_values, venv_bin, VALUE_SETS,
+};
 use serde_json::Value;
 use std::process::Command;
 
@@ -61,6 +63,17 @@ fn every_value_set_renders_and_lints_strict_clean() {
 fn rendered_manifests_pass_kubernetes_validate_strict() {
     let newest = chart_check(&["newest-schema"]);
     let newest = newest.as_str().expect("a version").to_string();
+    // Objects in the CRD files (one file holds them all).
+    let crd_count: usize = crd_files()
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .matches("kind: CustomResourceDefinition\n")
+                .count()
+        })
+        .sum();
+    assert_eq!(crd_count, 6, "the CRDs of issue 9");
     for set in VALUE_SETS {
         let r = render_ok(set);
         // kubernetes-validate knows the built-in kinds; our custom resources are checked
@@ -71,7 +84,12 @@ fn rendered_manifests_pass_kubernetes_validate_strict() {
                     .as_str()
                     .is_some_and(|v| v.contains("ferrovia.io/"))
             });
-        let builtin: Vec<_> = builtin.into_iter().map(|(f, _)| f.clone()).collect();
+        // The shipped CRDs are built-in objects (apiextensions.k8s.io/v1) too.
+        let builtin: Vec<_> = builtin
+            .into_iter()
+            .map(|(f, _)| f.clone())
+            .chain(crd_files())
+            .collect();
         for version in ["1.30.0", newest.as_str()] {
             let out = Command::new(venv_bin("kubernetes-validate"))
                 .args(["-k", version, "--strict"])
@@ -90,7 +108,7 @@ fn rendered_manifests_pass_kubernetes_validate_strict() {
             // Every file was checked against a schema (not skipped as unknown).
             assert_eq!(
                 text.matches(" passed for resource ").count(),
-                builtin.len(),
+                builtin.len() - crd_files().len() + crd_count,
                 "{set} {version}: {text}"
             );
         }
@@ -372,4 +390,38 @@ fn refuses_a_pod_mtu_out_of_range() {
 #[test]
 fn refuses_an_unknown_ipam_mode() {
     refused("ipam: { mode: hostLocal }", "/ipam/mode");
+}
+
+#[test]
+fn the_committed_crds_are_what_the_code_generates() {
+    let out = Command::new(FERROVIA).arg("crds").output().unwrap();
+    assert!(
+        out.status.success(),
+        "ferrovia crds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = chart_dir().join("crds/ferrovia.io.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} differs from what `ferrovia crds` generates: run \
+         `cargo run --bin ferrovia -- crds > charts/ferrovia/crds/ferrovia.io.yaml` and commit it",
+        path.display()
+    );
+    // Every CRD is there, and nothing else is in crds/.
+    for kind in [
+        "IPPool",
+        "IPAMBlock",
+        "BlockAffinity",
+        "IPAMHandle",
+        "BGPPeer",
+        "BGPConfiguration",
+    ] {
+        assert!(
+            committed.contains(&format!("kind: {kind}\n")),
+            "no CRD for {kind}"
+        );
+    }
+    assert_eq!(crd_files(), vec![path]);
 }

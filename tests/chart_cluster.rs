@@ -98,6 +98,7 @@ fn object_path(doc: &Value) -> String {
         "RoleBinding" => {
             format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
         }
+        "BGPPeer" => format!("/apis/ferrovia.io/v1alpha1/bgppeers/{name}"),
         other => panic!("the chart renders a {other}: teach object_path about it"),
     }
 }
@@ -354,7 +355,8 @@ fn a_chart_created_namespace_is_labelled_for_privileged_pods() {
     let r = render_values(
         "namespace: { create: true, name: ferrovia-system }\n\
          bgp: { peers: [{ address: 198.18.0.254, asNumber: 65000,\n\
-                          password: { secretName: tor, secretKey: pw } }] }\n",
+                          password: { secretName: tor, secretKey: pw } }],\n\
+                nodePeers: [{ node: node1, address: \"fd00:198:18::fe\", asNumber: 65001 }] }\n",
     )
     .unwrap();
     apply_chart(&cp, &r);
@@ -373,6 +375,17 @@ fn a_chart_created_namespace_is_labelled_for_privileged_pods() {
         vols.iter().any(|v| v["secret"]["secretName"] == "tor"),
         "the peer's password Secret is a volume: {vols:?}"
     );
+    // The per-node peer is a BGPPeer the CRD's schema accepted.
+    let peer = cp
+        .call(
+            "GET",
+            "/apis/ferrovia.io/v1alpha1/bgppeers/ferrovia-node1-fd00-198-18--fe",
+            None,
+        )
+        .expect_status(200, "the node peer's BGPPeer")
+        .json();
+    assert_eq!(peer["spec"]["node"], "node1");
+    assert_eq!(peer["spec"]["asNumber"], 65001);
     let ns = cp
         .call("GET", "/api/v1/namespaces/ferrovia-system", None)
         .expect_status(200, "the namespace")
