@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(bird2 frr gobgpd iproute2 tcpdump procps iputils-ping curl prometheus)
+need=(bird2 frr gobgpd iproute2 tcpdump procps iputils-ping curl prometheus python3-venv)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +26,18 @@ done
 
 # The Kubernetes tests run a real kube-apiserver: build it from Debian's source once (a few
 # minutes), cached outside the checkout; the fixture (tests/common/kube.rs) reads its path here.
+# The chart's offline checks (tests/chart.rs) run Helm through helm-python-sdk and
+# kubernetes-validate, in a virtual environment of Debian's python3 outside the checkout
+# (PEP 668: never pip into the system's Python).
+chart_venv=${FERROVIA_CHART_VENV:-/var/cache/ferrovia/chart-venv}
+if ! "$chart_venv/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
+  echo "==> chart-check environment in $chart_venv"
+  mkdir -p "$(dirname "$chart_venv")"
+  /usr/bin/python3 -m venv "$chart_venv"
+  "$chart_venv/bin/pip" install -q helm-python-sdk kubernetes-validate
+fi
+export FERROVIA_CHART_VENV=$chart_venv
+
 echo "==> kube-apiserver"
 FERROVIA_KUBE_APISERVER=$(scripts/kube-apiserver.sh | tail -n1)
 export FERROVIA_KUBE_APISERVER

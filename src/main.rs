@@ -5,6 +5,7 @@ mod cni;
 mod config;
 mod control;
 mod datastore;
+mod install_cni;
 mod kernel;
 mod lab;
 mod mesh;
@@ -46,6 +47,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Install the CNI plugin (this binary, as ferrovia-cni) and its network configuration
+    /// list on the node: what the chart's init container runs.
+    InstallCni(install_cni::Args),
     /// Check a configuration file and exit (0: valid, 2: invalid).
     CheckConfig { config: PathBuf },
     /// Show the BGP peers and route counts of the running agent.
@@ -218,6 +222,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("ferrovia: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::InstallCni(args) => match install_cni::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferrovia install-cni: {e:#}");
                 ExitCode::FAILURE
             }
         },

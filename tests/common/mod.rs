@@ -11,6 +11,7 @@
 
 pub mod bird;
 pub mod capture;
+pub mod chart;
 pub mod cluster;
 pub mod ferrovia;
 pub mod frr;
