@@ -71,6 +71,7 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
                 connect_retry: i.connect_retry,
                 passive,
                 kind: kind.to_string(),
+                route_reflector_client: false,
             },
             port: 179,
             password,

@@ -398,6 +398,7 @@ mod tests {
                 connect_retry: Duration::from_secs(1),
                 passive: false,
                 kind: "mesh".into(),
+                route_reflector_client: false,
             },
             state,
             ebgp: true,
@@ -457,6 +458,7 @@ mod tests {
             graceful_restart: None,
             next_hop_v4: None,
             next_hop_v6: None,
+            cluster_id: None,
         });
         let config = DriverConfig {
             listen: None,

@@ -37,6 +37,8 @@ pub struct SpeakerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     /// IPv6 next hop to use when a session runs over IPv4.
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// Route reflector (RFC 4456) with this cluster id; None: no reflection.
+    pub cluster_id: Option<Ipv4Addr>,
 }
 
 /// One configured peer.
@@ -47,8 +49,10 @@ pub struct PeerConfig {
     pub hold_time: u16,
     pub connect_retry: Duration,
     pub passive: bool,
-    /// Where the peer comes from, for operators ("global", "mesh", "node").
+    /// Where the peer comes from, for operators ("global", "mesh", "node", "range").
     pub kind: String,
+    /// The peer is a route reflector client of ours (meaningful with a cluster id).
+    pub route_reflector_client: bool,
 }
 
 /// Errors of speaker operations.
@@ -827,6 +831,8 @@ impl Speaker {
             ebgp: p.ebgp,
             next_hop_v4,
             next_hop_v6,
+            cluster_id: self.config.cluster_id,
+            client: p.config.route_reflector_client,
         });
         p.export.clear();
         p.export.resend = n.families.iter().map(|f| (*f, None)).collect();
@@ -991,7 +997,11 @@ impl Speaker {
     }
 
     fn on_update(&mut self, addr: IpAddr, u: Update) {
-        let (local_as, local_id) = (self.config.local_as, self.config.router_id);
+        let (local_as, local_id, cluster_id) = (
+            self.config.local_as,
+            self.config.router_id,
+            self.config.cluster_id,
+        );
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
@@ -1035,7 +1045,8 @@ impl Speaker {
                     attrs: attrs.clone(),
                     next_hop: reach.next_hop,
                 };
-                let imported = policy::import(route, ebgp, local_as, local_id).map(Arc::new);
+                let imported =
+                    policy::import(route, ebgp, local_as, local_id, cluster_id).map(Arc::new);
                 for prefix in &reach.prefixes {
                     if !families.contains(&Family::of(prefix)) {
                         continue;
@@ -1069,13 +1080,20 @@ impl Speaker {
 
     fn export_for(&self, p: &Peer, target: &ExportTarget, prefix: &IpNet) -> Option<Arc<Route>> {
         let best = self.loc_rib.best_candidate(prefix)?;
-        let out = policy::export(
-            &best.route,
-            best.source,
-            best.ebgp,
-            matches!(prefix, IpNet::V6(_)),
-            target,
-        )?;
+        let client = match best.source {
+            Source::Peer(a) => self
+                .peers
+                .get(&a)
+                .is_some_and(|q| q.config.route_reflector_client),
+            Source::Local => false,
+        };
+        let from = policy::RouteSource {
+            source: best.source,
+            ebgp: best.ebgp,
+            client,
+            peer_id: best.peer_id,
+        };
+        let out = policy::export_from(&best.route, &from, matches!(prefix, IpNet::V6(_)), target)?;
         // Reuse the Arc when nothing changed, so equal attribute sets group cheaply.
         match p.adj_out.get(prefix) {
             Some(old) if **old == out => Some(old.clone()),

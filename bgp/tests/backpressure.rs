@@ -49,6 +49,7 @@ fn speaker(now: Instant) -> Speaker {
         graceful_restart: None,
         next_hop_v4: None,
         next_hop_v6: None,
+        cluster_id: None,
     });
     for (addr, asn, conn) in [(READER, 65010, 1), (STALLED, 65020, 2)] {
         s.add_peer(
@@ -60,6 +61,7 @@ fn speaker(now: Instant) -> Speaker {
                 connect_retry: Duration::from_secs(1),
                 passive: false,
                 kind: "global".into(),
+                route_reflector_client: false,
             },
         )
         .expect("add peer");

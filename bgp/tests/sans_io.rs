@@ -431,6 +431,7 @@ fn speaker() -> Speaker {
         graceful_restart: Some(120),
         next_hop_v4: None,
         next_hop_v6: Some("fd00:198:18::1".parse().expect("v6")),
+        cluster_id: None,
     });
     s.track_changes(true);
     s
@@ -446,6 +447,7 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
     )
     .expect("add peer");
@@ -670,6 +672,7 @@ fn speaker_withdraws_local_and_refuses_unknown_or_duplicate_peers() {
                 connect_retry: Duration::from_secs(1),
                 passive: false,
                 kind: "global".into(),
+                route_reflector_client: false,
             }
         )
         .is_err());
@@ -736,6 +739,7 @@ fn speaker_takes_the_session_start_time_from_its_caller() {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
     )
     .expect("add peer");

@@ -50,6 +50,7 @@ fn speaker_in(state: State) -> Speaker {
         graceful_restart: Some(120),
         next_hop_v4: None,
         next_hop_v6: Some("fd00:198:18::1".parse().expect("v6")),
+        cluster_id: None,
     });
     s.add_peer(
         now,
@@ -60,6 +61,7 @@ fn speaker_in(state: State) -> Speaker {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
     )
     .expect("peer");

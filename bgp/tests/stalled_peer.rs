@@ -216,6 +216,7 @@ fn spec(addr: Ipv4Addr, asn: u32, port: u16, hold: u16) -> PeerSpec {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
         port,
         password: None,
@@ -269,6 +270,7 @@ async fn a_peer_that_stops_reading_does_not_grow_the_speaker_or_stall_others() {
         graceful_restart: None,
         next_hop_v4: None,
         next_hop_v6: None,
+        cluster_id: None,
     });
     let (h, task) = driver::spawn(
         speaker,

@@ -26,6 +26,7 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
                 connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
                 passive: p.passive,
                 kind: "global".into(),
+                route_reflector_client: false,
             },
             port: p.port,
             password: pw.clone(),
@@ -60,6 +61,7 @@ pub async fn start(
         graceful_restart: Some(cfg.bgp.graceful_restart_time),
         next_hop_v4: v4.or(Some(cfg.node.router_id)),
         next_hop_v6: v6,
+        cluster_id: None,
     });
     speaker.set_restarting(restarting);
     let listen = cfg
