@@ -43,6 +43,29 @@ pub struct DriverConfig {
     pub listen: Option<SocketAddr>,
     /// How long one outgoing connection attempt may take.
     pub connect_timeout: Duration,
+    /// Ranges whose every address may open a session (BIRD's `neighbor range`, FRR's
+    /// `bgp listen range`). A configured peer's address is never taken as a range peer.
+    pub peer_ranges: Vec<PeerRange>,
+}
+
+/// Peers by address range: a connection from any address in `cidr` that is not a
+/// configured peer becomes a passive peer of its own, made from `template` with the
+/// connecting address, and is forgotten when its last connection closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRange {
+    pub cidr: IpNet,
+    /// Everything but the address; the password is the range's MD5 key.
+    pub template: PeerSpec,
+}
+
+impl PeerRange {
+    /// The peer for a connection from `address`.
+    fn peer(&self, address: IpAddr) -> PeerSpec {
+        let mut spec = self.template.clone();
+        spec.config.address = address;
+        spec.config.passive = true;
+        spec
+    }
 }
 
 /// Errors of driver start-up and commands.
@@ -174,6 +197,11 @@ struct Driver {
     io_tx: mpsc::Sender<Io>,
     listener_fd: Option<(std::os::fd::RawFd, bool)>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    /// Peers added for a connection from a peer range; removed with their last connection.
+    from_range: std::collections::HashSet<IpAddr>,
+    /// Range peers that lost a connection: removed at the end of the step if it was their
+    /// last one.
+    range_closed: Vec<IpAddr>,
 }
 
 /// Starts the speaker task. `events`, when given, receives [`Event::RoutesChanged`] (pull
@@ -210,7 +238,21 @@ pub async fn spawn(
         io_tx: io_tx.clone(),
         listener_fd,
         events,
+        from_range: std::collections::HashSet::new(),
+        range_closed: Vec::new(),
     };
+    if let Some((fd, v6)) = listener_fd {
+        for r in &driver.config.peer_ranges {
+            if let Some(pw) = &r.template.password {
+                md5::set_range_key(fd, v6, r.cidr, Some(pw.as_bytes())).map_err(|source| {
+                    DriverError::Md5 {
+                        peer: r.cidr.network(),
+                        source,
+                    }
+                })?;
+            }
+        }
+    }
     if let Some(l) = listener {
         let tx = io_tx.clone();
         tokio::spawn(async move {
@@ -253,7 +295,8 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, DriverError> {
     // Keep each SYN's headers, so that a GTSM peer's SYN can be checked after accept.
     gtsm::save_syns(socket.as_raw_fd()).map_err(err)?;
     socket.bind(addr).map_err(err)?;
-    socket.listen(64).map_err(err)
+    // Room for many peers connecting at once (a reflector's clients after a restart).
+    socket.listen(1024).map_err(err)
 }
 
 impl Driver {
@@ -355,6 +398,11 @@ impl Driver {
     fn command(&mut self, c: Command) {
         match c {
             Command::AddPeer(spec, tx) => {
+                // A configured peer takes over an address that came in through a range.
+                let addr = spec.config.address;
+                if self.from_range.remove(&addr) {
+                    let _ = self.remove_peer(addr);
+                }
                 let _ = tx.send(self.add_peer(spec));
             }
             Command::RemovePeer(a, tx) => {
@@ -388,9 +436,22 @@ impl Driver {
             Io::Accepted(stream, from) => {
                 let peer = from.ip().to_canonical();
                 if !self.speaker.is_peer(&peer) {
-                    warn!(%from, "refused a BGP connection: {peer} is not a configured peer");
-                    drop(stream);
-                    return 0;
+                    let range = self
+                        .config
+                        .peer_ranges
+                        .iter()
+                        .find(|r| r.cidr.contains(&peer))
+                        .map(|r| (r.cidr, r.peer(peer)));
+                    let Some((cidr, spec)) = range else {
+                        warn!(%from, "refused a BGP connection: {peer} is not a configured peer and in no peer range");
+                        drop(stream);
+                        return 0;
+                    };
+                    if let Err(e) = self.add_peer(spec) {
+                        warn!(%from, %cidr, error = %e, "refused a BGP connection from a peer range");
+                        return 0;
+                    }
+                    self.from_range.insert(peer);
                 }
                 // GTSM (RFC 5082): the listener is shared by every peer, so it cannot carry a
                 // per-peer minimum TTL; the accepted socket gets it here, before the reader
@@ -453,6 +514,9 @@ impl Driver {
                 if let Some(c) = self.conns.remove(&conn) {
                     c.writer_task.abort();
                     self.speaker.closed(now, peer, conn);
+                    if self.from_range.contains(&peer) {
+                        self.range_closed.push(peer);
+                    }
                 }
             }
         }
@@ -573,26 +637,37 @@ impl Driver {
     /// Carries out what the speaker asked for and passes its news on.
     fn pump(&mut self) {
         while let Some(action) = self.speaker.poll_action() {
-            match action {
-                Action::Connect(peer) => self.connect(peer),
-                Action::Send(_, conn, bytes) => {
-                    if let Some(c) = self.conns.get(&conn) {
-                        let _ = c.writer.send(bytes);
-                    }
+            self.act(action);
+        }
+        self.pump_events();
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Connect(peer) => self.connect(peer),
+            Action::Send(_, conn, bytes) => {
+                if let Some(c) = self.conns.get(&conn) {
+                    let _ = c.writer.send(bytes);
                 }
-                Action::Close(_, conn) => {
-                    if let Some(c) = self.conns.remove(&conn) {
-                        // Dropping the sender lets the writer flush what is queued and
-                        // shut the socket down; the reader stops now.
-                        c.reader_task.abort();
-                        drop(c.writer);
-                        self.closing.retain(|w| !w.is_finished());
-                        self.closing.push(c.writer_task);
-                        debug!(peer = %c.peer, conn, "connection closed");
+            }
+            Action::Close(_, conn) => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    // Dropping the sender lets the writer flush what is queued and
+                    // shut the socket down; the reader stops now.
+                    c.reader_task.abort();
+                    drop(c.writer);
+                    self.closing.retain(|w| !w.is_finished());
+                    self.closing.push(c.writer_task);
+                    debug!(peer = %c.peer, conn, "connection closed");
+                    if self.from_range.contains(&c.peer) {
+                        self.range_closed.push(c.peer);
                     }
                 }
             }
         }
+    }
+
+    fn pump_events(&mut self) {
         while let Some(ev) = self.speaker.poll_event() {
             match ev {
                 Event::PeerState { peer, from, to } => {
@@ -605,6 +680,29 @@ impl Driver {
                 }
                 Event::RoutesChanged => self.emit(Event::RoutesChanged),
             }
+        }
+        self.forget_range_peers();
+    }
+
+    /// Removes the range peers whose last connection closed (their routes go with them).
+    fn forget_range_peers(&mut self) {
+        if self.range_closed.is_empty() {
+            return;
+        }
+        let mut closed = std::mem::take(&mut self.range_closed);
+        closed.sort_unstable();
+        closed.dedup();
+        closed.retain(|p| !self.conns.values().any(|c| c.peer == *p));
+        for peer in closed {
+            self.from_range.remove(&peer);
+            if let Err(e) = self.remove_peer(peer) {
+                debug!(%peer, error = %e, "forgetting a peer-range peer");
+            }
+        }
+        // Removing a peer can queue more work (withdrawals towards the others).
+        self.speaker.flush();
+        while let Some(action) = self.speaker.poll_action() {
+            self.act(action);
         }
     }
 

@@ -25,6 +25,36 @@ struct TcpMd5Sig {
 /// `socket_is_v6` tells whether the socket is AF_INET6: IPv4 peers of a dual-stack socket
 /// are then given as v4-mapped IPv6 addresses, as the kernel expects.
 pub fn set_key(fd: RawFd, socket_is_v6: bool, peer: IpAddr, key: Option<&[u8]>) -> io::Result<()> {
+    set(fd, socket_is_v6, peer, None, key)
+}
+
+/// `TCP_MD5SIG_EXT` and its prefix flag (linux/tcp.h, since 4.13).
+const TCP_MD5SIG_EXT: libc::c_int = 32;
+const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
+
+/// Installs (`Some(key)`) or removes (`None`) one MD5 key for every address of `range` on
+/// socket `fd` (a listening socket: peers by address range).
+pub fn set_range_key(
+    fd: RawFd,
+    socket_is_v6: bool,
+    range: ipnet::IpNet,
+    key: Option<&[u8]>,
+) -> io::Result<()> {
+    // A v4 range on a dual-stack socket is a v4-mapped range: 96 more leading bits.
+    let len = match (socket_is_v6, range) {
+        (true, ipnet::IpNet::V4(r)) => r.prefix_len() + 96,
+        _ => range.prefix_len(),
+    };
+    set(fd, socket_is_v6, range.network(), Some(len), key)
+}
+
+fn set(
+    fd: RawFd,
+    socket_is_v6: bool,
+    peer: IpAddr,
+    prefix_len: Option<u8>,
+    key: Option<&[u8]>,
+) -> io::Result<()> {
     let key = key.unwrap_or(&[]);
     if key.len() > MAX_KEY_LEN {
         return Err(io::Error::new(
@@ -71,12 +101,18 @@ pub fn set_key(fd: RawFd, socket_is_v6: bool, peer: IpAddr, key: Option<&[u8]>) 
     }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
+    let mut option = libc::TCP_MD5SIG;
+    if let Some(len) = prefix_len {
+        option = TCP_MD5SIG_EXT;
+        sig.flags = TCP_MD5SIG_FLAG_PREFIX;
+        sig.prefixlen = len;
+    }
     // SAFETY: fd is a socket owned by the caller; the option value is a valid tcp_md5sig.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
+            option,
             &sig as *const TcpMd5Sig as *const libc::c_void,
             std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
         )
@@ -124,6 +160,20 @@ mod tests {
             )
             .expect("mapped key");
         }
+        set_range_key(
+            v4.as_raw_fd(),
+            false,
+            "127.0.1.0/24".parse().expect("range"),
+            Some(b"secret"),
+        )
+        .expect("range key");
+        set_range_key(
+            v4.as_raw_fd(),
+            false,
+            "127.0.1.0/24".parse().expect("range"),
+            None,
+        )
+        .expect("range key removed");
         let long = [b'x'; 81];
         assert!(set_key(
             v4.as_raw_fd(),

@@ -277,6 +277,7 @@ async fn a_peer_that_stops_reading_does_not_grow_the_speaker_or_stall_others() {
         DriverConfig {
             listen: None,
             connect_timeout: Duration::from_secs(10),
+            peer_ranges: Vec::new(),
         },
         vec![spec(READER, 65010, reader_port, 9)],
         None,
