@@ -177,6 +177,39 @@ pub struct Bgp {
     /// (`ferrovia cluster set --mesh on|off`).
     #[serde(default = "default_true")]
     pub mesh: bool,
+    /// This node is a route reflector (RFC 4456) with this cluster id.
+    #[serde(default)]
+    pub route_reflector: Option<RouteReflector>,
+    /// Address ranges whose every address may open a session (each becomes a peer of its
+    /// own); connections from outside every peer and range are refused.
+    #[serde(default)]
+    pub peer_ranges: Vec<PeerRange>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteReflector {
+    /// The cluster id carried in CLUSTER_LIST (an IPv4 address; reflectors that back each
+    /// other up share one).
+    pub cluster_id: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerRange {
+    /// Peers may connect from any address in this prefix.
+    pub cidr: IpNet,
+    /// The AS every peer of the range must have.
+    pub as_number: u32,
+    /// The range's peers are route reflector clients (needs `bgp.routeReflector`).
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    /// A file holding the TCP MD5 password of every peer in the range.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Overrides `bgp.holdTime` for the range's peers.
+    #[serde(default)]
+    pub hold_time: Option<u16>,
 }
 
 impl Default for Bgp {
@@ -190,6 +223,8 @@ impl Default for Bgp {
             peers: Vec::new(),
             originate: Vec::new(),
             mesh: true,
+            route_reflector: None,
+            peer_ranges: Vec::new(),
         }
     }
 }
@@ -259,6 +294,9 @@ pub struct Peer {
     /// connected). Packets are sent with TTL 255 and refused below 256 − HOPS. Absent: off.
     #[serde(default)]
     pub ttl_security: Option<u8>,
+    /// The peer is a route reflector client of this node (needs `bgp.routeReflector`).
+    #[serde(default)]
+    pub route_reflector_client: bool,
 }
 
 /// A prefix to originate, bare or with communities.
@@ -321,6 +359,8 @@ pub struct Loaded {
     pub config: Config,
     /// Passwords in the order of `bgp.peers`.
     pub passwords: Vec<Option<String>>,
+    /// Passwords in the order of `bgp.peerRanges`.
+    pub range_passwords: Vec<Option<String>>,
     /// Originated prefixes with their communities as 32-bit values.
     pub originate: Vec<(IpNet, Vec<u32>)>,
 }
@@ -458,7 +498,65 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
             None => None,
             Some(f) => Some(read_password_file(f).map_err(|m| err(&key("passwordFile"), m))?),
         };
+        if p.route_reflector_client && b.route_reflector.is_none() {
+            return Err(err(
+                &key("routeReflectorClient"),
+                "only a route reflector has clients: set bgp.routeReflector.clusterId too, or remove this key".into(),
+            ));
+        }
         passwords.push(pw);
+    }
+    if let Some(rr) = &b.route_reflector {
+        let c = rr.cluster_id;
+        if c.is_unspecified() || c.is_multicast() || c.is_broadcast() {
+            return Err(err(
+                "bgp.routeReflector.clusterId",
+                format!("{c} cannot be a cluster id; use a unicast IPv4 address, typically the router id of one of the cluster's reflectors"),
+            ));
+        }
+    }
+    let mut range_passwords = Vec::new();
+    for (i, r) in b.peer_ranges.iter().enumerate() {
+        let key = |k: &str| format!("bgp.peerRanges[{i}].{k}");
+        if r.cidr.trunc() != r.cidr {
+            return Err(err(
+                &key("cidr"),
+                format!(
+                    "{} has host bits set; did you mean {}?",
+                    r.cidr,
+                    r.cidr.trunc()
+                ),
+            ));
+        }
+        if r.as_number == 0 {
+            return Err(err(&key("asNumber"), "must not be 0".into()));
+        }
+        if let Some(h) = r.hold_time {
+            check_hold("", h).map_err(|m| err(&key("holdTime"), m))?;
+        }
+        if r.route_reflector_client && b.route_reflector.is_none() {
+            return Err(err(
+                &key("routeReflectorClient"),
+                "only a route reflector has clients: set bgp.routeReflector.clusterId too, or remove this key".into(),
+            ));
+        }
+        if let Some(j) = b.peer_ranges[..i]
+            .iter()
+            .position(|q| q.cidr.contains(&r.cidr) || r.cidr.contains(&q.cidr))
+        {
+            return Err(err(
+                &key("cidr"),
+                format!(
+                    "{} overlaps bgp.peerRanges[{j}].cidr {}; an address must belong to one range only",
+                    r.cidr, b.peer_ranges[j].cidr
+                ),
+            ));
+        }
+        let pw = match &r.password_file {
+            None => None,
+            Some(f) => Some(read_password_file(f).map_err(|m| err(&key("passwordFile"), m))?),
+        };
+        range_passwords.push(pw);
     }
     let mut originate = Vec::new();
     for (i, o) in b.originate.iter().enumerate() {
@@ -486,6 +584,7 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
     Ok(Loaded {
         config,
         passwords,
+        range_passwords,
         originate,
     })
 }
@@ -673,6 +772,84 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert_eq!(
             key_of("node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\ndatastore: { etcd: {} }"),
             "datastore.etcd"
+        );
+    }
+
+    #[test]
+    fn route_reflector_and_peer_ranges_load_and_bad_values_name_their_key() {
+        let head = "node: { name: a, asNumber: 64512, routerId: 198.18.0.1 }\n";
+        let t = format!(
+            "{head}bgp:\n  routeReflector: {{ clusterId: 198.18.0.100 }}\n  peers: [ {{ address: 198.18.0.2, asNumber: 64512, routeReflectorClient: true }} ]\n  peerRanges:\n    - {{ cidr: 198.18.1.0/24, asNumber: 64512, routeReflectorClient: true }}\n    - {{ cidr: \"fd00:198:18:1::/64\", asNumber: 65000, holdTime: 30 }}"
+        );
+        let l = parse("t", &t).expect("loads");
+        let b = &l.config.bgp;
+        assert_eq!(
+            b.route_reflector.as_ref().map(|r| r.cluster_id),
+            Some(Ipv4Addr::new(198, 18, 0, 100))
+        );
+        assert!(b.peers[0].route_reflector_client);
+        assert_eq!(b.peer_ranges.len(), 2);
+        assert!(b.peer_ranges[0].route_reflector_client);
+        assert!(!b.peer_ranges[1].route_reflector_client);
+        assert_eq!(l.range_passwords, vec![None, None]);
+
+        let bgp = |v: &str| format!("{head}bgp: {v}");
+        assert_eq!(
+            key_of(&bgp("{ routeReflector: { clusterId: 0.0.0.0 } }")),
+            "bgp.routeReflector.clusterId"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ routeReflector: { clusterId: 198.18.0.1, clusterID: 1.1.1.1 } }"
+            )),
+            "bgp.routeReflector.clusterID"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.1.1/24, asNumber: 1 } ] }"
+            )),
+            "bgp.peerRanges[0].cidr"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.1.0/24, asNumber: 0 } ] }"
+            )),
+            "bgp.peerRanges[0].asNumber"
+        );
+        assert_eq!(
+            key_of(&bgp("{ peerRanges: [ { cidr: 198.18.1.0/24 } ] }")),
+            "bgp.peerRanges[0]"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.0.0/16, asNumber: 1 }, { cidr: 198.18.1.0/24, asNumber: 1 } ] }"
+            )),
+            "bgp.peerRanges[1].cidr"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.1.0/24, asNumber: 1, routeReflectorClient: true } ] }"
+            )),
+            "bgp.peerRanges[0].routeReflectorClient",
+            "clients need a cluster id"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peers: [ { address: 198.18.0.2, asNumber: 1, routeReflectorClient: true } ] }"
+            )),
+            "bgp.peers[0].routeReflectorClient"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.1.0/24, asNumber: 1, passwordFile: /nonexistent/pw } ] }"
+            )),
+            "bgp.peerRanges[0].passwordFile"
+        );
+        assert_eq!(
+            key_of(&bgp(
+                "{ peerRanges: [ { cidr: 198.18.1.0/24, asNumber: 1, holdTime: 1 } ] }"
+            )),
+            "bgp.peerRanges[0].holdTime"
         );
     }
 

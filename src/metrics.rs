@@ -463,6 +463,7 @@ mod tests {
         let config = DriverConfig {
             listen: None,
             connect_timeout: Duration::from_secs(10),
+            peer_ranges: Vec::new(),
         };
         let (bgp, _task) = driver::spawn(speaker, config, Vec::new(), None)
             .await

@@ -3,7 +3,7 @@
 
 use crate::config::Loaded;
 use anyhow::{Context, Result};
-use ferrovia_bgp::driver::{self, DriverConfig, Handle, PeerSpec};
+use ferrovia_bgp::driver::{self, DriverConfig, Handle, PeerRange, PeerSpec};
 use ferrovia_bgp::message::Family;
 use ferrovia_bgp::speaker::{Event, PeerConfig, Speaker, SpeakerConfig};
 use std::net::{IpAddr, SocketAddr};
@@ -26,11 +26,38 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
                 connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
                 passive: p.passive,
                 kind: "global".into(),
-                route_reflector_client: false,
+                route_reflector_client: p.route_reflector_client,
             },
             port: p.port,
             password: pw.clone(),
             ttl_security: p.ttl_security,
+        })
+        .collect()
+}
+
+/// The configuration file's peer ranges (`bgp.peerRanges`).
+pub fn peer_ranges(loaded: &Loaded) -> Vec<PeerRange> {
+    let cfg = &loaded.config;
+    cfg.bgp
+        .peer_ranges
+        .iter()
+        .zip(&loaded.range_passwords)
+        .map(|(r, pw)| PeerRange {
+            cidr: r.cidr,
+            template: PeerSpec {
+                config: PeerConfig {
+                    address: r.cidr.network(),
+                    remote_as: r.as_number,
+                    hold_time: r.hold_time.unwrap_or(cfg.bgp.hold_time),
+                    connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
+                    passive: true,
+                    kind: format!("range {}", r.cidr),
+                    route_reflector_client: r.route_reflector_client,
+                },
+                port: 179,
+                password: pw.clone(),
+                ttl_security: None,
+            },
         })
         .collect()
 }
@@ -61,7 +88,7 @@ pub async fn start(
         graceful_restart: Some(cfg.bgp.graceful_restart_time),
         next_hop_v4: v4.or(Some(cfg.node.router_id)),
         next_hop_v6: v6,
-        cluster_id: None,
+        cluster_id: cfg.bgp.route_reflector.as_ref().map(|r| r.cluster_id),
     });
     speaker.set_restarting(restarting);
     let listen = cfg
@@ -74,6 +101,7 @@ pub async fn start(
         DriverConfig {
             listen,
             connect_timeout: Duration::from_secs(10),
+            peer_ranges: peer_ranges(loaded),
         },
         peers,
         events,
