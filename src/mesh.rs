@@ -2,6 +2,10 @@
 //! global peers and peers for this node, and — when the cluster's mesh is on — every other
 //! node. A pure function of its inputs, so the agent just diffs the result against the
 //! running speaker.
+//!
+//! With the mesh off and route reflectors among the nodes (a cluster id in their record),
+//! every other node peers with the reflectors only, and each reflector with every node:
+//! the nodes that are not reflectors as its clients, the other reflectors as non-clients.
 
 use ferrovia_bgp::driver::PeerSpec;
 use ferrovia_bgp::speaker::PeerConfig;
@@ -15,6 +19,8 @@ pub struct MeshNode {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub as_number: u32,
+    /// The node is a route reflector with this cluster id.
+    pub route_reflector: Option<std::net::Ipv4Addr>,
 }
 
 /// A peer stored in the datastore: global (`node` None) or for one node.
@@ -62,22 +68,29 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
     for p in i.file_peers {
         put(p.clone());
     }
-    let spec =
-        |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| PeerSpec {
-            config: PeerConfig {
-                address,
-                remote_as: asn,
-                hold_time: i.hold_time,
-                connect_retry: i.connect_retry,
-                passive,
-                kind: kind.to_string(),
-                route_reflector_client: false,
-            },
-            port: 179,
-            password,
-            // Stored peers have no GTSM setting (yet): only the configuration file's do.
-            ttl_security: None,
-        };
+    let spec_rr = |address: IpAddr,
+                   asn: u32,
+                   kind: &str,
+                   passive: bool,
+                   password: Option<String>,
+                   client: bool| PeerSpec {
+        config: PeerConfig {
+            address,
+            remote_as: asn,
+            hold_time: i.hold_time,
+            connect_retry: i.connect_retry,
+            passive,
+            kind: kind.to_string(),
+            route_reflector_client: client,
+        },
+        port: 179,
+        password,
+        // Stored peers have no GTSM setting (yet): only the configuration file's do.
+        ttl_security: None,
+    };
+    let spec = |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| {
+        spec_rr(address, asn, kind, passive, password, false)
+    };
     for p in i
         .stored_peers
         .iter()
@@ -100,22 +113,43 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
             p.password.clone(),
         ));
     }
-    if i.mesh {
-        for n in i.nodes.iter().filter(|n| n.name != i.me) {
-            let Some(addr) = n
-                .addresses
-                .iter()
-                .copied()
-                .find(|a| a.is_ipv4() == i.my_address.is_ipv4())
-            else {
-                continue;
-            };
-            // One side opens the session: the lower address connects, the higher listens.
-            let passive = i.my_address > addr;
+    let i_reflect = i
+        .nodes
+        .iter()
+        .any(|n| n.name == i.me && n.route_reflector.is_some());
+    let reflectors = i.nodes.iter().any(|n| n.route_reflector.is_some());
+    for n in i.nodes.iter().filter(|n| n.name != i.me) {
+        let Some(addr) = n
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == i.my_address.is_ipv4())
+        else {
+            continue;
+        };
+        // One side opens the session: the lower address connects, the higher listens.
+        let passive = i.my_address > addr;
+        if i.mesh {
             put(spec(addr, n.as_number, "mesh", passive, None));
+        } else if i_reflect {
+            // A reflector peers with every node; those that are not reflectors are its
+            // clients.
+            let client = n.route_reflector.is_none();
+            let kind = if client { "rr-client" } else { "rr-mesh" };
+            put(spec_rr(addr, n.as_number, kind, passive, None, client));
+        } else if reflectors && n.route_reflector.is_some() {
+            put(spec(addr, n.as_number, "rr", passive, None));
         }
     }
     out
+}
+
+/// This node's cluster id when the datastore makes it a route reflector.
+pub fn my_cluster_id(me: &str, nodes: &[MeshNode]) -> Option<std::net::Ipv4Addr> {
+    nodes
+        .iter()
+        .find(|n| n.name == me)
+        .and_then(|n| n.route_reflector)
 }
 
 /// What to change on the running speaker to get from `current` to `desired`: peers to
@@ -149,6 +183,7 @@ mod tests {
                 "fd00:198:18::9".parse().expect("ip"),
             ],
             as_number: 64512,
+            route_reflector: None,
         }
     }
 
@@ -246,6 +281,73 @@ mod tests {
                 .as_deref(),
             Some("pw")
         );
+    }
+
+    #[test]
+    fn mesh_off_with_reflectors_nodes_peer_with_reflectors_and_reflectors_with_all() {
+        let mut nodes = vec![
+            node("node1", "198.18.0.1"),
+            node("node2", "198.18.0.2"),
+            node("node3", "198.18.0.3"),
+            node("rr1", "198.18.0.100"),
+            node("rr2", "198.18.0.101"),
+        ];
+        let cid = "198.18.0.100".parse().ok();
+        nodes[3].route_reflector = cid;
+        nodes[4].route_reflector = cid;
+        // An ordinary node: the two reflectors only.
+        let mut i = inputs(&nodes, &[], &[]);
+        i.mesh = false;
+        let d = desired_peers(&i);
+        let addrs: Vec<String> = d.keys().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["198.18.0.100", "198.18.0.101"]);
+        assert!(d
+            .values()
+            .all(|s| s.config.kind == "rr" && !s.config.passive));
+        assert!(d.values().all(|s| !s.config.route_reflector_client));
+        assert_eq!(my_cluster_id("node2", &nodes), None);
+        // A reflector: every other node, non-reflectors as clients.
+        i.me = "rr1";
+        i.my_address = "198.18.0.100".parse().expect("ip");
+        let d = desired_peers(&i);
+        let got: Vec<(String, bool, &str)> = d
+            .values()
+            .map(|s| {
+                (
+                    s.config.address.to_string(),
+                    s.config.route_reflector_client,
+                    s.config.kind.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("198.18.0.1".to_string(), true, "rr-client"),
+                ("198.18.0.2".to_string(), true, "rr-client"),
+                ("198.18.0.3".to_string(), true, "rr-client"),
+                ("198.18.0.101".to_string(), false, "rr-mesh"),
+            ]
+        );
+        assert!(
+            d[&"198.18.0.1".parse::<IpAddr>().expect("ip")]
+                .config
+                .passive
+        );
+        assert_eq!(my_cluster_id("rr1", &nodes), cid);
+        // Mesh on: the full mesh as before, reflectors or not, no clients.
+        i.mesh = true;
+        let d = desired_peers(&i);
+        assert_eq!(d.len(), 4);
+        assert!(d
+            .values()
+            .all(|s| s.config.kind == "mesh" && !s.config.route_reflector_client));
+        // Mesh off and no reflector anywhere: no node peers.
+        nodes[3].route_reflector = None;
+        nodes[4].route_reflector = None;
+        let mut i = inputs(&nodes, &[], &[]);
+        i.mesh = false;
+        assert!(desired_peers(&i).is_empty());
     }
 
     #[test]

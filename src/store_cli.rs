@@ -42,6 +42,15 @@ pub enum NodeCmd {
         #[arg(long = "block")]
         blocks: Vec<IpNet>,
     },
+    /// Change a registered node's settings; running agents follow.
+    Set {
+        name: String,
+        /// Make the node a route reflector (RFC 4456) with this cluster id, or `none` to
+        /// make it an ordinary node again. With the mesh off, every other node peers with
+        /// the reflectors only, and the reflectors with each other.
+        #[arg(long, value_parser = parse_cluster_id)]
+        route_reflector_cluster_id: Option<ClusterId>,
+    },
     /// Remove a node: every other agent drops its session with it.
     Remove { name: String },
     /// List nodes.
@@ -56,6 +65,19 @@ pub enum NodeCmd {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+/// A cluster id, or `none` (no route reflector).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterId(pub Option<Ipv4Addr>);
+
+fn parse_cluster_id(s: &str) -> Result<ClusterId, String> {
+    if s == "none" {
+        return Ok(ClusterId(None));
+    }
+    s.parse::<Ipv4Addr>()
+        .map(|a| ClusterId(Some(a)))
+        .map_err(|_| format!("{s:?} is not a cluster id: give an IPv4 address, or none"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,12 +198,32 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
                     as_number,
                     router_id,
                     blocks,
+                    route_reflector_cluster_id: None,
                 };
                 let v = model::register_node(&*db, &rec).await?;
                 println!("node {} registered (version {})", rec.name, v.version);
             }
             NodeCmd::Drain { .. } => {
                 bail!("node drain talks to the agent, not the datastore (a bug: it is handled before the datastore is opened)")
+            }
+            NodeCmd::Set {
+                name,
+                route_reflector_cluster_id,
+            } => {
+                let Some(ClusterId(c)) = route_reflector_cluster_id else {
+                    bail!("nothing to change: give --route-reflector-cluster-id ADDRESS (or none)");
+                };
+                let v = model::set_node_cluster_id(&*db, &name, c).await?;
+                match c {
+                    Some(c) => println!(
+                        "node {name} is a route reflector with cluster id {c} (version {})",
+                        v.version
+                    ),
+                    None => println!(
+                        "node {name} is not a route reflector (version {})",
+                        v.version
+                    ),
+                }
             }
             NodeCmd::Remove { name } => {
                 if model::remove_node(&*db, &name).await? {

@@ -386,6 +386,29 @@ impl Speaker {
         Ok(())
     }
 
+    /// Makes the speaker a route reflector with this cluster id (RFC 4456), or (None) an
+    /// ordinary speaker. A change re-exports everything to every Established iBGP peer, so
+    /// reflected routes appear or go.
+    pub fn set_cluster_id(&mut self, cluster_id: Option<Ipv4Addr>) {
+        if self.config.cluster_id == cluster_id {
+            return;
+        }
+        self.config.cluster_id = cluster_id;
+        for p in self.peers.values_mut() {
+            let Some(t) = p.target.as_mut() else {
+                continue;
+            };
+            t.cluster_id = cluster_id;
+            if let Some(n) = p.negotiated.as_ref() {
+                if !p.ebgp {
+                    for f in &n.families {
+                        p.export.resend.insert(*f, None);
+                    }
+                }
+            }
+        }
+    }
+
     /// Configured peers.
     pub fn peer_addresses(&self) -> Vec<IpAddr> {
         self.peers.keys().copied().collect()

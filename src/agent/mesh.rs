@@ -21,6 +21,8 @@ pub struct MeshContext {
     pub file_peers: Vec<PeerSpec>,
     pub hold_time: u16,
     pub connect_retry: Duration,
+    /// `bgp.routeReflector.clusterId` of the configuration file.
+    pub cluster_id: Option<std::net::Ipv4Addr>,
 }
 
 /// What the datastore says.
@@ -161,6 +163,7 @@ async fn apply_mesh(
             name: n.name.clone(),
             addresses: n.addresses.clone(),
             as_number: n.effective_as(cluster),
+            route_reflector: n.route_reflector_cluster_id,
         })
         .collect();
     let stored = stored_peers(&snap.peers, &ctx.me);
@@ -174,8 +177,21 @@ async fn apply_mesh(
         hold_time: ctx.hold_time,
         connect_retry: ctx.connect_retry,
     });
+    // The datastore can make this node a reflector (or stop it being one) at any time; the
+    // configuration file's cluster id rules when it has one.
+    let cluster_id = ctx
+        .cluster_id
+        .or_else(|| mesh::my_cluster_id(&ctx.me, &nodes));
+    match handle.query(move |s| s.set_cluster_id(cluster_id)).await {
+        Ok(()) => {}
+        Err(DriverError::Stopped) => bail!("the BGP speaker stopped"),
+        Err(e) => warn!(error = %e, "setting the route reflector cluster id failed"),
+    }
     for spec in desired.values_mut() {
-        if spec.config.kind == "mesh" {
+        if matches!(
+            spec.config.kind.as_str(),
+            "mesh" | "rr" | "rr-client" | "rr-mesh"
+        ) {
             spec.port = cluster.listen_port;
         }
     }

@@ -61,6 +61,12 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
             as_number: Some(node.as_number),
             router_id: node.router_id,
             blocks: loaded.originate.iter().map(|(p, _)| *p).collect(),
+            route_reflector_cluster_id: loaded
+                .config
+                .bgp
+                .route_reflector
+                .as_ref()
+                .map(|r| r.cluster_id),
         },
     )
     .await

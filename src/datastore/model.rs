@@ -41,6 +41,10 @@ pub struct NodeRecord {
     /// are announced from the IPAM objects.
     #[serde(default)]
     pub blocks: Vec<IpNet>,
+    /// The node is a route reflector (RFC 4456) with this cluster id: with the mesh off,
+    /// every other node peers with the reflectors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
 }
 
 impl Resource for NodeRecord {
@@ -170,15 +174,64 @@ pub async fn register_node(
             format!("router id {} is not usable", record.router_id),
         ));
     }
+    if let Some(c) = record.route_reflector_cluster_id {
+        check_cluster_id(kind, &record.name, c)?;
+    }
     let stored = store
         .modify::<NodeRecord, _>(&record.name, |cur| {
+            // A registration without a cluster id keeps the one set with `node set`.
+            let mut want = record.clone();
+            if want.route_reflector_cluster_id.is_none() {
+                want.route_reflector_cluster_id = cur.and_then(|c| c.route_reflector_cluster_id);
+            }
             Ok(match cur {
-                Some(cur) if cur == record => Change::Keep,
-                _ => Change::Put(record.clone()),
+                Some(cur) if *cur == want => Change::Keep,
+                _ => Change::Put(want),
             })
         })
         .await?;
     present(&record.name, stored)
+}
+
+fn check_cluster_id(kind: &str, name: &str, c: Ipv4Addr) -> Result<()> {
+    if c.is_unspecified() || c.is_multicast() || c.is_broadcast() {
+        return Err(invalid(
+            kind,
+            name,
+            format!("{c} cannot be a route reflector cluster id; use a unicast IPv4 address"),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes node `name` a route reflector with this cluster id, or (None) an ordinary node.
+pub async fn set_node_cluster_id(
+    store: &dyn Datastore,
+    name: &str,
+    cluster_id: Option<Ipv4Addr>,
+) -> Result<Typed<NodeRecord>> {
+    let kind = NodeRecord::KIND;
+    if let Some(c) = cluster_id {
+        check_cluster_id(kind, name, c)?;
+    }
+    let stored = store
+        .modify::<NodeRecord, _>(name, |cur| {
+            let Some(cur) = cur else {
+                return Err(invalid(
+                    kind,
+                    name,
+                    "no such node: register it first (its agent does at start, or `ferrovia node register`)",
+                ));
+            };
+            if cur.route_reflector_cluster_id == cluster_id {
+                return Ok(Change::Keep);
+            }
+            let mut next = cur.clone();
+            next.route_reflector_cluster_id = cluster_id;
+            Ok(Change::Put(next))
+        })
+        .await?;
+    present(name, stored)
 }
 
 /// Removes the node and its lease; false when it was not registered.
