@@ -1,6 +1,7 @@
 //! `ferrovia`: the node agent, its CLI and, run under the name `ferrovia-cni`, the CNI plugin.
 
 mod agent;
+mod bench;
 mod cni;
 mod config;
 mod control;
@@ -92,6 +93,11 @@ enum Command {
     Crds,
     /// Labs: containerlab topology files run in network namespaces, without Docker.
     Lab(lab::LabArgs),
+    /// Benchmarks that need no cluster: `bench sim` plays many BGP nodes from one process.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
     /// Show the Loc-RIB (selected routes) of the running agent.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
@@ -137,6 +143,9 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logging(log_level, log_format);
+            // A session is a socket: a reflector with a thousand clients needs more than the
+            // usual soft limit of 1024 open files.
+            bench::raise_fd_limit();
             let loaded = match config::load(&config) {
                 Ok(l) => l,
                 Err(e) => {
@@ -196,6 +205,16 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
+            }
+        }
+        Command::Bench { cmd } => {
+            init_logging(None, LogFormat::Text);
+            match bench::run(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ferrovia bench: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Node { store, cmd } => store_result(store_cli::node(&store, cmd)),

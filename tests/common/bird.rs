@@ -21,7 +21,8 @@ pub struct BirdPeer {
     /// IPv6 next hop to send over an IPv4 session (`next hop address` of the ipv6 channel).
     pub v6_next_hop: Option<String>,
     pub passive: bool,
-    /// Extra statements inside the protocol block.
+    /// Extra statements inside the protocol block. When they define the channels
+    /// (`ipv4 {`), the default channels (import all, export the static routes) are left out.
     pub extra: String,
 }
 
@@ -107,6 +108,10 @@ impl BirdConfig {
                 "  connect delay time 1;\n  connect retry time 2;\n  error wait time 1, 4;\n",
             );
             c.push_str(&p.extra);
+            if p.extra.contains("ipv4 {") {
+                c.push_str("}\n");
+                continue;
+            }
             c.push_str("  ipv4 { import all; export where source = RTS_STATIC; };\n");
             c.push_str("  ipv6 { import all; export where source = RTS_STATIC;");
             if let Some(nh) = &p.v6_next_hop {
@@ -257,6 +262,11 @@ impl Bird {
                 }
             },
         );
+    }
+
+    /// BIRD's process id (None once it exited or was stopped).
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     fn birdc_raw(&self, cmd: &str) -> String {

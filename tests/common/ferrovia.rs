@@ -47,6 +47,11 @@ pub struct FerroviaConfig {
     pub peers: Vec<FerroviaPeer>,
     /// Plain prefixes, or `prefix|community,community` for entries with communities.
     pub originate: Vec<String>,
+    /// YAML lines put into the `bgp:` section as they are (indented by two spaces), e.g.
+    /// `  routeReflector: { clusterId: 198.18.0.1 }\n`.
+    pub extra_bgp: String,
+    /// YAML put at the top level as it is, e.g. `kernel: { enabled: false }\n`.
+    pub extra: String,
 }
 
 impl FerroviaConfig {
@@ -61,6 +66,8 @@ impl FerroviaConfig {
             connect_retry: Some(1),
             peers: vec![FerroviaPeer::peer(peer_as)],
             originate: originate.iter().map(|s| s.to_string()).collect(),
+            extra_bgp: String::new(),
+            extra: String::new(),
         }
     }
 
@@ -81,6 +88,7 @@ impl FerroviaConfig {
         )
         .unwrap();
         c.push_str("bgp:\n  listen: { address: \"::\", port: 179 }\n");
+        c.push_str(&self.extra_bgp);
         if let Some(h) = self.hold_time {
             writeln!(c, "  holdTime: {h}").unwrap();
         }
@@ -132,6 +140,7 @@ impl FerroviaConfig {
             }
         }
         writeln!(c, "status: {{ socket: {} }}", socket.display()).unwrap();
+        c.push_str(&self.extra);
         c
     }
 }
@@ -221,6 +230,11 @@ impl Ferrovia {
                 self.status()
             },
         );
+    }
+
+    /// The agent's process id (None once it exited or was stopped).
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     /// Restarts the agent with a new config (SIGTERM first, asserting a clean exit).

@@ -20,6 +20,7 @@ pub mod kube;
 pub mod netns;
 pub mod proc;
 pub mod scenarios;
+pub mod sim;
 pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};
