@@ -81,6 +81,11 @@ pub enum DriverError {
         peer: IpAddr,
         source: std::io::Error,
     },
+    #[error("cannot set the TCP MD5 password of peer range {range}: {source} (does this kernel support TCP_MD5SIG_EXT, Linux 4.13 or later?)")]
+    Md5Range {
+        range: IpNet,
+        source: std::io::Error,
+    },
     #[error("cannot set up GTSM (ttlSecurity, RFC 5082) for peer {peer}: {source} (does this kernel support IP_MINTTL / IPV6_MINHOPCOUNT? remove ttlSecurity from the peer to run without it)")]
     Gtsm {
         peer: IpAddr,
@@ -245,8 +250,8 @@ pub async fn spawn(
         for r in &driver.config.peer_ranges {
             if let Some(pw) = &r.template.password {
                 md5::set_range_key(fd, v6, r.cidr, Some(pw.as_bytes())).map_err(|source| {
-                    DriverError::Md5 {
-                        peer: r.cidr.network(),
+                    DriverError::Md5Range {
+                        range: r.cidr,
                         source,
                     }
                 })?;

@@ -40,12 +40,15 @@ pub fn set_range_key(
     range: ipnet::IpNet,
     key: Option<&[u8]>,
 ) -> io::Result<()> {
-    // A v4 range on a dual-stack socket is a v4-mapped range: 96 more leading bits.
-    let len = match (socket_is_v6, range) {
-        (true, ipnet::IpNet::V4(r)) => r.prefix_len() + 96,
-        _ => range.prefix_len(),
-    };
-    set(fd, socket_is_v6, range.network(), Some(len), key)
+    // A v4 range on a dual-stack socket is given v4-mapped, with its IPv4 prefix length
+    // (the kernel refuses more than 32 for a v4-mapped address).
+    set(
+        fd,
+        socket_is_v6,
+        range.network(),
+        Some(range.prefix_len()),
+        key,
+    )
 }
 
 fn set(
@@ -174,6 +177,17 @@ mod tests {
             None,
         )
         .expect("range key removed");
+        if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+            for range in ["127.0.2.0/24", "fd00:198:18::/64"] {
+                set_range_key(
+                    v6.as_raw_fd(),
+                    true,
+                    range.parse().expect("range"),
+                    Some(b"s"),
+                )
+                .unwrap_or_else(|e| panic!("{range} on a dual-stack socket: {e}"));
+            }
+        }
         let long = [b'x'; 81];
         assert!(set_key(
             v4.as_raw_fd(),
