@@ -70,6 +70,19 @@ impl Node {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// The agent's Loc-RIB (`ferrovia routes --json`).
+    pub fn routes(&self) -> Result<Vec<Value>, String> {
+        let out = Command::new(super::bin())
+            .args(["routes", "--json", "--socket"])
+            .arg(self.sock())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
     /// Our routes in the kernel, one line each (`ip route show proto 0xf1`, both families).
     pub fn kernel_routes(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
