@@ -73,7 +73,39 @@ fn default_grace() -> u64 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Datastore {
-    pub sqlite: Sqlite,
+    /// The embedded store: one SQLite file shared by the agents of one machine.
+    #[serde(default)]
+    pub sqlite: Option<Sqlite>,
+    /// The cluster store: custom resources, Node annotations and Leases on the Kubernetes
+    /// API server.
+    #[serde(default)]
+    pub kubernetes: Option<Kubernetes>,
+}
+
+impl Datastore {
+    /// Where it is, for logs and errors.
+    pub fn describe(&self) -> String {
+        match (&self.sqlite, &self.kubernetes) {
+            (Some(s), _) => format!("SQLite datastore {}", s.path.display()),
+            (None, Some(k)) => match &k.kubeconfig {
+                Some(p) => format!("Kubernetes datastore (kubeconfig {})", p.display()),
+                None => "Kubernetes datastore (in-cluster configuration)".to_string(),
+            },
+            (None, None) => "no datastore".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Kubernetes {
+    /// A kubeconfig file (its current context); absent: the in-cluster configuration (the
+    /// pod's service account token and CA, KUBERNETES_SERVICE_HOST and _PORT).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace of the node Leases (`ferrovia-NODE`); kube-system when absent.
+    #[serde(default)]
+    pub lease_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -141,6 +173,9 @@ pub struct Metrics {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
+    /// The node's name (with the Kubernetes datastore: its Node object's name). Absent or
+    /// empty: the `NODENAME` environment variable, else the host name.
+    #[serde(default)]
     pub name: String,
     pub as_number: u32,
     pub router_id: Ipv4Addr,
@@ -365,6 +400,20 @@ pub struct Loaded {
     pub originate: Vec<(IpNet, Vec<u32>)>,
 }
 
+/// The node name when the configuration has none: `NODENAME`, else the host name.
+fn default_node_name() -> Option<String> {
+    if let Some(n) = std::env::var("NODENAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        return Some(n.trim().to_string());
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
@@ -394,10 +443,50 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         err(&key, e.into_inner().to_string())
     })?;
 
-    let n = &config.node;
-    if n.name.is_empty() {
-        return Err(err("node.name", "must not be empty".into()));
+    let mut config = config;
+    if config.node.name.is_empty() {
+        config.node.name = default_node_name().ok_or_else(|| {
+            err(
+                "node.name",
+                "is not set, NODENAME is not set and the host name is empty: set node.name".into(),
+            )
+        })?;
     }
+    if let Some(ds) = &config.datastore {
+        match (&ds.sqlite, &ds.kubernetes) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "datastore",
+                    "set one of datastore.sqlite and datastore.kubernetes, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    "datastore",
+                    "set datastore.sqlite (path: FILE) or datastore.kubernetes ({} or \
+                     kubeconfig: FILE)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(ns) = ds
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.lease_namespace.as_ref())
+        {
+            if ferrovia_ipam::datastore::dns1123_subdomain_problem(ns).is_some()
+                || ns.contains('.')
+                || ns.len() > 63
+            {
+                return Err(err(
+                    "datastore.kubernetes.leaseNamespace",
+                    format!("{ns:?} is not a namespace name (lowercase letters, digits and '-')"),
+                ));
+            }
+        }
+    }
+    let n = &config.node;
     if n.as_number == 0 || n.as_number == u32::from(ferrovia_bgp::message::AS_TRANS) {
         return Err(err(
             "node.asNumber",
@@ -426,7 +515,7 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         if config.datastore.is_none() {
             return Err(err(
                 "ipam",
-                "IPAM keeps its blocks in the datastore: configure datastore.sqlite.path too"
+                "IPAM keeps its blocks in the datastore: configure datastore.sqlite.path or datastore.kubernetes too"
                     .into(),
             ));
         }

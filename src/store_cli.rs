@@ -17,8 +17,18 @@ pub const DEFAULT_DB: &str = "/var/lib/ferrovia/ferrovia.db";
 #[derive(Args)]
 pub struct Store {
     /// The SQLite datastore (datastore.sqlite.path of the agents).
-    #[arg(long, global = true, default_value = DEFAULT_DB)]
+    #[arg(long, global = true, default_value = DEFAULT_DB, conflicts_with_all = ["kubeconfig", "in_cluster"])]
     pub datastore: PathBuf,
+    /// Use the Kubernetes datastore through this kubeconfig (its current context) instead
+    /// of SQLite.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Use the Kubernetes datastore with the in-cluster configuration (inside a pod).
+    #[arg(long, global = true, conflicts_with = "kubeconfig")]
+    pub in_cluster: bool,
+    /// The namespace of the node Leases on the Kubernetes datastore.
+    #[arg(long, global = true, default_value = crate::datastore::kubernetes::DEFAULT_LEASE_NAMESPACE)]
+    pub lease_namespace: String,
     /// Print JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -151,14 +161,25 @@ fn run<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 }
 
 async fn open(s: &Store) -> Result<SharedDatastore> {
-    let cfg = config::Datastore {
-        sqlite: config::Sqlite {
-            path: s.datastore.clone(),
-        },
+    let cfg = if s.kubeconfig.is_some() || s.in_cluster {
+        config::Datastore {
+            sqlite: None,
+            kubernetes: Some(config::Kubernetes {
+                kubeconfig: s.kubeconfig.clone(),
+                lease_namespace: Some(s.lease_namespace.clone()),
+            }),
+        }
+    } else {
+        config::Datastore {
+            sqlite: Some(config::Sqlite {
+                path: s.datastore.clone(),
+            }),
+            kubernetes: None,
+        }
     };
     crate::datastore::open(&cfg)
         .await
-        .with_context(|| format!("opening the datastore {}", s.datastore.display()))
+        .with_context(|| format!("opening the {}", cfg.describe()))
 }
 
 fn print<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce()) -> Result<()> {

@@ -19,12 +19,9 @@ pub async fn open_store(
     loaded: &Loaded,
 ) -> Result<SharedDatastore> {
     let node = &loaded.config.node;
-    let store = datastore::open(cfg).await.with_context(|| {
-        format!(
-            "opening datastore.sqlite.path {}",
-            cfg.sqlite.path.display()
-        )
-    })?;
+    let store = datastore::open(cfg)
+        .await
+        .with_context(|| format!("opening the {}", cfg.describe()))?;
     let cluster = model::seed_cluster_bgp(
         &*store,
         &ClusterBgp {
@@ -36,7 +33,7 @@ pub async fn open_store(
     .await
     .context("seeding the cluster BGP settings")?;
     info!(
-        path = %cfg.sqlite.path.display(),
+        datastore = %cfg.describe(),
         cluster_as = cluster.as_number,
         mesh = cluster.mesh,
         "datastore opened"

@@ -114,7 +114,7 @@ fn no_ipam() -> CniError {
     CniError::new(
         code::IPAM,
         "the ferrovia agent on this node does not assign pod addresses",
-        "configure datastore.sqlite.path and ipam.pools in the agent configuration and \
+        "configure a datastore (datastore.sqlite or datastore.kubernetes) and ipam.pools in the agent configuration and \
          restart the agent",
     )
 }
@@ -407,7 +407,7 @@ async fn status(ctx: &CniContext) -> Result<(), CniError> {
     let Some(ipam) = ctx.ipam.clone() else {
         return Err(unavailable(
             "the ferrovia agent on this node does not assign pod addresses",
-            "configure datastore.sqlite.path and ipam.pools in the agent configuration and \
+            "configure a datastore (datastore.sqlite or datastore.kubernetes) and ipam.pools in the agent configuration and \
              restart the agent"
                 .into(),
         ));

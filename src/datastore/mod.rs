@@ -8,7 +8,9 @@
 //! * [`open`]: the one constructor the agent, the CNI handler and the CLI call; it
 //!   returns an `Arc<dyn Datastore>`, so nothing outside this module names a backend;
 //! * [`sqlite`]: the embedded backend, one SQLite file shared by the processes of one
-//!   machine (a Kubernetes backend comes next, as another arm of [`open`]);
+//!   machine;
+//! * [`kubernetes`]: the cluster backend, custom resources, Node annotations and Leases on
+//!   the Kubernetes API server;
 //! * [`model`]: the records the agent stores (nodes, node leases, cluster BGP settings,
 //!   peers) and the helpers it calls.
 //!
@@ -23,10 +25,18 @@ pub use ferrovia_ipam::datastore::*;
 use crate::config;
 use std::sync::Arc;
 
-/// Opens the datastore the configuration names (creating an empty SQLite file and its
-/// directory when absent).
+/// Opens the datastore the configuration names: SQLite (creating an empty file and its
+/// directory when absent) or the Kubernetes API server.
 pub async fn open(cfg: &config::Datastore) -> Result<SharedDatastore> {
-    let path = cfg.sqlite.path.clone();
+    if let Some(k) = &cfg.kubernetes {
+        return Ok(Arc::new(kubernetes::open(k).await?));
+    }
+    let Some(sqlite) = &cfg.sqlite else {
+        return Err(DatastoreError::Backend {
+            detail: "no datastore configured: set datastore.sqlite or datastore.kubernetes".into(),
+        });
+    };
+    let path = sqlite.path.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<SharedDatastore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| DatastoreError::Backend {

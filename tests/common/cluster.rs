@@ -1,8 +1,10 @@
 //! A cluster of ferrovia nodes for tests: each node a network namespace on one L2 segment
 //! (a bridge in another namespace), every agent sharing one SQLite datastore in a tempdir.
 //! Each node has a veth pair `pod0`/`pod0p` holding 10.244.N.1/32 and fd00:10:244:N::1/128,
-//! a stand-in pod for tests that do not need the CNI.
+//! a stand-in pod for tests that do not need the CNI. [`Cluster::kubernetes`] puts the
+//! cluster state on a real API server instead (tests/common/kube.rs).
 
+use super::kube::ControlPlane;
 use super::proc::Proc;
 use super::{net_lock, NetLock, Netns};
 use serde_json::Value;
@@ -23,6 +25,8 @@ pub struct Node {
     pub extra: String,
     /// Extra entries inside the config's `bgp` mapping (e.g. `, mesh: false`).
     pub bgp_extra: String,
+    /// The config's `datastore` value (YAML flow style); empty: the cluster's SQLite file.
+    pub datastore: String,
 }
 
 impl Node {
@@ -32,16 +36,20 @@ impl Node {
 
     pub fn start(&mut self, db: &Path) {
         let i = self.i;
+        let datastore = if self.datastore.is_empty() {
+            format!("{{ sqlite: {{ path: {} }} }}", db.display())
+        } else {
+            self.datastore.clone()
+        };
         let conf = self.dir.join(format!("n{i}.yaml"));
         std::fs::write(
             &conf,
             format!(
                 "node: {{ name: node{i}, asNumber: 64512, routerId: 198.18.0.{i}, addresses: [198.18.0.{i}, \"fd00:198:18::{i}\"] }}\n\
-                 datastore: {{ sqlite: {{ path: {db} }} }}\n\
+                 datastore: {datastore}\n\
                  bgp: {{ holdTime: 9, connectRetry: 1, originate: [10.244.{i}.0/26, \"fd00:10:244:{i}::/122\"]{bgp_extra} }}\n\
                  metrics: {{ listen: \"127.0.0.1:9091\" }}\n\
                  status: {{ socket: {sock} }}\n{extra}",
-                db = db.display(),
                 sock = self.sock().display(),
                 extra = self.extra,
                 bgp_extra = self.bgp_extra
@@ -127,6 +135,10 @@ impl Node {
 }
 
 pub struct Cluster {
+    /// With the Kubernetes datastore: the API server (dropped before the segment).
+    pub cp: Option<ControlPlane>,
+    /// With the Kubernetes datastore: the agents' and the CLI's kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
     pub br: Netns,
     pub nodes: Vec<Node>,
     pub db: PathBuf,
@@ -157,6 +169,8 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("ferrovia.db");
         let mut c = Cluster {
+            cp: None,
+            kubeconfig: None,
             br,
             nodes: Vec::new(),
             db,
@@ -171,7 +185,57 @@ impl Cluster {
         c
     }
 
+    /// A cluster on the Kubernetes datastore: a control plane at 198.18.0.250 on the nodes'
+    /// segment with ferrovia's CRDs (`ferrovia crds`), one Node object per node (as the
+    /// kubelet would register it), and agents configured with `datastore.kubernetes`.
+    pub fn kubernetes(tag: &str, n: u8, extra: &str) -> Cluster {
+        let lock = net_lock();
+        let br = Netns::new(&lock, &format!("{tag}-br"));
+        br.ip(&["link", "add", "br0", "type", "bridge"]);
+        br.link_up("br0");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = ControlPlane::start(&lock, &br);
+        cp.install_crds(&super::kube::ferrovia_crds());
+        let kubeconfig = dir.path().join("kubeconfig");
+        cp.write_kubeconfig(&kubeconfig, cp.admin_token());
+        let db = dir.path().join("unused.db");
+        let mut c = Cluster {
+            cp: Some(cp),
+            kubeconfig: Some(kubeconfig),
+            br,
+            nodes: Vec::new(),
+            db,
+            dir,
+            extra: extra.to_string(),
+            bgp_extra: String::new(),
+            _lock: lock,
+        };
+        for i in 1..=n {
+            c.add_node(i);
+        }
+        c
+    }
+
+    /// The control plane of a Kubernetes cluster (panics on a SQLite one).
+    pub fn control_plane(&self) -> &ControlPlane {
+        self.cp
+            .as_ref()
+            .expect("a cluster made with Cluster::kubernetes")
+    }
+
     pub fn add_node(&mut self, i: u8) -> &mut Node {
+        let datastore = match (&self.cp, &self.kubeconfig) {
+            (Some(cp), Some(kc)) => {
+                cp.ensure(
+                    "/api/v1/nodes",
+                    &serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                                        "metadata": {"name": format!("node{i}"),
+                                                     "labels": {"kubernetes.io/hostname": format!("node{i}")}}}),
+                );
+                format!("{{ kubernetes: {{ kubeconfig: {} }} }}", kc.display())
+            }
+            _ => String::new(),
+        };
         let ns = Netns::new(&self._lock, &format!("n{i}"));
         let port = format!("p{i}");
         Netns::veth(&ns, "eth0", &self.br, &port);
@@ -207,6 +271,7 @@ impl Cluster {
             dir: self.dir.path().to_path_buf(),
             extra: self.extra.clone(),
             bgp_extra: self.bgp_extra.clone(),
+            datastore,
         });
         let db = self.db.clone();
         let node = self.nodes.last_mut().expect("just pushed");
@@ -223,12 +288,21 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(super::bin())
-            .args(args)
-            .arg("--datastore")
-            .arg(&self.db)
-            .output()
-            .expect("run ferrovia");
+        let out = match (&self.cp, &self.kubeconfig) {
+            // The API server is on the segment: run the CLI from the control-plane namespace.
+            (Some(cp), Some(kc)) => Command::new("ip")
+                .args(["netns", "exec", cp.ns.name(), super::bin()])
+                .args(args)
+                .arg("--kubeconfig")
+                .arg(kc)
+                .output(),
+            _ => Command::new(super::bin())
+                .args(args)
+                .arg("--datastore")
+                .arg(&self.db)
+                .output(),
+        }
+        .expect("run ferrovia");
         assert!(
             out.status.success(),
             "ferrovia {args:?}: {}",

@@ -142,6 +142,12 @@ impl ControlPlane {
     /// [`segment`], or a `Cluster`'s `br`) at [`CONTROL_PLANE_V4`]/24, and waits up to [`READY`]
     /// for `GET /readyz` = 200 with the admin token.
     pub fn start(lock: &NetLock, segment: &Netns) -> ControlPlane {
+        Self::start_with(lock, segment, &[])
+    }
+
+    /// [`ControlPlane::start`] with more kube-apiserver flags (e.g. `--watch-cache=false`, so
+    /// that watches are served by etcd and expire when etcd is compacted).
+    pub fn start_with(lock: &NetLock, segment: &Netns, extra_args: &[&str]) -> ControlPlane {
         let apiserver_bin = apiserver_binary();
         let etcd_bin = etcd_binary();
         let dir = tempfile::Builder::new()
@@ -185,35 +191,38 @@ impl ControlPlane {
             &dir.path().join("etcd.log"),
             &[],
         );
+        let apiserver_flags: &[&str] = &[
+            &apiserver_bin.display().to_string(),
+            &format!("--etcd-servers={etcd_client}"),
+            &format!("--bind-address={CONTROL_PLANE_V4}"),
+            &format!("--advertise-address={CONTROL_PLANE_V4}"),
+            &format!("--secure-port={SECURE_PORT}"),
+            "--insecure-port=0",
+            &format!("--tls-cert-file={}", d("apiserver.crt")),
+            &format!("--tls-private-key-file={}", d("apiserver.key")),
+            &format!("--client-ca-file={}", d("ca.crt")),
+            &format!("--token-auth-file={}", d("tokens.csv")),
+            "--authorization-mode=RBAC",
+            &format!("--service-account-issuer={SA_AUDIENCE}"),
+            &format!("--service-account-key-file={}", d("sa.pub")),
+            &format!("--service-account-signing-key-file={}", d("sa.key")),
+            &format!("--api-audiences={SA_AUDIENCE}"),
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            &format!("--requestheader-client-ca-file={}", d("front-proxy-ca.crt")),
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            &format!("--proxy-client-cert-file={}", d("front-proxy-client.crt")),
+            &format!("--proxy-client-key-file={}", d("front-proxy-client.key")),
+        ];
+        let mut apiserver_argv: Vec<&str> = apiserver_flags.to_vec();
+        apiserver_argv.extend_from_slice(extra_args);
         let apiserver = Proc::spawn(
             ns.name(),
-            &[
-                &apiserver_bin.display().to_string(),
-                &format!("--etcd-servers={etcd_client}"),
-                &format!("--bind-address={CONTROL_PLANE_V4}"),
-                &format!("--advertise-address={CONTROL_PLANE_V4}"),
-                &format!("--secure-port={SECURE_PORT}"),
-                "--insecure-port=0",
-                &format!("--tls-cert-file={}", d("apiserver.crt")),
-                &format!("--tls-private-key-file={}", d("apiserver.key")),
-                &format!("--client-ca-file={}", d("ca.crt")),
-                &format!("--token-auth-file={}", d("tokens.csv")),
-                "--authorization-mode=RBAC",
-                &format!("--service-account-issuer={SA_AUDIENCE}"),
-                &format!("--service-account-key-file={}", d("sa.pub")),
-                &format!("--service-account-signing-key-file={}", d("sa.key")),
-                &format!("--api-audiences={SA_AUDIENCE}"),
-                "--service-cluster-ip-range=10.96.0.0/12",
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                &format!("--requestheader-client-ca-file={}", d("front-proxy-ca.crt")),
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                &format!("--proxy-client-cert-file={}", d("front-proxy-client.crt")),
-                &format!("--proxy-client-key-file={}", d("front-proxy-client.key")),
-            ],
+            &apiserver_argv,
             &dir.path().join("kube-apiserver.log"),
             &[],
         );
@@ -496,6 +505,214 @@ impl ControlPlane {
             &[],
         );
         Watch { proc, log }
+    }
+}
+
+/// A TCP forwarder from the root namespace's loopback to the API server on the segment, for
+/// clients that run inside the test process (the datastore contract tests): the root
+/// namespace cannot reach the segment, so each accepted connection is served by a thread that
+/// enters the control-plane namespace (`setns`, which moves only that thread) and connects
+/// there. The serving certificate names 127.0.0.1, so TLS checks pass unchanged. Listening
+/// stops when it is dropped.
+pub struct LocalProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalProxy {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for LocalProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Moves the calling thread into network namespace `ns`.
+fn enter_netns(ns: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl ControlPlane {
+    /// A [`LocalProxy`] to this API server.
+    pub fn local_proxy(&self) -> LocalProxy {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ns = self.ns.name().to_string();
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let ns = ns.clone();
+                std::thread::spawn(move || {
+                    if enter_netns(&ns).is_err() {
+                        return;
+                    }
+                    let Ok(server) = std::net::TcpStream::connect_timeout(
+                        &format!("{CONTROL_PLANE_V4}:{SECURE_PORT}")
+                            .parse()
+                            .expect("address"),
+                        Duration::from_secs(10),
+                    ) else {
+                        return;
+                    };
+                    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || pipe(client, server));
+                    pipe(s2, c2);
+                    let _ = up.join();
+                });
+            }
+        });
+        LocalProxy {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    /// Writes a kubeconfig for `token` that reaches the API server through `proxy`.
+    pub fn write_local_kubeconfig(&self, path: &Path, token: &str, proxy: &LocalProxy) {
+        let cfg = format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: ferrovia-test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\n\
+             users:\n\
+             - name: ferrovia-test\n  user:\n    token: {token}\n\
+             contexts:\n\
+             - name: ferrovia-test\n  context:\n    cluster: ferrovia-test\n    user: ferrovia-test\n\
+             current-context: ferrovia-test\n",
+            port = proxy.port(),
+            ca = self.ca_path().display(),
+        );
+        std::fs::write(path, cfg)
+            .unwrap_or_else(|e| panic!("write kubeconfig {}: {e}", path.display()));
+    }
+
+    /// etcd of this control plane.
+    pub fn etcd(&self) -> Etcd {
+        Etcd {
+            ns: self.ns.name().to_string(),
+        }
+    }
+}
+
+/// etcd of a [`ControlPlane`], through its JSON gateway from the control-plane namespace.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    ns: String,
+}
+
+impl Etcd {
+    /// A call to etcd's JSON gateway (`/v3/...`).
+    pub fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let out = output_bounded(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "-X",
+                "POST",
+                "--data-raw",
+                &body.to_string(),
+                &format!("http://127.0.0.1:{ETCD_CLIENT_PORT}{path}"),
+            ]),
+            CURL_MAX + Duration::from_secs(10),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str(&text).map_err(|e| format!("etcd {path}: {e}: {text}"))
+    }
+
+    /// etcd's current revision.
+    pub fn revision(&self) -> Result<u64, String> {
+        let r = self.call("/v3/kv/range", &json!({"key": "AA=="}))?;
+        r["header"]["revision"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no header.revision in {r}"))
+    }
+
+    /// Compacts etcd's history up to `revision`: watches from before it get 410 Gone (with
+    /// `--watch-cache=false`; the watch cache would still serve them).
+    pub fn compact(&self, revision: u64) -> Result<(), String> {
+        let r = self.call(
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string(), "physical": true}),
+        )?;
+        if r.get("error").is_some() || r.get("code").is_some() {
+            return Err(format!("etcd compaction to {revision}: {r}"));
+        }
+        Ok(())
+    }
+}
+
+/// The CRDs `ferrovia crds` prints, one JSON value each.
+pub fn ferrovia_crds() -> Vec<Value> {
+    use serde::Deserialize;
+    let out = output_bounded(Command::new(super::bin()).arg("crds"), super::CLI_LIMIT)
+        .unwrap_or_else(|e| panic!("ferrovia crds: {e}"));
+    assert!(
+        out.status.success(),
+        "ferrovia crds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("ferrovia crds YAML: {e}")))
+        .collect()
+}
+
+impl ControlPlane {
+    /// `kubectl ARGS` as admin, run from the control-plane namespace; stdout, or a panic with
+    /// stderr.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let kc = self.dir().join("admin.kubeconfig");
+        if !kc.exists() {
+            self.write_kubeconfig(&kc, self.admin_token());
+        }
+        let out = output_bounded(
+            Command::new("ip")
+                .args(["netns", "exec", self.ns.name(), "kubectl", "--kubeconfig"])
+                .arg(&kc)
+                .args(args),
+            super::CLI_LIMIT,
+        )
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
