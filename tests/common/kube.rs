@@ -135,6 +135,8 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     admin_token: String,
     calls: std::sync::atomic::AtomicU32,
+    /// The API server's command line, for [`ControlPlane::start_apiserver`].
+    apiserver_argv: Vec<String>,
 }
 
 impl ControlPlane {
@@ -220,6 +222,7 @@ impl ControlPlane {
         ];
         let mut apiserver_argv: Vec<&str> = apiserver_flags.to_vec();
         apiserver_argv.extend_from_slice(extra_args);
+        let saved_argv: Vec<String> = apiserver_argv.iter().map(|a| a.to_string()).collect();
         let apiserver = Proc::spawn(
             ns.name(),
             &apiserver_argv,
@@ -233,9 +236,27 @@ impl ControlPlane {
             dir,
             admin_token,
             calls: std::sync::atomic::AtomicU32::new(0),
+            apiserver_argv: saved_argv,
         };
         cp.wait_ready();
         cp
+    }
+
+    /// Stops the API server (SIGTERM, then SIGKILL); etcd keeps the state.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.terminate(Duration::from_secs(20));
+    }
+
+    /// Starts the API server again with the same flags and waits until it is ready.
+    pub fn start_apiserver(&mut self) {
+        let argv: Vec<&str> = self.apiserver_argv.iter().map(|a| a.as_str()).collect();
+        self.apiserver = Proc::spawn(
+            self.ns.name(),
+            &argv,
+            &self.dir.path().join("kube-apiserver.log"),
+            &[],
+        );
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

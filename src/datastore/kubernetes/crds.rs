@@ -77,14 +77,10 @@ fn handle_key_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     shortname = "ferrovia-pool",
     category = "ferrovia",
     doc = "A pool of pod addresses, cut into blocks that nodes claim.",
-    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
-    printcolumn(name = "Block size", type_ = "integer", json_path = ".spec.blockSize"),
-    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Block size","type":"integer","jsonPath":".spec.blockSize"}"#,
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
@@ -127,13 +123,9 @@ pub struct AllocationSpec {
     plural = "ipamblocks",
     category = "ferrovia",
     doc = "A block of pod addresses affine to one node; the source of truth for allocations.",
-    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.affinity"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.affinity"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAMBlockSpec {
@@ -163,8 +155,8 @@ pub struct IPAMBlockSpec {
     plural = "blockaffinities",
     category = "ferrovia",
     doc = "A node's claim on a block (reserved: the affinity lives in IPAMBlock.spec.affinity).",
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr")
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BlockAffinitySpec {
@@ -205,18 +197,10 @@ pub struct HandleAddrSpec {
     plural = "ipamhandles",
     category = "ferrovia",
     doc = "The addresses one pod interface holds.",
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(
-        name = "Namespace",
-        type_ = "string",
-        json_path = ".spec.attributes.namespace"
-    ),
-    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.attributes.pod"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.attributes.namespace"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.attributes.pod"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAMHandleSpec {
@@ -246,14 +230,10 @@ pub struct IPAMHandleSpec {
     plural = "bgppeers",
     category = "ferrovia",
     doc = "A BGP peer outside the node mesh, for every node or for one node.",
-    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
-    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"AS","type":"integer","jsonPath":".spec.asNumber"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPeerSpec {
@@ -282,9 +262,9 @@ pub struct BGPPeerSpec {
     plural = "bgpconfigurations",
     category = "ferrovia",
     doc = "The cluster-wide BGP settings (one object, named default).",
-    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
-    printcolumn(name = "Mesh", type_ = "boolean", json_path = ".spec.mesh"),
-    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.listenPort")
+    printcolumn = r#"{"name":"AS","type":"integer","jsonPath":".spec.asNumber"}"#,
+    printcolumn = r#"{"name":"Mesh","type":"boolean","jsonPath":".spec.mesh"}"#,
+    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.listenPort"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BGPConfigurationSpec {
