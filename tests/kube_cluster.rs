@@ -162,3 +162,254 @@ fn three_agents_mesh_from_node_objects_and_pods_ping_across_nodes() {
     let handles = cp.kubectl(&["get", "ipamhandles.ferrovia.io", "-o", "name"]);
     assert!(handles.trim().is_empty(), "no handle left: {handles}");
 }
+
+/// The API server's count of 409 answers (Conflict and AlreadyExists) per resource, from its
+/// own `/metrics` (`apiserver_request_total{code="409",resource=…}`).
+fn conflicts(c: &Cluster) -> std::collections::BTreeMap<String, u64> {
+    let text = c
+        .control_plane()
+        .call("GET", "/metrics", None)
+        .expect_status(200, "API server metrics")
+        .body;
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with("apiserver_request_total{") || !line.contains("code=\"409\"") {
+            continue;
+        }
+        let resource = line
+            .split("resource=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(resource).or_insert(0) += n as u64;
+    }
+    out
+}
+
+#[test]
+fn fifty_parallel_adds_on_each_of_three_agents_give_distinct_addresses_and_blocks() {
+    let c = Cluster::kubernetes("kc150", 3, IPAM);
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    let before = conflicts(&c);
+    let per_node = 50;
+    let pods: Vec<Pod> = std::thread::scope(|s| {
+        let hs: Vec<_> = (1..=3u8)
+            .flat_map(|n| (0..per_node).map(move |k| (n, k)))
+            .map(|(n, k)| {
+                let c = &c;
+                s.spawn(move || c.add_pod(n, &format!("b{n}-{k}")))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let after = conflicts(&c);
+
+    // No address twice.
+    let mut seen = std::collections::HashSet::new();
+    for p in &pods {
+        for v6 in [false, true] {
+            let a = p.ip(v6).expect("dual-stack result");
+            assert!(seen.insert(a.clone()), "{a} given twice");
+        }
+    }
+    assert_eq!(seen.len(), 3 * per_node * 2);
+
+    // No block twice: the blocks do not overlap, and each address is in exactly one block.
+    let listed: Value = serde_json::from_str(&c.control_plane().kubectl(&[
+        "get",
+        "ipamblocks.ferrovia.io",
+        "-o",
+        "json",
+    ]))
+    .expect("kubectl JSON");
+    let blocks: Vec<(ipnet::IpNet, String)> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["spec"]["cidr"]
+                    .as_str()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or_else(|| panic!("block cidr: {b}")),
+                b["spec"]["affinity"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (i, (a, _)) in blocks.iter().enumerate() {
+        for (b, _) in blocks.iter().skip(i + 1) {
+            assert!(
+                !a.contains(&b.network()) && !b.contains(&a.network()),
+                "blocks {a} and {b} overlap"
+            );
+        }
+    }
+    for a in &seen {
+        let ip: std::net::IpAddr = a.parse().expect("ip");
+        let holders = blocks.iter().filter(|(n, _)| n.contains(&ip)).count();
+        assert_eq!(holders, 1, "{ip} is in {holders} blocks: {blocks:?}");
+    }
+
+    // Every pod is reachable from another node.
+    for p in &pods {
+        let from = &c.node(p.node % 3 + 1).ns;
+        let ip = p.ip(false).expect("v4");
+        wait_until("pod reachable from another node", CONVERGE, POLL, || {
+            let out = from.exec(&["ping", "-c", "1", "-W", "1", &ip]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{ip} of {} unreachable", p.id))
+            }
+        });
+    }
+    let diff: Vec<String> = after
+        .iter()
+        .map(|(r, n)| format!("{r}={}", n - before.get(r).copied().unwrap_or(0)))
+        .collect();
+    eprintln!(
+        "150 parallel ADDs on 3 agents: {} blocks; 409 answers retried by resource: {}",
+        blocks.len(),
+        diff.join(", ")
+    );
+    for p in &pods {
+        let (ok, v) = c.cni(p.node, "DEL", &p.id, Some(p.ns.name()), None);
+        assert!(ok, "DEL {}: {v}", p.id);
+    }
+    assert!(allocations(&c).is_empty(), "every address released");
+}
+
+/// Packets sent and received, from ping's summary line.
+fn ping_counts(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {out}"));
+    let nums: Vec<u32> = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn the_api_server_stopped_for_30_s_loses_no_packet_and_no_watch_event() {
+    let mut c = Cluster::kubernetes("kdown", 3, IPAM);
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    let a = c.add_pod(1, "down-a");
+    let b = c.add_pod(2, "down-b");
+    let to = b.ip(false).expect("v4");
+    wait_until("pod to pod", CONVERGE, POLL, || ping(&a, &to));
+
+    // A ToR on the segment, accepting any node; not a peer of the cluster yet.
+    let tor = common::Netns::new(&c._lock, "dtor");
+    common::Netns::veth(&tor, "eth0", &c.br, "pdtor");
+    c.br.ip(&["link", "set", "pdtor", "master", "br0"]);
+    tor.addr("eth0", "198.18.0.254/24");
+    let bird_conf = c.dir.path().join("tor.conf");
+    std::fs::write(
+        &bird_conf,
+        "router id 198.18.0.254;\nprotocol device {}\nprotocol direct { ipv4; }\n\
+         protocol bgp nodes {\n  local 198.18.0.254 as 65000;\n  neighbor range 198.18.0.0/24 as 64512;\n  dynamic name \"node\";\n  ipv4 { import all; export none; };\n}\n",
+    )
+    .expect("bird config");
+    let _bird = common::proc::Proc::spawn(
+        tor.name(),
+        &[
+            "bird",
+            "-f",
+            "-c",
+            &bird_conf.display().to_string(),
+            "-s",
+            &c.dir.path().join("tor.ctl").display().to_string(),
+        ],
+        &c.dir.path().join("tor.log"),
+        &[],
+    );
+
+    // Traffic between the two pods across the whole outage (5 per second for 45 s).
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            a.ns.name(),
+            "ping",
+            "-4",
+            "-i",
+            "0.2",
+            "-c",
+            "225",
+            "-W",
+            "1",
+        ])
+        .arg(&to)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+
+    c.cp.as_mut().expect("control plane").stop_apiserver();
+    // For 30 s without the API server, every session stays up.
+    common::assert_for(
+        "the mesh stays up while the API server is down",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(1),
+        || {
+            for i in 1..=3 {
+                c.established(i, 2)?;
+            }
+            Ok::<(), String>(())
+        },
+    );
+    // An ADD meanwhile fails instead of hanging (its code and time are reported).
+    let late = common::Netns::new(&c._lock, "dlate");
+    let t = std::time::Instant::now();
+    let (ok, answer) = c.cni(3, "ADD", "down-late", Some(late.name()), None);
+    eprintln!(
+        "ADD while the API server is down: ok={ok} after {:?}: {answer}",
+        t.elapsed()
+    );
+    assert!(!ok, "an ADD cannot succeed without the datastore: {answer}");
+
+    c.cp.as_mut().expect("control plane").start_apiserver();
+    // Right after it returns, a peer is added: every agent's watch resumes and sees it.
+    c.control_plane()
+        .call(
+            "POST",
+            "/apis/ferrovia.io/v1alpha1/bgppeers",
+            Some(&serde_json::json!({
+                "apiVersion": "ferrovia.io/v1alpha1", "kind": "BGPPeer",
+                "metadata": {"name": "tor"},
+                "spec": {"name": "tor", "address": "198.18.0.254", "asNumber": 65000}
+            })),
+        )
+        .expect_status(201, "add the ToR peer");
+    for i in 1..=3 {
+        wait_until("mesh + ToR after the outage", CONVERGE, POLL, || {
+            c.established(i, 3)
+        });
+    }
+    // New pods work again.
+    let d = c.add_pod(3, "down-d");
+    let to_d = d.ip(false).expect("v4");
+    wait_until("new pod reachable", CONVERGE, POLL, || ping(&a, &to_d));
+
+    let out = pinger.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = ping_counts(&text);
+    eprintln!("pod-to-pod traffic across the outage: {received} of {sent} packets");
+    assert_eq!(
+        received, sent,
+        "no packet lost between running pods:\n{text}"
+    );
+}
