@@ -38,6 +38,9 @@ struct Watched {
     cluster: Reflector,
     nodes: Reflector,
     peers: Reflector,
+    /// Invalid objects already logged (kind, name, version and error), so a broken object
+    /// is reported once, not at every wake-up.
+    logged: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Watched {
@@ -47,6 +50,7 @@ impl Watched {
             cluster: Reflector::of::<ClusterBgp>(store.clone(), all()),
             nodes: Reflector::of::<NodeRecord>(store.clone(), all()),
             peers: Reflector::of::<model::PeerRecord>(store, all()),
+            logged: Default::default(),
         }
     }
 
@@ -72,19 +76,29 @@ impl Watched {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            cluster: values::<ClusterBgp>(&self.cluster).into_iter().next(),
-            nodes: values(&self.nodes),
-            peers: values(&self.peers),
+            cluster: values::<ClusterBgp>(&self.cluster, &self.logged)
+                .into_iter()
+                .next(),
+            nodes: values(&self.nodes, &self.logged),
+            peers: values(&self.peers, &self.logged),
         }
     }
 }
 
-/// The valid objects of a kind; each invalid one is logged (with its name and what is
+/// The valid objects of a kind; each invalid one is logged once (with its name and what is
 /// wrong) and left out, so one broken object never stops the mesh from following the rest.
-fn values<R: Resource>(r: &Reflector) -> Vec<R> {
+fn values<R: Resource>(
+    r: &Reflector,
+    logged: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> Vec<R> {
     let (valid, invalid) = r.typed::<R>();
+    let mut logged = logged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for e in invalid {
-        warn!(error = %e, "ignoring an invalid datastore object");
+        if logged.insert(format!("{}/{e}", R::KIND)) {
+            warn!(error = %e, "ignoring an invalid datastore object");
+        }
     }
     valid.into_iter().map(|t| t.value).collect()
 }

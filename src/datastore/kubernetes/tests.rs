@@ -108,3 +108,185 @@ mod contract {
     use super::Kube;
     ferrovia_ipam::datastore_contract_tests!(Kube::new());
 }
+
+mod mapping {
+    use super::Kube;
+    use crate::datastore::model::{self, NodeRecord};
+    use crate::datastore::{Datastore, DatastoreError, Event, Object, Selector};
+    use futures::StreamExt;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn record(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.to_string(),
+            addresses: vec!["198.18.0.1".parse().expect("ip")],
+            as_number: Some(64512),
+            router_id: "198.18.0.1".parse().expect("router id"),
+            blocks: vec![],
+        }
+    }
+
+    /// Node records live in annotations of existing Nodes: registering needs the Node,
+    /// keeps its labels and other annotations, and a Node update that leaves the record
+    /// alone wakes no watcher; removing the record leaves the Node in place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_records_are_annotations_on_existing_nodes() {
+        let k = Kube::new();
+        let s = k.store().await;
+        match model::register_node(&s, &record("node1")).await {
+            Err(DatastoreError::Invalid { reason, .. }) => {
+                assert!(reason.contains("no Kubernetes Node"), "{reason}")
+            }
+            other => panic!("register without a Node: {other:?}"),
+        }
+        k.cp.call(
+            "POST",
+            "/api/v1/nodes",
+            Some(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {
+                "name": "node1", "labels": {"zone": "a"}, "annotations": {"other.io/x": "y"}}})),
+        )
+        .expect_status(201, "create Node node1");
+        let start = s
+            .list("Node", &Selector::everything())
+            .await
+            .expect("list")
+            .version;
+        let mut w = s
+            .watch("Node", &Selector::everything(), &start)
+            .await
+            .expect("watch");
+        model::register_node(&s, &record("node1"))
+            .await
+            .expect("register");
+        assert_eq!(
+            model::list_nodes(&s).await.expect("list nodes"),
+            [record("node1")]
+        );
+        let node =
+            k.cp.call("GET", "/api/v1/nodes/node1", None)
+                .expect_status(200, "read the Node")
+                .json();
+        let ann = &node["metadata"]["annotations"];
+        assert_eq!(ann["ferrovia.io/routerId"], "198.18.0.1", "{node}");
+        assert_eq!(ann["ferrovia.io/asNumber"], "64512", "{node}");
+        assert_eq!(ann["other.io/x"], "y", "others' annotations kept: {node}");
+        assert_eq!(node["metadata"]["labels"]["zone"], "a", "{node}");
+        let ev = tokio::time::timeout(DEADLINE, w.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("event");
+        assert!(
+            matches!(&ev, Event::Added(i) if i.object.name == "node1"),
+            "{ev:?}"
+        );
+
+        // A kubelet-like update (status, another annotation) is no record event; the next
+        // event is the record's change.
+        k.cp.call(
+            "PATCH",
+            "/api/v1/nodes/node1",
+            Some(&json!({"metadata": {"annotations": {"other.io/x": "z"}}})),
+        )
+        .expect_status(200, "patch another annotation");
+        let mut moved = record("node1");
+        moved.addresses = vec!["198.18.0.9".parse().expect("ip")];
+        model::register_node(&s, &moved).await.expect("re-register");
+        let ev = tokio::time::timeout(DEADLINE, w.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("event");
+        match &ev {
+            Event::Modified(i) => assert_eq!(i.object.value["addresses"], json!(["198.18.0.9"])),
+            other => panic!("wanted the record's change, got {other:?}"),
+        }
+
+        // Removing the record: a Deleted event, the Node and its labels stay.
+        assert!(model::remove_node(&s, "node1").await.expect("remove"));
+        let ev = tokio::time::timeout(DEADLINE, w.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("event");
+        assert!(
+            matches!(&ev, Event::Deleted(i) if i.object.name == "node1"),
+            "{ev:?}"
+        );
+        assert!(model::list_nodes(&s).await.expect("list").is_empty());
+        let node =
+            k.cp.call("GET", "/api/v1/nodes/node1", None)
+                .expect_status(200, "the Node is still there")
+                .json();
+        assert_eq!(node["metadata"]["labels"]["zone"], "a", "{node}");
+        assert!(
+            node["metadata"]["annotations"]["ferrovia.io/routerId"].is_null(),
+            "{node}"
+        );
+    }
+
+    /// Leases: `ferrovia-NODE` in the lease namespace, renewTime as a MicroTime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_leases_are_coordination_leases() {
+        let k = Kube::new();
+        let s = k.store().await;
+        model::renew_lease(&s, "node1", 1_764_633_600)
+            .await
+            .expect("renew");
+        let lease =
+            k.cp.call(
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/ferrovia-node1",
+                None,
+            )
+            .expect_status(200, "the Lease")
+            .json();
+        assert_eq!(lease["spec"]["holderIdentity"], "node1", "{lease}");
+        assert_eq!(
+            lease["spec"]["renewTime"], "2025-12-02T00:00:00.000000Z",
+            "{lease}"
+        );
+        assert_eq!(
+            model::get_lease(&s, "node1")
+                .await
+                .expect("get")
+                .map(|l| l.renew_time),
+            Some(1_764_633_600)
+        );
+        // Other Leases in the namespace are not ours.
+        k.cp.call(
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
+            Some(
+                &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                         "metadata": {"name": "kube-scheduler"}, "spec": {"holderIdentity": "x"}}),
+            ),
+        )
+        .expect_status(201, "a foreign Lease");
+        let names: Vec<String> = s
+            .list("NodeLease", &Selector::everything())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|i| i.object.name)
+            .collect();
+        assert_eq!(names, ["node1"]);
+        // A custom resource the schema refuses is Invalid, naming the field.
+        match s
+            .create(
+                "IPPool",
+                &Object::new("bad", json!({"cidr": "10.1.0.0/16", "blockSize": 64})),
+            )
+            .await
+        {
+            Err(DatastoreError::Invalid { reason, .. }) => {
+                assert!(reason.contains("blockSize"), "{reason}")
+            }
+            other => panic!("a pool the schema refuses: {other:?}"),
+        }
+    }
+}
