@@ -129,6 +129,8 @@ fn a_ferrovia_neighbour_restarting_with_sigterm_keeps_its_routes_until_its_end_o
             ..FerroviaPeer::peer(FERROVIA_AS)
         }],
         originate: originate.iter().map(|s| s.to_string()).collect(),
+        extra_bgp: String::new(),
+        extra: String::new(),
     };
     let all = [P_V4, P_V6, GONE_V4];
     let mut g = Ferrovia::start(&t.p, neighbour(&all));

@@ -38,6 +38,7 @@ fn speaker() -> Speaker {
         graceful_restart: Some(RESTART),
         next_hop_v4: None,
         next_hop_v6: Some("fd00:198:18::1".parse().expect("v6")),
+        cluster_id: None,
     });
     s.track_changes(true);
     s
@@ -98,6 +99,7 @@ fn add(s: &mut Speaker, now: Instant) {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
     )
     .expect("add peer");
