@@ -88,8 +88,9 @@ fn dual_stack_lab_routes_ipv4_and_ipv6_pods_and_follows_a_node_down_and_back() {
     lab.ping("n2", "p", &pods["n3"][0]);
     assert_plain_echo(cap, &pods["n2"][0], &pods["n3"][0]);
 
-    // n2 stops: both families' blocks leave n1 and n3
-    // (the agent sends a Cease; the deadline is generous for slow machines).
+    // n2 stops (SIGTERM, a graceful restart that does not come back): both families'
+    // blocks leave n1 and n3 once its 5 s restart time is over (the deadline is generous
+    // for slow machines).
     lab.stop("n2", false);
     let took = time_until("n2's blocks withdrawn", HOLD + PROPAGATE, || {
         for n in ["n1", "n3"] {

@@ -91,8 +91,9 @@ fn mesh_lab_routes_pods_natively_and_follows_a_node_down_and_back() {
     lab.ping("n1", "p", &pods["n2"]);
     assert_plain_echo(cap, &pods["n1"], &pods["n2"]);
 
-    // n3's agent stops: its blocks leave every other kernel
-    // (the agent sends a Cease; the deadline is generous for slow machines).
+    // n3's agent stops (SIGTERM, a graceful restart that does not come back): its blocks
+    // leave every other kernel once its 5 s restart time is over (the deadline is generous
+    // for slow machines).
     lab.stop("n3", false);
     let took = time_until("n3's blocks withdrawn", HOLD + PROPAGATE, || {
         for n in ["n1", "n2"] {

@@ -561,3 +561,68 @@ fn graceful_shutdown_re_advertises_our_routes_with_the_community_and_back() {
     back.sort();
     assert_eq!(back, vec![vec![], vec![(64512 << 16) | 7]]);
 }
+
+#[test]
+fn a_received_route_with_graceful_shutdown_loses_to_any_other_path() {
+    let (mut s, now) = with_routes(Some(HELPER), &[]);
+    // A second peer with the same prefix, the longer AS path.
+    let b: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20));
+    s.add_peer(
+        now,
+        PeerConfig {
+            address: b,
+            remote_as: 65020,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(1),
+            passive: false,
+            kind: "global".into(),
+        },
+    )
+    .expect("add peer");
+    s.connected(
+        now,
+        b,
+        9,
+        Direction::Outgoing,
+        SocketAddr::new(IpAddr::V4(LOCAL_ID), 40001),
+    );
+    let mut o = open(Some(HELPER));
+    o.my_as = 65020;
+    o.capabilities.four_octet_as = Some(65020);
+    o.bgp_id = Ipv4Addr::new(198, 18, 0, 20);
+    s.received(now, WALL, b, 9, &bytes(Message::Open(o)));
+    s.received(now, WALL, b, 9, &bytes(Message::Keepalive));
+    let update = |path: Vec<u32>, communities: Vec<u32>, nh: IpAddr| {
+        let attrs = PathAttributes {
+            as_path: vec![AsSegment::Sequence(path)],
+            communities,
+            ..Default::default()
+        };
+        let reach = Reach {
+            next_hop: NextHop::new(nh),
+            prefixes: vec![net("10.9.0.0/16")],
+        };
+        wire::pack_updates(&[], Some((&attrs, &reach)), &FOUR).concat()
+    };
+    s.received(now, WALL, A, 1, &update(vec![65010], vec![], A));
+    s.received(now, WALL, b, 9, &update(vec![65020, 65021], vec![], b));
+    sent(&mut s);
+    let best = |s: &Speaker| s.loc_rib().best(&net("10.9.0.0/16")).expect("a best path");
+    assert_eq!(best(&s).best.source, Source::Peer(A), "the shorter path");
+    // A drains: its route carries 65535:0 and the longer path wins.
+    s.received(
+        now,
+        WALL,
+        A,
+        1,
+        &update(vec![65010], vec![GRACEFUL_SHUTDOWN], A),
+    );
+    sent(&mut s);
+    assert_eq!(best(&s).best.source, Source::Peer(b));
+    assert_eq!(
+        s.loc_rib()
+            .candidate(&net("10.9.0.0/16"), Source::Peer(A))
+            .and_then(|c| c.route.attrs.local_pref),
+        Some(0)
+    );
+}
