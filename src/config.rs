@@ -825,6 +825,29 @@ status: { socket: /run/ferrovia/ferrovia.sock }
     }
 
     #[test]
+    fn drain_wait_and_state_dir_have_defaults_limits_and_named_errors() {
+        let node = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\n";
+        let l = parse("t", node).expect("loads");
+        assert_eq!(l.config.bgp.drain_wait, 10);
+        assert_eq!(l.config.state_dir(), PathBuf::from("/run/ferrovia"));
+        let l = parse(
+            "t",
+            &format!("{node}status: {{ socket: /tmp/x/f.sock }}\nbgp: {{ drainWait: 0 }}"),
+        )
+        .expect("loads");
+        assert_eq!(l.config.state_dir(), PathBuf::from("/tmp/x"), "the socket's directory");
+        assert_eq!(l.config.bgp.drain_wait, 0);
+        let e = parse("t", &format!("{node}bgp: {{ drainWait: 3601 }}")).expect_err("too long");
+        assert_eq!(e.key, "bgp.drainWait", "{e}");
+        let e = parse("t", &format!("{node}bgp: {{ drainWait: -1 }}")).expect_err("negative");
+        assert_eq!(e.key, "bgp.drainWait", "{e}");
+        let tor = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tor-dual-stack.yaml");
+        let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.config.bgp.drain_wait, 10);
+        assert_eq!(l.config.state_dir(), PathBuf::from("/run/ferrovia"));
+    }
+
+    #[test]
     fn issue3_keys_load_and_tables_resolve() {
         let t = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\n\
                  datastore: { sqlite: { path: /var/lib/ferrovia/ferrovia.db } }\n\
