@@ -835,7 +835,11 @@ status: { socket: /run/ferrovia/ferrovia.sock }
             &format!("{node}status: {{ socket: /tmp/x/f.sock }}\nbgp: {{ drainWait: 0 }}"),
         )
         .expect("loads");
-        assert_eq!(l.config.state_dir(), PathBuf::from("/tmp/x"), "the socket's directory");
+        assert_eq!(
+            l.config.state_dir(),
+            PathBuf::from("/tmp/x"),
+            "the socket's directory"
+        );
         assert_eq!(l.config.bgp.drain_wait, 0);
         let e = parse("t", &format!("{node}bgp: {{ drainWait: 3601 }}")).expect_err("too long");
         assert_eq!(e.key, "bgp.drainWait", "{e}");

@@ -25,11 +25,24 @@ const READY: Duration = Duration::from_secs(60);
 /// What the restarted agent logs when it claims a graceful restart.
 const CLAIM: &str = "graceful restart: our routes are still in the kernel";
 
-/// Node → its ToR and its address as the ToR sees it.
-fn tor_of(node: &str) -> (&'static str, &'static str) {
+/// Node → its ToR and the ToR's name for the session (FRR: the node's address; BIRD: the
+/// protocol's name).
+type TorOf = fn(&str) -> (&'static str, &'static str);
+
+/// The leaf-spine lab with FRR ToRs.
+fn frr_tor_of(node: &str) -> (&'static str, &'static str) {
     match node {
         "n1" => ("tor1", "198.18.11.1"),
         "n3" => ("tor2", "198.18.21.1"),
+        other => panic!("no ToR known for {other}"),
+    }
+}
+
+/// The BIRD lab: one ToR, protocols named after the nodes.
+fn bird_tor_of(node: &str) -> (&'static str, &'static str) {
+    match node {
+        "n1" => ("tor", "n1"),
+        "n3" => ("tor", "n3"),
         other => panic!("no ToR known for {other}"),
     }
 }
@@ -147,21 +160,21 @@ fn ready(lab: &Lab, node: &str) -> Result<(), String> {
 }
 
 /// The ToR's view of its session with `node`.
-fn tor_session(lab: &Lab, node: &str) -> String {
-    let (tor, addr) = tor_of(node);
-    lab.sessions(tor).get(addr).cloned().unwrap_or_default()
+fn tor_session(lab: &Lab, tor_of: TorOf, node: &str) -> String {
+    let (tor, key) = tor_of(node);
+    lab.sessions(tor).get(key).cloned().unwrap_or_default()
 }
 
 /// Stops the agent of `node` (SIGTERM, or SIGKILL with `kill`), waits until its ToR saw
 /// the session go, starts it again and waits until it claimed the restart and is ready.
-fn restart(lab: &Lab, node: &str, kill: bool) {
+fn restart(lab: &Lab, tor_of: TorOf, node: &str, kill: bool) {
     let before = claims(lab, node);
     lab.stop(node, kill);
     wait_until(
         &format!("{} notices {node}'s agent is gone", tor_of(node).0),
         PROPAGATE,
         POLL,
-        || match tor_session(lab, node) {
+        || match tor_session(lab, tor_of, node) {
             s if s == "Established" => Err(s),
             _ => Ok(()),
         },
@@ -180,9 +193,22 @@ fn restart(lab: &Lab, node: &str, kill: bool) {
 }
 
 #[test]
-fn pods_lose_no_packet_while_either_agent_restarts_with_sigterm_or_sigkill() {
+fn pods_lose_no_packet_across_frr_tors_while_either_agent_restarts_with_sigterm_or_sigkill() {
     let lock = net_lock();
     let lab = Lab::up(&lock, FILE, "fvt-gr");
+    restarts_lose_nothing(&lab, frr_tor_of);
+}
+
+#[test]
+fn pods_lose_no_packet_across_a_bird_tor_while_either_agent_restarts_with_sigterm_or_sigkill() {
+    let lock = net_lock();
+    let lab = Lab::up(&lock, "graceful-restart-bird.clab.yml", "fvt-grb");
+    restarts_lose_nothing(&lab, bird_tor_of);
+}
+
+/// n1's pod pings n3's pod at 100/s while each agent restarts: SIGTERM three times in a
+/// row, then SIGKILL once; nothing may be lost.
+fn restarts_lose_nothing(lab: &Lab, tor_of: TorOf) {
     lab.wait_established(PROPAGATE);
     let p1 = lab.pod_add("n1", "p")[0].clone();
     let p3 = lab.pod_add("n3", "p")[0].clone();
@@ -206,9 +232,9 @@ fn pods_lose_no_packet_while_either_agent_restarts_with_sigterm_or_sigkill() {
         ("n3", true, 1),
         ("n1", true, 1),
     ] {
-        let ping = PingRun::start(&lab, "n1", "p", &p3);
+        let ping = PingRun::start(lab, "n1", "p", &p3);
         for _ in 0..rounds {
-            restart(&lab, node, kill);
+            restart(lab, tor_of, node, kill);
         }
         // Traffic after the last restart is counted too: one more echo goes all the way.
         lab.ping("n1", "p", &p3);

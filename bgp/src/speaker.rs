@@ -263,6 +263,9 @@ pub struct Speaker {
     restarting: bool,
     /// Our originated routes carry GRACEFUL_SHUTDOWN (a drain is under way).
     graceful_shutdown: bool,
+    /// End-of-RIB waits: what we originate is not complete yet (see
+    /// [`Speaker::hold_end_of_rib`]).
+    hold_eor: bool,
 }
 
 impl Speaker {
@@ -280,7 +283,18 @@ impl Speaker {
             now: None,
             restarting: false,
             graceful_shutdown: false,
+            hold_eor: false,
         }
+    }
+
+    /// While held, sessions get our routes but not End-of-RIB: the agent holds it at start
+    /// until it has originated everything it should (its IPAM blocks come from the
+    /// datastore a moment after the sessions may be up). A peer that helps our graceful
+    /// restart sweeps what we did not send again at our End-of-RIB, so an early one would
+    /// withdraw our blocks for that moment. Releasing sends the End-of-RIBs owed at the next
+    /// flush.
+    pub fn hold_end_of_rib(&mut self, hold: bool) {
+        self.hold_eor = hold;
     }
 
     /// Whether our OPENs say we restarted with our forwarding state kept (RFC 4724 R and
@@ -1169,6 +1183,9 @@ impl Speaker {
                 }
             }
             if batch.is_empty() {
+                if self.hold_eor {
+                    return;
+                }
                 if p.export.resend.is_empty() && p.export.pending.is_empty() {
                     let eor = std::mem::take(&mut p.export.eor);
                     if !eor.is_empty() {

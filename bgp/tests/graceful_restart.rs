@@ -626,3 +626,33 @@ fn a_received_route_with_graceful_shutdown_loses_to_any_other_path() {
         Some(0)
     );
 }
+
+#[test]
+fn end_of_rib_waits_while_held_and_goes_out_when_released() {
+    let now = Instant::now();
+    let mut s = speaker();
+    s.hold_end_of_rib(true);
+    add(&mut s, now);
+    s.connected(
+        now,
+        A,
+        1,
+        Direction::Outgoing,
+        SocketAddr::new(IpAddr::V4(LOCAL_ID), 40000),
+    );
+    s.received(now, WALL, A, 1, &bytes(Message::Open(open(Some(HELPER)))));
+    s.received(now, WALL, A, 1, &bytes(Message::Keepalive));
+    let is_eor = |m: &Message| matches!(m, Message::Update(u) if u.end_of_rib.is_some());
+    assert!(!sent(&mut s).iter().any(is_eor), "held");
+    // Our block arrives late (from the datastore): it goes out, still without End-of-RIB.
+    s.originate(net("10.244.1.0/26"), vec![]);
+    let out = sent(&mut s);
+    assert!(out.iter().any(|m| matches!(m, Message::Update(u)
+        if u.announced().any(|p| *p == net("10.244.1.0/26")))));
+    assert!(!out.iter().any(is_eor));
+    assert!(!s.peer_status()[0].stats.eor_sent);
+    s.hold_end_of_rib(false);
+    let out = sent(&mut s);
+    assert_eq!(out.iter().filter(|m| is_eor(m)).count(), 2, "{out:?}");
+    assert!(s.peer_status()[0].stats.eor_sent);
+}

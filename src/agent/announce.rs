@@ -36,6 +36,7 @@ pub async fn announce_task(
     let mut sweep = tokio::time::interval(IPAM_SWEEP);
     let mut nodes = Reflector::of::<NodeRecord>(store.clone(), Selector::everything());
     let mut blocks = Reflector::new(store, KIND_BLOCK, Selector::everything());
+    let mut first = true;
     loop {
         let swept = if !nodes.is_synced() {
             // At start and after an error: list (that is the first look).
@@ -87,6 +88,11 @@ pub async fn announce_task(
                 .with_context(|| format!("withdrawing {p}"))?;
         }
         announced = wanted;
+        if first {
+            // Everything this node originates is announced: End-of-RIB may follow.
+            first = false;
+            super::speaker::release_end_of_rib(&handle).await?;
+        }
     }
 }
 

@@ -11,6 +11,18 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// The longest End-of-RIB waits for the announce task's first pass (a datastore that does
+/// not answer must not keep it from our peers for ever).
+const END_OF_RIB_HOLD: Duration = Duration::from_secs(10);
+
+/// Lets End-of-RIB go to the peers: everything we originate is announced.
+pub async fn release_end_of_rib(handle: &Handle) -> Result<()> {
+    handle
+        .query(|s: &mut Speaker| s.hold_end_of_rib(false))
+        .await
+        .context("releasing End-of-RIB in the BGP speaker")
+}
+
 /// The peers of the configuration file (`bgp.peers`).
 pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
     let cfg = &loaded.config;
@@ -91,6 +103,10 @@ pub async fn start(
         cluster_id: cfg.bgp.route_reflector.as_ref().map(|r| r.cluster_id),
     });
     speaker.set_restarting(restarting);
+    // End-of-RIB only once we originate everything (see `hold_end_of_rib`): released below
+    // without a datastore, by the announce task's first pass with one, or at the latest
+    // after END_OF_RIB_HOLD.
+    speaker.hold_end_of_rib(true);
     let listen = cfg
         .bgp
         .listen
@@ -110,6 +126,20 @@ pub async fn start(
     .context("starting the BGP speaker")?;
     for (prefix, communities) in &loaded.originate {
         handle.originate(*prefix, communities.clone()).await?;
+    }
+    if cfg.datastore.is_none() {
+        release_end_of_rib(&handle).await?;
+    } else {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(END_OF_RIB_HOLD).await;
+            if h.query(|s: &mut Speaker| s.hold_end_of_rib(false))
+                .await
+                .is_ok()
+            {
+                tracing::debug!("End-of-RIB released after {END_OF_RIB_HOLD:?} at the latest");
+            }
+        });
     }
     Ok((handle, task))
 }
