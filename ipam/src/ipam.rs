@@ -265,7 +265,7 @@ impl Ipam {
                         created_ms: current.created_ms,
                     };
                     if self.update(&name, &new, version).await?.is_some() {
-                        tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool updated");
+                        tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, nat_outgoing = pool.nat_outgoing, "IP pool updated");
                         return Ok(());
                     }
                 }
@@ -291,7 +291,7 @@ impl Ipam {
                             other: winner.pool.cidr,
                         });
                     }
-                    tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool created");
+                    tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, nat_outgoing = pool.nat_outgoing, "IP pool created");
                     return Ok(());
                 }
             }
@@ -312,6 +312,7 @@ impl Ipam {
                 cidr,
                 block_size: 0,
                 disabled: false,
+                nat_outgoing: true,
             }),
             e => Err(e),
         })?;
@@ -968,6 +969,7 @@ impl Ipam {
                 family: p.family(),
                 block_size: p.block_size,
                 disabled: p.disabled,
+                nat_outgoing: p.nat_outgoing,
                 blocks: inside.len(),
                 allocated: inside.iter().map(|b| b.allocations.len()).sum(),
             });

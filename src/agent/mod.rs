@@ -14,6 +14,7 @@ mod kernel;
 mod leave;
 mod mesh;
 mod metrics;
+mod nat;
 mod restart;
 mod speaker;
 mod store;
@@ -195,6 +196,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 announce.clone(),
             ),
         );
+        if ipam.is_some() {
+            sup.spawn("nat", nat::nat_task(store.clone()));
+        }
         cni_ipam = ipam;
         sup.spawn(
             "heartbeat",
