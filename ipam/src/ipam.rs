@@ -303,6 +303,40 @@ impl Ipam {
         })
     }
 
+    /// Turns outgoing NAT of a stored pool on or off (the agents' NAT tables follow through
+    /// their watch). Returns false when there is no such pool. An agent that starts with a
+    /// configuration naming the pool writes the configuration's value again.
+    pub async fn set_nat_outgoing(&self, cidr: &str, on: bool) -> Result<bool, IpamError> {
+        let cidr: IpNet = cidr.trim().parse().map_err(|_| IpamError::BadCidr {
+            cidr: cidr.to_string(),
+            reason: "it is not an address followed by a prefix length".to_string(),
+        })?;
+        for _ in 0..MAX_ATTEMPTS {
+            let stored = self.list::<StoredPool>().await?;
+            let Some((current, version)) = stored.iter().find(|(p, _)| p.pool.cidr == cidr) else {
+                return Ok(false);
+            };
+            if current.pool.nat_outgoing == on {
+                return Ok(true);
+            }
+            let mut new = current.clone();
+            new.pool.nat_outgoing = on;
+            if self
+                .update(&new.pool.name(), &new, version)
+                .await?
+                .is_some()
+            {
+                tracing::info!(pool = %cidr, nat_outgoing = on, "IP pool updated");
+                return Ok(true);
+            }
+        }
+        Err(IpamError::TooManyConflicts {
+            kind: KIND_POOL,
+            name: net_name(&cidr),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
     /// Removes a pool from the store; refused while blocks of it are claimed. Returns
     /// false when there was no such pool.
     pub async fn remove_pool(&self, cidr: &str) -> Result<bool, IpamError> {
