@@ -183,6 +183,21 @@ pub struct Node {
     /// for the other family when a session runs over one family only.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// How the agent finds the node's address of a family that `addresses` does not give
+    /// (`first-found`, `interface=REGEX`, `skip-interface=REGEX`, `can-reach=ADDRESS`,
+    /// `cidr=CIDR[,CIDR]`, `kubernetes-internal-ip`); see `crate::autodetect`.
+    #[serde(default)]
+    pub address_autodetection: Option<AddressAutodetection>,
+}
+
+/// Autodetection methods per family; a family left out is not autodetected.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddressAutodetection {
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -501,6 +516,32 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 n.router_id
             ),
         ));
+    }
+    if let Some(auto) = &n.address_autodetection {
+        for (fam, text, v4) in [("ipv4", &auto.ipv4, true), ("ipv6", &auto.ipv6, false)] {
+            let Some(text) = text else { continue };
+            let key = format!("node.addressAutodetection.{fam}");
+            let method = crate::autodetect::Method::parse(text, v4).map_err(|m| err(&key, m))?;
+            if let Some(a) = n.addresses.iter().find(|a| a.is_ipv4() == v4) {
+                return Err(err(
+                    &key,
+                    format!(
+                        "node.addresses already gives the node's {} address {a}: keep one of the two",
+                        if v4 { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+            if matches!(method, crate::autodetect::Method::KubernetesInternalIp) {
+                return Err(err(
+                    &key,
+                    "kubernetes-internal-ip reads the Node's InternalIP and needs the Kubernetes \
+                     datastore (datastore.kubernetes); with datastore.sqlite or none, use \
+                     first-found, interface=REGEX, skip-interface=REGEX, can-reach=ADDRESS or \
+                     cidr=CIDR"
+                        .into(),
+                ));
+            }
+        }
     }
     if config.kernel.table.id().is_none() {
         return Err(err(

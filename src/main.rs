@@ -1,6 +1,7 @@
 //! `ferrovia`: the node agent, its CLI and, run under the name `ferrovia-cni`, the CNI plugin.
 
 mod agent;
+mod autodetect;
 mod bench;
 mod cni;
 mod config;
@@ -321,6 +322,19 @@ fn print_status(s: &control::StatusReply) {
         "node {}  AS {}  router id {}",
         s.node.name, s.node.as_number, s.node.router_id
     );
+    for a in &s.node.addresses {
+        println!(
+            "address {} on {} (MTU {}): {} — {}",
+            a.address,
+            a.interface.as_deref().unwrap_or("-"),
+            a.mtu.map_or("-".to_string(), |m| m.to_string()),
+            a.method,
+            a.reason
+        );
+    }
+    if let Some(m) = s.node.pod_mtu {
+        println!("pod MTU when the CNI configuration names none: {m}");
+    }
     println!(
         "{:<40} {:>10}  {:<12} {:<12} {:<21} {:>9} {:>9}",
         "PEER", "AS", "TYPE", "STATE", "SINCE", "RECEIVED", "SENT"
