@@ -1033,4 +1033,50 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         let gone = read_password_file(&dir.path().join("absent")).expect_err("missing");
         assert!(gone.contains("cannot read"), "{gone}");
     }
+
+    #[test]
+    fn address_autodetection_is_checked_per_family_and_names_the_key() {
+        let node = |auto: &str, addrs: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1, addresses: [{addrs}], addressAutodetection: {auto} }}")
+        };
+        let l = parse(
+            "t",
+            &node("{ ipv4: first-found, ipv6: \"interface=^eth0$\" }", ""),
+        )
+        .expect("loads");
+        let auto = l.config.node.address_autodetection.expect("set");
+        assert_eq!(auto.ipv4.as_deref(), Some("first-found"));
+        // A family given in node.addresses is not autodetected too; the other one may be.
+        parse("t", &node("{ ipv6: first-found }", "198.18.0.1")).expect("v4 given, v6 detected");
+        for (auto, addrs, key) in [
+            (
+                "{ ipv4: first-found }",
+                "198.18.0.1",
+                "node.addressAutodetection.ipv4",
+            ),
+            ("{ ipv6: nope }", "", "node.addressAutodetection.ipv6"),
+            (
+                "{ ipv4: \"cidr=fd00::/8\" }",
+                "",
+                "node.addressAutodetection.ipv4",
+            ),
+            (
+                "{ ipv4: kubernetes-internal-ip }",
+                "",
+                "node.addressAutodetection.ipv4",
+            ),
+            (
+                "{ ipv5: first-found }",
+                "",
+                "node.addressAutodetection.ipv5",
+            ),
+        ] {
+            assert_eq!(key_of(&node(auto, addrs)), key, "{auto}");
+        }
+        let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/autodetect-node.yaml");
+        let l = load(&ex).unwrap_or_else(|e| panic!("{e}"));
+        assert!(l.config.node.address_autodetection.is_some());
+        let pools = l.config.ipam.expect("ipam").pools;
+        assert!(pools.iter().all(|p| p.nat_outgoing));
+    }
 }
