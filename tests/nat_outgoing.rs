@@ -2,12 +2,14 @@
 //! "outside" namespace (198.19.255.0/24) that only the ToR reaches and that has no route to
 //! the pools. A TCP server there reports the source address it sees.
 //!
-//! - a pod of a natOutgoing pool reaches the outside as its node (198.18.0.1);
+//! - a pod of a natOutgoing pool reaches the outside as its node (198.18.0.1, and over IPv6
+//!   fd00:198:18::1 to fd00:198:19:255::1);
 //! - the same pod reaches a pod on the other node, and the other node, with its own address;
 //! - a connection to the outside survives an agent restart (conntrack keeps the translation;
 //!   the new agent replaces the table under it);
 //! - with natOutgoing turned off (`ferrovia ipam pool set`, followed through the watch) and
-//!   the fabric routing the pool, the outside sees the pod's address;
+//!   the fabric routing the pool, the outside sees the pod's address; with no natOutgoing
+//!   pool left the table is removed, and it comes back when one is on again;
 //! - `ferrovia nat remove` leaves nothing of ours in `nft list ruleset`, and a table of
 //!   someone else's in the node is intact throughout.
 
@@ -19,8 +21,9 @@ use common::{wait_until, Netns};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const IPAM: &str = "ipam:\n  pools:\n    - { cidr: 10.244.0.0/16, blockSize: 26 }\n";
+const IPAM: &str = "ipam:\n  pools:\n    - { cidr: 10.244.0.0/16, blockSize: 26 }\n    - { cidr: \"fd00:10:244::/48\", blockSize: 122 }\n";
 const OUTSIDE: &str = "198.19.255.1";
+const OUTSIDE_V6: &str = "fd00:198:19:255::1";
 
 /// nft in a namespace; panics with its stderr unless it succeeds.
 fn nft(ns: &Netns, args: &[&str]) -> String {
@@ -38,6 +41,12 @@ fn our_table(ns: &Netns) -> Result<String, String> {
     }
 }
 
+/// The nat4 set of our table ("" when the table is absent).
+fn nat4(ns: &Netns) -> String {
+    let out = ns.exec(&["nft", "list", "set", "inet", "ferrovia", "nat4"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn agent_log(c: &Cluster, i: u8) -> String {
     std::fs::read_to_string(c.dir.path().join(format!("n{i}.log"))).unwrap_or_default()
 }
@@ -53,13 +62,37 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
     Netns::veth(&tor, "eth0", &c.br, "ptor");
     c.br.ip(&["link", "set", "ptor", "master", "br0"]);
     tor.addr("eth0", "198.18.0.254/24");
+    tor.addr("eth0", "fd00:198:18::254/64");
     tor.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    tor.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let outside = Netns::new(&c._lock, "nat-out");
     Netns::veth(&tor, "out0", &outside, "eth0");
     tor.addr("out0", "198.19.255.254/24");
     outside.addr("eth0", &format!("{OUTSIDE}/24"));
+    tor.addr("out0", "fd00:198:19:255::254/64");
+    outside.addr("eth0", &format!("{OUTSIDE_V6}/64"));
     // The outside knows the nodes' segment, not the pools.
     outside.ip(&["route", "add", "198.18.0.0/24", "via", "198.19.255.254"]);
+    outside.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:198:18::/64",
+        "via",
+        "fd00:198:19:255::254",
+    ]);
+    for i in 1..=2 {
+        c.node(i).ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:198:18::254",
+            "dev",
+            "eth0",
+        ]);
+    }
 
     // Someone else's table on node 1: never touched.
     let n1 = &c.node(1).ns;
@@ -102,6 +135,7 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
     });
 
     let out_srv = SourceServer::start(outside.name(), sa(OUTSIDE, 7000));
+    let out_srv6 = SourceServer::start(outside.name(), sa(OUTSIDE_V6, 7000));
     let pod_srv = SourceServer::start(b.ns.name(), sa(&b_ip, 7001));
     let node_srv = SourceServer::start(c.node(2).ns.name(), sa("198.18.0.2", 7002));
 
@@ -110,6 +144,16 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         source_seen(a.ns.name(), out_srv.addr)
     });
     assert_eq!(seen, "198.18.0.1", "the outside sees the node");
+    let seen = wait_until(
+        "pod a reaches the outside over IPv6",
+        CONVERGE,
+        POLL,
+        || source_seen(a.ns.name(), out_srv6.addr),
+    );
+    assert_eq!(
+        seen, "fd00:198:18::1",
+        "the outside sees the node's IPv6 address"
+    );
     // Pod → pod on another node, pod → another node: the pod's own address.
     let seen = wait_until("pod a reaches pod b", CONVERGE, POLL, || {
         source_seen(a.ns.name(), pod_srv.addr)
@@ -157,8 +201,8 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         "198.18.0.1"
     );
 
-    // natOutgoing off for the pool: the table goes (no natOutgoing pool left); with the
-    // fabric routing the pool, the outside sees the pod's own address.
+    // natOutgoing off for the IPv4 pool: it leaves the nat4 set (the watch follows); with
+    // the fabric routing the pool, the outside sees the pod's own address.
     c.cli(&[
         "ipam",
         "pool",
@@ -170,13 +214,14 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
     let shown = c.cli(&["ipam", "show", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&shown).expect("ipam show --json");
     assert_eq!(v["pools"][0]["natOutgoing"], false, "{shown}");
+    assert_eq!(v["pools"][1]["natOutgoing"], true, "{shown}");
     wait_until(
-        "node 1's table removed",
+        "10.244.0.0/16 leaves nat4 on node 1",
         CONVERGE,
         POLL,
-        || match our_table(n_ns(&c, 1)) {
-            Ok(t) => Err(t),
-            Err(_) => Ok(()),
+        || match nat4(n_ns(&c, 1)) {
+            s if s.contains("10.244.0.0/16") => Err(s),
+            s => Ok(s),
         },
     );
     outside.ip(&["route", "add", "10.244.0.0/16", "via", "198.19.255.254"]);
@@ -189,6 +234,25 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
     );
     assert_eq!(seen, a_ip, "natOutgoing off: the outside sees the pod");
 
+    // No natOutgoing pool left: the table goes.
+    c.cli(&[
+        "ipam",
+        "pool",
+        "set",
+        "fd00:10:244::/48",
+        "--nat-outgoing",
+        "false",
+    ]);
+    wait_until(
+        "node 1's table removed",
+        CONVERGE,
+        POLL,
+        || match our_table(n_ns(&c, 1)) {
+            Ok(t) => Err(t),
+            Err(_) => Ok(()),
+        },
+    );
+
     // On again (the watch follows), then drain-style removal once the agent is stopped.
     c.cli(&[
         "ipam",
@@ -198,9 +262,23 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         "--nat-outgoing",
         "true",
     ]);
-    wait_until("node 1's table back", CONVERGE, POLL, || {
-        our_table(n_ns(&c, 1))
-    });
+    c.cli(&[
+        "ipam",
+        "pool",
+        "set",
+        "fd00:10:244::/48",
+        "--nat-outgoing",
+        "true",
+    ]);
+    wait_until(
+        "10.244.0.0/16 back in nat4",
+        CONVERGE,
+        POLL,
+        || match nat4(n_ns(&c, 1)) {
+            s if s.contains("10.244.0.0/16") => Ok(s),
+            s => Err(s),
+        },
+    );
     let seen = wait_until("masqueraded again", CONVERGE, POLL, || {
         match source_seen(a.ns.name(), out_srv.addr)? {
             s if s == "198.18.0.1" => Ok(s),
