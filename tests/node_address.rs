@@ -108,7 +108,7 @@ fn detected(ns: &Netns, dir: &Path, name: &str, auto: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn pick<'a>(addrs: &'a [Value], v6: bool) -> &'a Value {
+fn pick(addrs: &[Value], v6: bool) -> &Value {
     addrs
         .iter()
         .find(|a| a["address"].as_str().is_some_and(|s| s.contains(':') == v6))
