@@ -10,8 +10,9 @@
 //! - with natOutgoing turned off (`ferrovia ipam pool set`, followed through the watch) and
 //!   the fabric routing the pool, the outside sees the pod's address; with no natOutgoing
 //!   pool left the table is removed, and it comes back when one is on again;
-//! - `ferrovia nat remove` leaves nothing of ours in `nft list ruleset`, and a table of
-//!   someone else's in the node is intact throughout.
+//! - `ferrovia node drain` (and, on the other node, `ferrovia nat remove`) leaves nothing of
+//!   ours in `nft list ruleset`, and a table of someone else's in the node is intact
+//!   throughout.
 
 use ferrovia_testsupport::common;
 
@@ -19,6 +20,7 @@ use common::cluster::{Cluster, CONVERGE, POLL};
 use common::tcp::{source_seen, Client, SourceServer};
 use common::{wait_until, Netns};
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 const IPAM: &str = "ipam:\n  pools:\n    - { cidr: 10.244.0.0/16, blockSize: 26 }\n    - { cidr: \"fd00:10:244::/48\", blockSize: 122 }\n";
@@ -53,7 +55,8 @@ fn agent_log(c: &Cluster, i: u8) -> String {
 
 #[test]
 fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
-    let mut c = Cluster::with("nat", 2, IPAM);
+    // A short drainWait: the drain at the end waits that long after GRACEFUL_SHUTDOWN.
+    let mut c = Cluster::with_bgp("nat", 2, IPAM, ", drainWait: 1");
     for i in 1..=2 {
         wait_until("full mesh", CONVERGE, POLL, || c.established(i, 1));
     }
@@ -286,19 +289,25 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         }
     });
     assert_eq!(seen, "198.18.0.1");
-    c.node_mut(1).kill(common::cluster::libc_sigterm());
-    let out = n_ns(&c, 1).exec(&[common::bin(), "nat", "remove"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = n_ns(&c, 1).exec(&[common::bin(), "nat", "remove"]);
-    assert!(
-        out.status.success(),
-        "removing twice: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `ferrovia node drain` removes the table with the node's other kernel state.
+    let out = Command::new(common::bin())
+        .args(["node", "drain", "node1", "--socket"])
+        .arg(c.node(1).sock())
+        .output()
+        .expect("run ferrovia node drain");
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    let all = nft(n_ns(&c, 1), &["list", "ruleset"]);
+    assert!(!all.contains("ferrovia"), "nothing of ours left after the drain: {all}");
+    assert_eq!(nft(n_ns(&c, 1), &["list", "table", "inet", "operator"]), theirs);
+    // `ferrovia nat remove` (uninstall) on node 2, after its agent stopped; twice is fine.
+    assert!(our_table(n_ns(&c, 2)).is_ok(), "node 2 has its table");
+    c.node_mut(2).kill(common::cluster::libc_sigterm());
+    for _ in 0..2 {
+        let out = n_ns(&c, 2).exec(&[common::bin(), "nat", "remove"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let all = nft(n_ns(&c, 2), &["list", "ruleset"]);
+    assert!(!all.contains("ferrovia"), "nothing of ours left on node 2: {all}");
     let all = nft(n_ns(&c, 1), &["list", "ruleset"]);
     assert!(!all.contains("ferrovia"), "nothing of ours left: {all}");
     assert_eq!(
@@ -306,10 +315,6 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         theirs
     );
     drop(conn);
-    for p in [&a, &b] {
-        let (ok, v) = c.cni(p.node, "DEL", &p.id, Some(p.ns.name()), None);
-        assert!(ok || p.node == 1, "DEL {}: {v}", p.id);
-    }
 }
 
 fn n_ns(c: &Cluster, i: u8) -> &Netns {
