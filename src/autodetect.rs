@@ -8,7 +8,8 @@
 //! - `can-reach=ADDRESS`: the source address the kernel picks to reach ADDRESS (a UDP
 //!   "connect", no packet sent);
 //! - `cidr=CIDR[,CIDR]`: the first address inside one of the CIDRs;
-//! - `kubernetes-internal-ip`: the Node's InternalIP (needs the Kubernetes datastore).
+//! - `kubernetes-internal-ip`: the Node's InternalIP (needs the Kubernetes datastore);
+//! - `none`: the family is not autodetected (as if left out).
 //!
 //! Addresses inside the IPAM pools, link-local addresses and addresses of interfaces that
 //! are down are never chosen. What was chosen and why is returned as [`Detected`], which the
@@ -37,6 +38,8 @@ pub enum Method {
     CanReach(IpAddr),
     Cidr(Vec<IpNet>),
     KubernetesInternalIp,
+    /// The family is not autodetected.
+    None,
 }
 
 impl Method {
@@ -55,6 +58,7 @@ impl Method {
         match (name, arg) {
             ("first-found", None) => Ok(Method::FirstFound),
             ("kubernetes-internal-ip", None) => Ok(Method::KubernetesInternalIp),
+            ("none", None) => Ok(Method::None),
             ("interface", Some(r)) if !r.is_empty() => Ok(Method::Interface(regex(r)?)),
             ("skip-interface", Some(r)) if !r.is_empty() => Ok(Method::SkipInterface(regex(r)?)),
             ("can-reach", Some(a)) => {
@@ -83,8 +87,8 @@ impl Method {
             }
             _ => Err(format!(
                 "{text:?} is not an autodetection method: use first-found, interface=REGEX, \
-                 skip-interface=REGEX, can-reach=ADDRESS, cidr=CIDR[,CIDR] or \
-                 kubernetes-internal-ip"
+                 skip-interface=REGEX, can-reach=ADDRESS, cidr=CIDR[,CIDR], \
+                 kubernetes-internal-ip or none"
             )),
         }
     }
@@ -152,14 +156,19 @@ pub fn addresses() -> Result<Vec<IfAddr>, String> {
                 index: a.header.index,
                 interface: netlink::link_name(link).unwrap_or_default().to_string(),
                 up: link.header.flags.contains(LinkFlags::Up),
-                mtu: link
-                    .attributes
-                    .iter()
-                    .find_map(|x| match x {
-                        LinkAttribute::Mtu(m) => Some(*m),
-                        _ => None,
-                    })
-                    .unwrap_or(0),
+                // Loopback's MTU says nothing about the path toward the peers (a router id
+                // on lo is common): none.
+                mtu: if link.header.flags.contains(LinkFlags::Loopback) {
+                    0
+                } else {
+                    link.attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            LinkAttribute::Mtu(m) => Some(*m),
+                            _ => None,
+                        })
+                        .unwrap_or(0)
+                },
                 address,
             });
         }
@@ -311,6 +320,7 @@ pub fn choose(
                 ))),
             }
         }
+        Method::None => Err(format!("{fam} autodetection is off (none)")),
         Method::KubernetesInternalIp => Err(format!(
             "{fam} autodetection kubernetes-internal-ip reads the Node's InternalIP and needs the \
              Kubernetes datastore (datastore.kubernetes); with this datastore use another method"

@@ -522,6 +522,9 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
             let Some(text) = text else { continue };
             let key = format!("node.addressAutodetection.{fam}");
             let method = crate::autodetect::Method::parse(text, v4).map_err(|m| err(&key, m))?;
+            if matches!(method, crate::autodetect::Method::None) {
+                continue;
+            }
             if let Some(a) = n.addresses.iter().find(|a| a.is_ipv4() == v4) {
                 return Err(err(
                     &key,
@@ -1048,6 +1051,7 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert_eq!(auto.ipv4.as_deref(), Some("first-found"));
         // A family given in node.addresses is not autodetected too; the other one may be.
         parse("t", &node("{ ipv6: first-found }", "198.18.0.1")).expect("v4 given, v6 detected");
+        parse("t", &node("{ ipv4: none }", "198.18.0.1")).expect("none: not autodetected");
         for (auto, addrs, key) in [
             (
                 "{ ipv4: first-found }",

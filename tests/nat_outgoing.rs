@@ -295,19 +295,36 @@ fn pods_reach_the_outside_as_their_node_and_each_other_as_themselves() {
         .arg(c.node(1).sock())
         .output()
         .expect("run ferrovia node drain");
-    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let all = nft(n_ns(&c, 1), &["list", "ruleset"]);
-    assert!(!all.contains("ferrovia"), "nothing of ours left after the drain: {all}");
-    assert_eq!(nft(n_ns(&c, 1), &["list", "table", "inet", "operator"]), theirs);
+    assert!(
+        !all.contains("ferrovia"),
+        "nothing of ours left after the drain: {all}"
+    );
+    assert_eq!(
+        nft(n_ns(&c, 1), &["list", "table", "inet", "operator"]),
+        theirs
+    );
     // `ferrovia nat remove` (uninstall) on node 2, after its agent stopped; twice is fine.
     assert!(our_table(n_ns(&c, 2)).is_ok(), "node 2 has its table");
     c.node_mut(2).kill(common::cluster::libc_sigterm());
     for _ in 0..2 {
         let out = n_ns(&c, 2).exec(&[common::bin(), "nat", "remove"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let all = nft(n_ns(&c, 2), &["list", "ruleset"]);
-    assert!(!all.contains("ferrovia"), "nothing of ours left on node 2: {all}");
+    assert!(
+        !all.contains("ferrovia"),
+        "nothing of ours left on node 2: {all}"
+    );
     let all = nft(n_ns(&c, 1), &["list", "ruleset"]);
     assert!(!all.contains("ferrovia"), "nothing of ours left: {all}");
     assert_eq!(

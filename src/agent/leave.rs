@@ -87,9 +87,8 @@ pub async fn remove_kernel_state(cfg: &Config) -> Result<usize> {
         // No nft on this node: the agent never wrote the table.
         Ok(Err(crate::nat::NatError::NoNft(_))) => {}
         Ok(Err(e)) => {
-            return Err(anyhow::Error::new(e).context(
-                "removing the outgoing NAT table; run `ferrovia nat remove` on the node",
-            ))
+            return Err(anyhow::Error::new(e)
+                .context("removing the outgoing NAT table; run `ferrovia nat remove` on the node"))
         }
         Err(e) => anyhow::bail!(
             "removing the outgoing NAT table failed ({e}); run `ferrovia nat remove` on the node"

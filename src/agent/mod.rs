@@ -74,7 +74,11 @@ pub type NodeIpam = Ipam;
 /// registered, so that nodes that find it there are expected when they connect.
 pub async fn run(mut loaded: Loaded) -> Result<()> {
     let node_addresses = resolve_addresses(&mut loaded)?;
-    let pod_mtu = node_addresses.iter().find_map(|a| a.mtu);
+    // The first interface MTU a pod can use (IPv6 needs 1280, a veth takes up to 65535).
+    let pod_mtu = node_addresses
+        .iter()
+        .find_map(|a| a.mtu)
+        .filter(|m| (1280..=65535).contains(m));
     match pod_mtu {
         Some(m) => info!(mtu = m, "pods get this MTU when the CNI configuration names none"),
         None => info!(
@@ -390,6 +394,9 @@ fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detec
                     if v4 { "ipv4" } else { "ipv6" }
                 )
             })?;
+            if matches!(method, Method::None) {
+                continue;
+            }
             let d = autodetect::choose(&method, text, v4, &candidates, &pools)
                 .map_err(|e| anyhow::anyhow!("node.addressAutodetection: {e}"))?;
             out.push(d);
