@@ -8,7 +8,7 @@
 //! - `can-reach=ADDRESS`: the source address the kernel picks to reach ADDRESS (a UDP
 //!   "connect", no packet sent);
 //! - `cidr=CIDR[,CIDR]`: the first address inside one of the CIDRs;
-//! - `kubernetes-internal-ip`: the Node's InternalIP (needs the Kubernetes datastore);
+//! - `kubernetes-internal-ip`: the Node's InternalIP — not implemented yet (refused);
 //! - `none`: the family is not autodetected (as if left out).
 //!
 //! Addresses inside the IPAM pools, link-local addresses and addresses of interfaces that
@@ -322,8 +322,8 @@ pub fn choose(
         }
         Method::None => Err(format!("{fam} autodetection is off (none)")),
         Method::KubernetesInternalIp => Err(format!(
-            "{fam} autodetection kubernetes-internal-ip reads the Node's InternalIP and needs the \
-             Kubernetes datastore (datastore.kubernetes); with this datastore use another method"
+            "{fam} autodetection kubernetes-internal-ip (the Node's InternalIP) is not \
+             implemented yet; use cidr=CIDR with the InternalIP's network, or can-reach=ADDRESS"
         )),
     }
 }
@@ -433,7 +433,7 @@ mod tests {
         );
         assert!(pick("kubernetes-internal-ip", true)
             .unwrap_err()
-            .contains("datastore.kubernetes"));
+            .contains("not implemented yet"));
     }
 
     #[test]

@@ -537,10 +537,9 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
             if matches!(method, crate::autodetect::Method::KubernetesInternalIp) {
                 return Err(err(
                     &key,
-                    "kubernetes-internal-ip reads the Node's InternalIP and needs the Kubernetes \
-                     datastore (datastore.kubernetes); with datastore.sqlite or none, use \
-                     first-found, interface=REGEX, skip-interface=REGEX, can-reach=ADDRESS or \
-                     cidr=CIDR"
+                    "kubernetes-internal-ip (the Node's InternalIP) is not implemented yet: use \
+                     cidr=CIDR with the InternalIP's network, or can-reach=ADDRESS, or \
+                     first-found, interface=REGEX, skip-interface=REGEX"
                         .into(),
                 ));
             }
