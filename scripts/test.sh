@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(bird2 frr gobgpd iproute2 tcpdump procps iputils-ping curl prometheus python3-venv)
+need=(bird2 frr gobgpd iproute2 tcpdump procps iputils-ping curl prometheus python3-venv nftables)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

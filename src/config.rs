@@ -183,6 +183,21 @@ pub struct Node {
     /// for the other family when a session runs over one family only.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// How the agent finds the node's address of a family that `addresses` does not give
+    /// (`first-found`, `interface=REGEX`, `skip-interface=REGEX`, `can-reach=ADDRESS`,
+    /// `cidr=CIDR[,CIDR]`, `kubernetes-internal-ip`); see `crate::autodetect`.
+    #[serde(default)]
+    pub address_autodetection: Option<AddressAutodetection>,
+}
+
+/// Autodetection methods per family; a family left out is not autodetected.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddressAutodetection {
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -501,6 +516,34 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 n.router_id
             ),
         ));
+    }
+    if let Some(auto) = &n.address_autodetection {
+        for (fam, text, v4) in [("ipv4", &auto.ipv4, true), ("ipv6", &auto.ipv6, false)] {
+            let Some(text) = text else { continue };
+            let key = format!("node.addressAutodetection.{fam}");
+            let method = crate::autodetect::Method::parse(text, v4).map_err(|m| err(&key, m))?;
+            if matches!(method, crate::autodetect::Method::None) {
+                continue;
+            }
+            if let Some(a) = n.addresses.iter().find(|a| a.is_ipv4() == v4) {
+                return Err(err(
+                    &key,
+                    format!(
+                        "node.addresses already gives the node's {} address {a}: keep one of the two",
+                        if v4 { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+            if matches!(method, crate::autodetect::Method::KubernetesInternalIp) {
+                return Err(err(
+                    &key,
+                    "kubernetes-internal-ip (the Node's InternalIP) is not implemented yet: use \
+                     cidr=CIDR with the InternalIP's network, or can-reach=ADDRESS, or \
+                     first-found, interface=REGEX, skip-interface=REGEX"
+                        .into(),
+                ));
+            }
+        }
     }
     if config.kernel.table.id().is_none() {
         return Err(err(
@@ -1018,5 +1061,52 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         }
         let gone = read_password_file(&dir.path().join("absent")).expect_err("missing");
         assert!(gone.contains("cannot read"), "{gone}");
+    }
+
+    #[test]
+    fn address_autodetection_is_checked_per_family_and_names_the_key() {
+        let node = |auto: &str, addrs: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1, addresses: [{addrs}], addressAutodetection: {auto} }}")
+        };
+        let l = parse(
+            "t",
+            &node("{ ipv4: first-found, ipv6: \"interface=^eth0$\" }", ""),
+        )
+        .expect("loads");
+        let auto = l.config.node.address_autodetection.expect("set");
+        assert_eq!(auto.ipv4.as_deref(), Some("first-found"));
+        // A family given in node.addresses is not autodetected too; the other one may be.
+        parse("t", &node("{ ipv6: first-found }", "198.18.0.1")).expect("v4 given, v6 detected");
+        parse("t", &node("{ ipv4: none }", "198.18.0.1")).expect("none: not autodetected");
+        for (auto, addrs, key) in [
+            (
+                "{ ipv4: first-found }",
+                "198.18.0.1",
+                "node.addressAutodetection.ipv4",
+            ),
+            ("{ ipv6: nope }", "", "node.addressAutodetection.ipv6"),
+            (
+                "{ ipv4: \"cidr=fd00::/8\" }",
+                "",
+                "node.addressAutodetection.ipv4",
+            ),
+            (
+                "{ ipv4: kubernetes-internal-ip }",
+                "",
+                "node.addressAutodetection.ipv4",
+            ),
+            (
+                "{ ipv5: first-found }",
+                "",
+                "node.addressAutodetection.ipv5",
+            ),
+        ] {
+            assert_eq!(key_of(&node(auto, addrs)), key, "{auto}");
+        }
+        let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/autodetect-node.yaml");
+        let l = load(&ex).unwrap_or_else(|e| panic!("{e}"));
+        assert!(l.config.node.address_autodetection.is_some());
+        let pools = l.config.ipam.expect("ipam").pools;
+        assert!(pools.iter().all(|p| p.nat_outgoing));
     }
 }

@@ -41,6 +41,13 @@ pub struct NodeInfo {
     pub name: String,
     pub as_number: u32,
     pub router_id: String,
+    /// The node's addresses: configured or autodetected, with the interface, its MTU and
+    /// why each was chosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<crate::autodetect::Detected>,
+    /// The MTU pods get when the CNI configuration names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

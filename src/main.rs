@@ -1,6 +1,7 @@
 //! `ferrovia`: the node agent, its CLI and, run under the name `ferrovia-cni`, the CNI plugin.
 
 mod agent;
+mod autodetect;
 mod bench;
 mod cni;
 mod config;
@@ -11,6 +12,7 @@ mod kernel;
 mod lab;
 mod mesh;
 mod metrics;
+mod nat;
 mod store_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -98,6 +100,11 @@ enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+    /// Outgoing NAT (the `inet ferrovia` nftables table) of this node.
+    Nat {
+        #[command(subcommand)]
+        cmd: NatCmd,
+    },
     /// Show the Loc-RIB (selected routes) of the running agent.
     Routes {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
@@ -105,6 +112,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum NatCmd {
+    /// Remove the `inet ferrovia` table from this network namespace (drain, uninstall);
+    /// other tables are not touched. Stop the agent first, or it writes the table again.
+    Remove,
 }
 
 fn init_logging(level: Option<String>, format: LogFormat) {
@@ -221,6 +235,18 @@ fn main() -> ExitCode {
         Command::Cluster { store, cmd } => store_result(store_cli::cluster(&store, cmd)),
         Command::Peer { store, cmd } => store_result(store_cli::peer(&store, cmd)),
         Command::Ipam { store, cmd } => store_result(store_cli::ipam(&store, cmd)),
+        Command::Nat {
+            cmd: NatCmd::Remove,
+        } => match nat::remove() {
+            Ok(()) => {
+                println!("nftables table inet {} removed", nat::TABLE);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrovia: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { socket, json } => {
             let r: Result<control::StatusReply, _> =
                 control::call(&socket, &control::Request::Status);
@@ -296,6 +322,19 @@ fn print_status(s: &control::StatusReply) {
         "node {}  AS {}  router id {}",
         s.node.name, s.node.as_number, s.node.router_id
     );
+    for a in &s.node.addresses {
+        println!(
+            "address {} on {} (MTU {}): {} — {}",
+            a.address,
+            a.interface.as_deref().unwrap_or("-"),
+            a.mtu.map_or("-".to_string(), |m| m.to_string()),
+            a.method,
+            a.reason
+        );
+    }
+    if let Some(m) = s.node.pod_mtu {
+        println!("pod MTU when the CNI configuration names none: {m}");
+    }
     println!(
         "{:<40} {:>10}  {:<12} {:<12} {:<21} {:>9} {:>9}",
         "PEER", "AS", "TYPE", "STATE", "SINCE", "RECEIVED", "SENT"

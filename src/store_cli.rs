@@ -136,6 +136,24 @@ pub enum PeerCmd {
 pub enum IpamCmd {
     /// Pools, blocks with the node they belong to, and every allocation.
     Show,
+    /// Change a stored pool.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Turn outgoing NAT (masquerade to the node's address toward destinations outside
+    /// every pool) on or off for a pool; every agent's NAT table follows at once. An agent
+    /// that restarts writes its configuration's `natOutgoing` again.
+    Set {
+        /// The pool's CIDR, e.g. 10.244.0.0/16.
+        cidr: String,
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        nat_outgoing: bool,
+    },
 }
 
 pub fn ipam(s: &Store, cmd: IpamCmd) -> Result<()> {
@@ -146,6 +164,18 @@ pub fn ipam(s: &Store, cmd: IpamCmd) -> Result<()> {
                 let ipam = ferrovia_ipam::Ipam::new(db, ferrovia_ipam::IpamConfig::default());
                 let snap = ipam.show().await?;
                 print(s.json, &snap, || print!("{snap}"))
+            }
+            IpamCmd::Pool {
+                cmd: PoolCmd::Set { cidr, nat_outgoing },
+            } => {
+                let ipam = ferrovia_ipam::Ipam::new(db, ferrovia_ipam::IpamConfig::default());
+                if !ipam.set_nat_outgoing(&cidr, nat_outgoing).await? {
+                    anyhow::bail!(
+                        "no pool {cidr} in the datastore (ferrovia ipam show lists them)"
+                    );
+                }
+                println!("pool {cidr}: natOutgoing {nat_outgoing}");
+                Ok(())
             }
         }
     })

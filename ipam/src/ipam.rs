@@ -265,7 +265,7 @@ impl Ipam {
                         created_ms: current.created_ms,
                     };
                     if self.update(&name, &new, version).await?.is_some() {
-                        tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool updated");
+                        tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, nat_outgoing = pool.nat_outgoing, "IP pool updated");
                         return Ok(());
                     }
                 }
@@ -291,7 +291,7 @@ impl Ipam {
                             other: winner.pool.cidr,
                         });
                     }
-                    tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, "IP pool created");
+                    tracing::info!(pool = %pool.cidr, block_size = pool.block_size, disabled = pool.disabled, nat_outgoing = pool.nat_outgoing, "IP pool created");
                     return Ok(());
                 }
             }
@@ -299,6 +299,40 @@ impl Ipam {
         Err(IpamError::TooManyConflicts {
             kind: KIND_POOL,
             name,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Turns outgoing NAT of a stored pool on or off (the agents' NAT tables follow through
+    /// their watch). Returns false when there is no such pool. An agent that starts with a
+    /// configuration naming the pool writes the configuration's value again.
+    pub async fn set_nat_outgoing(&self, cidr: &str, on: bool) -> Result<bool, IpamError> {
+        let cidr: IpNet = cidr.trim().parse().map_err(|_| IpamError::BadCidr {
+            cidr: cidr.to_string(),
+            reason: "it is not an address followed by a prefix length".to_string(),
+        })?;
+        for _ in 0..MAX_ATTEMPTS {
+            let stored = self.list::<StoredPool>().await?;
+            let Some((current, version)) = stored.iter().find(|(p, _)| p.pool.cidr == cidr) else {
+                return Ok(false);
+            };
+            if current.pool.nat_outgoing == on {
+                return Ok(true);
+            }
+            let mut new = current.clone();
+            new.pool.nat_outgoing = on;
+            if self
+                .update(&new.pool.name(), &new, version)
+                .await?
+                .is_some()
+            {
+                tracing::info!(pool = %cidr, nat_outgoing = on, "IP pool updated");
+                return Ok(true);
+            }
+        }
+        Err(IpamError::TooManyConflicts {
+            kind: KIND_POOL,
+            name: net_name(&cidr),
             attempts: MAX_ATTEMPTS,
         })
     }
@@ -312,6 +346,7 @@ impl Ipam {
                 cidr,
                 block_size: 0,
                 disabled: false,
+                nat_outgoing: true,
             }),
             e => Err(e),
         })?;
@@ -968,6 +1003,7 @@ impl Ipam {
                 family: p.family(),
                 block_size: p.block_size,
                 disabled: p.disabled,
+                nat_outgoing: p.nat_outgoing,
                 blocks: inside.len(),
                 allocated: inside.iter().map(|b| b.allocations.len()).sum(),
             });

@@ -111,6 +111,23 @@ pub struct PoolSpec {
     /// A disabled pool gives no new addresses; those in use stay until released.
     #[serde(default)]
     pub disabled: bool,
+    /// Traffic from the pool's addresses to destinations outside every pool (and outside
+    /// the cluster's nodes) leaves with the node's address (masquerade). On by default.
+    #[serde(
+        default = "default_nat_outgoing",
+        skip_serializing_if = "is_default_nat_outgoing"
+    )]
+    pub nat_outgoing: bool,
+}
+
+fn default_nat_outgoing() -> bool {
+    true
+}
+
+/// The stored layout carries `natOutgoing` only when it is off (the default stays implicit,
+/// as in objects written before the setting existed).
+fn is_default_nat_outgoing(v: &bool) -> bool {
+    *v
 }
 
 impl PoolSpec {
@@ -119,7 +136,13 @@ impl PoolSpec {
             cidr: cidr.into(),
             block_size: None,
             disabled: false,
+            nat_outgoing: true,
         }
+    }
+
+    pub fn nat_outgoing(mut self, nat_outgoing: bool) -> Self {
+        self.nat_outgoing = nat_outgoing;
+        self
     }
 
     pub fn block_size(mut self, block_size: u8) -> Self {
@@ -141,6 +164,13 @@ pub struct Pool {
     pub block_size: u8,
     #[serde(default)]
     pub disabled: bool,
+    /// Masquerade traffic from the pool to outside every pool; pools stored before the
+    /// setting existed have it on.
+    #[serde(
+        default = "default_nat_outgoing",
+        skip_serializing_if = "is_default_nat_outgoing"
+    )]
+    pub nat_outgoing: bool,
 }
 
 impl Pool {
@@ -170,6 +200,7 @@ impl Pool {
             cidr,
             block_size,
             disabled: spec.disabled,
+            nat_outgoing: spec.nat_outgoing,
         };
         pool.check_block_size()?;
         Ok(pool)

@@ -25,10 +25,17 @@ pub struct PoolStatus {
     pub family: Family,
     pub block_size: u8,
     pub disabled: bool,
+    /// Masquerade to the node's address toward destinations outside every pool.
+    #[serde(default = "yes")]
+    pub nat_outgoing: bool,
     /// Blocks claimed from the pool.
     pub blocks: usize,
     /// Addresses in use in those blocks.
     pub allocated: usize,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,17 +79,18 @@ impl fmt::Display for Snapshot {
         writeln!(f, "POOLS")?;
         writeln!(
             f,
-            "  {:<28} {:<5} {:>6} {:>8} {:>7} {:>9}",
-            "CIDR", "FAM", "BLOCK", "STATE", "BLOCKS", "ALLOCATED"
+            "  {:<28} {:<5} {:>6} {:>8} {:>4} {:>7} {:>9}",
+            "CIDR", "FAM", "BLOCK", "STATE", "NAT", "BLOCKS", "ALLOCATED"
         )?;
         for p in &self.pools {
             writeln!(
                 f,
-                "  {:<28} {:<5} {:>6} {:>8} {:>7} {:>9}",
+                "  {:<28} {:<5} {:>6} {:>8} {:>4} {:>7} {:>9}",
                 p.cidr.to_string(),
                 p.family.to_string(),
                 format!("/{}", p.block_size),
                 if p.disabled { "disabled" } else { "enabled" },
+                if p.nat_outgoing { "on" } else { "off" },
                 p.blocks,
                 p.allocated
             )?;

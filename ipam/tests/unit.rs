@@ -296,6 +296,40 @@ fn ensure_pools_is_idempotent_and_toggles_disabled() {
 }
 
 #[test]
+fn nat_outgoing_is_on_by_default_stored_only_when_off_and_can_be_toggled() {
+    let specs: Vec<PoolSpec> = serde_json::from_str(
+        r#"[{"cidr": "10.244.0.0/16"}, {"cidr": "10.245.0.0/16", "natOutgoing": false}]"#,
+    )
+    .unwrap();
+    assert!(specs[0].nat_outgoing);
+    assert!(!specs[1].nat_outgoing);
+    assert_eq!(specs[1], PoolSpec::new("10.245.0.0/16").nat_outgoing(false));
+    let (store, ipam) = setup(&specs);
+    let stored: Vec<serde_json::Value> = store
+        .list_b(KIND_POOL)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v, _)| v)
+        .collect();
+    // A pool stored before the setting existed (no key) reads as on.
+    assert!(stored[0].get("natOutgoing").is_none(), "{}", stored[0]);
+    assert_eq!(stored[1]["natOutgoing"], false, "{}", stored[1]);
+    let pools = ipam.pools().unwrap();
+    assert!(pools[0].nat_outgoing && !pools[1].nat_outgoing);
+    // Toggled in place, blocks and all; a pool that does not exist is reported.
+    assert!(ipam.set_nat_outgoing("10.244.0.0/16", false).unwrap());
+    assert!(ipam.set_nat_outgoing("10.245.0.0/16", true).unwrap());
+    let pools = ipam.pools().unwrap();
+    assert!(!pools[0].nat_outgoing && pools[1].nat_outgoing);
+    assert!(!ipam.set_nat_outgoing("10.99.0.0/16", true).unwrap());
+    assert!(ipam.set_nat_outgoing("10.99.0.0", true).is_err());
+    // The config's value is written again by ensure_pools.
+    ipam.ensure_pools(&specs).unwrap();
+    let pools = ipam.pools().unwrap();
+    assert!(pools[0].nat_outgoing && !pools[1].nat_outgoing);
+}
+
+#[test]
 fn pool_spec_reads_the_config_shape() {
     let specs: Vec<PoolSpec> = serde_json::from_str(
         r#"[{"cidr": "10.244.0.0/16", "blockSize": 26}, {"cidr": "fd00:10:244::/48", "disabled": true}]"#,

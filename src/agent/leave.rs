@@ -79,7 +79,21 @@ pub async fn remove_kernel_state(cfg: &Config) -> Result<usize> {
             .with_context(|| format!("removing our routes from table {table}"))?;
         removed = stats.changes.deleted;
     }
-    // Other features' kernel state goes here (e.g. the nftables table of the NAT engine).
+    // Other features' kernel state goes here.
+    // Outgoing NAT: our nftables table (the NAT task is stopped, so it is not written again);
+    // other tables are never touched.
+    match tokio::task::spawn_blocking(crate::nat::remove).await {
+        Ok(Ok(())) => info!("drain: nftables table inet {} removed", crate::nat::TABLE),
+        // No nft on this node: the agent never wrote the table.
+        Ok(Err(crate::nat::NatError::NoNft(_))) => {}
+        Ok(Err(e)) => {
+            return Err(anyhow::Error::new(e)
+                .context("removing the outgoing NAT table; run `ferrovia nat remove` on the node"))
+        }
+        Err(e) => anyhow::bail!(
+            "removing the outgoing NAT table failed ({e}); run `ferrovia nat remove` on the node"
+        ),
+    }
     info!(routes = removed, "drain: our kernel state is removed");
     Ok(removed)
 }

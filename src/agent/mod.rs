@@ -14,6 +14,7 @@ mod kernel;
 mod leave;
 mod mesh;
 mod metrics;
+mod nat;
 mod restart;
 mod speaker;
 mod store;
@@ -71,7 +72,21 @@ pub type NodeIpam = Ipam;
 /// Start-up order: the datastore is opened, the speaker listens with the configuration
 /// file's peers, the stored peers and the mesh are applied once, and only then is the node
 /// registered, so that nodes that find it there are expected when they connect.
-pub async fn run(loaded: Loaded) -> Result<()> {
+pub async fn run(mut loaded: Loaded) -> Result<()> {
+    let node_addresses = resolve_addresses(&mut loaded)?;
+    // The first interface MTU a pod can use (IPv6 needs 1280, a veth takes up to 65535).
+    let pod_mtu = node_addresses
+        .iter()
+        .find_map(|a| a.mtu)
+        .filter(|m| (1280..=65535).contains(m));
+    match pod_mtu {
+        Some(m) => info!(mtu = m, "pods get this MTU when the CNI configuration names none"),
+        None => info!(
+            mtu = crate::cni::spec::DEFAULT_MTU,
+            "no interface holds the node's address: pods get MTU {} when the CNI configuration names none",
+            crate::cni::spec::DEFAULT_MTU
+        ),
+    }
     let cfg = &loaded.config;
     let socket = cfg.status.socket.clone();
     let listener = control::bind_control(&socket)?;
@@ -195,6 +210,9 @@ pub async fn run(loaded: Loaded) -> Result<()> {
                 announce.clone(),
             ),
         );
+        if ipam.is_some() {
+            sup.spawn("nat", nat::nat_task(store.clone()));
+        }
         cni_ipam = ipam;
         sup.spawn(
             "heartbeat",
@@ -225,12 +243,17 @@ pub async fn run(loaded: Loaded) -> Result<()> {
         name: cfg.node.name.clone(),
         as_number: cfg.node.as_number,
         router_id: cfg.node.router_id.to_string(),
+        addresses: node_addresses,
+        pod_mtu,
     };
-    let cni_ctx = Arc::new(crate::cni::agent::CniContext::new(
-        cfg.node.name.clone(),
-        cni_ipam.clone(),
-        announce.clone(),
-    ));
+    let cni_ctx = Arc::new(
+        crate::cni::agent::CniContext::new(
+            cfg.node.name.clone(),
+            cni_ipam.clone(),
+            announce.clone(),
+        )
+        .with_pod_mtu(pod_mtu),
+    );
     let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
     sup.spawn(
         "control",
@@ -338,4 +361,70 @@ async fn refresh_marker(dir: PathBuf, node: String) -> Result<()> {
             Err(_) => {}
         }
     }
+}
+
+/// The node's addresses: those of `node.addresses`, then one per family that
+/// `node.addressAutodetection` names, found now and appended to `node.addresses` (so the
+/// speaker, the mesh and the datastore use them like configured ones). Each is logged with
+/// why it was chosen. Without any, the router id stands for the IPv4 address, as before.
+fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detected>> {
+    use crate::autodetect::{self, Detected, Method};
+    let node = &loaded.config.node;
+    let candidates = autodetect::addresses().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's interfaces");
+        Vec::new()
+    });
+    let mut out: Vec<Detected> = node
+        .addresses
+        .iter()
+        .map(|a| autodetect::configured(*a, &candidates))
+        .collect();
+    let pools: Vec<ipnet::IpNet> = loaded
+        .config
+        .ipam
+        .iter()
+        .flat_map(|i| i.pools.iter().filter_map(|p| p.cidr.parse().ok()))
+        .collect();
+    if let Some(auto) = &node.address_autodetection {
+        for (text, v4) in [(&auto.ipv4, true), (&auto.ipv6, false)] {
+            let Some(text) = text else { continue };
+            let method = Method::parse(text, v4).map_err(|e| {
+                anyhow::anyhow!(
+                    "node.addressAutodetection.{}: {e}",
+                    if v4 { "ipv4" } else { "ipv6" }
+                )
+            })?;
+            if matches!(method, Method::None) {
+                continue;
+            }
+            let d = autodetect::choose(&method, text, v4, &candidates, &pools)
+                .map_err(|e| anyhow::anyhow!("node.addressAutodetection: {e}"))?;
+            out.push(d);
+        }
+    }
+    if out.is_empty() {
+        let rid = IpAddr::V4(node.router_id);
+        let mut d = autodetect::configured(rid, &candidates);
+        d.method = "routerId".into();
+        d.reason = "node.addresses is empty: the router id stands for the IPv4 address".into();
+        out.push(d);
+    } else {
+        let detected: Vec<IpAddr> = out
+            .iter()
+            .filter(|d| d.method != "configured")
+            .map(|d| d.address)
+            .collect();
+        loaded.config.node.addresses.extend(detected);
+    }
+    for d in &out {
+        info!(
+            address = %d.address,
+            interface = d.interface.as_deref().unwrap_or("-"),
+            mtu = d.mtu,
+            method = %d.method,
+            reason = %d.reason,
+            "node address"
+        );
+    }
+    Ok(out)
 }

@@ -37,6 +37,8 @@ pub struct CniContext {
     pub announce: Arc<Notify>,
     /// ADDs hold it shared, GC exclusively, so GC never frees an ADD in flight.
     pub gc_lock: RwLock<()>,
+    /// See [`CniContext::with_pod_mtu`].
+    pub pod_mtu: Option<u32>,
     /// Serialises this agent's IPAM writes: they all touch this node's few blocks, and
     /// queueing here is cheaper than compare-and-swap retries between them.
     ipam_lock: Mutex<()>,
@@ -50,6 +52,22 @@ impl CniContext {
             announce,
             gc_lock: RwLock::new(()),
             ipam_lock: Mutex::new(()),
+            pod_mtu: None,
+        }
+    }
+
+    /// The MTU of pods whose CNI configuration names none (the node's interface toward its
+    /// peers); without it, [`DEFAULT_MTU`](crate::cni::spec::DEFAULT_MTU).
+    pub fn with_pod_mtu(mut self, mtu: Option<u32>) -> CniContext {
+        self.pod_mtu = mtu;
+        self
+    }
+
+    /// The MTU for a request: the CNI configuration's, or (0: none given) the node's.
+    fn mtu(&self, requested: u32) -> u32 {
+        match requested {
+            0 => self.pod_mtu.unwrap_or(crate::cni::spec::DEFAULT_MTU),
+            m => m,
         }
     }
 }
@@ -230,10 +248,11 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
         container_id: a.container_id.clone(),
         ifname: a.ifname.clone(),
         netns: a.netns.clone(),
-        mtu: a.mtu,
+        mtu: ctx.mtu(a.mtu),
         ipv4,
         ipv6,
     };
+    let spec_mtu = spec.mtu;
     match wiring::add(&spec).await {
         Ok(w) => {
             info!(
@@ -251,7 +270,7 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
                 pod_ifname: w.pod_ifname,
                 pod_mac: w.pod_mac,
                 sandbox: w.sandbox,
-                mtu: a.mtu,
+                mtu: spec_mtu,
                 ipv4,
                 ipv6,
             })
@@ -344,7 +363,7 @@ async fn check(c: Check, ctx: &CniContext) -> Result<(), CniError> {
         container_id: c.container_id.clone(),
         ifname: c.ifname.clone(),
         netns: c.netns.clone(),
-        mtu: c.mtu,
+        mtu: ctx.mtu(c.mtu),
         ipv4: held.iter().find_map(|a| match a {
             IpAddr::V4(v) => Some(*v),
             _ => None,

@@ -40,6 +40,7 @@ pub struct Attach {
     #[serde(deserialize_with = "ifname")]
     pub ifname: String,
     pub netns: PathBuf,
+    /// 0: the CNI configuration names none (the agent uses the node's interface MTU).
     pub mtu: u32,
     /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` from `CNI_ARGS`, recorded with the addresses.
     #[serde(default)]

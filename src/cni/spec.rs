@@ -456,6 +456,18 @@ pub struct GcAttachment {
     pub ifname: String,
 }
 
+impl NetConf {
+    /// The MTU asked of the agent: the configuration's, or 0 (none given: the agent uses
+    /// the MTU of the node's interface toward its peers).
+    pub fn requested_mtu(&self) -> u32 {
+        if self.mtu_configured {
+            self.mtu
+        } else {
+            0
+        }
+    }
+}
+
 /// The plugin configuration object the runtime writes on stdin, as far as ferrovia reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
@@ -463,8 +475,11 @@ pub struct NetConf {
     pub name: String,
     /// `agentSocket`: the agent's control socket.
     pub agent_socket: PathBuf,
-    /// `mtu` of both ends of the pod's veth pair.
+    /// `mtu` of both ends of the pod's veth pair ([`DEFAULT_MTU`] when absent).
     pub mtu: u32,
+    /// Whether the configuration gives `mtu`; without it the agent picks the MTU of the
+    /// node's interface toward its peers.
+    pub mtu_configured: bool,
     /// `dns` of the configuration, copied into ADD results.
     pub dns: Option<Value>,
     /// `prevResult` (CHECK, chained ADD), parsed.
@@ -712,6 +727,7 @@ pub fn parse_netconf(
         name,
         agent_socket,
         mtu,
+        mtu_configured: doc.get("mtu").is_some(),
         dns,
         prev_result,
         valid_attachments,
@@ -1239,7 +1255,7 @@ pub fn parse_invocation(
                 container_id: env.container_id.clone(),
                 ifname: env.ifname.clone(),
                 netns,
-                mtu: conf.mtu,
+                mtu: conf.requested_mtu(),
                 namespace: env.pod_namespace().map(str::to_string),
                 pod: env.pod_name().map(str::to_string),
             })
@@ -1272,7 +1288,7 @@ pub fn parse_invocation(
                 container_id: env.container_id.clone(),
                 ifname: env.ifname.clone(),
                 netns,
-                mtu: conf.mtu,
+                mtu: conf.requested_mtu(),
                 expected_ips: expected.ips,
                 host_interfaces: expected.host_interfaces,
             })

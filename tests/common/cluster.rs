@@ -147,6 +147,9 @@ pub struct Cluster {
     pub extra: String,
     /// Extra entries inside every node's `bgp` mapping.
     pub bgp_extra: String,
+    /// MTU of the nodes' segment (each node's eth0 and its bridge port), set before the
+    /// agent of a node added later starts; the kernel's 1500 when None.
+    pub link_mtu: Option<u32>,
     pub _lock: NetLock,
 }
 
@@ -177,6 +180,7 @@ impl Cluster {
             dir,
             extra: extra.to_string(),
             bgp_extra: bgp_extra.to_string(),
+            link_mtu: None,
             _lock: lock,
         };
         for i in 1..=n {
@@ -240,6 +244,11 @@ impl Cluster {
         let port = format!("p{i}");
         Netns::veth(&ns, "eth0", &self.br, &port);
         self.br.ip(&["link", "set", &port, "master", "br0"]);
+        if let Some(mtu) = self.link_mtu {
+            let mtu = mtu.to_string();
+            self.br.ip(&["link", "set", &port, "mtu", &mtu]);
+            ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
+        }
         ns.addr("eth0", &format!("198.18.0.{i}/24"));
         ns.addr("eth0", &format!("fd00:198:18::{i}/64"));
         ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);

@@ -21,6 +21,7 @@ pub mod netns;
 pub mod proc;
 pub mod scenarios;
 pub mod sim;
+pub mod tcp;
 pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};

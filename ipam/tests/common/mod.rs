@@ -53,6 +53,9 @@ impl<S> BIpam<S> {
     pub fn pools(&self) -> Result<Vec<Pool>, IpamError> {
         block_on(self.ipam.pools())
     }
+    pub fn set_nat_outgoing(&self, cidr: &str, on: bool) -> Result<bool, IpamError> {
+        block_on(self.ipam.set_nat_outgoing(cidr, on))
+    }
     pub fn assign(
         &self,
         node: &str,

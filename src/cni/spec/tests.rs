@@ -624,3 +624,22 @@ fn del_and_gc_become_agent_requests_without_a_namespace() {
         })
     );
 }
+
+#[test]
+fn without_mtu_the_agent_is_asked_for_the_nodes_mtu() {
+    let c = parse_netconf(&stdin(conf("1.1.0")), Command::Add, Version::V1_1_0).unwrap();
+    assert!(!c.mtu_configured);
+    assert_eq!(
+        c.requested_mtu(),
+        0,
+        "0: the agent uses the node's interface MTU"
+    );
+    let mut v = conf("1.1.0");
+    v["mtu"] = json!(1500);
+    let c = parse_netconf(&stdin(v), Command::Add, Version::V1_1_0).unwrap();
+    assert_eq!(
+        c.requested_mtu(),
+        1500,
+        "an explicit mtu is passed as given"
+    );
+}

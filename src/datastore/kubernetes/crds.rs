@@ -80,6 +80,7 @@ fn handle_key_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
     printcolumn = r#"{"name":"Block size","type":"integer","jsonPath":".spec.blockSize"}"#,
     printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"NAT","type":"boolean","jsonPath":".spec.natOutgoing"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -92,10 +93,18 @@ pub struct IPPoolSpec {
     /// A disabled pool gives no new addresses; those in use stay until released.
     #[serde(default)]
     pub disabled: bool,
+    /// Traffic from the pool to destinations outside every pool and every node leaves with
+    /// the node's address (masquerade); absent means true.
+    #[serde(default = "nat_outgoing_default")]
+    pub nat_outgoing: bool,
     /// When the pool was created (Unix milliseconds): of two overlapping pools created at
     /// once, the older stays.
     #[serde(default)]
     pub created_ms: u64,
+}
+
+fn nat_outgoing_default() -> bool {
+    true
 }
 
 /// One address in use inside a block.
