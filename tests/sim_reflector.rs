@@ -36,6 +36,10 @@ fn check_report(r: &Value, n: u32, sessions: u32, expect: u32) {
         r["convergenceSeconds"].as_f64().is_some_and(|c| c >= 0.0),
         "{r}"
     );
+    assert!(
+        r["completeSeconds"].as_f64().is_some_and(|c| c >= 0.0),
+        "{r}"
+    );
 }
 
 /// Every simulated node shows in the ferrovia reflector's status as a peer of its own,

@@ -126,6 +126,7 @@ mod mapping {
             as_number: Some(64512),
             router_id: "198.18.0.1".parse().expect("router id"),
             blocks: vec![],
+            route_reflector_cluster_id: None,
         }
     }
 
