@@ -212,6 +212,7 @@ impl Cluster {
             dir,
             extra: extra.to_string(),
             bgp_extra: String::new(),
+            link_mtu: None,
             _lock: lock,
         };
         for i in 1..=n {
