@@ -576,6 +576,7 @@ fn a_received_route_with_graceful_shutdown_loses_to_any_other_path() {
             connect_retry: Duration::from_secs(1),
             passive: false,
             kind: "global".into(),
+            route_reflector_client: false,
         },
     )
     .expect("add peer");
