@@ -425,3 +425,35 @@ fn the_committed_crds_are_what_the_code_generates() {
     }
     assert_eq!(crd_files(), vec![path]);
 }
+
+#[test]
+fn the_router_id_comes_from_the_environment_when_the_configuration_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(&file, "node: { name: node1, asNumber: 64512 }\n").unwrap();
+    let check = |env: Option<&str>| {
+        let mut cmd = Command::new(FERROVIA);
+        cmd.arg("check-config")
+            .arg(&file)
+            .env_remove("FERROVIA_ROUTER_ID");
+        if let Some(v) = env {
+            cmd.env("FERROVIA_ROUTER_ID", v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("node.routerId") && err.contains("FERROVIA_ROUTER_ID"),
+        "{err}"
+    );
+    let (code, err) = check(Some("198.18.0.7"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(Some("fd00:198:18::7"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("node.routerId"), "{err}");
+}
