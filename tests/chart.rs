@@ -457,3 +457,41 @@ fn the_router_id_comes_from_the_environment_when_the_configuration_has_none() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("node.routerId"), "{err}");
 }
+
+#[test]
+#[ignore = "needs datastore.kubernetes (issue 9 backend) and ipam.mode podCIDR on main"]
+fn the_agent_accepts_the_configuration_the_chart_renders() {
+    for set in VALUE_SETS {
+        let r = render_ok(set);
+        // The peers' Secret volumes, as the kubelet mounts them: one file per key.
+        let secrets = r.dir.path().join("peer-passwords");
+        let config = r.agent_config().replace(
+            "/etc/ferrovia-peer-passwords",
+            &secrets.display().to_string(),
+        );
+        let parsed: Value = serde_yaml_ng::from_str(&config).unwrap();
+        for p in parsed["bgp"]["peers"].as_array().into_iter().flatten() {
+            if let Some(f) = p["passwordFile"].as_str() {
+                let f = std::path::Path::new(f);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(f, "s3cret\n").unwrap();
+            }
+        }
+        let file = r.dir.path().join("agent.yaml");
+        std::fs::write(&file, &config).unwrap();
+        // What the DaemonSet's environment gives it (spec.nodeName, status.hostIP).
+        let out = Command::new(FERROVIA)
+            .arg("check-config")
+            .arg(&file)
+            .env("NODENAME", "node1")
+            .env("FERROVIA_ROUTER_ID", "198.18.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{set}: ferrovia check-config refuses the rendered configuration: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            r.agent_config()
+        );
+    }
+}
