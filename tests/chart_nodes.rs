@@ -336,7 +336,6 @@ fn add_pod(lock: &NetLock, node: &ChartNode, name: &str) -> (Netns, String) {
 }
 
 #[test]
-#[ignore = "needs the Kubernetes datastore backend (issue 9) on main; passes on the kube branch"]
 fn three_nodes_run_the_rendered_daemonset_mesh_and_pods_ping_across_nodes() {
     let lock = net_lock();
     let seg = segment(&lock, "chnodes");
