@@ -66,6 +66,13 @@ pub struct Ipam {
     pub empty_block_grace_seconds: u64,
 }
 
+fn unset_router_id() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
+/// Where the router id comes from when the configuration has none.
+pub const ROUTER_ID_ENV: &str = "FERROVIA_ROUTER_ID";
+
 fn default_grace() -> u64 {
     600
 }
@@ -178,6 +185,9 @@ pub struct Node {
     #[serde(default)]
     pub name: String,
     pub as_number: u32,
+    /// The BGP Identifier. Absent: the `FERROVIA_ROUTER_ID` environment variable (the Helm
+    /// chart sets it to the node's address, `status.hostIP`).
+    #[serde(default = "unset_router_id")]
     pub router_id: Ipv4Addr,
     /// The node's own addresses; the first IPv4 and the first IPv6 one serve as next hop
     /// for the other family when a session runs over one family only.
@@ -459,6 +469,29 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
     })?;
 
     let mut config = config;
+    if config.node.router_id.is_unspecified() {
+        let from_env = std::env::var(ROUTER_ID_ENV).unwrap_or_default();
+        let from_env = from_env.trim();
+        if from_env.is_empty() {
+            return Err(err(
+                "node.routerId",
+                format!(
+                    "is not set: set node.routerId to a unicast IPv4 address of the node, or \
+                     the {ROUTER_ID_ENV} environment variable (the Helm chart sets it to the \
+                     node's address)"
+                ),
+            ));
+        }
+        config.node.router_id = from_env.parse().map_err(|_| {
+            err(
+                "node.routerId",
+                format!(
+                    "is not set and {ROUTER_ID_ENV}={from_env:?} is not an IPv4 address (on a \
+                     node whose address is IPv6, set node.routerId to a unique IPv4 address)"
+                ),
+            )
+        })?;
+    }
     if config.node.name.is_empty() {
         config.node.name = default_node_name().ok_or_else(|| {
             err(

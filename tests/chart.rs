@@ -425,3 +425,88 @@ fn the_committed_crds_are_what_the_code_generates() {
     }
     assert_eq!(crd_files(), vec![path]);
 }
+
+#[test]
+fn the_router_id_comes_from_the_environment_when_the_configuration_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(&file, "node: { name: node1, asNumber: 64512 }\n").unwrap();
+    let check = |env: Option<&str>| {
+        let mut cmd = Command::new(FERROVIA);
+        cmd.arg("check-config")
+            .arg(&file)
+            .env_remove("FERROVIA_ROUTER_ID");
+        if let Some(v) = env {
+            cmd.env("FERROVIA_ROUTER_ID", v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("node.routerId") && err.contains("FERROVIA_ROUTER_ID"),
+        "{err}"
+    );
+    let (code, err) = check(Some("198.18.0.7"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(Some("fd00:198:18::7"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("node.routerId"), "{err}");
+}
+
+#[test]
+fn the_agent_accepts_the_configuration_the_chart_renders() {
+    check_rendered_configurations(
+        VALUE_SETS
+            .iter()
+            .filter(|s| **s != "ci/podcidr-values.yaml"),
+    );
+}
+
+#[test]
+#[ignore = "needs ipam.mode podCIDR in the agent (issue 9, podCIDR mode), not on main yet"]
+fn the_agent_accepts_the_configuration_the_chart_renders_in_podcidr_mode() {
+    check_rendered_configurations(["ci/podcidr-values.yaml"].iter());
+}
+
+/// `ferrovia check-config` on the ConfigMap's file of each value set, with what the
+/// DaemonSet gives the agent (NODENAME, FERROVIA_ROUTER_ID, the peers' Secret files).
+fn check_rendered_configurations<'a>(sets: impl Iterator<Item = &'a &'a str>) {
+    for set in sets {
+        let r = render_ok(set);
+        // The peers' Secret volumes, as the kubelet mounts them: one file per key.
+        let secrets = r.dir.path().join("peer-passwords");
+        let config = r.agent_config().replace(
+            "/etc/ferrovia-peer-passwords",
+            &secrets.display().to_string(),
+        );
+        let parsed: Value = serde_yaml_ng::from_str(&config).unwrap();
+        for p in parsed["bgp"]["peers"].as_array().into_iter().flatten() {
+            if let Some(f) = p["passwordFile"].as_str() {
+                let f = std::path::Path::new(f);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(f, "s3cret\n").unwrap();
+            }
+        }
+        let file = r.dir.path().join("agent.yaml");
+        std::fs::write(&file, &config).unwrap();
+        // What the DaemonSet's environment gives it (spec.nodeName, status.hostIP).
+        let out = Command::new(FERROVIA)
+            .arg("check-config")
+            .arg(&file)
+            .env("NODENAME", "node1")
+            .env("FERROVIA_ROUTER_ID", "198.18.0.1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{set}: ferrovia check-config refuses the rendered configuration: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            r.agent_config()
+        );
+    }
+}

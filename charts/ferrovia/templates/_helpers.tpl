@@ -8,9 +8,9 @@
 {{- default .Release.Namespace .Values.namespace.name -}}
 {{- end -}}
 
-{{/* The namespace of the agents' Leases (the agent's datastore default). */}}
+{{/* The namespace of the agents' Leases. */}}
 {{- define "ferrovia.leaseNamespace" -}}
-kube-system
+{{- .Values.leaseNamespace -}}
 {{- end -}}
 
 {{- define "ferrovia.selectorLabels" -}}
