@@ -1084,14 +1084,13 @@ impl Speaker {
                 };
                 // RFC 8326 §4.1: a route its sender is about to withdraw (GRACEFUL_SHUTDOWN)
                 // gets the lowest LOCAL_PREF, so traffic moves to other paths first.
-                let imported = policy::import(route, ebgp, local_as, local_id, cluster_id).map(
-                    |mut r| {
+                let imported =
+                    policy::import(route, ebgp, local_as, local_id, cluster_id).map(|mut r| {
                         if r.attrs.communities.contains(&GRACEFUL_SHUTDOWN) {
                             r.attrs.local_pref = Some(0);
                         }
                         Arc::new(r)
-                    },
-                );
+                    });
                 for prefix in &reach.prefixes {
                     if !families.contains(&Family::of(prefix)) {
                         continue;
