@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=(bird2 frr gobgpd iproute2 tcpdump procps iputils-ping curl prometheus python3-venv nftables)
+# kubectl for the Kubernetes datastore tests (tests/kube_cluster.rs): Debian's kubernetes-client
+# when no kubectl is installed yet (another kubectl package would conflict on /usr/bin/kubectl).
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
