@@ -83,13 +83,13 @@ fn the_api_server_establishes_the_crds_and_refuses_bad_pools_and_peers() {
             "ippools",
             "IPPool",
             "10-244-0-0-16",
-            json!({"cidr": "10.244.0.0/16", "blockSize": 26, "disabled": false, "createdMs": 1764633600000u64}),
+            json!({"cidr": "10.244.0.0/16", "blockSize": 26, "disabled": false, "natOutgoing": true, "createdMs": 1764633600000u64}),
         ),
         (
             "ippools",
             "IPPool",
             "fd00-10-244---48",
-            json!({"cidr": "fd00:10:244::/48", "blockSize": 122, "disabled": true, "createdMs": 1}),
+            json!({"cidr": "fd00:10:244::/48", "blockSize": 122, "disabled": true, "natOutgoing": false, "createdMs": 1}),
         ),
         (
             "ipamblocks",
