@@ -166,6 +166,37 @@ pub enum IpamError {
 }
 
 impl IpamError {
+    /// A copy of a transient error (a store that is unavailable, or too many conflicts),
+    /// to give every request of a batch the same answer; `None` for other errors.
+    pub fn transient_copy(&self) -> Option<IpamError> {
+        if !self.is_transient() {
+            return None;
+        }
+        match self {
+            IpamError::TooManyConflicts {
+                kind,
+                name,
+                attempts,
+            } => Some(IpamError::TooManyConflicts {
+                kind,
+                name: name.clone(),
+                attempts: *attempts,
+            }),
+            IpamError::Store {
+                op,
+                kind,
+                name,
+                source,
+            } => Some(IpamError::Store {
+                op,
+                kind,
+                name: name.clone(),
+                source: source.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// True for errors a caller may retry as they are (a busy or unreachable store, a
     /// conflict storm). CNI maps these to error 11 (try again later).
     pub fn is_transient(&self) -> bool {
