@@ -592,7 +592,10 @@ impl Ipam {
         for i in later {
             if results[i].is_none() {
                 let r = &requests[i];
-                results[i] = Some(self.assign(node, &r.handle, &r.attributes, r.families).await);
+                results[i] = Some(
+                    self.assign(node, &r.handle, &r.attributes, r.families)
+                        .await,
+                );
             }
         }
         results
@@ -787,8 +790,7 @@ impl Ipam {
                                     new_block,
                                 },
                             );
-                            if new_block && !item.assignment.claimed_blocks.contains(&block.cidr)
-                            {
+                            if new_block && !item.assignment.claimed_blocks.contains(&block.cidr) {
                                 item.assignment.claimed_blocks.push(block.cidr);
                             }
                         }

@@ -87,8 +87,11 @@ mod model;
 mod snapshot;
 
 pub use error::IpamError;
-pub use group::GroupCommit;
-pub use ipam::{AssignRequest, AssignedIp, Assignment, Ipam, IpamCounters, IpamConfig, DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS};
+pub use group::{Arrival, GroupCommit, GATHER};
+pub use ipam::{
+    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters,
+    DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS,
+};
 pub use model::{
     net_name, Attributes, Families, Family, HandleId, Pool, PoolSpec, BLOCK_SIZES_V4,
     BLOCK_SIZES_V6, DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, KIND_BLOCK, KIND_HANDLE,

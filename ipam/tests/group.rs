@@ -34,7 +34,11 @@ async fn pools(ipam: &Ipam) {
 async fn queued(g: &GroupCommit, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while g.queued() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} queued", g.queued());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} queued",
+            g.queued()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -75,7 +79,10 @@ async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_addr
         writes <= 16,
         "{writes} block writes for {BURST} assignments (one batch)"
     );
-    assert_eq!(c.batched_assignments - before.batched_assignments, BURST as u64);
+    assert_eq!(
+        c.batched_assignments - before.batched_assignments,
+        BURST as u64
+    );
     raw(&store).check().expect("store invariants");
     // Every handle is indexed with its two addresses.
     for i in 0..BURST {
@@ -137,7 +144,8 @@ async fn batches_of_two_nodes_and_single_assignments_racing_on_one_store_never_c
 async fn a_store_that_stops_answering_gives_every_queued_assignment_a_transient_error() {
     let inner = Arc::new(MemStore::new());
     let stall = Arc::new(StallStore::new(inner.clone()));
-    let bounded: SharedDatastore = Arc::new(Bounded::new(stall.clone(), Duration::from_millis(500)));
+    let bounded: SharedDatastore =
+        Arc::new(Bounded::new(stall.clone(), Duration::from_millis(500)));
     let ipam = Arc::new(Ipam::new(bounded, IpamConfig::default()));
     pools(&ipam).await;
     let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
@@ -166,7 +174,10 @@ async fn a_store_that_stops_answering_gives_every_queued_assignment_a_transient_
     assert!(took < Duration::from_secs(20), "{took:?}");
 
     stall.resume();
-    let again = group.assign(request(1)).await.expect("after the store is back");
+    let again = group
+        .assign(request(1))
+        .await
+        .expect("after the store is back");
     assert!(again.ipv4.is_some() && again.ipv6.is_some());
     let held = ipam.addresses(&request(0).handle).await.expect("addresses");
     assert_eq!(

@@ -75,7 +75,19 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
     Ok(())
 }
 
+/// The most one IPAM datastore call may take before it counts as "the datastore does not
+/// answer" (`Unavailable`: CNI ADD answers code 11, try again later). Below the 2 s within
+/// which an ADD must answer when the datastore is down; calls queued behind a timed-out
+/// one get a much shorter bound ([`ferrovia_ipam::datastore::Bounded`]).
+pub const IPAM_CALL_BOUND: Duration = Duration::from_millis(1500);
+
+/// IPAM over the datastore, every call bounded by [`IPAM_CALL_BOUND`]; the pools of the
+/// configuration are created or updated.
 pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Result<Arc<NodeIpam>> {
+    let store: SharedDatastore = Arc::new(ferrovia_ipam::datastore::Bounded::new(
+        store,
+        IPAM_CALL_BOUND,
+    ));
     let config = IpamConfig {
         strict_affinity: cfg.strict_affinity,
         max_blocks_per_node: cfg.max_blocks_per_node,

@@ -22,6 +22,7 @@ pub mod proc;
 pub mod scenarios;
 pub mod sim;
 pub mod tcp;
+pub mod sqlite_lock;
 pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};

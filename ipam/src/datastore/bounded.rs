@@ -8,7 +8,9 @@
 //! not each wait the full bound. Watches are passed through unbounded (a watch waits by
 //! design; the reflector re-lists after its errors).
 
-use super::{Datastore, DatastoreError, EventStream, Item, List, Object, Result, Selector, Version};
+use super::{
+    Datastore, DatastoreError, EventStream, Item, List, Object, Result, Selector, Version,
+};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,8 +78,11 @@ impl Bounded {
 #[async_trait::async_trait]
 impl Datastore for Bounded {
     async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>> {
-        self.bound(&format!("reading {kind} {name:?}"), self.inner.get(kind, name))
-            .await
+        self.bound(
+            &format!("reading {kind} {name:?}"),
+            self.inner.get(kind, name),
+        )
+        .await
     }
 
     async fn list(&self, kind: &str, selector: &Selector) -> Result<List> {
