@@ -219,3 +219,131 @@ fn add_answers_try_again_fast_while_the_datastore_is_locked_and_running_pods_kee
         "nothing of the failed ADDs stays: {held:?}"
     );
 }
+
+/// The values of the stored objects of `kind` that mention `needle` (read with the
+/// sqlite3 shell, independently of ferrovia's own decoding).
+fn stored_mentioning(c: &Cluster, kind: &str, needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("sqlite3")
+        .arg(&c.db)
+        .arg(format!(
+            "SELECT name || ' ' || value FROM objects WHERE kind = '{kind}' AND value LIKE '%\"{needle}\"%';"
+        ))
+        .output()
+        .expect("sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_removed_node_leaves_every_kernel_and_the_others_release_its_ipam_objects() {
+    let c = cluster("cnirm");
+    let keep = c.add_pod(1, "stay1");
+    let gone: Vec<Pod> = (0..2).map(|k| c.add_pod(3, &format!("leave{k}"))).collect();
+    let block_of = |ip: &str| -> String {
+        let show = ipam_show(&c);
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        show["blocks"]
+            .as_array()
+            .and_then(|a| {
+                a.iter().find_map(|b| {
+                    let cidr = b["cidr"].as_str()?;
+                    let net: ipnet::IpNet = cidr.parse().ok()?;
+                    net.contains(&ip).then(|| cidr.to_string())
+                })
+            })
+            .expect("the pod's block in ipam show")
+    };
+    let v4 = gone[0].ip(false).expect("v4");
+    let v6 = gone[0].ip(true).expect("v6");
+    let blocks = [block_of(&v4), block_of(&v6)];
+    for i in [1u8, 2] {
+        wait_until("node3's blocks routed via node3", CONVERGE, POLL, || {
+            for b in &blocks {
+                if !c
+                    .node(i)
+                    .kernel_routes()
+                    .iter()
+                    .any(|r| r.starts_with(&format!("{b} via")))
+                {
+                    return Err(format!(
+                        "node{i} lacks {b}: {:?}",
+                        c.node(i).kernel_routes()
+                    ));
+                }
+            }
+            Ok(())
+        });
+    }
+    assert!(!stored_mentioning(&c, "IPAMHandle", "node3").is_empty());
+
+    // The node record goes (its agent still runs, as a Node object deleted under a live
+    // kubelet would).
+    let out = c.cli(&["node", "remove", "node3"]);
+    assert!(out.contains("removed"), "{out}");
+    for i in [1u8, 2] {
+        wait_until("node3's routes leave the kernel", CONVERGE, POLL, || {
+            let left: Vec<String> = c
+                .node(i)
+                .kernel_routes()
+                .into_iter()
+                .filter(|r| r.contains("198.18.0.3 ") || r.contains("fd00:198:18::3 "))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("node{i} still routes via node3: {left:?}"))
+            }
+        });
+        wait_until("node3 no longer a peer", CONVERGE, POLL, || {
+            c.established(i, 1)
+        });
+    }
+    // Its IPAM objects are released by the nodes that remain: blocks, addresses, handles.
+    wait_until("node3's IPAM objects released", CONVERGE, POLL, || {
+        let show = ipam_show(&c);
+        let blocks3: Vec<&Value> = show["blocks"]
+            .as_array()
+            .map(|a| a.iter().filter(|b| b["node"] == "node3").collect())
+            .unwrap_or_default();
+        let allocs3: Vec<&Value> = show["allocations"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| x["node"] == "node3").collect())
+            .unwrap_or_default();
+        let handles3 = stored_mentioning(&c, "IPAMHandle", "node3");
+        if blocks3.is_empty() && allocs3.is_empty() && handles3.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "left: blocks {blocks3:?}, allocations {allocs3:?}, handles {handles3:?}"
+            ))
+        }
+    });
+    // The others' pods are untouched.
+    let show = ipam_show(&c);
+    let ip1 = keep.ip(false).expect("v4");
+    assert!(
+        show["allocations"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["ip"] == ip1.as_str())),
+        "node1's pod keeps {ip1}: {show}"
+    );
+    wait_until("node1's pod reachable from node2", CONVERGE, POLL, || {
+        ping_from(&c.node(2).ns, &ip1)
+    });
+    // Idempotent: the next sweep or a second removal changes nothing.
+    let before = ipam_show(&c);
+    let out = std::process::Command::new(common::bin())
+        .args(["node", "remove", "node3", "--datastore"])
+        .arg(&c.db)
+        .output()
+        .expect("ferrovia");
+    assert!(out.status.success() || !out.stderr.is_empty());
+    assert_eq!(ipam_show(&c)["allocations"], before["allocations"]);
+}

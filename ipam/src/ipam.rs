@@ -88,6 +88,20 @@ pub struct AssignRequest {
     pub families: Families,
 }
 
+/// What [`Ipam::release_node`] released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRelease {
+    /// Addresses freed (held by the node's pods).
+    pub addresses: usize,
+    /// Handle objects of the node deleted.
+    pub handles: usize,
+    /// The node's blocks deleted.
+    pub blocks_deleted: Vec<IpNet>,
+    /// The node's blocks that still held other nodes' pods, and the node each went to.
+    pub blocks_moved: Vec<(IpNet, String)>,
+}
+
 /// What this process's IPAM wrote (for metrics and `ferrovia status`), counted since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1416,6 +1430,99 @@ impl Ipam {
         Ok(released)
     }
 
+    /// Every node IPAM knows of: block affinities, holders of addresses and the nodes
+    /// of handle objects. A node in this set that is no longer a cluster member is one
+    /// to [`Ipam::release_node`].
+    pub async fn nodes_in_use(&self) -> Result<BTreeSet<String>, IpamError> {
+        let mut nodes = BTreeSet::new();
+        for (b, _) in self.list::<Block>().await? {
+            for a in &b.allocations {
+                nodes.insert(b.holder(a).to_string());
+            }
+            nodes.insert(b.affinity);
+        }
+        for (h, _) in self.list::<Handle>().await? {
+            nodes.insert(h.node);
+        }
+        Ok(nodes)
+    }
+
+    /// Releases everything of a node that left the cluster: the addresses its pods held
+    /// (in its blocks and borrowed from others), its handle objects, and its blocks. A
+    /// block of the node that still gives addresses to other nodes' pods is not deleted:
+    /// it goes to the node holding its lowest address, which announces it from then on.
+    /// Idempotent, and safe when several agents run it at once (every write is a
+    /// compare-and-swap on what was read; a lost race reads again).
+    pub async fn release_node(&self, node: &str) -> Result<NodeRelease, IpamError> {
+        validate_node(node)?;
+        let mut out = NodeRelease::default();
+        let mut blocks = self.list::<Block>().await?;
+        blocks.sort_by_key(|(b, _)| b.cidr);
+        for (b, _) in blocks {
+            if b.affinity != node && !b.allocations.iter().any(|a| b.holder(a) == node) {
+                continue;
+            }
+            let name = b.name();
+            for attempt in 0..MAX_ATTEMPTS {
+                jitter(attempt).await;
+                let Some((mut b, version)) = self.get::<Block>(&name).await? else {
+                    break;
+                };
+                let before = b.allocations.len();
+                let affinity = b.affinity.clone();
+                b.allocations
+                    .retain(|a| a.node.as_deref().unwrap_or(&affinity) != node);
+                let freed = before - b.allocations.len();
+                let done = if b.affinity == node {
+                    match b.allocations.first().map(|a| b.holder(a).to_string()) {
+                        None => self.delete::<Block>(&name, Some(&version)).await?.map(|_| {
+                            out.blocks_deleted.push(b.cidr);
+                        }),
+                        Some(heir) => {
+                            b.affinity = heir.clone();
+                            for a in &mut b.allocations {
+                                if a.node.as_deref() == Some(heir.as_str()) {
+                                    a.node = None;
+                                }
+                            }
+                            self.update(&name, &b, &version).await?.map(|_| {
+                                tracing::info!(block = %b.cidr, from = %node, to = %heir, "a removed node's block still holds other nodes' pods: it moves to one of them");
+                                out.blocks_moved.push((b.cidr, heir));
+                            })
+                        }
+                    }
+                } else if freed > 0 {
+                    self.update(&name, &b, &version).await?.map(|_| ())
+                } else {
+                    Some(())
+                };
+                if done.is_some() {
+                    out.addresses += freed;
+                    break;
+                }
+            }
+        }
+        self.forget_node_affine(node);
+        for (h, version) in self.list::<Handle>().await? {
+            if h.node != node {
+                continue;
+            }
+            let key = h.id().key();
+            let _guard = self.handle_locks.lock(key.clone()).await;
+            if self
+                .delete::<Handle>(&handle_name(&key), Some(&version))
+                .await?
+                == Some(true)
+            {
+                out.handles += 1;
+            }
+        }
+        if out != NodeRelease::default() {
+            tracing::info!(%node, addresses = out.addresses, handles = out.handles, blocks_deleted = ?out.blocks_deleted, blocks_moved = ?out.blocks_moved, "released the IPAM objects of a removed node");
+        }
+        Ok(out)
+    }
+
     /// The blocks affine to `node`, sorted: announce them over BGP, with a blackhole
     /// route each.
     pub async fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
@@ -1537,6 +1644,10 @@ impl Ipam {
             .entry(node.to_string())
             .or_default()
             .insert(cidr);
+    }
+
+    fn forget_node_affine(&self, node: &str) {
+        self.affine_cache().remove(node);
     }
 
     fn forget_affine(&self, node: &str, cidr: &IpNet) {

@@ -89,7 +89,7 @@ mod snapshot;
 pub use error::IpamError;
 pub use group::{Arrival, GroupCommit, GATHER};
 pub use ipam::{
-    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters,
+    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters, NodeRelease,
     DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS,
 };
 pub use model::{
