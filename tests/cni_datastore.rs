@@ -102,6 +102,13 @@ fn fifty_parallel_adds_on_each_of_three_nodes_are_batched_distinct_and_reachable
     let blocks = show["blocks"].as_array().cloned().unwrap_or_default();
     let cidrs: HashSet<&str> = blocks.iter().filter_map(|b| b["cidr"].as_str()).collect();
     assert_eq!(cidrs.len(), blocks.len(), "no block listed twice");
+    // The handles carry the pod's namespace, name and UID (leak collection reads them).
+    let stored = stored_mentioning(&c, "IPAMHandle", "uid-g1-0");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(
+        stored[0].contains("\"namespace\":\"default\"") && stored[0].contains("\"pod\":\"g1-0\""),
+        "{stored:?}"
+    );
     // Group commit: fewer block writes than ADDs on every node (one ADD alone costs a
     // write per family, plus claims).
     let mut report = Vec::new();
@@ -346,4 +353,138 @@ fn a_removed_node_leaves_every_kernel_and_the_others_release_its_ipam_objects() 
         .expect("ferrovia");
     assert!(out.status.success() || !out.stderr.is_empty());
     assert_eq!(ipam_show(&c)["allocations"], before["allocations"]);
+}
+
+/// ADD through the CNI, retried while the agent answers 11 (try again later), as a runtime
+/// does: in podCIDR mode a node has no address space until its pod CIDR is known.
+fn add_pod_retrying(c: &Cluster, i: u8, name: &str) -> Pod {
+    let ns = common::Netns::new(&c._lock, name);
+    let result = wait_until("ADD succeeds", CONVERGE, POLL, || {
+        let (ok, v) = c.cni(i, "ADD", name, Some(ns.name()), None);
+        if ok {
+            Ok(v)
+        } else if v["code"] == 11 {
+            Err(format!("try again: {v}"))
+        } else {
+            panic!("ADD of {name} on node{i}: {v}")
+        }
+    });
+    Pod {
+        node: i,
+        id: name.to_string(),
+        ns,
+        result,
+    }
+}
+
+#[test]
+fn pod_cidr_mode_gives_addresses_from_each_nodes_pod_cidrs_and_routes_them_across_nodes() {
+    let c = Cluster::with("podcidr", 3, "ipam:\n  mode: podCIDR\n");
+    for i in 1..=3 {
+        wait_until("full mesh", CONVERGE, POLL, || c.established(i, 2));
+    }
+    let v4 = |i: u8| format!("10.244.{}.0/24", 100 + i);
+    let v6 = |i: u8| format!("fd00:10:244:{}::/64", 100 + i);
+    // Before the pod CIDR is set, ADD says "try again later".
+    let early = common::Netns::new(&c._lock, "early");
+    let (ok, v) = c.cni(1, "ADD", "early", Some(early.name()), None);
+    assert!(!ok && v["code"] == 11, "no pod CIDR yet: 11: {v}");
+    assert!(
+        v.to_string().contains("pod CIDR"),
+        "the error names the pod CIDR: {v}"
+    );
+    for i in 1..=3u8 {
+        let out = c.cli(&[
+            "node",
+            "set",
+            &format!("node{i}"),
+            "--pod-cidr",
+            &v4(i),
+            "--pod-cidr",
+            &v6(i),
+        ]);
+        assert!(out.contains("pod CIDRs"), "{out}");
+    }
+    // A bad pod CIDR is refused and changes nothing.
+    let bad = std::process::Command::new(common::bin())
+        .args([
+            "node",
+            "set",
+            "node1",
+            "--pod-cidr",
+            "10.244.101.0/24",
+            "--pod-cidr",
+            "10.244.200.0/24",
+            "--datastore",
+        ])
+        .arg(&c.db)
+        .output()
+        .expect("ferrovia");
+    assert!(!bad.status.success(), "two IPv4 pod CIDRs refused");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("one pod CIDR per family"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let pods: Vec<Pod> = (1..=3u8)
+        .flat_map(|i| (0..2).map(move |k| (i, k)))
+        .map(|(i, k)| add_pod_retrying(&c, i, &format!("pc{i}{k}")))
+        .collect();
+    for p in &pods {
+        let a4: std::net::IpAddr = p.ip(false).expect("v4").parse().expect("ip");
+        let a6: std::net::IpAddr = p.ip(true).expect("v6").parse().expect("ip");
+        let n4: ipnet::IpNet = v4(p.node).parse().expect("cidr");
+        let n6: ipnet::IpNet = v6(p.node).parse().expect("cidr");
+        assert!(
+            n4.contains(&a4) && n6.contains(&a6),
+            "{} on node{}: {a4} {a6}",
+            p.id,
+            p.node
+        );
+    }
+    // No pool in the datastore: only the nodes' blocks, inside their pod CIDRs.
+    let show = ipam_show(&c);
+    assert!(
+        show["pools"].as_array().is_none_or(|a| a.is_empty()),
+        "no pool: {show}"
+    );
+    for b in show["blocks"].as_array().cloned().unwrap_or_default() {
+        let node = b["node"].as_str().expect("node");
+        let i: u8 = node
+            .trim_start_matches("node")
+            .parse()
+            .expect("node number");
+        let cidr: ipnet::IpNet = b["cidr"].as_str().expect("cidr").parse().expect("cidr");
+        let own: [ipnet::IpNet; 2] = [v4(i).parse().expect("v4"), v6(i).parse().expect("v6")];
+        assert!(
+            own.iter().any(|o| o.contains(&cidr)),
+            "{cidr} of {node} inside its pod CIDRs"
+        );
+    }
+    // Routed across nodes like blocks: the IPv4 pod CIDR whole, IPv6 in /116 blocks.
+    for i in 1..=3u8 {
+        for j in (1..=3u8).filter(|j| *j != i) {
+            wait_until("pod CIDR routed", CONVERGE, POLL, || {
+                let want = format!("{} via 198.18.0.{j} dev eth0", v4(j));
+                if c.node(i).has_route(&want) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "node{i} lacks `{want}`: {:?}",
+                        c.node(i).kernel_routes()
+                    ))
+                }
+            });
+        }
+    }
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            for fam in [false, true] {
+                let to = b.ip(fam).expect("address");
+                wait_until("pod to pod across nodes", CONVERGE, POLL, || {
+                    ping_from(&a.ns, &to)
+                });
+            }
+        }
+    }
 }

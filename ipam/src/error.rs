@@ -129,6 +129,15 @@ pub enum IpamError {
         owner: String,
     },
 
+    /// `podCIDR` mode, and the node has no pod CIDR (yet).
+    #[error(
+        "node {node} has no pod CIDR yet, and with ipam.mode podCIDR its pods get addresses only \
+         from it: on Kubernetes the controller-manager assigns the Node's spec.podCIDRs \
+         (--allocate-node-cidrs); on SQLite set them with `ferrovia node set {node} --pod-cidr \
+         CIDR`"
+    )]
+    NoPodCidr { node: String },
+
     /// A read-modify-write loop gave up after too many compare-and-swap conflicts.
     #[error(
         "{kind} {name:?} kept changing under us ({attempts} conflicting writes in a row); another \
@@ -201,7 +210,7 @@ impl IpamError {
     /// conflict storm). CNI maps these to error 11 (try again later).
     pub fn is_transient(&self) -> bool {
         match self {
-            IpamError::TooManyConflicts { .. } => true,
+            IpamError::TooManyConflicts { .. } | IpamError::NoPodCidr { .. } => true,
             IpamError::Store { source, .. } => !matches!(
                 **source,
                 DatastoreError::Invalid { .. }

@@ -165,6 +165,9 @@ pub struct Ipam {
     store: SharedDatastore,
     config: IpamConfig,
     stats: Stats,
+    /// `podCIDR` mode: each node's pod CIDRs are its only pools ([`Ipam::pod_cidr_mode`]).
+    pod_cidr_mode: bool,
+    node_pools: Mutex<HashMap<String, Vec<Pool>>>,
     handle_locks: KeyedLock,
     /// Blocks known to be affine to each node: a hint that saves listing every block on
     /// each assignment; always confirmed by reading the block.
@@ -273,7 +276,71 @@ impl Ipam {
             handle_locks: KeyedLock::default(),
             affine: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            pod_cidr_mode: false,
+            node_pools: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `podCIDR` mode: a node's addresses come only from its own pod CIDRs (set with
+    /// [`Ipam::set_pod_cidrs`], as the cluster assigned them), carved into blocks of at
+    /// most 4096 addresses that only this node claims; the stored pools are not used and
+    /// nothing is borrowed.
+    pub fn pod_cidr_mode(mut self) -> Self {
+        self.pod_cidr_mode = true;
+        self.config.strict_affinity = true;
+        self.config.max_blocks_per_node = None;
+        self
+    }
+
+    pub fn is_pod_cidr_mode(&self) -> bool {
+        self.pod_cidr_mode
+    }
+
+    /// The pod CIDRs of `node` (`podCIDR` mode): each becomes a pool of the node's own,
+    /// cut into blocks as large as allowed (the whole CIDR when it has at most 4096
+    /// addresses). Replaces what was set before.
+    pub fn set_pod_cidrs(&self, node: &str, cidrs: &[IpNet]) -> Result<(), IpamError> {
+        validate_node(node)?;
+        let mut pools = Vec::new();
+        for c in cidrs {
+            let min = match c {
+                IpNet::V4(_) => 20,
+                IpNet::V6(_) => 116,
+            };
+            let spec = PoolSpec::new(c.to_string()).block_size(c.prefix_len().max(min));
+            pools.push(Pool::from_spec(&spec)?);
+        }
+        pools.sort_by_key(|p| p.cidr);
+        let mut map = self
+            .node_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.get(node) != Some(&pools) {
+            tracing::info!(%node, pod_cidrs = ?cidrs, "the node's pod CIDRs (ipam.mode podCIDR)");
+            map.insert(node.to_string(), pools);
+        }
+        Ok(())
+    }
+
+    /// The pools `node` assigns from: its pod CIDRs in `podCIDR` mode, else the stored
+    /// pools.
+    pub async fn pools_of(&self, node: &str) -> Result<Vec<Pool>, IpamError> {
+        if !self.pod_cidr_mode {
+            return self.pools().await;
+        }
+        let pools = self
+            .node_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        if pools.is_empty() {
+            return Err(IpamError::NoPodCidr {
+                node: node.to_string(),
+            });
+        }
+        Ok(pools)
     }
 
     /// What this process's IPAM wrote since it started.
@@ -513,12 +580,7 @@ impl Ipam {
         let key = handle.key();
         let _guard = self.handle_locks.lock(key.clone()).await;
         let existed = self.get::<Handle>(&handle_name(&key)).await?.is_some();
-        let pools = self
-            .list::<Pool>()
-            .await?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect::<Vec<_>>();
+        let pools = self.pools_of(node).await?;
         let mut assignment = Assignment::default();
         for family in families.iter() {
             match self
@@ -627,8 +689,8 @@ impl Ipam {
         requests: &[AssignRequest],
         batch: &[usize],
     ) -> Result<Vec<(usize, Result<Assignment, IpamError>)>, ()> {
-        let pools: Vec<Pool> = match self.list::<Pool>().await {
-            Ok(p) => p.into_iter().map(|(p, _)| p).collect(),
+        let pools: Vec<Pool> = match self.pools_of(node).await {
+            Ok(p) => p,
             Err(e) => {
                 if e.transient_copy().is_none() {
                     return Err(());
@@ -1428,6 +1490,19 @@ impl Ipam {
             }
         }
         Ok(released)
+    }
+
+    /// The handles of `node`'s pods, with their attributes, sorted.
+    pub async fn node_handles(&self, node: &str) -> Result<Vec<(HandleId, Attributes)>, IpamError> {
+        let mut out: Vec<(HandleId, Attributes)> = self
+            .list::<Handle>()
+            .await?
+            .into_iter()
+            .filter(|(h, _)| h.node == node)
+            .map(|(h, _)| (h.id(), h.attributes))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Every node IPAM knows of: block affinities, holders of addresses and the nodes

@@ -58,7 +58,14 @@ pub async fn announce_task(
         let mut wanted: BTreeSet<IpNet> = config.clone();
         if let Some(item) = nodes.items().find(|i| i.object.name == node) {
             match decode::<NodeRecord>(item.clone()) {
-                Ok(rec) => wanted.extend(rec.value.blocks),
+                Ok(rec) => {
+                    if let Some(ipam) = ipam.as_ref().filter(|i| i.is_pod_cidr_mode()) {
+                        if let Err(e) = ipam.set_pod_cidrs(&node, &rec.value.pod_cidrs) {
+                            warn!(error = %e, "this node's pod CIDRs are not usable; pods get no address until they are fixed");
+                        }
+                    }
+                    wanted.extend(rec.value.blocks)
+                }
                 Err(e) => {
                     warn!(error = %e, "this node's record is not valid; announcements unchanged");
                     continue;

@@ -64,6 +64,8 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
                 .route_reflector
                 .as_ref()
                 .map(|r| r.cluster_id),
+            // Set by the cluster (or `ferrovia node set`), kept by the registration.
+            pod_cidrs: Vec::new(),
         },
     )
     .await
@@ -94,6 +96,13 @@ pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Res
         empty_block_grace: Duration::from_secs(cfg.empty_block_grace_seconds),
     };
     let ipam = Ipam::new(store, config);
-    ipam.ensure_pools(&cfg.pools).await.context("ipam.pools")?;
+    let ipam = match cfg.mode {
+        crate::config::IpamMode::Pools => {
+            ipam.ensure_pools(&cfg.pools).await.context("ipam.pools")?;
+            ipam
+        }
+        // The node's pod CIDRs come with its record (the announce task follows it).
+        crate::config::IpamMode::PodCidr => ipam.pod_cidr_mode(),
+    };
     Ok(Arc::new(ipam))
 }

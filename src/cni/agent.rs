@@ -201,9 +201,9 @@ fn validate_netns(path: &Path) -> Result<(), CniError> {
 // -------------------------------------------------------------------------------------
 // ADD.
 
-async fn families(ipam: &Arc<Ipam>) -> Result<Families, CniError> {
+async fn families(ipam: &Arc<Ipam>, node: &str) -> Result<Families, CniError> {
     let i = ipam.clone();
-    let pools = ipam_call(i.pools(), "reading the IPAM pools").await?;
+    let pools = ipam_call(i.pools_of(node), "reading the IPAM pools").await?;
     // Every family that has a pool, enabled or not: a dual-stack cluster whose IPv6 pools
     // are all disabled gets an error saying so, not IPv4-only pods.
     let f = Families {
@@ -229,10 +229,11 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
     // Announced before its reads, so that a batch starting meanwhile waits for it.
     let arrival = group.arriving();
     let _gc = ctx.gc_lock.read().await;
-    let families = families(&ipam).await?;
+    let families = families(&ipam, &ctx.node).await?;
     let attributes = Attributes {
         namespace: a.namespace.clone(),
         pod: a.pod.clone(),
+        uid: a.pod_uid.clone(),
     };
 
     let (held_before, assignment) = ipam_call(
@@ -452,6 +453,12 @@ async fn status(ctx: &CniContext) -> Result<(), CniError> {
                 .into(),
         ));
     };
+    if ipam.is_pod_cidr_mode() {
+        return match ipam.pools_of(&ctx.node).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable("this node has no pod CIDR yet", e.to_string())),
+        };
+    }
     let snap = match ipam_call(ipam.show(), "reading IPAM").await {
         Ok(s) => s,
         Err(e) if e.code == code::TRY_AGAIN => {
