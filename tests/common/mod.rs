@@ -21,8 +21,8 @@ pub mod netns;
 pub mod proc;
 pub mod scenarios;
 pub mod sim;
-pub mod tcp;
 pub mod sqlite_lock;
+pub mod tcp;
 pub mod wait;
 
 pub use bird::{Bird, BirdConfig, BirdPeer};
