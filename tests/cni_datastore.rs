@@ -126,10 +126,13 @@ fn fifty_parallel_adds_on_each_of_three_nodes_are_batched_distinct_and_reachable
     }
     let text: Vec<&str> = report.iter().map(|(_, _, t)| t.as_str()).collect();
     eprintln!("{per_node} dual-stack ADDs per node: {}", text.join("; "));
+    // One by one, every dual-stack ADD costs at least two block writes (one per family);
+    // fewer means ADDs shared writes. How many share depends on how the burst arrives,
+    // so the bound is the mechanism's, not a speed.
     for (i, writes, _) in &report {
         assert!(
-            *writes < per_node as u64,
-            "node{i}: {writes} block writes for {per_node} dual-stack ADDs"
+            *writes < 2 * per_node as u64,
+            "node{i}: {writes} block writes for {per_node} dual-stack ADDs: no batching"
         );
     }
     // Every pod is reachable from another node.
