@@ -51,10 +51,19 @@ impl Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ipam {
+    /// Where pod addresses come from: `pools` (blocks claimed from `pools`) or `podCIDR`
+    /// (the node's own pod CIDRs only, as the cluster assigned them).
+    #[serde(default)]
+    pub mode: IpamMode,
     /// Pools pods get addresses from, e.g. `{ cidr: 10.244.0.0/16, blockSize: 26 }`.
     /// Stored in the datastore; pools named by no config are kept (another node's config may
-    /// name them).
+    /// name them). Required in `pools` mode, refused in `podCIDR` mode.
+    #[serde(default)]
     pub pools: Vec<ferrovia_ipam::PoolSpec>,
+    /// How long an address whose pod no longer exists (or exists with another UID) is
+    /// kept before leak collection releases it, in seconds (Kubernetes datastore only).
+    #[serde(default = "default_leak_grace")]
+    pub leak_grace_period_seconds: u64,
     /// Never borrow single addresses from another node's block.
     #[serde(default)]
     pub strict_affinity: bool,
@@ -75,6 +84,23 @@ pub const ROUTER_ID_ENV: &str = "FERROVIA_ROUTER_ID";
 
 fn default_grace() -> u64 {
     600
+}
+
+fn default_leak_grace() -> u64 {
+    900
+}
+
+/// `ipam.mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum IpamMode {
+    /// Blocks claimed on demand from `ipam.pools`.
+    #[default]
+    #[serde(rename = "pools")]
+    Pools,
+    /// The node's pod CIDRs (Kubernetes: the Node's `spec.podCIDRs`; SQLite: `ferrovia node
+    /// set NAME --pod-cidr CIDR`) are its only address space; nothing is claimed.
+    #[serde(rename = "podCIDR")]
+    PodCidr,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -594,6 +620,25 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 "IPAM keeps its blocks in the datastore: configure datastore.sqlite.path or datastore.kubernetes too"
                     .into(),
             ));
+        }
+        match ipam.mode {
+            IpamMode::Pools if ipam.pools.is_empty() => {
+                return Err(err(
+                    "ipam.pools",
+                    "no pool: add at least one, e.g. { cidr: 10.244.0.0/16 }, or set \
+                     ipam.mode: podCIDR to use the node's pod CIDRs"
+                        .into(),
+                ));
+            }
+            IpamMode::PodCidr if !ipam.pools.is_empty() => {
+                return Err(err(
+                    "ipam.pools",
+                    "ipam.mode podCIDR takes addresses from the node's pod CIDRs only: remove \
+                     ipam.pools, or use ipam.mode: pools"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         for (i, p) in ipam.pools.iter().enumerate() {
             if p.cidr.parse::<IpNet>().is_err() {

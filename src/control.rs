@@ -33,6 +33,9 @@ pub struct StatusReply {
     pub node: NodeInfo,
     pub peers: Vec<PeerInfo>,
     pub routes: RouteCounts,
+    /// What this agent's IPAM wrote since it started (absent without IPAM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<ferrovia_ipam::IpamCounters>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -14,9 +14,10 @@ use axum::Router;
 use ferrovia_bgp::driver::Handle;
 use ferrovia_bgp::fsm::State as BgpState;
 use ferrovia_bgp::speaker::{PeerStatus, Speaker};
+use ferrovia_ipam::{Ipam, IpamCounters};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,8 +39,14 @@ pub struct Metrics {
     routes_unresolved: IntGauge,
     loc_rib: IntGauge,
     kernel_sync: Histogram,
+    ipam_block_writes: IntCounter,
+    ipam_conflicts: IntCounter,
+    ipam_batches: IntCounter,
+    ipam_batched: IntCounter,
     /// Last counter values seen per peer, to advance counters by differences.
     last: Mutex<HashMap<String, [u64; 3]>>,
+    /// Last IPAM counters seen.
+    last_ipam: Mutex<IpamCounters>,
 }
 
 const PEER_LABELS: &[&str] = &["peer", "type"];
@@ -97,7 +104,24 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
             )?,
+            ipam_block_writes: IntCounter::new(
+                "ferrovia_ipam_block_writes_total",
+                "IPAM block writes to the datastore (claims, assignments, releases).",
+            )?,
+            ipam_conflicts: IntCounter::new(
+                "ferrovia_ipam_conflicts_retried_total",
+                "IPAM datastore writes that lost a compare-and-swap race and were retried.",
+            )?,
+            ipam_batches: IntCounter::new(
+                "ferrovia_ipam_assign_batches_total",
+                "Batches of concurrent CNI ADD assignments written together (group commit).",
+            )?,
+            ipam_batched: IntCounter::new(
+                "ferrovia_ipam_batched_assignments_total",
+                "CNI ADD assignments made in batches (group commit).",
+            )?,
             last: Mutex::new(HashMap::new()),
+            last_ipam: Mutex::new(IpamCounters::default()),
             registry,
         };
         m.registry.register(Box::new(m.peer_state.clone()))?;
@@ -112,6 +136,10 @@ impl Metrics {
         m.registry.register(Box::new(m.routes_unresolved.clone()))?;
         m.registry.register(Box::new(m.loc_rib.clone()))?;
         m.registry.register(Box::new(m.kernel_sync.clone()))?;
+        m.registry.register(Box::new(m.ipam_block_writes.clone()))?;
+        m.registry.register(Box::new(m.ipam_conflicts.clone()))?;
+        m.registry.register(Box::new(m.ipam_batches.clone()))?;
+        m.registry.register(Box::new(m.ipam_batched.clone()))?;
         Ok(m)
     }
 
@@ -187,6 +215,22 @@ impl Metrics {
                 remove_peer_counter_series(vec.clone(), &g);
             }
         }
+    }
+
+    /// Brings the IPAM counters in line with IPAM's own.
+    pub fn observe_ipam(&self, now: IpamCounters) {
+        let mut last = self.last_ipam.lock().unwrap_or_else(|e| e.into_inner());
+        self.ipam_block_writes
+            .inc_by(now.block_writes.saturating_sub(last.block_writes));
+        self.ipam_conflicts
+            .inc_by(now.conflicts_retried.saturating_sub(last.conflicts_retried));
+        self.ipam_batches
+            .inc_by(now.batches.saturating_sub(last.batches));
+        self.ipam_batched.inc_by(
+            now.batched_assignments
+                .saturating_sub(last.batched_assignments),
+        );
+        *last = now;
     }
 
     /// The exposition text.
@@ -292,6 +336,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub bgp: Handle,
+    /// The agent's IPAM, when it assigns pod addresses.
+    pub ipam: Option<Arc<Ipam>>,
 }
 
 /// Binds `listen`; the returned future serves `/metrics`, `/healthz` and `/readyz` until it
@@ -322,6 +368,9 @@ async fn metrics(
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     if let Some((peers, loc_rib)) = snapshot(&st.bgp).await {
         st.metrics.observe(&peers, loc_rib);
+    }
+    if let Some(ipam) = &st.ipam {
+        st.metrics.observe_ipam(ipam.counters());
     }
     (
         StatusCode::OK,
@@ -474,6 +523,7 @@ mod tests {
             metrics: Arc::new(Metrics::new().expect("metrics")),
             health: health.clone(),
             bgp: bgp.clone(),
+            ipam: None,
         };
         let (code, body) = readyz(State(st.clone())).await;
         assert_eq!(code, StatusCode::OK, "{body}");

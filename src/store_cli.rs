@@ -60,8 +60,15 @@ pub enum NodeCmd {
         /// the reflectors only, and the reflectors with each other.
         #[arg(long, value_parser = parse_cluster_id)]
         route_reflector_cluster_id: Option<ClusterId>,
+        /// The node's pod CIDR, once per family (e.g. --pod-cidr 10.244.3.0/24
+        /// --pod-cidr fd00:10:244:3::/64); replaces the stored ones. What `ipam.mode:
+        /// podCIDR` assigns from (on Kubernetes the controller-manager sets the Node's
+        /// spec.podCIDRs).
+        #[arg(long = "pod-cidr")]
+        pod_cidrs: Vec<IpNet>,
     },
-    /// Remove a node: every other agent drops its session with it.
+    /// Remove a node: every other agent drops its session with it, and they release its
+    /// IPAM blocks, addresses and handles.
     Remove { name: String },
     /// List nodes.
     List,
@@ -250,6 +257,7 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
                     router_id,
                     blocks,
                     route_reflector_cluster_id: None,
+                    pod_cidrs: Vec::new(),
                 };
                 let v = model::register_node(&*db, &rec).await?;
                 println!("node {} registered (version {})", rec.name, v.version);
@@ -260,20 +268,40 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
             NodeCmd::Set {
                 name,
                 route_reflector_cluster_id,
+                pod_cidrs,
             } => {
-                let Some(ClusterId(c)) = route_reflector_cluster_id else {
-                    bail!("nothing to change: give --route-reflector-cluster-id ADDRESS (or none)");
-                };
-                let v = model::set_node_cluster_id(&*db, &name, c).await?;
-                match c {
-                    Some(c) => println!(
-                        "node {name} is a route reflector with cluster id {c} (version {})",
-                        v.version
-                    ),
-                    None => println!(
-                        "node {name} is not a route reflector (version {})",
-                        v.version
-                    ),
+                if route_reflector_cluster_id.is_none() && pod_cidrs.is_empty() {
+                    bail!("nothing to change: give --route-reflector-cluster-id ADDRESS (or none), or --pod-cidr CIDR");
+                }
+                if !pod_cidrs.is_empty() {
+                    match model::set_pod_cidrs(&*db, &name, &pod_cidrs).await {
+                        Ok(v) => println!(
+                            "node {name}: pod CIDRs {} (version {})",
+                            pod_cidrs
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            v.version
+                        ),
+                        Err(crate::datastore::DatastoreError::NotFound { .. }) => {
+                            bail!("no node named {name} in {}: register it first (its agent does at start)", s.datastore.display())
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if let Some(ClusterId(c)) = route_reflector_cluster_id {
+                    let v = model::set_node_cluster_id(&*db, &name, c).await?;
+                    match c {
+                        Some(c) => println!(
+                            "node {name} is a route reflector with cluster id {c} (version {})",
+                            v.version
+                        ),
+                        None => println!(
+                            "node {name} is not a route reflector (version {})",
+                            v.version
+                        ),
+                    }
                 }
             }
             NodeCmd::Remove { name } => {

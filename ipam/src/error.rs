@@ -129,6 +129,15 @@ pub enum IpamError {
         owner: String,
     },
 
+    /// `podCIDR` mode, and the node has no pod CIDR (yet).
+    #[error(
+        "node {node} has no pod CIDR yet, and with ipam.mode podCIDR its pods get addresses only \
+         from it: on Kubernetes the controller-manager assigns the Node's spec.podCIDRs \
+         (--allocate-node-cidrs); on SQLite set them with `ferrovia node set {node} --pod-cidr \
+         CIDR`"
+    )]
+    NoPodCidr { node: String },
+
     /// A read-modify-write loop gave up after too many compare-and-swap conflicts.
     #[error(
         "{kind} {name:?} kept changing under us ({attempts} conflicting writes in a row); another \
@@ -166,11 +175,42 @@ pub enum IpamError {
 }
 
 impl IpamError {
+    /// A copy of a transient error (a store that is unavailable, or too many conflicts),
+    /// to give every request of a batch the same answer; `None` for other errors.
+    pub fn transient_copy(&self) -> Option<IpamError> {
+        if !self.is_transient() {
+            return None;
+        }
+        match self {
+            IpamError::TooManyConflicts {
+                kind,
+                name,
+                attempts,
+            } => Some(IpamError::TooManyConflicts {
+                kind,
+                name: name.clone(),
+                attempts: *attempts,
+            }),
+            IpamError::Store {
+                op,
+                kind,
+                name,
+                source,
+            } => Some(IpamError::Store {
+                op,
+                kind,
+                name: name.clone(),
+                source: source.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// True for errors a caller may retry as they are (a busy or unreachable store, a
     /// conflict storm). CNI maps these to error 11 (try again later).
     pub fn is_transient(&self) -> bool {
         match self {
-            IpamError::TooManyConflicts { .. } => true,
+            IpamError::TooManyConflicts { .. } | IpamError::NoPodCidr { .. } => true,
             IpamError::Store { source, .. } => !matches!(
                 **source,
                 DatastoreError::Invalid { .. }

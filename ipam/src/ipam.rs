@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,10 +80,94 @@ impl Assignment {
     }
 }
 
+/// One assignment of a batch ([`Ipam::assign_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignRequest {
+    pub handle: HandleId,
+    pub attributes: Attributes,
+    pub families: Families,
+}
+
+/// What [`Ipam::release_node`] released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRelease {
+    /// Addresses freed (held by the node's pods).
+    pub addresses: usize,
+    /// Handle objects of the node deleted.
+    pub handles: usize,
+    /// The node's blocks deleted.
+    pub blocks_deleted: Vec<IpNet>,
+    /// The node's blocks that still held other nodes' pods, and the node each went to.
+    pub blocks_moved: Vec<(IpNet, String)>,
+}
+
+/// What this process's IPAM wrote (for metrics and `ferrovia status`), counted since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamCounters {
+    /// Successful block writes (claims, assignments, releases, sweeps).
+    pub block_writes: u64,
+    /// Writes that lost a compare-and-swap race (or found the object created or gone
+    /// meanwhile) and were retried after reading again.
+    pub conflicts_retried: u64,
+    /// Assignments made by [`Ipam::assign_many`], and how many batches they came in.
+    pub batched_assignments: u64,
+    pub batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    block_writes: AtomicU64,
+    conflicts: AtomicU64,
+    batched: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// A short random pause before retry `attempt` (1, 2, …) after a lost compare-and-swap,
+/// so that writers that collided do not collide again in lockstep: up to 2^attempt ms,
+/// at most 32 ms.
+async fn jitter(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let ceiling = 1u64 << attempt.min(5);
+    let pause = Duration::from_millis(fastrand::u64(0..=ceiling));
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::sleep(pause).await;
+    } else {
+        // Driven by another executor (a blocking caller): a short blocking pause.
+        std::thread::sleep(pause);
+    }
+}
+
+/// One handle of a batch in [`Ipam::assign_many`].
+struct BatchItem {
+    /// Its index in the requests.
+    i: usize,
+    key: String,
+    existed: bool,
+    /// The handle object as last read or written.
+    current: Option<(Handle, Version)>,
+    assignment: Assignment,
+    failed: Option<IpamError>,
+}
+
+fn set_family(assignment: &mut Assignment, family: Family, ip: AssignedIp) {
+    match family {
+        Family::Ipv4 => assignment.ipv4 = Some(ip),
+        Family::Ipv6 => assignment.ipv6 = Some(ip),
+    }
+}
+
 /// The IP address manager of one agent. Shared across threads (`&self` everywhere).
 pub struct Ipam {
     store: SharedDatastore,
     config: IpamConfig,
+    stats: Stats,
+    /// `podCIDR` mode: each node's pod CIDRs are its only pools ([`Ipam::pod_cidr_mode`]).
+    pod_cidr_mode: bool,
+    node_pools: Mutex<HashMap<String, Vec<Pool>>>,
     handle_locks: KeyedLock,
     /// Blocks known to be affine to each node: a hint that saves listing every block on
     /// each assignment; always confirmed by reading the block.
@@ -190,7 +275,92 @@ impl Ipam {
             config,
             handle_locks: KeyedLock::default(),
             affine: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            pod_cidr_mode: false,
+            node_pools: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `podCIDR` mode: a node's addresses come only from its own pod CIDRs (set with
+    /// [`Ipam::set_pod_cidrs`], as the cluster assigned them), carved into blocks of at
+    /// most 4096 addresses that only this node claims; the stored pools are not used and
+    /// nothing is borrowed.
+    pub fn pod_cidr_mode(mut self) -> Self {
+        self.pod_cidr_mode = true;
+        self.config.strict_affinity = true;
+        self.config.max_blocks_per_node = None;
+        self
+    }
+
+    pub fn is_pod_cidr_mode(&self) -> bool {
+        self.pod_cidr_mode
+    }
+
+    /// The pod CIDRs of `node` (`podCIDR` mode): each becomes a pool of the node's own,
+    /// cut into blocks as large as allowed (the whole CIDR when it has at most 4096
+    /// addresses). Replaces what was set before.
+    pub fn set_pod_cidrs(&self, node: &str, cidrs: &[IpNet]) -> Result<(), IpamError> {
+        validate_node(node)?;
+        let mut pools = Vec::new();
+        for c in cidrs {
+            let min = match c {
+                IpNet::V4(_) => 20,
+                IpNet::V6(_) => 116,
+            };
+            let spec = PoolSpec::new(c.to_string()).block_size(c.prefix_len().max(min));
+            pools.push(Pool::from_spec(&spec)?);
+        }
+        pools.sort_by_key(|p| p.cidr);
+        let mut map = self
+            .node_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.get(node) != Some(&pools) {
+            tracing::info!(%node, pod_cidrs = ?cidrs, "the node's pod CIDRs (ipam.mode podCIDR)");
+            map.insert(node.to_string(), pools);
+        }
+        Ok(())
+    }
+
+    /// The pools `node` assigns from: its pod CIDRs in `podCIDR` mode, else the stored
+    /// pools.
+    pub async fn pools_of(&self, node: &str) -> Result<Vec<Pool>, IpamError> {
+        if !self.pod_cidr_mode {
+            return self.pools().await;
+        }
+        let pools = self
+            .node_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        if pools.is_empty() {
+            return Err(IpamError::NoPodCidr {
+                node: node.to_string(),
+            });
+        }
+        Ok(pools)
+    }
+
+    /// What this process's IPAM wrote since it started.
+    pub fn counters(&self) -> IpamCounters {
+        IpamCounters {
+            block_writes: self.stats.block_writes.load(Ordering::Relaxed),
+            conflicts_retried: self.stats.conflicts.load(Ordering::Relaxed),
+            batched_assignments: self.stats.batched.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_write<T: Stored>(&self) {
+        if T::KIND == KIND_BLOCK {
+            self.stats.block_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_conflict(&self) {
+        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &IpamConfig {
@@ -410,12 +580,7 @@ impl Ipam {
         let key = handle.key();
         let _guard = self.handle_locks.lock(key.clone()).await;
         let existed = self.get::<Handle>(&handle_name(&key)).await?.is_some();
-        let pools = self
-            .list::<Pool>()
-            .await?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect::<Vec<_>>();
+        let pools = self.pools_of(node).await?;
         let mut assignment = Assignment::default();
         for family in families.iter() {
             match self
@@ -447,6 +612,382 @@ impl Ipam {
         Ok(assignment)
     }
 
+    /// [`Ipam::assign`] for many handles of `node` at once (group commit): the addresses
+    /// a block gives in this call are written to it in one compare-and-swap, so a burst of
+    /// pods costs one block write per block touched, not one per pod. Each handle's intent
+    /// is still written to its own handle object first (the index rule of
+    /// [`Ipam::assign`] holds). On a conflict the batch reads the block again and retries
+    /// (bounded, with jitter); when the batch cannot go on (a family exhausted, no usable
+    /// pool, a store error) the handles left are assigned one by one, so each gets its own
+    /// answer. A handle named twice is assigned once per request, one after the other.
+    /// Results are in the order of `requests`.
+    pub async fn assign_many(
+        &self,
+        node: &str,
+        requests: &[AssignRequest],
+    ) -> Vec<Result<Assignment, IpamError>> {
+        let mut results: Vec<Option<Result<Assignment, IpamError>>> =
+            requests.iter().map(|_| None).collect();
+        // The batch: valid requests, each handle once; the rest go one by one afterwards.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut batch: Vec<usize> = Vec::new();
+        let mut later: Vec<usize> = Vec::new();
+        let node_ok = validate_node(node).is_ok();
+        for (i, r) in requests.iter().enumerate() {
+            if !node_ok || r.handle.validate().is_err() || r.families.iter().next().is_none() {
+                later.push(i);
+            } else if seen.insert(r.handle.key()) {
+                batch.push(i);
+            } else {
+                later.push(i);
+            }
+        }
+        if !batch.is_empty() {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .batched
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            // Lock every handle of the batch, in key order (a single assign locks one).
+            let mut keys: Vec<String> = batch.iter().map(|&i| requests[i].handle.key()).collect();
+            keys.sort();
+            let mut guards = Vec::with_capacity(keys.len());
+            for k in keys {
+                guards.push(self.handle_locks.lock(k).await);
+            }
+            match self.assign_batch_locked(node, requests, &batch).await {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(()) => later.extend(batch.iter().copied()),
+            }
+            drop(guards);
+        }
+        later.sort_unstable();
+        for i in later {
+            if results[i].is_none() {
+                let r = &requests[i];
+                results[i] = Some(
+                    self.assign(node, &r.handle, &r.attributes, r.families)
+                        .await,
+                );
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(IpamError::NoFamily)))
+            .collect()
+    }
+
+    /// The batch of [`Ipam::assign_many`], its handles locked. `Err(())` before anything
+    /// was written: assign them one by one. Otherwise one result per index; handles whose
+    /// batch could not finish are assigned one by one here.
+    async fn assign_batch_locked(
+        &self,
+        node: &str,
+        requests: &[AssignRequest],
+        batch: &[usize],
+    ) -> Result<Vec<(usize, Result<Assignment, IpamError>)>, ()> {
+        let pools: Vec<Pool> = match self.pools_of(node).await {
+            Ok(p) => p,
+            Err(e) => {
+                if e.transient_copy().is_none() {
+                    return Err(());
+                }
+                // The store is unavailable: every request gets that answer now.
+                return Ok(batch
+                    .iter()
+                    .map(|&i| (i, Err(e.transient_copy().unwrap_or(IpamError::NoFamily))))
+                    .collect());
+            }
+        };
+        // Set when the store became unavailable: nothing more is tried.
+        let mut down: Option<IpamError> = None;
+        let mut items = Vec::with_capacity(batch.len());
+        for &i in batch {
+            let key = requests[i].handle.key();
+            let current = match self.get::<Handle>(&handle_name(&key)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    items.push(BatchItem {
+                        i,
+                        key,
+                        existed: false,
+                        current: None,
+                        assignment: Assignment::default(),
+                        failed: Some(e),
+                    });
+                    continue;
+                }
+            };
+            let failed = match &current {
+                Some((h, _)) if h.node != node => Some(IpamError::HandleOnOtherNode {
+                    handle: key.clone(),
+                    node: node.to_string(),
+                    owner: h.node.clone(),
+                }),
+                _ => None,
+            };
+            items.push(BatchItem {
+                i,
+                key,
+                existed: current.is_some(),
+                current,
+                assignment: Assignment::default(),
+                failed,
+            });
+        }
+
+        for family in [Family::Ipv4, Family::Ipv6] {
+            // Handles that want this family and do not hold an address of it yet.
+            let mut pending: Vec<usize> = Vec::new();
+            for (n, item) in items.iter_mut().enumerate() {
+                let r = &requests[item.i];
+                if item.failed.is_some() || !r.families.iter().any(|f| f == family) {
+                    continue;
+                }
+                match self.held_of_family(node, item, family).await {
+                    Ok(Some(ip)) => set_family(&mut item.assignment, family, ip),
+                    Ok(None) => pending.push(n),
+                    Err(e) => item.failed = Some(e),
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            if let Some(e) = &down {
+                for n in pending {
+                    items[n].failed = e.transient_copy();
+                }
+                continue;
+            }
+            let usable = match usable_pools(&pools, family) {
+                Ok(u) => u,
+                Err(_) => {
+                    // Each gets its own error from the one-by-one path below.
+                    for n in pending {
+                        self.finish_alone(node, requests, &mut items[n], family, &pools)
+                            .await;
+                    }
+                    continue;
+                }
+            };
+            let mut claimed: Vec<IpNet> = Vec::new();
+            let mut attempt = 0u32;
+            while !pending.is_empty() && attempt < MAX_ATTEMPTS {
+                let candidate = match self
+                    .find_candidate(node, family, &usable, &mut claimed)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if e.transient_copy().is_some() {
+                            for n in pending.drain(..) {
+                                items[n].failed = e.transient_copy();
+                            }
+                            down = Some(e);
+                        }
+                        break;
+                    }
+                };
+                let mut block = candidate.block;
+                let block_name = block.name();
+                // Free ordinals of the block, from the candidate's up.
+                let free: Vec<u32> = (candidate.ordinal..block.capacity())
+                    .filter(|o| block.allocation(*o).is_none())
+                    .take(pending.len())
+                    .collect();
+                // 1. The intents, in the handle objects.
+                let mut placed: Vec<(usize, u32, IpAddr)> = Vec::new();
+                for (&n, &ordinal) in pending.iter().zip(free.iter()) {
+                    let Some(ip) = block.ip_at(ordinal) else {
+                        continue;
+                    };
+                    let item = &mut items[n];
+                    let r = &requests[item.i];
+                    let mut h = item.current.as_ref().map_or_else(
+                        || Handle::new(&r.handle, node, &r.attributes),
+                        |(h, _)| h.clone(),
+                    );
+                    h.attributes = r.attributes.clone();
+                    h.addresses.retain(|a| Family::of_addr(&a.ip) != family);
+                    h.addresses.push(HandleAddr {
+                        ip,
+                        block: block.cidr,
+                    });
+                    h.addresses.sort();
+                    let name = handle_name(&item.key);
+                    let written = match &item.current {
+                        None => self.create(&name, &h).await,
+                        Some((_, version)) => self.update(&name, &h, version).await,
+                    };
+                    match written {
+                        Ok(Some(version)) => {
+                            item.current = Some((h, version));
+                            placed.push((n, ordinal, ip));
+                        }
+                        // Someone wrote the handle meanwhile: read it again, next round.
+                        Ok(None) => match self.get::<Handle>(&name).await {
+                            Ok(c) => item.current = c,
+                            Err(e) => item.failed = Some(e),
+                        },
+                        Err(e) => item.failed = Some(e),
+                    }
+                }
+                // 2. The allocations, in the block: one write for all of them.
+                for (n, ordinal, _) in &placed {
+                    block.insert(Allocation {
+                        ordinal: *ordinal,
+                        handle: items[*n].key.clone(),
+                        node: candidate.borrowed.then(|| node.to_string()),
+                    });
+                }
+                let written = if placed.is_empty() {
+                    Ok(None)
+                } else {
+                    self.update(&block_name, &block, &candidate.version).await
+                };
+                match written {
+                    Ok(Some(_)) => {
+                        if candidate.borrowed {
+                            tracing::info!(block = %block.cidr, owner = %block.affinity, %node, count = placed.len(), "borrowed addresses from another node's block");
+                        }
+                        let new_block = claimed.contains(&block.cidr);
+                        for (n, _, ip) in &placed {
+                            let item = &mut items[*n];
+                            set_family(
+                                &mut item.assignment,
+                                family,
+                                AssignedIp {
+                                    ip: *ip,
+                                    block: block.cidr,
+                                    borrowed: candidate.borrowed,
+                                    new_block,
+                                },
+                            );
+                            if new_block && !item.assignment.claimed_blocks.contains(&block.cidr) {
+                                item.assignment.claimed_blocks.push(block.cidr);
+                            }
+                        }
+                        let done: HashSet<usize> = placed.iter().map(|(n, _, _)| *n).collect();
+                        pending.retain(|n| !done.contains(n) && items[*n].failed.is_none());
+                        attempt = 0;
+                    }
+                    Ok(None) => {
+                        pending.retain(|n| items[*n].failed.is_none());
+                        attempt += 1;
+                        jitter(attempt).await;
+                    }
+                    Err(e) => {
+                        if e.transient_copy().is_some() {
+                            for n in pending.drain(..) {
+                                items[n].failed = e.transient_copy();
+                            }
+                            down = Some(e);
+                        }
+                        // Otherwise the one-by-one path below gives each handle its
+                        // own error.
+                        break;
+                    }
+                }
+            }
+            // What the batch could not place: one by one, for an exact answer each
+            // (exhausted, block limit, borrowing, or conflicts past the limit).
+            for n in pending {
+                self.finish_alone(node, requests, &mut items[n], family, &pools)
+                    .await;
+            }
+        }
+
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match item.failed {
+                Some(e) => {
+                    if down.is_some() {
+                        tracing::warn!(handle = %item.key, "the datastore is unavailable: what this assignment wrote stays until CNI DEL or GC frees it");
+                    } else if !item.existed {
+                        if let Err(rollback) = self.release_locked(&item.key).await {
+                            tracing::warn!(handle = %item.key, error = %rollback, "could not undo a partial assignment; CNI DEL or GC will free it");
+                        }
+                    }
+                    out.push((item.i, Err(e)));
+                }
+                None => out.push((item.i, Ok(item.assignment))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The address of `family` the handle already holds (confirmed by its block).
+    async fn held_of_family(
+        &self,
+        node: &str,
+        item: &BatchItem,
+        family: Family,
+    ) -> Result<Option<AssignedIp>, IpamError> {
+        let Some((h, _)) = &item.current else {
+            return Ok(None);
+        };
+        for a in h
+            .addresses
+            .iter()
+            .filter(|a| Family::of_addr(&a.ip) == family)
+        {
+            if let Some((b, _)) = self.get::<Block>(&net_name(&a.block)).await? {
+                let held = b
+                    .ordinal_of(&a.ip)
+                    .and_then(|o| b.allocation(o))
+                    .is_some_and(|al| al.handle == item.key);
+                if held {
+                    return Ok(Some(AssignedIp {
+                        ip: a.ip,
+                        block: b.cidr,
+                        borrowed: b.affinity != node,
+                        new_block: false,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One handle of a batch that the batch could not place: assigned alone (its lock is
+    /// held), with the exact answer [`Ipam::assign`] would give.
+    async fn finish_alone(
+        &self,
+        node: &str,
+        requests: &[AssignRequest],
+        item: &mut BatchItem,
+        family: Family,
+        pools: &[Pool],
+    ) {
+        let r = &requests[item.i];
+        let mut claimed = std::mem::take(&mut item.assignment.claimed_blocks);
+        match self
+            .assign_family(
+                node,
+                &r.handle,
+                &item.key,
+                &r.attributes,
+                family,
+                pools,
+                &mut claimed,
+            )
+            .await
+        {
+            Ok(ip) => set_family(&mut item.assignment, family, ip),
+            Err(e) => item.failed = Some(e),
+        }
+        item.assignment.claimed_blocks = claimed;
+        match self.get::<Handle>(&handle_name(&item.key)).await {
+            Ok(c) => item.current = c,
+            Err(e) => {
+                item.failed.get_or_insert(e);
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn assign_family(
         &self,
@@ -458,7 +999,8 @@ impl Ipam {
         pools: &[Pool],
         claimed: &mut Vec<IpNet>,
     ) -> Result<AssignedIp, IpamError> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            jitter(attempt).await;
             let current = self.get::<Handle>(&handle_name(key)).await?;
             if let Some((h, _)) = &current {
                 if h.node != node {
@@ -584,7 +1126,8 @@ impl Ipam {
         }
 
         // Slow path: every block; again whenever a claim loses a race.
-        'relist: for _ in 0..MAX_ATTEMPTS {
+        'relist: for attempt in 0..MAX_ATTEMPTS {
+            jitter(attempt).await;
             let mut blocks = self.list::<Block>().await?;
             blocks.sort_by_key(|(b, _)| b.cidr);
             self.refresh_affine(node, &blocks);
@@ -738,7 +1281,8 @@ impl Ipam {
     /// Removes the allocation of `ip` from its block if `key` holds it.
     async fn free_address(&self, block: &IpNet, ip: &IpAddr, key: &str) -> Result<bool, IpamError> {
         let name = net_name(block);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            jitter(attempt).await;
             let Some((mut b, version)) = self.get::<Block>(&name).await? else {
                 return Ok(false);
             };
@@ -948,6 +1492,112 @@ impl Ipam {
         Ok(released)
     }
 
+    /// The handles of `node`'s pods, with their attributes, sorted.
+    pub async fn node_handles(&self, node: &str) -> Result<Vec<(HandleId, Attributes)>, IpamError> {
+        let mut out: Vec<(HandleId, Attributes)> = self
+            .list::<Handle>()
+            .await?
+            .into_iter()
+            .filter(|(h, _)| h.node == node)
+            .map(|(h, _)| (h.id(), h.attributes))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Every node IPAM knows of: block affinities, holders of addresses and the nodes
+    /// of handle objects. A node in this set that is no longer a cluster member is one
+    /// to [`Ipam::release_node`].
+    pub async fn nodes_in_use(&self) -> Result<BTreeSet<String>, IpamError> {
+        let mut nodes = BTreeSet::new();
+        for (b, _) in self.list::<Block>().await? {
+            for a in &b.allocations {
+                nodes.insert(b.holder(a).to_string());
+            }
+            nodes.insert(b.affinity);
+        }
+        for (h, _) in self.list::<Handle>().await? {
+            nodes.insert(h.node);
+        }
+        Ok(nodes)
+    }
+
+    /// Releases everything of a node that left the cluster: the addresses its pods held
+    /// (in its blocks and borrowed from others), its handle objects, and its blocks. A
+    /// block of the node that still gives addresses to other nodes' pods is not deleted:
+    /// it goes to the node holding its lowest address, which announces it from then on.
+    /// Idempotent, and safe when several agents run it at once (every write is a
+    /// compare-and-swap on what was read; a lost race reads again).
+    pub async fn release_node(&self, node: &str) -> Result<NodeRelease, IpamError> {
+        validate_node(node)?;
+        let mut out = NodeRelease::default();
+        let mut blocks = self.list::<Block>().await?;
+        blocks.sort_by_key(|(b, _)| b.cidr);
+        for (b, _) in blocks {
+            if b.affinity != node && !b.allocations.iter().any(|a| b.holder(a) == node) {
+                continue;
+            }
+            let name = b.name();
+            for attempt in 0..MAX_ATTEMPTS {
+                jitter(attempt).await;
+                let Some((mut b, version)) = self.get::<Block>(&name).await? else {
+                    break;
+                };
+                let before = b.allocations.len();
+                let affinity = b.affinity.clone();
+                b.allocations
+                    .retain(|a| a.node.as_deref().unwrap_or(&affinity) != node);
+                let freed = before - b.allocations.len();
+                let done = if b.affinity == node {
+                    match b.allocations.first().map(|a| b.holder(a).to_string()) {
+                        None => self.delete::<Block>(&name, Some(&version)).await?.map(|_| {
+                            out.blocks_deleted.push(b.cidr);
+                        }),
+                        Some(heir) => {
+                            b.affinity = heir.clone();
+                            for a in &mut b.allocations {
+                                if a.node.as_deref() == Some(heir.as_str()) {
+                                    a.node = None;
+                                }
+                            }
+                            self.update(&name, &b, &version).await?.map(|_| {
+                                tracing::info!(block = %b.cidr, from = %node, to = %heir, "a removed node's block still holds other nodes' pods: it moves to one of them");
+                                out.blocks_moved.push((b.cidr, heir));
+                            })
+                        }
+                    }
+                } else if freed > 0 {
+                    self.update(&name, &b, &version).await?.map(|_| ())
+                } else {
+                    Some(())
+                };
+                if done.is_some() {
+                    out.addresses += freed;
+                    break;
+                }
+            }
+        }
+        self.forget_node_affine(node);
+        for (h, version) in self.list::<Handle>().await? {
+            if h.node != node {
+                continue;
+            }
+            let key = h.id().key();
+            let _guard = self.handle_locks.lock(key.clone()).await;
+            if self
+                .delete::<Handle>(&handle_name(&key), Some(&version))
+                .await?
+                == Some(true)
+            {
+                out.handles += 1;
+            }
+        }
+        if out != NodeRelease::default() {
+            tracing::info!(%node, addresses = out.addresses, handles = out.handles, blocks_deleted = ?out.blocks_deleted, blocks_moved = ?out.blocks_moved, "released the IPAM objects of a removed node");
+        }
+        Ok(out)
+    }
+
     /// The blocks affine to `node`, sorted: announce them over BGP, with a blackhole
     /// route each.
     pub async fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
@@ -1071,6 +1721,10 @@ impl Ipam {
             .insert(cidr);
     }
 
+    fn forget_node_affine(&self, node: &str) {
+        self.affine_cache().remove(node);
+    }
+
     fn forget_affine(&self, node: &str, cidr: &IpNet) {
         if let Some(set) = self.affine_cache().get_mut(node) {
             set.remove(cidr);
@@ -1149,8 +1803,14 @@ impl Ipam {
     ) -> Result<Option<Version>, IpamError> {
         let object = Object::new(name, Self::encode(name, object)?);
         match self.store.create(T::KIND, &object).await {
-            Ok(version) => Ok(Some(version)),
-            Err(DatastoreError::AlreadyExists { .. }) => Ok(None),
+            Ok(version) => {
+                self.count_write::<T>();
+                Ok(Some(version))
+            }
+            Err(DatastoreError::AlreadyExists { .. }) => {
+                self.count_conflict();
+                Ok(None)
+            }
             Err(e) => Err(Self::store_error::<T>("create", name, e)),
         }
     }
@@ -1163,8 +1823,14 @@ impl Ipam {
     ) -> Result<Option<Version>, IpamError> {
         let object = Object::new(name, Self::encode(name, object)?);
         match self.store.update(T::KIND, &object, expected).await {
-            Ok(version) => Ok(Some(version)),
-            Err(DatastoreError::Conflict { .. } | DatastoreError::NotFound { .. }) => Ok(None),
+            Ok(version) => {
+                self.count_write::<T>();
+                Ok(Some(version))
+            }
+            Err(DatastoreError::Conflict { .. } | DatastoreError::NotFound { .. }) => {
+                self.count_conflict();
+                Ok(None)
+            }
             Err(e) => Err(Self::store_error::<T>("update", name, e)),
         }
     }
@@ -1175,8 +1841,16 @@ impl Ipam {
         expected: Option<&Version>,
     ) -> Result<Option<bool>, IpamError> {
         match self.store.delete(T::KIND, name, expected).await {
-            Ok(existed) => Ok(Some(existed)),
-            Err(DatastoreError::Conflict { .. }) => Ok(None),
+            Ok(existed) => {
+                if existed {
+                    self.count_write::<T>();
+                }
+                Ok(Some(existed))
+            }
+            Err(DatastoreError::Conflict { .. }) => {
+                self.count_conflict();
+                Ok(None)
+            }
             Err(DatastoreError::NotFound { .. }) => Ok(Some(false)),
             Err(e) => Err(Self::store_error::<T>("delete", name, e)),
         }

@@ -80,13 +80,20 @@
 
 pub mod datastore;
 mod error;
+mod group;
 mod ipam;
+mod leak;
 mod lock;
 mod model;
 mod snapshot;
 
 pub use error::IpamError;
-pub use ipam::{AssignedIp, Assignment, Ipam, IpamConfig, DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS};
+pub use group::{Arrival, GroupCommit, GATHER};
+pub use ipam::{
+    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters, NodeRelease,
+    DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS,
+};
+pub use leak::{LeakCollector, LeakSweep, PodDirectory, DEFAULT_LEAK_GRACE};
 pub use model::{
     net_name, Attributes, Families, Family, HandleId, Pool, PoolSpec, BLOCK_SIZES_V4,
     BLOCK_SIZES_V6, DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, KIND_BLOCK, KIND_HANDLE,

@@ -339,6 +339,10 @@ pub struct Attributes {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's UID (`K8S_POD_UID`), when the runtime passes it: leak collection tells
+    /// a re-created pod of the same name from the one that held the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl Attributes {
@@ -346,7 +350,14 @@ impl Attributes {
         Attributes {
             namespace: Some(namespace.into()),
             pod: Some(pod.into()),
+            uid: None,
         }
+    }
+
+    /// The same, with the pod's UID.
+    pub fn with_uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = Some(uid.into());
+        self
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn announce_task(
     let mut nodes = Reflector::of::<NodeRecord>(store.clone(), Selector::everything());
     let mut blocks = Reflector::new(store, KIND_BLOCK, Selector::everything());
     let mut first = true;
+    let mut cleanup = RemovedNodes::default();
     loop {
         let swept = if !nodes.is_synced() {
             // At start and after an error: list (that is the first look).
@@ -57,7 +58,14 @@ pub async fn announce_task(
         let mut wanted: BTreeSet<IpNet> = config.clone();
         if let Some(item) = nodes.items().find(|i| i.object.name == node) {
             match decode::<NodeRecord>(item.clone()) {
-                Ok(rec) => wanted.extend(rec.value.blocks),
+                Ok(rec) => {
+                    if let Some(ipam) = ipam.as_ref().filter(|i| i.is_pod_cidr_mode()) {
+                        if let Err(e) = ipam.set_pod_cidrs(&node, &rec.value.pod_cidrs) {
+                            warn!(error = %e, "this node's pod CIDRs are not usable; pods get no address until they are fixed");
+                        }
+                    }
+                    wanted.extend(rec.value.blocks)
+                }
                 Err(e) => {
                     warn!(error = %e, "this node's record is not valid; announcements unchanged");
                     continue;
@@ -65,6 +73,8 @@ pub async fn announce_task(
             }
         }
         if let Some(ipam) = &ipam {
+            let live: BTreeSet<String> = nodes.items().map(|i| i.object.name.clone()).collect();
+            cleanup.check(ipam, &node, live, swept).await;
             match ipam_prefixes(ipam, &node, swept).await {
                 Ok(p) => wanted.extend(p),
                 Err(e) => {
@@ -92,6 +102,54 @@ pub async fn announce_task(
             // Everything this node originates is announced: End-of-RIB may follow.
             first = false;
             super::speaker::release_end_of_rib(&handle).await?;
+        }
+    }
+}
+
+/// Releases the IPAM objects of nodes that left the cluster (their node record is gone).
+/// One agent does it at once: the one with the lowest node name, whenever the set of
+/// nodes changes. Any agent does it for a node it found gone at two sweeps in a row (the
+/// lowest agent may be down). Safe when several do it: [`ferrovia_ipam::Ipam::release_node`]
+/// is idempotent.
+#[derive(Default)]
+struct RemovedNodes {
+    /// The node names at the last check.
+    live: BTreeSet<String>,
+    /// Nodes found gone at the last sweep.
+    gone_at_sweep: BTreeSet<String>,
+}
+
+impl RemovedNodes {
+    async fn check(&mut self, ipam: &NodeIpam, me: &str, live: BTreeSet<String>, swept: bool) {
+        // This node is registered while it runs: a list without it is not trusted.
+        if !live.contains(me) {
+            return;
+        }
+        let lowest = live.iter().next().is_some_and(|n| n == me);
+        let changed = live != self.live;
+        self.live = live;
+        if !(swept || (lowest && changed)) {
+            return;
+        }
+        let used = match ipam.nodes_in_use().await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(error = %e, "reading IPAM to find removed nodes failed; retrying later");
+                return;
+            }
+        };
+        let gone: BTreeSet<String> = used.difference(&self.live).cloned().collect();
+        for n in &gone {
+            if !(lowest || self.gone_at_sweep.contains(n)) {
+                continue;
+            }
+            info!(node = %n, "node removed from the cluster: releasing its IPAM blocks, addresses and handles");
+            if let Err(e) = ipam.release_node(n).await {
+                warn!(node = %n, error = %e, "releasing a removed node's IPAM objects failed; retrying later");
+            }
+        }
+        if swept {
+            self.gone_at_sweep = gone;
         }
     }
 }

@@ -112,7 +112,11 @@ async fn answer(
     let mut rd = BufReader::new(rd).take(1024 * 1024);
     tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await??;
     let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Status) => serde_json::to_vec(&status(&handle, node, &kstatus).await?)?,
+        Ok(Request::Status) => {
+            let mut reply = status(&handle, node, &kstatus).await?;
+            reply.ipam = cni_ctx.ipam.as_ref().map(|i| i.counters());
+            serde_json::to_vec(&reply)?
+        }
         Ok(Request::Routes) => serde_json::to_vec(&routes(&handle).await?)?,
         Ok(Request::Cni(r)) => serde_json::to_vec(&crate::cni::agent::handle(r, &cni_ctx).await)?,
         Ok(Request::Drain { node }) => {
@@ -202,6 +206,7 @@ async fn status(
                     installed,
                     unresolved,
                 },
+                ipam: None,
             }
         })
         .await?;

@@ -224,6 +224,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             metrics: metrics.clone(),
             health: health.clone(),
             bgp: handle.clone(),
+            ipam: cni_ipam.clone(),
         };
         sup.spawn("metrics", metrics::start(m.listen, st).await?);
     }

@@ -64,6 +64,8 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
                 .route_reflector
                 .as_ref()
                 .map(|r| r.cluster_id),
+            // Set by the cluster (or `ferrovia node set`), kept by the registration.
+            pod_cidrs: Vec::new(),
         },
     )
     .await
@@ -75,13 +77,32 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
     Ok(())
 }
 
+/// The most one IPAM datastore call may take before it counts as "the datastore does not
+/// answer" (`Unavailable`: CNI ADD answers code 11, try again later). Below the 2 s within
+/// which an ADD must answer when the datastore is down; calls queued behind a timed-out
+/// one get a much shorter bound ([`ferrovia_ipam::datastore::Bounded`]).
+pub const IPAM_CALL_BOUND: Duration = Duration::from_millis(1500);
+
+/// IPAM over the datastore, every call bounded by [`IPAM_CALL_BOUND`]; the pools of the
+/// configuration are created or updated.
 pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Result<Arc<NodeIpam>> {
+    let store: SharedDatastore = Arc::new(ferrovia_ipam::datastore::Bounded::new(
+        store,
+        IPAM_CALL_BOUND,
+    ));
     let config = IpamConfig {
         strict_affinity: cfg.strict_affinity,
         max_blocks_per_node: cfg.max_blocks_per_node,
         empty_block_grace: Duration::from_secs(cfg.empty_block_grace_seconds),
     };
     let ipam = Ipam::new(store, config);
-    ipam.ensure_pools(&cfg.pools).await.context("ipam.pools")?;
+    let ipam = match cfg.mode {
+        crate::config::IpamMode::Pools => {
+            ipam.ensure_pools(&cfg.pools).await.context("ipam.pools")?;
+            ipam
+        }
+        // The node's pod CIDRs come with its record (the announce task follows it).
+        crate::config::IpamMode::PodCidr => ipam.pod_cidr_mode(),
+    };
     Ok(Arc::new(ipam))
 }

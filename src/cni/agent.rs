@@ -17,7 +17,7 @@ use super::protocol::{AgentReply, AgentRequest, Attach, Check, Detach, Gc};
 use super::spec::{code, Added, CniError};
 use super::wiring::{self, PodSpec};
 use ferrovia_ipam::datastore::DatastoreError;
-use ferrovia_ipam::{Attributes, Families, HandleId, Ipam, IpamError};
+use ferrovia_ipam::{AssignRequest, Attributes, Families, GroupCommit, HandleId, Ipam, IpamError};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
@@ -39,19 +39,24 @@ pub struct CniContext {
     pub gc_lock: RwLock<()>,
     /// See [`CniContext::with_pod_mtu`].
     pub pod_mtu: Option<u32>,
-    /// Serialises this agent's IPAM writes: they all touch this node's few blocks, and
-    /// queueing here is cheaper than compare-and-swap retries between them.
-    ipam_lock: Mutex<()>,
+    /// Group commit of this node's assignments: concurrent ADDs are written to their
+    /// block together. Its writer lock also serialises this agent's other IPAM writes
+    /// (release, GC): they all touch this node's few blocks, and queueing here is cheaper
+    /// than compare-and-swap retries between them.
+    group: Option<GroupCommit>,
+    /// Used when there is no IPAM (DEL and GC still unwire).
+    unused_writes: Mutex<()>,
 }
 
 impl CniContext {
     pub fn new(node: String, ipam: Option<Arc<Ipam>>, announce: Arc<Notify>) -> CniContext {
         CniContext {
+            group: ipam.clone().map(|i| GroupCommit::new(i, node.clone())),
             node,
             ipam,
             announce,
             gc_lock: RwLock::new(()),
-            ipam_lock: Mutex::new(()),
+            unused_writes: Mutex::new(()),
             pod_mtu: None,
         }
     }
@@ -68,6 +73,14 @@ impl CniContext {
         match requested {
             0 => self.pod_mtu.unwrap_or(crate::cni::spec::DEFAULT_MTU),
             m => m,
+        }
+    }
+
+    /// Holds off this node's assignments while the guard lives.
+    async fn ipam_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        match &self.group {
+            Some(g) => g.exclusive().await,
+            None => self.unused_writes.lock().await,
         }
     }
 }
@@ -188,9 +201,9 @@ fn validate_netns(path: &Path) -> Result<(), CniError> {
 // -------------------------------------------------------------------------------------
 // ADD.
 
-async fn families(ipam: &Arc<Ipam>) -> Result<Families, CniError> {
+async fn families(ipam: &Arc<Ipam>, node: &str) -> Result<Families, CniError> {
     let i = ipam.clone();
-    let pools = ipam_call(i.pools(), "reading the IPAM pools").await?;
+    let pools = ipam_call(i.pools_of(node), "reading the IPAM pools").await?;
     // Every family that has a pool, enabled or not: a dual-stack cluster whose IPv6 pools
     // are all disabled gets an error saying so, not IPv4-only pods.
     let f = Families {
@@ -212,27 +225,36 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
     let handle = handle_of(&a.container_id, &a.ifname);
     validate_netns(&a.netns)?;
     let ipam = ctx.ipam.clone().ok_or_else(no_ipam)?;
+    let group = ctx.group.as_ref().ok_or_else(no_ipam)?;
+    // Announced before its reads, so that a batch starting meanwhile waits for it.
+    let arrival = group.arriving();
     let _gc = ctx.gc_lock.read().await;
-    let families = families(&ipam).await?;
+    let families = families(&ipam, &ctx.node).await?;
     let attributes = Attributes {
         namespace: a.namespace.clone(),
         pod: a.pod.clone(),
+        uid: a.pod_uid.clone(),
     };
 
-    let (held_before, assignment) = {
-        let _w = ctx.ipam_lock.lock().await;
-        ipam_call(
-            async {
-                let before = ipam.addresses(&handle).await?;
-                let a = ipam
-                    .assign(&ctx.node, &handle, &attributes, families)
-                    .await?;
-                Ok((before, a))
-            },
-            "assigning addresses",
-        )
-        .await?
-    };
+    let (held_before, assignment) = ipam_call(
+        async {
+            // A repeated ADD of a wired pod keeps what it held; nothing to undo then.
+            let before = ipam.addresses(&handle).await?;
+            let a = group
+                .assign_arriving(
+                    arrival,
+                    AssignRequest {
+                        handle: handle.clone(),
+                        attributes,
+                        families,
+                    },
+                )
+                .await?;
+            Ok((before, a))
+        },
+        "assigning addresses",
+    )
+    .await?;
     if !assignment.claimed_blocks.is_empty() || assignment.addresses().any(|x| x.borrowed) {
         ctx.announce.notify_one();
     }
@@ -280,7 +302,7 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
             // Give back what this ADD assigned; addresses the handle held before (an ADD
             // repeated for a pod that is wired) stay.
             if held_before.is_empty() {
-                let _w = ctx.ipam_lock.lock().await;
+                let _w = ctx.ipam_writes().await;
                 let (i, h) = (ipam.clone(), handle.clone());
                 match ipam_call(i.release(&h), "releasing the addresses").await {
                     Ok(freed) => {
@@ -311,7 +333,7 @@ async fn del(d: Detach, ctx: &CniContext) -> Result<(), CniError> {
     let Some(ipam) = ctx.ipam.clone() else {
         return Ok(());
     };
-    let _w = ctx.ipam_lock.lock().await;
+    let _w = ctx.ipam_writes().await;
     let h = handle.clone();
     let freed = ipam_call(ipam.release(&h), "releasing the addresses").await?;
     if !freed.is_empty() {
@@ -395,7 +417,7 @@ async fn gc(g: Gc, ctx: &CniContext) -> Result<(), CniError> {
     // Spec: remove as much as possible, then report the first error.
     let mut first_error = None;
     if let Some(ipam) = ctx.ipam.clone() {
-        let _w = ctx.ipam_lock.lock().await;
+        let _w = ctx.ipam_writes().await;
         let node = ctx.node.clone();
         match ipam_call(ipam.gc(&node, &valid), "IPAM garbage collection").await {
             Ok(freed) => {
@@ -431,6 +453,12 @@ async fn status(ctx: &CniContext) -> Result<(), CniError> {
                 .into(),
         ));
     };
+    if ipam.is_pod_cidr_mode() {
+        return match ipam.pools_of(&ctx.node).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable("this node has no pod CIDR yet", e.to_string())),
+        };
+    }
     let snap = match ipam_call(ipam.show(), "reading IPAM").await {
         Ok(s) => s,
         Err(e) if e.code == code::TRY_AGAIN => {

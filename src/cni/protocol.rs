@@ -47,6 +47,9 @@ pub struct Attach {
     pub namespace: Option<String>,
     #[serde(default)]
     pub pod: Option<String>,
+    /// `K8S_POD_UID` from `CNI_ARGS`, when the runtime passes it (leak collection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// DEL.
@@ -143,6 +146,7 @@ mod tests {
                 mtu: 1500,
                 namespace: Some("default".into()),
                 pod: Some("p".into()),
+                pod_uid: Some("0b8c6f2e-5d1a-4c8e-9e61-3f4b2a1c9d70".into()),
             }),
             AgentRequest::Del(Detach {
                 container_id: "c1".into(),

@@ -277,6 +277,11 @@ impl Env {
     pub fn pod_name(&self) -> Option<&str> {
         self.args.get("K8S_POD_NAME").map(String::as_str)
     }
+
+    /// `K8S_POD_UID` from `CNI_ARGS` (container runtimes pass it; some older ones do not).
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.args.get("K8S_POD_UID").map(String::as_str)
+    }
 }
 
 /// Reads `CNI_COMMAND` alone (so that VERSION needs nothing else).
@@ -1258,6 +1263,7 @@ pub fn parse_invocation(
                 mtu: conf.requested_mtu(),
                 namespace: env.pod_namespace().map(str::to_string),
                 pod: env.pod_name().map(str::to_string),
+                pod_uid: env.pod_uid().map(str::to_string),
             })
         }
         Command::Del => AgentRequest::Del(Detach {

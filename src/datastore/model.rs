@@ -45,6 +45,12 @@ pub struct NodeRecord {
     /// every other node peers with the reflectors only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    /// The node's pod CIDRs, at most one per family (Kubernetes: the Node's
+    /// `spec.podCIDRs`, set by the controller-manager; SQLite: `ferrovia node set NAME
+    /// --pod-cidr CIDR`): the only addresses of its pods with `ipam.mode: podCIDR`. An
+    /// agent's registration keeps the stored ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl Resource for NodeRecord {
@@ -179,10 +185,16 @@ pub async fn register_node(
     }
     let stored = store
         .modify::<NodeRecord, _>(&record.name, |cur| {
-            // A registration without a cluster id keeps the one set with `node set`.
+            // A registration without a cluster id keeps the one set with `node set`, one
+            // without pod CIDRs the stored ones.
             let mut want = record.clone();
             if want.route_reflector_cluster_id.is_none() {
                 want.route_reflector_cluster_id = cur.and_then(|c| c.route_reflector_cluster_id);
+            }
+            if want.pod_cidrs.is_empty() {
+                if let Some(cur) = cur {
+                    want.pod_cidrs = cur.pod_cidrs.clone();
+                }
             }
             Ok(match cur {
                 Some(cur) if *cur == want => Change::Keep,
@@ -199,6 +211,29 @@ fn check_cluster_id(kind: &str, name: &str, c: Ipv4Addr) -> Result<()> {
             kind,
             name,
             format!("{c} cannot be a route reflector cluster id; use a unicast IPv4 address"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks pod CIDRs: canonical (no host bits), at most one per family.
+pub fn check_pod_cidrs(name: &str, cidrs: &[IpNet]) -> Result<()> {
+    let kind = NodeRecord::KIND;
+    for c in cidrs {
+        if c.trunc() != *c {
+            return Err(invalid(
+                kind,
+                name,
+                format!("pod CIDR {c} has host bits set; write it as {}", c.trunc()),
+            ));
+        }
+    }
+    let v4 = cidrs.iter().filter(|c| c.addr().is_ipv4()).count();
+    if v4 > 1 || cidrs.len() - v4 > 1 {
+        return Err(invalid(
+            kind,
+            name,
+            "a node has at most one pod CIDR per family".to_string(),
         ));
     }
     Ok(())
@@ -229,6 +264,30 @@ pub async fn set_node_cluster_id(
             let mut next = cur.clone();
             next.route_reflector_cluster_id = cluster_id;
             Ok(Change::Put(next))
+        })
+        .await?;
+    present(name, stored)
+}
+
+/// Sets the pod CIDRs of a registered node (`NotFound` when it is not registered).
+pub async fn set_pod_cidrs(
+    store: &dyn Datastore,
+    name: &str,
+    cidrs: &[IpNet],
+) -> Result<Typed<NodeRecord>> {
+    check_pod_cidrs(name, cidrs)?;
+    let stored = store
+        .modify::<NodeRecord, _>(name, |cur| match cur {
+            None => Err(DatastoreError::NotFound {
+                kind: NodeRecord::KIND.to_string(),
+                name: name.to_string(),
+            }),
+            Some(cur) if cur.pod_cidrs == cidrs => Ok(Change::Keep),
+            Some(cur) => {
+                let mut rec = cur.clone();
+                rec.pod_cidrs = cidrs.to_vec();
+                Ok(Change::Put(rec))
+            }
         })
         .await?;
     present(name, stored)

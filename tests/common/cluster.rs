@@ -452,7 +452,7 @@ impl Cluster {
             .env("CNI_PATH", "/opt/cni/bin")
             .env(
                 "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
+                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_UID=uid-{id}"),
             )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

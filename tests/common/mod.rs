@@ -21,6 +21,7 @@ pub mod netns;
 pub mod proc;
 pub mod scenarios;
 pub mod sim;
+pub mod sqlite_lock;
 pub mod tcp;
 pub mod wait;
 

@@ -17,6 +17,7 @@
 //! The trait lives in `ferrovia-ipam` because IPAM runs on it and cannot depend on the
 //! agent crate; the backends (SQLite, Kubernetes) live in the agent crate.
 
+mod bounded;
 mod error;
 mod mem;
 mod name;
@@ -27,6 +28,7 @@ mod typed;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 
+pub use bounded::Bounded;
 pub use error::{DatastoreError, Result};
 pub use mem::MemStore;
 pub use name::{

@@ -555,3 +555,83 @@ impl RawState {
             .collect()
     }
 }
+
+/// A store that stops answering while stalled (an API server that accepts connections
+/// and never replies): every call started then waits until [`StallStore::resume`].
+#[derive(Debug)]
+pub struct StallStore {
+    pub inner: Arc<MemStore>,
+    stalled: AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+impl StallStore {
+    pub fn new(inner: Arc<MemStore>) -> Self {
+        StallStore {
+            inner,
+            stalled: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    async fn gate(&self) {
+        while self.stalled.load(Ordering::SeqCst) {
+            let wait = self.resumed.notified();
+            if !self.stalled.load(Ordering::SeqCst) {
+                break;
+            }
+            wait.await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Datastore for StallStore {
+    async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>, DatastoreError> {
+        self.gate().await;
+        self.inner.get(kind, name).await
+    }
+    async fn list(&self, kind: &str, selector: &Selector) -> Result<List, DatastoreError> {
+        self.gate().await;
+        self.inner.list(kind, selector).await
+    }
+    async fn create(&self, kind: &str, object: &Object) -> Result<Version, DatastoreError> {
+        self.gate().await;
+        self.inner.create(kind, object).await
+    }
+    async fn update(
+        &self,
+        kind: &str,
+        object: &Object,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        self.gate().await;
+        self.inner.update(kind, object, expected).await
+    }
+    async fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
+        self.gate().await;
+        self.inner.delete(kind, name, expected).await
+    }
+    async fn watch(
+        &self,
+        kind: &str,
+        selector: &Selector,
+        from: &Version,
+    ) -> Result<EventStream, DatastoreError> {
+        self.inner.watch(kind, selector, from).await
+    }
+}

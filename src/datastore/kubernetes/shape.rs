@@ -147,6 +147,12 @@ impl Shape {
                     return None;
                 }
                 fields.insert("name".into(), Value::String(k8s_name.clone()));
+                // The pod CIDRs are the Node's own (the controller-manager assigns them),
+                // never an annotation of ours.
+                fields.remove(NODE_POD_CIDRS);
+                if let Some(cidrs) = node_pod_cidrs(obj) {
+                    fields.insert(NODE_POD_CIDRS.into(), cidrs);
+                }
                 (k8s_name, Value::Object(fields))
             }
             Shape::Lease { .. } => {
@@ -251,6 +257,20 @@ fn annotation_name_ok(field: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
+/// The node record's field that comes from the Node's `spec.podCIDRs` (or the older
+/// single `spec.podCIDR`), read only: the controller-manager owns it.
+const NODE_POD_CIDRS: &str = "podCidrs";
+
+/// A Node's pod CIDRs as the record's `podCidrs` value, `None` when it has none.
+fn node_pod_cidrs(obj: &DynamicObject) -> Option<Value> {
+    let spec = obj.data.get("spec")?;
+    let list = match spec.get("podCIDRs").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => list.clone(),
+        _ => vec![spec.get("podCIDR").filter(|v| v.is_string())?.clone()],
+    };
+    Some(Value::Array(list))
+}
+
 /// The merge patch that makes `current`'s ferrovia annotations hold `value` (`None`:
 /// removes them), with `current`'s resourceVersion as precondition.
 pub fn node_patch(current: &DynamicObject, value: Option<&Value>) -> Result<Value> {
@@ -276,7 +296,7 @@ pub fn node_patch(current: &DynamicObject, value: Option<&Value>) -> Result<Valu
             ));
         };
         for (field, v) in fields {
-            if field == "name" || v.is_null() {
+            if field == "name" || field == NODE_POD_CIDRS || v.is_null() {
                 continue;
             }
             if !annotation_name_ok(field) {

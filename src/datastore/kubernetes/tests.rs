@@ -127,6 +127,7 @@ mod mapping {
             router_id: "198.18.0.1".parse().expect("router id"),
             blocks: vec![],
             route_reflector_cluster_id: None,
+            pod_cidrs: Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ fn node(name: &str) -> NodeRecord {
         router_id: "198.18.0.1".parse().unwrap(),
         blocks: vec!["10.244.1.0/26".parse().unwrap()],
         route_reflector_cluster_id: None,
+        pod_cidrs: Vec::new(),
     }
 }
 

@@ -1,0 +1,188 @@
+//! Group commit and fail-fast assignment: a burst of concurrent assignments on one node
+//! becomes a few block writes, never gives an address twice, and a store that stops
+//! answering turns into "try again later" for every queued request instead of a hang.
+
+use ferrovia_ipam_testsupport as common;
+
+use common::{raw, StallStore, YieldStore};
+use ferrovia_ipam::datastore::{Bounded, MemStore, SharedDatastore};
+use ferrovia_ipam::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BURST: usize = 200;
+
+fn request(i: usize) -> AssignRequest {
+    AssignRequest {
+        handle: HandleId::new(format!("c{i:04}"), "eth0"),
+        attributes: Attributes::pod("default", format!("p{i}")),
+        families: Families::DUAL,
+    }
+}
+
+async fn pools(ipam: &Ipam) {
+    ipam.ensure_pools(&[
+        PoolSpec::new("10.244.0.0/16").block_size(26),
+        PoolSpec::new("fd00:10:244::/48").block_size(122),
+    ])
+    .await
+    .expect("pools");
+}
+
+/// Waits (bounded) until `n` requests are queued.
+async fn queued(g: &GroupCommit, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g.queued() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} queued",
+            g.queued()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_address_twice() {
+    let store = Arc::new(MemStore::new());
+    let shared: SharedDatastore = store.clone();
+    let ipam = Arc::new(Ipam::new(shared, IpamConfig::default()));
+    pools(&ipam).await;
+    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
+    let before = ipam.counters();
+
+    // The writer is busy (as with a batch in flight) while the burst arrives.
+    let busy = group.exclusive().await;
+    let tasks: Vec<_> = (0..BURST)
+        .map(|i| {
+            let g = group.clone();
+            tokio::spawn(async move { g.assign(request(i)).await })
+        })
+        .collect();
+    queued(&group, BURST).await;
+    drop(busy);
+
+    let mut seen = HashSet::new();
+    for t in tasks {
+        let a = t.await.expect("task").expect("assignment");
+        for ip in a.addresses() {
+            assert!(seen.insert(ip.ip), "{} given twice", ip.ip);
+        }
+    }
+    assert_eq!(seen.len(), 2 * BURST, "one address of each family per pod");
+    let c = ipam.counters();
+    let writes = c.block_writes - before.block_writes;
+    eprintln!("{BURST} dual-stack assignments: {writes} block writes, counters {c:?}");
+    // 200 of each family fill four /26 and four /122 blocks: a claim and a write each.
+    assert!(
+        writes <= 16,
+        "{writes} block writes for {BURST} assignments (one batch)"
+    );
+    assert_eq!(
+        c.batched_assignments - before.batched_assignments,
+        BURST as u64
+    );
+    raw(&store).check().expect("store invariants");
+    // Every handle is indexed with its two addresses.
+    for i in 0..BURST {
+        let held = ipam.addresses(&request(i).handle).await.expect("addresses");
+        assert_eq!(held.len(), 2, "{:?}", request(i).handle);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_two_nodes_and_single_assignments_racing_on_one_store_never_collide() {
+    let store = Arc::new(MemStore::new());
+    let mk = || {
+        let shared: SharedDatastore = Arc::new(YieldStore(store.clone()));
+        Arc::new(Ipam::new(shared, IpamConfig::default()))
+    };
+    let (a, b, single) = (mk(), mk(), mk());
+    // Small blocks, so batches of both nodes claim and fill blocks side by side.
+    a.ensure_pools(&[
+        PoolSpec::new("10.244.0.0/24").block_size(29),
+        PoolSpec::new("fd00:10:244::/120").block_size(125),
+    ])
+    .await
+    .expect("pools");
+    let ga = Arc::new(GroupCommit::new(a.clone(), "node-a"));
+    let gb = Arc::new(GroupCommit::new(b.clone(), "node-b"));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (ga, gb, single) = (ga.clone(), gb.clone(), single.clone());
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => ga.assign(request(i)).await,
+                1 => gb.assign(request(i)).await,
+                _ => {
+                    let r = request(i);
+                    single
+                        .assign("node-c", &r.handle, &r.attributes, r.families)
+                        .await
+                }
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        let a = t.await.expect("task").expect("assignment");
+        for ip in a.addresses() {
+            assert!(seen.insert(ip.ip), "{} given twice", ip.ip);
+        }
+    }
+    assert_eq!(seen.len(), 120);
+    raw(&store).check().expect("store invariants");
+    let conflicts: u64 = [&a, &b, &single]
+        .iter()
+        .map(|i| i.counters().conflicts_retried)
+        .sum();
+    eprintln!("conflicts retried: {conflicts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_gives_every_queued_assignment_a_transient_error() {
+    let inner = Arc::new(MemStore::new());
+    let stall = Arc::new(StallStore::new(inner.clone()));
+    let bounded: SharedDatastore =
+        Arc::new(Bounded::new(stall.clone(), Duration::from_millis(500)));
+    let ipam = Arc::new(Ipam::new(bounded, IpamConfig::default()));
+    pools(&ipam).await;
+    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
+    // One pod before: it keeps its address through the outage.
+    let kept = group.assign(request(0)).await.expect("first assignment");
+
+    stall.stall();
+    let t = Instant::now();
+    let tasks: Vec<_> = (1..=20)
+        .map(|i| {
+            let g = group.clone();
+            tokio::spawn(async move { g.assign(request(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        let e = task
+            .await
+            .expect("task")
+            .expect_err("no answer from the store");
+        assert!(e.is_transient(), "transient (CNI 11): {e}");
+        assert!(e.to_string().contains("no answer"), "{e}");
+    }
+    let took = t.elapsed();
+    eprintln!("20 queued assignments answered 'try again' {took:?} after the store stalled (bound 500 ms)");
+    // Generous: the point is that they answer at all (without the bound they wait forever).
+    assert!(took < Duration::from_secs(20), "{took:?}");
+
+    stall.resume();
+    let again = group
+        .assign(request(1))
+        .await
+        .expect("after the store is back");
+    assert!(again.ipv4.is_some() && again.ipv6.is_some());
+    let held = ipam.addresses(&request(0).handle).await.expect("addresses");
+    assert_eq!(
+        held,
+        kept.addresses().map(|a| a.ip).collect::<Vec<_>>(),
+        "the running pod kept its addresses"
+    );
+}
