@@ -399,6 +399,7 @@ mod tests {
                 passive: false,
                 kind: "mesh".into(),
                 route_reflector_client: false,
+                policy: Default::default(),
             },
             state,
             ebgp: true,
