@@ -42,6 +42,8 @@ fn peer(name: &str, node: Option<&str>) -> PeerRecord {
         as_number: 65000,
         node: node.map(str::to_string),
         password_file: None,
+        ttl_security: None,
+        safety: Default::default(),
     }
 }
 
