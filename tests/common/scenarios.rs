@@ -1195,11 +1195,10 @@ impl PeerDaemon for Frr {
 }
 
 pub fn start_gobgp(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
-    assert!(
-        s.gtsm.is_none() && s.multihop.is_none(),
-        "the harness does not configure GTSM or multihop for GoBGP"
-    );
     let mut n = GobgpNeighbor::ferrovia(s.ferrovia_as);
+    // GTSM: GoBGP sends with TTL 255 and accepts down to `ttl-min` (256 − hops).
+    n.ttl_min = s.gtsm.map(|hops| 255 - (hops - 1));
+    n.multihop_ttl = s.multihop;
     n.password = s.password.clone();
     n.hold_time = Some(s.hold_time);
     Box::new(Gobgp::start(
