@@ -377,16 +377,18 @@ fn over_max_prefixes_restart_closes_with_cease_6_1_and_comes_back_after_the_time
     let left = p["restartInSeconds"].as_u64().unwrap_or_else(|| panic!("restartInSeconds in {p}"));
     assert!((1..=6).contains(&left), "{p}");
     wait_kernel_via_peer(&t.f, &[]);
+    // GoBGP logs each NOTIFICATION it receives as JSON: code, subcode, data (base64).
     let line = wait_until("GoBGP logs the CEASE 6/1 it received", PROPAGATE, POLL, || {
-        let log = g.log_tail(400).to_lowercase();
-        let line = log
+        let log = g.log_tail(400);
+        let found = log
             .lines()
-            .find(|l| l.contains("notification") && l.contains("code") && l.contains("6") && l.contains("subcode") && l.contains("1"));
-        match line {
-            Some(l) => Ok(l.to_string()),
-            None => Err(log),
-        }
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["msg"] == "received notification");
+        found.ok_or(log)
     });
+    assert_eq!((&line["Code"], &line["Subcode"]), (&Value::from(6), &Value::from(1)), "{line}");
+    // RFC 4486: AFI 1, SAFI 1, the limit 2 as four octets (00 01 01 00 00 00 02).
+    assert_eq!(line["Data"], "AAEBAAAAAg==", "{line}");
     eprintln!("GoBGP: {line}");
     // Back to two prefixes before the time is up: the next session stays up.
     g.del_route(THREE[2]);
