@@ -710,7 +710,7 @@ pub fn gtsm_off_two_hops_establishes(tag: &str, start: StartPeer) {
 
 /// TCP segments a namespace's kernel dropped for arriving below a socket's minimum TTL / hop
 /// limit (TcpExt TCPMinTTLDrop, counted for IPv4 and IPv6).
-fn min_ttl_drops(ns: &Netns) -> u64 {
+pub fn min_ttl_drops(ns: &Netns) -> u64 {
     let text = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/net/netstat"]).stdout).into_owned();
     let mut lines = text.lines();
     let mut total = 0;
