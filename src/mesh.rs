@@ -363,6 +363,49 @@ mod tests {
     }
 
     #[test]
+    fn stored_peers_get_the_cluster_protections_and_gtsm_mesh_peers_do_not() {
+        let nodes = [node("node1", "198.18.0.1"), node("node2", "198.18.0.2")];
+        let pools: Vec<IpNet> = vec!["10.244.0.0/16".parse().expect("net")];
+        let stored = [
+            StoredPeer {
+                address: "198.18.0.254".parse().expect("ip"),
+                as_number: 65000,
+                node: None,
+                password: None,
+                ttl_security: Some(1),
+                safety: Default::default(),
+            },
+            StoredPeer {
+                address: "198.18.0.253".parse().expect("ip"),
+                as_number: 65001,
+                node: Some("node2".into()),
+                password: None,
+                ttl_security: None,
+                safety: RouteSafety {
+                    allow_pool_prefixes: true,
+                    allow_default_route: true,
+                    ..Default::default()
+                },
+            },
+        ];
+        let mut i = inputs(&nodes, &stored, &[]);
+        i.pools = &pools;
+        let d = desired_peers(&i);
+        let get = |a: &str| &d[&a.parse::<IpAddr>().expect("ip")];
+        let tor = get("198.18.0.254");
+        assert_eq!(tor.ttl_security, Some(1));
+        assert_eq!(tor.config.policy.protected, pools);
+        assert!(tor.config.policy.refuse_default_route);
+        let allowed = get("198.18.0.253");
+        assert!(allowed.config.policy.protected.is_empty());
+        assert!(!allowed.config.policy.refuse_default_route);
+        let mesh = get("198.18.0.1");
+        assert_eq!(mesh.config.kind, "mesh");
+        assert_eq!(mesh.config.policy, Default::default(), "mesh nodes are the cluster");
+        assert_eq!(mesh.ttl_security, None);
+    }
+
+    #[test]
     fn diff_removes_changed_and_gone_and_adds_new() {
         let nodes = [
             node("node1", "198.18.0.1"),

@@ -259,7 +259,8 @@ fn a_config_file_peer_cannot_send_our_pool_prefixes_or_default_routes() {
     );
 }
 
-/// A datastore peer (`ferrovia peer add`) gets the same protections; `ferrovia peer set`
+/// A datastore peer (`ferrovia peer add`, with GTSM against GoBGP's `ttl-min = 255`) gets
+/// the same protections; `ferrovia peer set`
 /// allows pool prefixes and the default route, then puts import and export prefix lists on
 /// it: the agent follows each change, the kernel and the peer's RIB show only what the lists
 /// let through, and the list refusals are counted.
@@ -270,14 +271,37 @@ fn a_stored_peer_follows_its_safety_settings_and_prefix_lists() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("ferrovia.db");
     let all: Vec<&str> = OURS.iter().chain(DEFAULTS).chain(OTHERS).copied().collect();
-    let g = gobgp(&t.p, &all);
+    // GoBGP with GTSM (ttl-min 255): it drops ferrovia's packets unless the stored peer's
+    // ttlSecurity makes ferrovia send them with TTL 255.
+    let mut n = GobgpNeighbor::ferrovia(FERROVIA_AS);
+    n.ttl_min = Some(255);
+    let g = Gobgp::start(
+        &t.p,
+        GobgpConfig {
+            asn: PEER_AS,
+            router_id: PEER_V4.into(),
+            neighbors: vec![n],
+            v6_next_hop: Some(PEER_V6.into()),
+            originate: all.iter().map(|s| s.to_string()).collect(),
+        },
+    );
     let mut cfg = FerroviaConfig::node1(FERROVIA_AS, PEER_AS, &[F_V4, "10.244.2.0/26", F_V6]);
     cfg.peers.clear();
     cfg.extra = cluster_extra(&db);
     let f = Ferrovia::start(&t.f, cfg);
     cli(
         &db,
-        &["peer", "add", "tor", "--address", PEER_V4, "--as-number", &PEER_AS.to_string()],
+        &[
+            "peer",
+            "add",
+            "tor",
+            "--address",
+            PEER_V4,
+            "--as-number",
+            &PEER_AS.to_string(),
+            "--ttl-security",
+            "1",
+        ],
     );
     wait_until("the stored peer refuses ours and the defaults", ESTABLISH + PROPAGATE, POLL, || {
         let p = established(&f)?;
