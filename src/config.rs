@@ -453,8 +453,7 @@ impl RouteSafety {
                 (MaxPrefixesAction::Warn, Some(_)) => {
                     return Err((
                         "maxPrefixes.restartAfterSeconds".into(),
-                        "only applies to action: restart; remove it or set action: restart"
-                            .into(),
+                        "only applies to action: restart; remove it or set action: restart".into(),
                     ))
                 }
                 (MaxPrefixesAction::Restart, Some(s)) if s == 0 || s > MAX_RESTART_AFTER => {
@@ -791,9 +790,7 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 ));
             }
         }
-        p.safety()
-            .check()
-            .map_err(|(k, m)| err(&key(&k), m))?;
+        p.safety().check().map_err(|(k, m)| err(&key(&k), m))?;
         if p.address.is_unspecified() || p.address.is_multicast() {
             return Err(err(
                 &key("address"),
@@ -1100,7 +1097,9 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         )
         .expect("loads");
         let p = &l.config.bgp.peers[0];
-        let pol = p.safety().policy(true, &["10.244.0.0/16".parse().expect("net")]);
+        let pol = p
+            .safety()
+            .policy(true, &["10.244.0.0/16".parse().expect("net")]);
         assert_eq!(
             pol.max_prefixes,
             Some(MaxPrefixes {
@@ -1111,28 +1110,60 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert!(!pol.refuse_default_route, "allowed");
         assert_eq!(pol.protected.len(), 1, "pool prefixes refused by default");
         assert_eq!(pol.import_prefixes.len(), 2);
-        assert_eq!(pol.export_prefixes[0].to_string(), "10.244.0.0/16 ge 26 le 26");
+        assert_eq!(
+            pol.export_prefixes[0].to_string(),
+            "10.244.0.0/16 ge 26 le 26"
+        );
         // A mesh node is inside the cluster: no default protections.
-        let inside = p.safety().policy(false, &["10.244.0.0/16".parse().expect("net")]);
+        let inside = p
+            .safety()
+            .policy(false, &["10.244.0.0/16".parse().expect("net")]);
         assert!(inside.protected.is_empty() && !inside.refuse_default_route);
         // Defaults: action restart after 60 s; warn has no restart time.
         let l = parse("t", &peer(", maxPrefixes: { limit: 5 }")).expect("loads");
         assert_eq!(
-            l.config.bgp.peers[0].safety().policy(true, &[]).max_prefixes,
+            l.config.bgp.peers[0]
+                .safety()
+                .policy(true, &[])
+                .max_prefixes,
             Some(MaxPrefixes {
                 limit: 5,
                 action: MaxPrefixAction::Restart(Duration::from_secs(60))
             })
         );
         for (bad, key) in [
-            (", maxPrefixes: { limit: 0 }", "bgp.peers[0].maxPrefixes.limit"),
-            (", maxPrefixes: { limit: 5, action: warn, restartAfterSeconds: 5 }", "bgp.peers[0].maxPrefixes.restartAfterSeconds"),
-            (", maxPrefixes: { limit: 5, restartAfterSeconds: 0 }", "bgp.peers[0].maxPrefixes.restartAfterSeconds"),
-            (", maxPrefixes: { limit: 5, action: drop }", "bgp.peers[0].maxPrefixes.action"),
-            (", maxPrefixes: { limit: 5, colour: red }", "bgp.peers[0].maxPrefixes.colour"),
-            (", importPrefixes: [ { prefix: 10.0.0.1/8 } ]", "bgp.peers[0].importPrefixes[0]"),
-            (", exportPrefixes: [ { prefix: 10.0.0.0/8 }, { prefix: 10.0.0.0/8, le: 4 } ]", "bgp.peers[0].exportPrefixes[1]"),
-            (", importPrefixes: [ { prefix: 10.0.0.0/8, lt: 4 } ]", "bgp.peers[0].importPrefixes[0].lt"),
+            (
+                ", maxPrefixes: { limit: 0 }",
+                "bgp.peers[0].maxPrefixes.limit",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, action: warn, restartAfterSeconds: 5 }",
+                "bgp.peers[0].maxPrefixes.restartAfterSeconds",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, restartAfterSeconds: 0 }",
+                "bgp.peers[0].maxPrefixes.restartAfterSeconds",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, action: drop }",
+                "bgp.peers[0].maxPrefixes.action",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, colour: red }",
+                "bgp.peers[0].maxPrefixes.colour",
+            ),
+            (
+                ", importPrefixes: [ { prefix: 10.0.0.1/8 } ]",
+                "bgp.peers[0].importPrefixes[0]",
+            ),
+            (
+                ", exportPrefixes: [ { prefix: 10.0.0.0/8 }, { prefix: 10.0.0.0/8, le: 4 } ]",
+                "bgp.peers[0].exportPrefixes[1]",
+            ),
+            (
+                ", importPrefixes: [ { prefix: 10.0.0.0/8, lt: 4 } ]",
+                "bgp.peers[0].importPrefixes[0].lt",
+            ),
         ] {
             let e = parse("t", &peer(bad)).expect_err(bad);
             assert_eq!(e.key, key, "{bad}: {e}");

@@ -401,7 +401,11 @@ mod tests {
         assert!(!allowed.config.policy.refuse_default_route);
         let mesh = get("198.18.0.1");
         assert_eq!(mesh.config.kind, "mesh");
-        assert_eq!(mesh.config.policy, Default::default(), "mesh nodes are the cluster");
+        assert_eq!(
+            mesh.config.policy,
+            Default::default(),
+            "mesh nodes are the cluster"
+        );
         assert_eq!(mesh.ttl_security, None);
     }
 

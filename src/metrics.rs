@@ -184,10 +184,7 @@ impl Metrics {
                 c.with_label_values(&labels).inc_by(n.saturating_sub(b));
             }
             {
-                let mut last_refused = self
-                    .last_refused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut last_refused = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
                 for why in Rejected::ALL {
                     let n = p.stats.refused.get(&why).copied().unwrap_or(0);
                     let b = last_refused.insert((peer.clone(), why), n).unwrap_or(0);
@@ -224,10 +221,7 @@ impl Metrics {
             ] {
                 remove_peer_counter_series(vec.clone(), &g);
             }
-            let mut last_refused = self
-                .last_refused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut last_refused = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
             for why in Rejected::ALL {
                 last_refused.remove(&(g.clone(), why));
                 for kind in PEER_KINDS {

@@ -4,10 +4,10 @@
 
 use crate::config::{self, MaxPrefixesAction, MaxPrefixesSetting};
 use crate::datastore::model::{self, ClusterBgp, NodeRecord, PeerRecord};
-use ferrovia_bgp::policy::PrefixRule;
 use crate::datastore::SharedDatastore;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use ferrovia_bgp::policy::PrefixRule;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;

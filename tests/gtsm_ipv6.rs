@@ -159,7 +159,9 @@ fn bird_two_hops_away_over_ipv6_is_refused() {
             }
             let refused = f.log_text().matches("its SYN arrived with TTL 254").count();
             if refused < 1 {
-                return Err(format!("{refused} of BIRD's connections refused for their SYN"));
+                return Err(format!(
+                    "{refused} of BIRD's connections refused for their SYN"
+                ));
             }
             Ok(())
         },

@@ -228,7 +228,9 @@ fn a_config_file_peer_cannot_send_our_pool_prefixes_or_default_routes() {
     wait_kernel_via_peer(&t.f, OTHERS);
     for l in kernel_routes(&t.f) {
         assert!(
-            !l.starts_with("default") && !l.starts_with("10.244.200.") && !l.starts_with("fd00:10:244:200:"),
+            !l.starts_with("default")
+                && !l.starts_with("10.244.200.")
+                && !l.starts_with("fd00:10:244:200:"),
             "a refused route is in the kernel: {l}"
         );
     }
@@ -248,8 +250,7 @@ fn a_config_file_peer_cannot_send_our_pool_prefixes_or_default_routes() {
     });
     promtool_clean(&m);
     let text = String::from_utf8_lossy(
-        &t.f
-            .exec(&[bin(), "status", "--socket", &f.socket.display().to_string()])
+        &t.f.exec(&[bin(), "status", "--socket", &f.socket.display().to_string()])
             .stdout,
     )
     .into_owned();
@@ -303,23 +304,46 @@ fn a_stored_peer_follows_its_safety_settings_and_prefix_lists() {
             "1",
         ],
     );
-    wait_until("the stored peer refuses ours and the defaults", ESTABLISH + PROPAGATE, POLL, || {
-        let p = established(&f)?;
-        if refused(&p, "own_pool") == 2 && refused(&p, "default_route") == 2 && p["type"] == "global" {
-            Ok(())
-        } else {
-            Err(format!("{p}"))
-        }
-    });
+    wait_until(
+        "the stored peer refuses ours and the defaults",
+        ESTABLISH + PROPAGATE,
+        POLL,
+        || {
+            let p = established(&f)?;
+            if refused(&p, "own_pool") == 2
+                && refused(&p, "default_route") == 2
+                && p["type"] == "global"
+            {
+                Ok(())
+            } else {
+                Err(format!("{p}"))
+            }
+        },
+    );
     wait_kernel_via_peer(&t.f, OTHERS);
 
     cli(
         &db,
-        &["peer", "set", "tor", "--allow-pool-prefixes", "on", "--allow-default-route", "on"],
+        &[
+            "peer",
+            "set",
+            "tor",
+            "--allow-pool-prefixes",
+            "on",
+            "--allow-default-route",
+            "on",
+        ],
     );
     wait_kernel_via_peer(
         &t.f,
-        &["10.244.200.0/24", "fd00:10:244:200::/64", "default", "default", "192.0.2.0/24", "2001:db8:1::/48"],
+        &[
+            "10.244.200.0/24",
+            "fd00:10:244:200::/64",
+            "default",
+            "default",
+            "192.0.2.0/24",
+            "2001:db8:1::/48",
+        ],
     );
 
     cli(
@@ -342,7 +366,10 @@ fn a_stored_peer_follows_its_safety_settings_and_prefix_lists() {
     );
     // Import: the IPv4 default is denied by the first entry; ::/0 and 2001:db8:1::/48 match
     // no entry. Export: only 10.244.1.0/26 of our three prefixes.
-    wait_kernel_via_peer(&t.f, &["10.244.200.0/24", "fd00:10:244:200::/64", "192.0.2.0/24"]);
+    wait_kernel_via_peer(
+        &t.f,
+        &["10.244.200.0/24", "fd00:10:244:200::/64", "192.0.2.0/24"],
+    );
     let p = wait_until("the list refusals are counted", PROPAGATE, POLL, || {
         let p = established(&f)?;
         if refused(&p, "import_list") == 3 && p["prefixesSent"] == 1 {
@@ -351,9 +378,12 @@ fn a_stored_peer_follows_its_safety_settings_and_prefix_lists() {
             Err(format!("{p}"))
         }
     });
-    wait_until("GoBGP has only what the export list allows", PROPAGATE, POLL, || {
-        gobgp_has_from_ferrovia(&g, &[F_V4])
-    });
+    wait_until(
+        "GoBGP has only what the export list allows",
+        PROPAGATE,
+        POLL,
+        || gobgp_has_from_ferrovia(&g, &[F_V4]),
+    );
     eprintln!("peer after the lists: {p}");
     let stored = cli(&db, &["peer", "list", "--json"]);
     assert!(stored.contains("\"importPrefixes\""), "{stored}");
@@ -388,29 +418,47 @@ fn over_max_prefixes_restart_closes_with_cease_6_1_and_comes_back_after_the_time
     g.add_route(THREE[1]);
     wait_kernel_via_peer(&t.f, &THREE[..2]);
     g.add_route(THREE[2]);
-    let (p, seen) = wait_until("ferrovia closes the session for too many prefixes", PROPAGATE, POLL, || {
-        let p = peer_status(&f);
-        let err = p["lastError"].as_str().unwrap_or_default();
-        if err.contains("Maximum Number of Prefixes Reached (6/1)") && p["state"] != "Established" {
-            Ok((p, Instant::now()))
-        } else {
-            Err(format!("{p}"))
-        }
-    });
+    let (p, seen) = wait_until(
+        "ferrovia closes the session for too many prefixes",
+        PROPAGATE,
+        POLL,
+        || {
+            let p = peer_status(&f);
+            let err = p["lastError"].as_str().unwrap_or_default();
+            if err.contains("Maximum Number of Prefixes Reached (6/1)")
+                && p["state"] != "Established"
+            {
+                Ok((p, Instant::now()))
+            } else {
+                Err(format!("{p}"))
+            }
+        },
+    );
     assert_eq!(p["maxPrefixesExceeded"], 1, "{p}");
-    let left = p["restartInSeconds"].as_u64().unwrap_or_else(|| panic!("restartInSeconds in {p}"));
+    let left = p["restartInSeconds"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("restartInSeconds in {p}"));
     assert!((1..=6).contains(&left), "{p}");
     wait_kernel_via_peer(&t.f, &[]);
     // GoBGP logs each NOTIFICATION it receives as JSON: code, subcode, data (base64).
-    let line = wait_until("GoBGP logs the CEASE 6/1 it received", PROPAGATE, POLL, || {
-        let log = g.log_tail(400);
-        let found = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["msg"] == "received notification");
-        found.ok_or(log)
-    });
-    assert_eq!((&line["Code"], &line["Subcode"]), (&Value::from(6), &Value::from(1)), "{line}");
+    let line = wait_until(
+        "GoBGP logs the CEASE 6/1 it received",
+        PROPAGATE,
+        POLL,
+        || {
+            let log = g.log_tail(400);
+            let found = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["msg"] == "received notification");
+            found.ok_or(log)
+        },
+    );
+    assert_eq!(
+        (&line["Code"], &line["Subcode"]),
+        (&Value::from(6), &Value::from(1)),
+        "{line}"
+    );
     // RFC 4486: AFI 1, SAFI 1, the limit 2 as four octets (00 01 01 00 00 00 02).
     assert_eq!(line["Data"], "AAEBAAAAAg==", "{line}");
     eprintln!("GoBGP: {line}");
@@ -433,7 +481,10 @@ fn over_max_prefixes_restart_closes_with_cease_6_1_and_comes_back_after_the_time
     let p = peer_status(&f);
     assert_eq!(p["maxPrefixesExceeded"], 1, "{p}");
     assert!(p["restartInSeconds"].is_null(), "{p}");
-    eprintln!("down for {:?} (restartAfterSeconds 6, {left} s left when seen)", back.1.duration_since(seen));
+    eprintln!(
+        "down for {:?} (restartAfterSeconds 6, {left} s left when seen)",
+        back.1.duration_since(seen)
+    );
 }
 
 /// `action: warn`: three prefixes against a limit of two keep the session and all three
@@ -443,7 +494,10 @@ fn over_max_prefixes_warn_keeps_the_session_and_the_routes() {
     let lock = net_lock();
     let t = Pair::new(&lock, "rs-maxw");
     let g = gobgp(&t.p, &[]);
-    let f = Ferrovia::start(&t.f, with_max_prefixes("maxPrefixes: { limit: 2, action: warn }"));
+    let f = Ferrovia::start(
+        &t.f,
+        with_max_prefixes("maxPrefixes: { limit: 2, action: warn }"),
+    );
     let before = wait_until("Established", ESTABLISH, POLL, || established(&f));
     for p in THREE {
         g.add_route(p);
@@ -461,12 +515,15 @@ fn over_max_prefixes_warn_keeps_the_session_and_the_routes() {
     assert!(p["lastError"].is_null(), "{p}");
     let n = g.neighbor(FERROVIA_V4).expect("GoBGP neighbor");
     assert_eq!(
-        n["state"]["messages"]["received"]["notification"].as_u64().unwrap_or(0),
+        n["state"]["messages"]["received"]["notification"]
+            .as_u64()
+            .unwrap_or(0),
         0,
         "{n}"
     );
     assert!(
-        f.log_text().contains("more prefixes than its maxPrefixes limit"),
+        f.log_text()
+            .contains("more prefixes than its maxPrefixes limit"),
         "the warning is logged"
     );
 }

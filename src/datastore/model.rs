@@ -15,8 +15,8 @@
 //! Unknown JSON fields are ignored when reading, so an older agent can read what a newer
 //! one wrote.
 
-use crate::config::RouteSafety;
 use super::{Change, Datastore, DatastoreError, DatastoreExt, Resource, Result, Selector, Typed};
+use crate::config::RouteSafety;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};

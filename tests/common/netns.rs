@@ -293,8 +293,22 @@ impl Routed {
         r.addr("eth0", "fd00:198:18::fe/120");
         r.addr("eth1", "fd00:198:18::2fe/120");
         p.addr("eth0", &format!("{}/120", super::PEER_V6));
-        f.ip(&["-6", "route", "add", "fd00:198:18::200/120", "via", "fd00:198:18::fe"]);
-        p.ip(&["-6", "route", "add", "fd00:198:18::/120", "via", "fd00:198:18::2fe"]);
+        f.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18::200/120",
+            "via",
+            "fd00:198:18::fe",
+        ]);
+        p.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18::/120",
+            "via",
+            "fd00:198:18::2fe",
+        ]);
         r.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         Routed { f, r, p }
     }

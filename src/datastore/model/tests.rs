@@ -351,7 +351,8 @@ async fn a_peer_keeps_its_gtsm_and_route_safety_and_refuses_bad_ones() {
 
     for (bad, words) in [
         (
-            Box::new(|r: &mut PeerRecord| r.ttl_security = Some(0)) as Box<dyn Fn(&mut PeerRecord) + Send + Sync>,
+            Box::new(|r: &mut PeerRecord| r.ttl_security = Some(0))
+                as Box<dyn Fn(&mut PeerRecord) + Send + Sync>,
             "ttlSecurity",
         ),
         (
@@ -391,6 +392,8 @@ async fn a_peer_keeps_its_gtsm_and_route_safety_and_refuses_bad_ones() {
     }
     // Nothing bad was stored.
     assert_eq!(list_peers(&s).await.unwrap(), vec![changed.value]);
-    let e = update_peer(&s, "nope", |_| Ok(())).await.expect_err("absent");
+    let e = update_peer(&s, "nope", |_| Ok(()))
+        .await
+        .expect_err("absent");
     assert!(e.to_string().contains("nope"), "{e}");
 }
