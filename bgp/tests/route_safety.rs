@@ -379,3 +379,78 @@ fn over_the_limit_with_restart_sends_cease_6_1_and_connects_again_after_the_time
     drain(&mut s);
     assert_eq!(in_loc_rib(&s), ["192.0.2.0/26"]);
 }
+
+/// With the RFC 8538 N bit negotiated a plain Cease would leave the routes as stale on both
+/// sides; going over the limit sends Hard Reset (wrapping 6/1 and its data) and the routes go.
+#[test]
+fn over_the_limit_with_the_n_bit_sends_hard_reset_and_keeps_nothing_stale() {
+    let now = Instant::now();
+    let mut s = Speaker::new(SpeakerConfig {
+        local_as: 64512,
+        router_id: LOCAL_ID,
+        families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+        graceful_restart: Some(120),
+        next_hop_v4: None,
+        next_hop_v6: None,
+        cluster_id: None,
+    });
+    s.track_changes(true);
+    s.add_peer(
+        now,
+        PeerConfig {
+            address: PEER,
+            remote_as: PEER_AS,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(1),
+            passive: false,
+            kind: "global".into(),
+            route_reflector_client: false,
+            policy: limited(1, MaxPrefixAction::Restart(Duration::from_secs(30))),
+        },
+    )
+    .expect("add peer");
+    s.connected(
+        now,
+        PEER,
+        1,
+        Direction::Outgoing,
+        SocketAddr::new(IpAddr::V4(LOCAL_ID), 40000),
+    );
+    let Message::Open(mut open) = peer_open() else {
+        unreachable!("peer_open is an OPEN")
+    };
+    open.capabilities.graceful_restart = Some(GracefulRestart {
+        restarting: false,
+        notification: true,
+        restart_time: 120,
+        families: vec![(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, true)],
+    });
+    s.received(now, WALL, PEER, 1, &bytes(Message::Open(open)));
+    s.received(now, WALL, PEER, 1, &bytes(Message::Keepalive));
+    assert_eq!(state(&s), State::Established);
+    drain(&mut s);
+    let nh = IpAddr::from([198, 18, 0, 254]);
+    s.received(
+        now,
+        WALL,
+        PEER,
+        1,
+        &announce(&["192.0.2.0/26", "192.0.2.64/26"], nh),
+    );
+    let (actions, _) = drain(&mut s);
+    let n = sent_messages(&actions)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Notification(n) => Some(n),
+            _ => None,
+        })
+        .expect("NOTIFICATION sent");
+    assert!(n.is_hard_reset(), "{n}");
+    assert_eq!(
+        n.data,
+        [6, 1, 0, 1, 1, 0, 0, 0, 1],
+        "6/1 and its data inside"
+    );
+    assert!(in_loc_rib(&s).is_empty(), "nothing kept as stale");
+    assert_eq!(s.peer_status()[0].stats.stale_prefixes, 0);
+}

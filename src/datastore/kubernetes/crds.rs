@@ -283,12 +283,13 @@ pub struct BGPPeerSpec {
 }
 
 /// What happens when a peer sends more prefixes than its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum MaxPrefixesActionSpec {
     /// Log and count; keep the session and the routes.
     Warn,
     /// Close with CEASE 6/1 and connect again after restartAfterSeconds.
+    #[default]
     Restart,
 }
 
@@ -299,8 +300,8 @@ pub struct MaxPrefixesSpec {
     /// Prefixes accepted from the peer (after import policy, both families).
     #[schemars(range(min = 1))]
     pub limit: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<MaxPrefixesActionSpec>,
+    #[serde(default)]
+    pub action: MaxPrefixesActionSpec,
     /// With action restart: seconds before connecting again (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
@@ -308,9 +309,10 @@ pub struct MaxPrefixesSpec {
 }
 
 /// What a matching prefix-list entry does.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PrefixActionSpec {
+    #[default]
     Permit,
     Deny,
 }
@@ -329,8 +331,8 @@ pub struct PrefixRuleSpec {
     #[schemars(range(max = 128))]
     pub le: Option<u8>,
     /// permit (default) or deny.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<PrefixActionSpec>,
+    #[serde(default)]
+    pub action: PrefixActionSpec,
 }
 
 /// The cluster-wide BGP settings; one object, named `default`.
