@@ -4,10 +4,12 @@
 //! with its full path (for example `bgp.peers[1].asNumber`). See `config/` for documented
 //! examples; every one of them is loaded by a test.
 
+use ferrovia_bgp::policy::{MaxPrefixAction, MaxPrefixes, PeerPolicy, PrefixRule};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default control socket, shared by the agent, the CLI and (later) the CNI plugin.
 pub const DEFAULT_SOCKET: &str = "/run/ferrovia/ferrovia.sock";
@@ -383,6 +385,147 @@ pub struct Peer {
     /// The peer is a route reflector client of this node (needs `bgp.routeReflector`).
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// The most prefixes the peer may send, and what happens past it.
+    #[serde(default)]
+    pub max_prefixes: Option<MaxPrefixesSetting>,
+    /// Accept prefixes inside the cluster's own pools (`ipam.pools`) from this peer: it
+    /// carries other nodes' pod routes back to us (a ToR of a leaf-spine fabric, a route
+    /// reflector). Off: such prefixes are refused as hijacks.
+    #[serde(default)]
+    pub allow_pool_prefixes: bool,
+    /// Accept the default route (0.0.0.0/0, ::/0) from this peer.
+    #[serde(default)]
+    pub allow_default_route: bool,
+    /// Import prefix list: only prefixes it permits are accepted (absent or empty: all).
+    #[serde(default)]
+    pub import_prefixes: Vec<PrefixRule>,
+    /// Export prefix list: only prefixes it permits are advertised (absent or empty: all).
+    #[serde(default)]
+    pub export_prefixes: Vec<PrefixRule>,
+}
+
+impl Peer {
+    /// The peer's route safety settings.
+    pub fn safety(&self) -> RouteSafety {
+        RouteSafety {
+            max_prefixes: self.max_prefixes.clone(),
+            allow_pool_prefixes: self.allow_pool_prefixes,
+            allow_default_route: self.allow_default_route,
+            import_prefixes: self.import_prefixes.clone(),
+            export_prefixes: self.export_prefixes.clone(),
+        }
+    }
+}
+
+/// What happens when a peer sends more prefixes than `limit`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum MaxPrefixesAction {
+    /// Log once and count in metrics; keep the session and the routes.
+    Warn,
+    /// Close the session with CEASE / Maximum Number of Prefixes Reached (RFC 4486) and
+    /// connect again after `restartAfterSeconds`.
+    #[default]
+    Restart,
+}
+
+/// `maxPrefixes: { limit: N, action: warn|restart, restartAfterSeconds: S }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaxPrefixesSetting {
+    /// Prefixes accepted from the peer (after import policy, IPv4 and IPv6 together).
+    pub limit: u32,
+    #[serde(default)]
+    pub action: MaxPrefixesAction,
+    /// With `action: restart`: seconds before connecting again (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_after_seconds: Option<u64>,
+}
+
+/// Default of `maxPrefixes.restartAfterSeconds`.
+pub const DEFAULT_RESTART_AFTER: u64 = 60;
+
+/// Longest `maxPrefixes.restartAfterSeconds` (one day).
+pub const MAX_RESTART_AFTER: u64 = 86_400;
+
+/// A peer's route safety settings, as the configuration file and the datastore's peer
+/// records hold them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSafety {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<MaxPrefixesSetting>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pool_prefixes: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_default_route: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_prefixes: Vec<PrefixRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_prefixes: Vec<PrefixRule>,
+}
+
+impl RouteSafety {
+    /// Checks the settings; an error is (key below the peer, message).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if let Some(m) = &self.max_prefixes {
+            if m.limit == 0 {
+                return Err((
+                    "maxPrefixes.limit".into(),
+                    "must be at least 1 (leave maxPrefixes out for no limit)".into(),
+                ));
+            }
+            match (m.action, m.restart_after_seconds) {
+                (MaxPrefixesAction::Warn, Some(_)) => {
+                    return Err((
+                        "maxPrefixes.restartAfterSeconds".into(),
+                        "only applies to action: restart; remove it or set action: restart".into(),
+                    ))
+                }
+                (MaxPrefixesAction::Restart, Some(s)) if s == 0 || s > MAX_RESTART_AFTER => {
+                    return Err((
+                        "maxPrefixes.restartAfterSeconds".into(),
+                        format!("{s} is not between 1 and {MAX_RESTART_AFTER} seconds"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for (list, rules) in [
+            ("importPrefixes", &self.import_prefixes),
+            ("exportPrefixes", &self.export_prefixes),
+        ] {
+            for (i, r) in rules.iter().enumerate() {
+                r.check().map_err(|m| (format!("{list}[{i}]"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The speaker's policy for a peer with these settings. `outside`: the peer is not a
+    /// node of the cluster, so the cluster's own `pools` and the default route are refused
+    /// from it unless allowed.
+    pub fn policy(&self, outside: bool, pools: &[IpNet]) -> PeerPolicy {
+        PeerPolicy {
+            refuse_default_route: outside && !self.allow_default_route,
+            protected: if outside && !self.allow_pool_prefixes {
+                pools.to_vec()
+            } else {
+                Vec::new()
+            },
+            import_prefixes: self.import_prefixes.clone(),
+            export_prefixes: self.export_prefixes.clone(),
+            max_prefixes: self.max_prefixes.as_ref().map(|m| MaxPrefixes {
+                limit: m.limit,
+                action: match m.action {
+                    MaxPrefixesAction::Warn => MaxPrefixAction::Warn,
+                    MaxPrefixesAction::Restart => MaxPrefixAction::Restart(Duration::from_secs(
+                        m.restart_after_seconds.unwrap_or(DEFAULT_RESTART_AFTER),
+                    )),
+                },
+            }),
+        }
+    }
 }
 
 /// A prefix to originate, bare or with communities.
@@ -692,6 +835,7 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 ));
             }
         }
+        p.safety().check().map_err(|(k, m)| err(&key(&k), m))?;
         if p.address.is_unspecified() || p.address.is_multicast() {
             return Err(err(
                 &key("address"),
@@ -797,6 +941,17 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
         range_passwords,
         originate,
     })
+}
+
+impl Config {
+    /// The cluster's pod pools (`ipam.pools`), refused from peers outside the cluster.
+    pub fn pool_prefixes(&self) -> Vec<IpNet> {
+        self.ipam
+            .iter()
+            .flat_map(|i| &i.pools)
+            .filter_map(|p| p.cidr.parse::<IpNet>().ok())
+            .collect()
+    }
 }
 
 /// Reads a TCP MD5 password file (RFC 2385): trailing newlines are ignored and what is left
@@ -970,6 +1125,94 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.config.bgp.drain_wait, 10);
         assert_eq!(l.config.state_dir(), PathBuf::from("/run/ferrovia"));
+    }
+
+    #[test]
+    fn route_safety_keys_load_check_and_name_the_key() {
+        let peer = |v: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1 }}\nbgp: {{ peers: [ {{ address: 1.2.3.4, asNumber: 5{v} }} ] }}")
+        };
+        let l = parse(
+            "t",
+            &peer(
+                ", maxPrefixes: { limit: 100, action: restart, restartAfterSeconds: 30 }, \
+                 allowDefaultRoute: true, importPrefixes: [ { prefix: 10.0.0.0/8, le: 24 }, \
+                 { prefix: 0.0.0.0/0, action: deny } ], exportPrefixes: [ { prefix: 10.244.0.0/16, ge: 26, le: 26 } ]",
+            ),
+        )
+        .expect("loads");
+        let p = &l.config.bgp.peers[0];
+        let pol = p
+            .safety()
+            .policy(true, &["10.244.0.0/16".parse().expect("net")]);
+        assert_eq!(
+            pol.max_prefixes,
+            Some(MaxPrefixes {
+                limit: 100,
+                action: MaxPrefixAction::Restart(Duration::from_secs(30))
+            })
+        );
+        assert!(!pol.refuse_default_route, "allowed");
+        assert_eq!(pol.protected.len(), 1, "pool prefixes refused by default");
+        assert_eq!(pol.import_prefixes.len(), 2);
+        assert_eq!(
+            pol.export_prefixes[0].to_string(),
+            "10.244.0.0/16 ge 26 le 26"
+        );
+        // A mesh node is inside the cluster: no default protections.
+        let inside = p
+            .safety()
+            .policy(false, &["10.244.0.0/16".parse().expect("net")]);
+        assert!(inside.protected.is_empty() && !inside.refuse_default_route);
+        // Defaults: action restart after 60 s; warn has no restart time.
+        let l = parse("t", &peer(", maxPrefixes: { limit: 5 }")).expect("loads");
+        assert_eq!(
+            l.config.bgp.peers[0]
+                .safety()
+                .policy(true, &[])
+                .max_prefixes,
+            Some(MaxPrefixes {
+                limit: 5,
+                action: MaxPrefixAction::Restart(Duration::from_secs(60))
+            })
+        );
+        for (bad, key) in [
+            (
+                ", maxPrefixes: { limit: 0 }",
+                "bgp.peers[0].maxPrefixes.limit",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, action: warn, restartAfterSeconds: 5 }",
+                "bgp.peers[0].maxPrefixes.restartAfterSeconds",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, restartAfterSeconds: 0 }",
+                "bgp.peers[0].maxPrefixes.restartAfterSeconds",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, action: drop }",
+                "bgp.peers[0].maxPrefixes.action",
+            ),
+            (
+                ", maxPrefixes: { limit: 5, colour: red }",
+                "bgp.peers[0].maxPrefixes.colour",
+            ),
+            (
+                ", importPrefixes: [ { prefix: 10.0.0.1/8 } ]",
+                "bgp.peers[0].importPrefixes[0]",
+            ),
+            (
+                ", exportPrefixes: [ { prefix: 10.0.0.0/8 }, { prefix: 10.0.0.0/8, le: 4 } ]",
+                "bgp.peers[0].exportPrefixes[1]",
+            ),
+            (
+                ", importPrefixes: [ { prefix: 10.0.0.0/8, lt: 4 } ]",
+                "bgp.peers[0].importPrefixes[0].lt",
+            ),
+        ] {
+            let e = parse("t", &peer(bad)).expect_err(bad);
+            assert_eq!(e.key, key, "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -88,6 +88,17 @@ pub struct PeerInfo {
     pub end_of_rib_sent: bool,
     #[serde(default)]
     pub end_of_rib_received: bool,
+    /// Announced prefixes refused by import policy since the agent started, per reason:
+    /// `as_loop`, `originator_loop`, `bad_next_hop`, `default_route`, `own_pool` (inside the
+    /// cluster's pod pools, from a peer outside the cluster), `import_list`.
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// Times the peer went over its `maxPrefixes` limit.
+    #[serde(default)]
+    pub max_prefixes_exceeded: u64,
+    /// The session was closed for too many prefixes and starts again in this many seconds.
+    #[serde(default)]
+    pub restart_in_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

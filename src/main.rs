@@ -359,6 +359,19 @@ fn print_status(s: &control::StatusReply) {
                 p.stale_prefixes
             );
         }
+        if !p.refused.is_empty() {
+            let r: Vec<String> = p.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("    refused prefixes: {}", r.join(", "));
+        }
+        if p.max_prefixes_exceeded > 0 {
+            println!(
+                "    over maxPrefixes {} time(s){}",
+                p.max_prefixes_exceeded,
+                p.restart_in_seconds
+                    .map(|s| format!("; session starts again in {s} s"))
+                    .unwrap_or_default()
+            );
+        }
     }
     let installed = match s.routes.installed {
         Some(n) => format!("{n} installed in the kernel"),

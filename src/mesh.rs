@@ -7,8 +7,10 @@
 //! every other node peers with the reflectors only, and each reflector with every node:
 //! the nodes that are not reflectors as its clients, the other reflectors as non-clients.
 
+use crate::config::RouteSafety;
 use ferrovia_bgp::driver::PeerSpec;
 use ferrovia_bgp::speaker::PeerConfig;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -30,6 +32,9 @@ pub struct StoredPeer {
     pub as_number: u32,
     pub node: Option<String>,
     pub password: Option<String>,
+    /// GTSM hops (RFC 5082); None: off.
+    pub ttl_security: Option<u8>,
+    pub safety: RouteSafety,
 }
 
 /// This node's view of its surroundings.
@@ -45,6 +50,8 @@ pub struct Inputs<'a> {
     pub file_peers: &'a [PeerSpec],
     pub hold_time: u16,
     pub connect_retry: Duration,
+    /// The cluster's pod pools, refused from peers outside the cluster unless allowed.
+    pub pools: &'a [IpNet],
 }
 
 /// The peers this node should have, by address. Earlier sources win when two name the
@@ -82,36 +89,32 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
             passive,
             kind: kind.to_string(),
             route_reflector_client: client,
+            // Nodes of the cluster: no default protections.
+            policy: Default::default(),
         },
         port: 179,
         password,
-        // Stored peers have no GTSM setting (yet): only the configuration file's do.
         ttl_security: None,
     };
     let spec = |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| {
         spec_rr(address, asn, kind, passive, password, false)
+    };
+    // Stored peers are outside the cluster: their settings plus the default protections.
+    let stored = |p: &StoredPeer, kind: &str| {
+        let mut s = spec(p.address, p.as_number, kind, false, p.password.clone());
+        s.config.policy = p.safety.policy(true, i.pools);
+        s.ttl_security = p.ttl_security;
+        s
     };
     for p in i
         .stored_peers
         .iter()
         .filter(|p| p.node.as_deref() == Some(i.me))
     {
-        put(spec(
-            p.address,
-            p.as_number,
-            "node",
-            false,
-            p.password.clone(),
-        ));
+        put(stored(p, "node"));
     }
     for p in i.stored_peers.iter().filter(|p| p.node.is_none()) {
-        put(spec(
-            p.address,
-            p.as_number,
-            "global",
-            false,
-            p.password.clone(),
-        ));
+        put(stored(p, "global"));
     }
     let i_reflect = i
         .nodes
@@ -201,6 +204,7 @@ mod tests {
             file_peers: file,
             hold_time: 9,
             connect_retry: Duration::from_secs(1),
+            pools: &[],
         }
     }
 
@@ -234,18 +238,24 @@ mod tests {
                 as_number: 65000,
                 node: None,
                 password: None,
+                ttl_security: None,
+                safety: Default::default(),
             },
             StoredPeer {
                 address: "198.18.0.253".parse().expect("ip"),
                 as_number: 65001,
                 node: Some("node2".into()),
                 password: Some("pw".into()),
+                ttl_security: None,
+                safety: Default::default(),
             },
             StoredPeer {
                 address: "198.18.0.252".parse().expect("ip"),
                 as_number: 65002,
                 node: Some("node9".into()),
                 password: None,
+                ttl_security: None,
+                safety: Default::default(),
             },
             // Same address as a per-node peer: the per-node one wins.
             StoredPeer {
@@ -253,6 +263,8 @@ mod tests {
                 as_number: 1,
                 node: None,
                 password: None,
+                ttl_security: None,
+                safety: Default::default(),
             },
         ];
         let mut i = inputs(&nodes, &stored, &[]);
@@ -348,6 +360,53 @@ mod tests {
         let mut i = inputs(&nodes, &[], &[]);
         i.mesh = false;
         assert!(desired_peers(&i).is_empty());
+    }
+
+    #[test]
+    fn stored_peers_get_the_cluster_protections_and_gtsm_mesh_peers_do_not() {
+        let nodes = [node("node1", "198.18.0.1"), node("node2", "198.18.0.2")];
+        let pools: Vec<IpNet> = vec!["10.244.0.0/16".parse().expect("net")];
+        let stored = [
+            StoredPeer {
+                address: "198.18.0.254".parse().expect("ip"),
+                as_number: 65000,
+                node: None,
+                password: None,
+                ttl_security: Some(1),
+                safety: Default::default(),
+            },
+            StoredPeer {
+                address: "198.18.0.253".parse().expect("ip"),
+                as_number: 65001,
+                node: Some("node2".into()),
+                password: None,
+                ttl_security: None,
+                safety: RouteSafety {
+                    allow_pool_prefixes: true,
+                    allow_default_route: true,
+                    ..Default::default()
+                },
+            },
+        ];
+        let mut i = inputs(&nodes, &stored, &[]);
+        i.pools = &pools;
+        let d = desired_peers(&i);
+        let get = |a: &str| &d[&a.parse::<IpAddr>().expect("ip")];
+        let tor = get("198.18.0.254");
+        assert_eq!(tor.ttl_security, Some(1));
+        assert_eq!(tor.config.policy.protected, pools);
+        assert!(tor.config.policy.refuse_default_route);
+        let allowed = get("198.18.0.253");
+        assert!(allowed.config.policy.protected.is_empty());
+        assert!(!allowed.config.policy.refuse_default_route);
+        let mesh = get("198.18.0.1");
+        assert_eq!(mesh.config.kind, "mesh");
+        assert_eq!(
+            mesh.config.policy,
+            Default::default(),
+            "mesh nodes are the cluster"
+        );
+        assert_eq!(mesh.ttl_security, None);
     }
 
     #[test]

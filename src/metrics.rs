@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use ferrovia_bgp::driver::Handle;
 use ferrovia_bgp::fsm::State as BgpState;
+use ferrovia_bgp::policy::Rejected;
 use ferrovia_bgp::speaker::{PeerStatus, Speaker};
 use ferrovia_ipam::{Ipam, IpamCounters};
 use prometheus::{
@@ -35,6 +36,8 @@ pub struct Metrics {
     updates_received: IntCounterVec,
     updates_sent: IntCounterVec,
     transitions: IntCounterVec,
+    refused: IntCounterVec,
+    max_prefixes_exceeded: IntCounterVec,
     routes_installed: IntGauge,
     routes_unresolved: IntGauge,
     loc_rib: IntGauge,
@@ -44,12 +47,16 @@ pub struct Metrics {
     ipam_batches: IntCounter,
     ipam_batched: IntCounter,
     /// Last counter values seen per peer, to advance counters by differences.
-    last: Mutex<HashMap<String, [u64; 3]>>,
+    last: Mutex<HashMap<String, [u64; 4]>>,
     /// Last IPAM counters seen.
     last_ipam: Mutex<IpamCounters>,
+    /// Last refused-prefix counts seen per peer and reason.
+    last_refused: Mutex<HashMap<(String, Rejected), u64>>,
 }
 
 const PEER_LABELS: &[&str] = &["peer", "type"];
+const REFUSED_LABELS: &[&str] = &["peer", "type", "reason"];
+const PEER_KINDS: [&str; 3] = ["global", "mesh", "node"];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -85,6 +92,17 @@ impl Metrics {
             transitions: cv(
                 "ferrovia_bgp_fsm_transitions_total",
                 "BGP session state changes.",
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "ferrovia_bgp_prefixes_refused_total",
+                    "Announced prefixes refused by import policy, by reason: as_loop, originator_loop, bad_next_hop, default_route, own_pool (inside the cluster's pod pools, from a peer outside the cluster), import_list.",
+                ),
+                REFUSED_LABELS,
+            )?,
+            max_prefixes_exceeded: cv(
+                "ferrovia_bgp_max_prefixes_exceeded_total",
+                "Times the peer went over its maxPrefixes limit (warned, or the session was closed with CEASE 6/1).",
             )?,
             routes_installed: IntGauge::new(
                 "ferrovia_kernel_routes_installed",
@@ -122,6 +140,7 @@ impl Metrics {
             )?,
             last: Mutex::new(HashMap::new()),
             last_ipam: Mutex::new(IpamCounters::default()),
+            last_refused: Mutex::new(HashMap::new()),
             registry,
         };
         m.registry.register(Box::new(m.peer_state.clone()))?;
@@ -132,6 +151,9 @@ impl Metrics {
         m.registry.register(Box::new(m.updates_received.clone()))?;
         m.registry.register(Box::new(m.updates_sent.clone()))?;
         m.registry.register(Box::new(m.transitions.clone()))?;
+        m.registry.register(Box::new(m.refused.clone()))?;
+        m.registry
+            .register(Box::new(m.max_prefixes_exceeded.clone()))?;
         m.registry.register(Box::new(m.routes_installed.clone()))?;
         m.registry.register(Box::new(m.routes_unresolved.clone()))?;
         m.registry.register(Box::new(m.loc_rib.clone()))?;
@@ -177,15 +199,27 @@ impl Metrics {
                 p.stats.updates_received,
                 p.stats.updates_sent,
                 p.stats.transitions,
+                p.stats.max_prefixes_exceeded,
             ];
-            let before = last.get(&peer).copied().unwrap_or([0; 3]);
+            let before = last.get(&peer).copied().unwrap_or([0; 4]);
             let counters = [
                 &self.updates_received,
                 &self.updates_sent,
                 &self.transitions,
+                &self.max_prefixes_exceeded,
             ];
             for ((c, n), b) in counters.iter().zip(now).zip(before) {
                 c.with_label_values(&labels).inc_by(n.saturating_sub(b));
+            }
+            {
+                let mut last_refused = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
+                for why in Rejected::ALL {
+                    let n = p.stats.refused.get(&why).copied().unwrap_or(0);
+                    let b = last_refused.insert((peer.clone(), why), n).unwrap_or(0);
+                    self.refused
+                        .with_label_values(&[peer.as_str(), p.config.kind.as_str(), why.name()])
+                        .inc_by(n.saturating_sub(b));
+                }
             }
             last.insert(peer.clone(), now);
             seen.push((peer, p.config.kind.clone()));
@@ -211,8 +245,16 @@ impl Metrics {
                 &self.updates_received,
                 &self.updates_sent,
                 &self.transitions,
+                &self.max_prefixes_exceeded,
             ] {
                 remove_peer_counter_series(vec.clone(), &g);
+            }
+            let mut last_refused = self.last_refused.lock().unwrap_or_else(|e| e.into_inner());
+            for why in Rejected::ALL {
+                last_refused.remove(&(g.clone(), why));
+                for kind in PEER_KINDS {
+                    let _ = self.refused.remove_label_values(&[&g, kind, why.name()]);
+                }
             }
         }
     }
@@ -242,13 +284,13 @@ impl Metrics {
 }
 
 fn remove_peer_series(vec: IntGaugeVec, peer: &str) {
-    for kind in ["global", "mesh", "node"] {
+    for kind in PEER_KINDS {
         let _ = vec.remove_label_values(&[peer, kind]);
     }
 }
 
 fn remove_peer_counter_series(vec: IntCounterVec, peer: &str) {
-    for kind in ["global", "mesh", "node"] {
+    for kind in PEER_KINDS {
         let _ = vec.remove_label_values(&[peer, kind]);
     }
 }
@@ -448,6 +490,7 @@ mod tests {
                 passive: false,
                 kind: "mesh".into(),
                 route_reflector_client: false,
+                policy: Default::default(),
             },
             state,
             ebgp: true,
@@ -460,6 +503,7 @@ mod tests {
             last_error: None,
             peer_id: None,
             families: vec![],
+            restart_at: None,
         }
     }
 
@@ -467,7 +511,10 @@ mod tests {
     fn exposition_follows_the_speaker_and_drops_removed_peers() {
         let m = Metrics::new().expect("metrics");
         m.observe(&[peer("198.18.0.2", BgpState::Established, 3, 5)], 4);
-        m.observe(&[peer("198.18.0.2", BgpState::Established, 3, 8)], 4);
+        let mut later = peer("198.18.0.2", BgpState::Established, 3, 8);
+        later.stats.refused.insert(Rejected::ProtectedPrefix, 2);
+        later.stats.max_prefixes_exceeded = 1;
+        m.observe(&[later], 4);
         m.kernel_synced(Duration::from_millis(2), 7, 1);
         let text = m.render();
         assert!(
@@ -482,6 +529,20 @@ mod tests {
         );
         assert!(
             text.contains("ferrovia_kernel_routes_installed 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_bgp_prefixes_refused_total{peer=\"198.18.0.2\",reason=\"own_pool\",type=\"mesh\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_bgp_prefixes_refused_total{peer=\"198.18.0.2\",reason=\"import_list\",type=\"mesh\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrovia_bgp_max_prefixes_exceeded_total{peer=\"198.18.0.2\",type=\"mesh\"} 1"
+            ),
             "{text}"
         );
         assert!(

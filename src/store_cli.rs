@@ -2,11 +2,12 @@
 //! Agents notice every change within a fraction of a second (they watch the kinds they
 //! use), without a restart.
 
-use crate::config;
+use crate::config::{self, MaxPrefixesAction, MaxPrefixesSetting};
 use crate::datastore::model::{self, ClusterBgp, NodeRecord, PeerRecord};
 use crate::datastore::SharedDatastore;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use ferrovia_bgp::policy::PrefixRule;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -132,11 +133,117 @@ pub enum PeerCmd {
         /// and says so in its log.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        #[command(flatten)]
+        options: PeerOptions,
+    },
+    /// Change the GTSM and route safety settings of a stored peer; what is not given
+    /// stays as it is. Agents follow at once (the session restarts).
+    Set {
+        name: String,
+        #[command(flatten)]
+        options: PeerOptions,
+        /// Turn GTSM off.
+        #[arg(long, conflicts_with = "ttl_security")]
+        no_ttl_security: bool,
+        /// Remove the prefix limit.
+        #[arg(long, conflicts_with_all = ["max_prefixes", "max_prefixes_action", "max_prefixes_restart_after"])]
+        no_max_prefixes: bool,
+        /// Remove the import prefix list (accept every prefix the other rules allow).
+        #[arg(long, conflicts_with = "import_prefix")]
+        clear_import_prefixes: bool,
+        /// Remove the export prefix list (advertise everything).
+        #[arg(long, conflicts_with = "export_prefix")]
+        clear_export_prefixes: bool,
     },
     /// Remove a stored peer.
     Remove { name: String },
     /// List stored peers.
     List,
+}
+
+/// GTSM and route safety settings of a stored peer (the configuration file's keys
+/// `ttlSecurity`, `maxPrefixes`, `allowPoolPrefixes`, `allowDefaultRoute`, `importPrefixes`,
+/// `exportPrefixes`; see config/README.md).
+#[derive(Args, Default)]
+pub struct PeerOptions {
+    /// GTSM (RFC 5082): the peer is at most HOPS hops away (1–254; 1: directly connected).
+    #[arg(long, value_name = "HOPS")]
+    ttl_security: Option<u8>,
+    /// The most prefixes the peer may send (after import policy, both families).
+    #[arg(long, value_name = "N")]
+    max_prefixes: Option<u32>,
+    /// What happens past --max-prefixes: warn (log and count) or restart (CEASE 6/1, then
+    /// connect again after --max-prefixes-restart-after seconds). Default restart.
+    #[arg(long, value_enum)]
+    max_prefixes_action: Option<MaxPrefixesAction>,
+    /// Seconds before connecting again after a restart for too many prefixes (default 60).
+    #[arg(long, value_name = "SECONDS")]
+    max_prefixes_restart_after: Option<u64>,
+    /// Accept prefixes inside the cluster's pod pools from this peer (a ToR or route
+    /// reflector carrying other nodes' pod routes). Default off: refused as hijacks.
+    #[arg(long, value_enum)]
+    allow_pool_prefixes: Option<OnOff>,
+    /// Accept the default route from this peer. Default off.
+    #[arg(long, value_enum)]
+    allow_default_route: Option<OnOff>,
+    /// An import prefix-list entry, "[permit|deny] PREFIX [ge N] [le N]"; repeat in order
+    /// (first match decides, no match is denied). Replaces the stored list.
+    #[arg(long, value_name = "RULE")]
+    import_prefix: Vec<PrefixRule>,
+    /// An export prefix-list entry, like --import-prefix.
+    #[arg(long, value_name = "RULE")]
+    export_prefix: Vec<PrefixRule>,
+}
+
+impl PeerOptions {
+    /// Applies the options given to `rec`.
+    fn apply(&self, rec: &mut PeerRecord) -> Result<(), String> {
+        if self.ttl_security.is_some() {
+            rec.ttl_security = self.ttl_security;
+        }
+        let s = &mut rec.safety;
+        match (&mut s.max_prefixes, self.max_prefixes) {
+            (m, Some(limit)) => {
+                let m = m.get_or_insert(MaxPrefixesSetting {
+                    limit,
+                    action: MaxPrefixesAction::default(),
+                    restart_after_seconds: None,
+                });
+                m.limit = limit;
+            }
+            (None, None)
+                if self.max_prefixes_action.is_some()
+                    || self.max_prefixes_restart_after.is_some() =>
+            {
+                return Err("the peer has no prefix limit: give --max-prefixes N too".into());
+            }
+            _ => {}
+        }
+        if let Some(m) = &mut s.max_prefixes {
+            if let Some(a) = self.max_prefixes_action {
+                m.action = a;
+                if a == MaxPrefixesAction::Warn && self.max_prefixes_restart_after.is_none() {
+                    m.restart_after_seconds = None;
+                }
+            }
+            if self.max_prefixes_restart_after.is_some() {
+                m.restart_after_seconds = self.max_prefixes_restart_after;
+            }
+        }
+        if let Some(v) = self.allow_pool_prefixes {
+            s.allow_pool_prefixes = matches!(v, OnOff::On);
+        }
+        if let Some(v) = self.allow_default_route {
+            s.allow_default_route = matches!(v, OnOff::On);
+        }
+        if !self.import_prefix.is_empty() {
+            s.import_prefixes = self.import_prefix.clone();
+        }
+        if !self.export_prefix.is_empty() {
+            s.export_prefixes = self.export_prefix.clone();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -395,16 +502,46 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
                 as_number,
                 node,
                 password_file,
+                options,
             } => {
-                let rec = PeerRecord {
+                let mut rec = PeerRecord {
                     name,
                     address,
                     as_number,
                     node,
                     password_file,
+                    ttl_security: None,
+                    safety: Default::default(),
                 };
+                options.apply(&mut rec).map_err(anyhow::Error::msg)?;
                 model::put_peer(&*db, &rec).await?;
                 println!("peer {} stored", rec.name);
+            }
+            PeerCmd::Set {
+                name,
+                options,
+                no_ttl_security,
+                no_max_prefixes,
+                clear_import_prefixes,
+                clear_export_prefixes,
+            } => {
+                let stored = model::update_peer(&*db, &name, |rec| {
+                    if no_ttl_security {
+                        rec.ttl_security = None;
+                    }
+                    if no_max_prefixes {
+                        rec.safety.max_prefixes = None;
+                    }
+                    if clear_import_prefixes {
+                        rec.safety.import_prefixes.clear();
+                    }
+                    if clear_export_prefixes {
+                        rec.safety.export_prefixes.clear();
+                    }
+                    options.apply(rec)
+                })
+                .await?;
+                print(s.json, &stored.value, || println!("peer {name} changed"))?;
             }
             PeerCmd::Remove { name } => {
                 if model::remove_peer(&*db, &name).await? {

@@ -50,3 +50,18 @@ fn hold_time_2_is_unacceptable() {
 fn communities_both_ways_ebgp() {
     communities_both_ways("gob-c", start_gobgp);
 }
+
+#[test]
+fn gtsm_one_hop_establishes_with_ttl_min() {
+    gtsm_one_hop_establishes("gob-g1", start_gobgp);
+}
+
+#[test]
+fn gtsm_two_hops_away_is_refused_with_ttl_min() {
+    gtsm_two_hops_refused("gob-g2", start_gobgp);
+}
+
+#[test]
+fn gtsm_off_two_hops_away_establishes() {
+    gtsm_off_two_hops_establishes("gob-g0", start_gobgp);
+}

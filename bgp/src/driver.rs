@@ -683,6 +683,27 @@ impl Driver {
                     warn!(%peer, %reason, "BGP session error");
                     self.emit(Event::PeerError { peer, reason });
                 }
+                Event::MaxPrefixes {
+                    peer,
+                    limit,
+                    received,
+                    restart_after,
+                } => {
+                    match restart_after {
+                        Some(after) => {
+                            warn!(%peer, limit, received, "the peer sent more prefixes than its maxPrefixes limit: session closed with CEASE / Maximum Number of Prefixes Reached (6/1); connecting again in {} s. Raise maxPrefixes.limit if the peer is right to send that many", after.as_secs())
+                        }
+                        None => {
+                            warn!(%peer, limit, received, "the peer sent more prefixes than its maxPrefixes limit; keeping the session and its routes (action warn). Raise maxPrefixes.limit if the peer is right to send that many")
+                        }
+                    }
+                    self.emit(Event::MaxPrefixes {
+                        peer,
+                        limit,
+                        received,
+                        restart_after,
+                    });
+                }
                 Event::RoutesChanged => self.emit(Event::RoutesChanged),
             }
         }

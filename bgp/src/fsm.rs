@@ -280,12 +280,22 @@ impl Session {
 
     /// ManualStop with this NOTIFICATION on every connection.
     pub fn stop_with(&mut self, n: Notification) {
+        self.stop_inner(n, false);
+    }
+
+    /// Like [`Session::stop_with`], for a stop the operator must see (e.g. CEASE 6/1 with
+    /// its RFC 4486 data): the NOTIFICATION stays as the session's last error.
+    pub fn stop_for_error(&mut self, n: Notification) {
+        self.stop_inner(n, true);
+    }
+
+    fn stop_inner(&mut self, n: Notification, record: bool) {
         self.started = false;
         self.retry_at = None;
         self.connecting = false;
         let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
         for id in ids {
-            self.fail_conn(id, Some(n.clone()), None, false);
+            self.fail_conn(id, Some(n.clone()), None, record);
         }
         self.update_state();
     }

@@ -146,6 +146,7 @@ pub mod notif {
     pub const FSM_UNEXPECTED_IN_ESTABLISHED: u8 = 3;
 
     pub const CEASE: u8 = 6;
+    pub const MAXIMUM_PREFIXES_REACHED: u8 = 1;
     pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     pub const PEER_DECONFIGURED: u8 = 3;
     pub const ADMINISTRATIVE_RESET: u8 = 4;
@@ -200,6 +201,7 @@ impl std::fmt::Display for Notification {
             (UPDATE_MESSAGE_ERROR, _) => "UPDATE Message Error",
             (HOLD_TIMER_EXPIRED, _) => "Hold Timer Expired",
             (FSM_ERROR, _) => "Finite State Machine Error",
+            (CEASE, MAXIMUM_PREFIXES_REACHED) => "Cease: Maximum Number of Prefixes Reached",
             (CEASE, ADMINISTRATIVE_SHUTDOWN) => "Cease: Administrative Shutdown",
             (CEASE, PEER_DECONFIGURED) => "Cease: Peer De-configured",
             (CEASE, ADMINISTRATIVE_RESET) => "Cease: Administrative Reset",

@@ -10,10 +10,229 @@
 //! a reflected route gets ORIGINATOR_ID (the BGP Identifier of the peer it came from,
 //! unless already set) and the cluster id in front of its CLUSTER_LIST, and keeps its next
 //! hop. A reflector refuses routes whose CLUSTER_LIST already holds its cluster id.
+//!
+//! Per-peer route safety ([`PeerPolicy`]): prefixes refused by prefix (the default route,
+//! anything inside protected prefixes such as the cluster's own pod pools, an import
+//! prefix list), an export prefix list, and the maximum number of prefixes a peer may send.
+//! The core's default lets everything through; the agent decides which peers are outside
+//! the cluster and fills the protections in.
 
 use crate::message::{AsSegment, NextHop, PathAttributes};
 use crate::rib::{Route, Source, DEFAULT_LOCAL_PREF};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// What a matching prefix-list entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PrefixAction {
+    #[default]
+    Permit,
+    Deny,
+}
+
+impl PrefixAction {
+    fn is_permit(&self) -> bool {
+        *self == PrefixAction::Permit
+    }
+}
+
+/// One prefix-list entry, matched like the prefix lists of FRR or Cisco: a prefix matches
+/// when it lies inside `prefix` and its length is `prefix`'s length exactly (neither `ge`
+/// nor `le`), or within `ge`..=`le` (`ge` alone: up to the family's longest, `le` alone:
+/// from `prefix`'s length).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrefixRule {
+    pub prefix: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ge: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub le: Option<u8>,
+    #[serde(default, skip_serializing_if = "PrefixAction::is_permit")]
+    pub action: PrefixAction,
+}
+
+impl PrefixRule {
+    /// An entry matching `prefix` exactly.
+    pub fn exact(prefix: IpNet, action: PrefixAction) -> PrefixRule {
+        PrefixRule {
+            prefix,
+            ge: None,
+            le: None,
+            action,
+        }
+    }
+
+    /// Checks the entry: no host bits, `len(prefix) <= ge <= le <= longest`.
+    pub fn check(&self) -> Result<(), String> {
+        let p = self.prefix;
+        if p.trunc() != p {
+            return Err(format!(
+                "{p} has host bits set; did you mean {}?",
+                p.trunc()
+            ));
+        }
+        let (len, max) = (p.prefix_len(), p.max_prefix_len());
+        for (name, v) in [("ge", self.ge), ("le", self.le)] {
+            if let Some(v) = v {
+                if v < len || v > max {
+                    return Err(format!(
+                        "{name} {v} is outside {len}..={max}: it must be at least the length of {p} and at most {max}"
+                    ));
+                }
+            }
+        }
+        if let (Some(ge), Some(le)) = (self.ge, self.le) {
+            if ge > le {
+                return Err(format!(
+                    "ge {ge} is larger than le {le}: no prefix would match"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `candidate` matches this entry (the action aside).
+    pub fn matches(&self, candidate: &IpNet) -> bool {
+        if !self.prefix.contains(candidate) {
+            return false;
+        }
+        let len = candidate.prefix_len();
+        let (lo, hi) = match (self.ge, self.le) {
+            (None, None) => (self.prefix.prefix_len(), self.prefix.prefix_len()),
+            (Some(ge), None) => (ge, self.prefix.max_prefix_len()),
+            (None, Some(le)) => (self.prefix.prefix_len(), le),
+            (Some(ge), Some(le)) => (ge, le),
+        };
+        (lo..=hi).contains(&len)
+    }
+}
+
+/// `[permit|deny] PREFIX [ge N] [le N]`, e.g. `10.0.0.0/8 le 24` or `deny 0.0.0.0/0`.
+impl std::str::FromStr for PrefixRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut words = s.split_whitespace().peekable();
+        let action = match words.peek().copied() {
+            Some("permit") => {
+                words.next();
+                PrefixAction::Permit
+            }
+            Some("deny") => {
+                words.next();
+                PrefixAction::Deny
+            }
+            _ => PrefixAction::Permit,
+        };
+        let prefix: IpNet = words
+            .next()
+            .ok_or("a prefix is missing: write [permit|deny] PREFIX [ge N] [le N]")?
+            .parse()
+            .map_err(|e| format!("{s:?}: {e}: write [permit|deny] PREFIX [ge N] [le N]"))?;
+        let mut rule = PrefixRule::exact(prefix, action);
+        while let Some(w) = words.next() {
+            let n: u8 = words
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("{s:?}: {w} needs a prefix length after it"))?;
+            match w {
+                "ge" if rule.ge.is_none() => rule.ge = Some(n),
+                "le" if rule.le.is_none() => rule.le = Some(n),
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unexpected {w:?}: write [permit|deny] PREFIX [ge N] [le N]"
+                    ))
+                }
+            }
+        }
+        rule.check().map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(rule)
+    }
+}
+
+impl std::fmt::Display for PrefixRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.action == PrefixAction::Deny {
+            f.write_str("deny ")?;
+        }
+        write!(f, "{}", self.prefix)?;
+        if let Some(ge) = self.ge {
+            write!(f, " ge {ge}")?;
+        }
+        if let Some(le) = self.le {
+            write!(f, " le {le}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a prefix list lets `prefix` through: the first matching entry decides; a prefix
+/// no entry matches is denied. An empty list lets everything through (no list).
+pub fn prefix_list_permits(list: &[PrefixRule], prefix: &IpNet) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    list.iter()
+        .find(|r| r.matches(prefix))
+        .is_some_and(|r| r.action == PrefixAction::Permit)
+}
+
+/// What to do when a peer sends more prefixes than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxPrefixAction {
+    /// Keep the session and the routes; tell the operator (once per crossing).
+    Warn,
+    /// Close the session with CEASE / Maximum Number of Prefixes Reached (RFC 4486) and
+    /// connect again after this long (incoming connections are refused meanwhile).
+    Restart(Duration),
+}
+
+/// The most prefixes a peer may have in its Adj-RIB-In (after import policy, both families
+/// together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPrefixes {
+    pub limit: u32,
+    pub action: MaxPrefixAction,
+}
+
+/// Route safety of one peer. The default refuses nothing and limits nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerPolicy {
+    /// Refuse the default route (0.0.0.0/0, ::/0).
+    pub refuse_default_route: bool,
+    /// Refuse any prefix inside one of these (the cluster's own pod pools: a route to pod
+    /// addresses from outside the cluster would be a hijack).
+    pub protected: Vec<IpNet>,
+    /// Import prefix list (empty: no list).
+    pub import_prefixes: Vec<PrefixRule>,
+    /// Export prefix list (empty: no list).
+    pub export_prefixes: Vec<PrefixRule>,
+    pub max_prefixes: Option<MaxPrefixes>,
+}
+
+impl PeerPolicy {
+    /// Why a prefix announced by the peer is refused for its prefix alone, if it is.
+    pub fn refuse(&self, prefix: &IpNet) -> Option<Rejected> {
+        if self.refuse_default_route && prefix.prefix_len() == 0 {
+            return Some(Rejected::DefaultRoute);
+        }
+        if self.protected.iter().any(|p| p.contains(prefix)) {
+            return Some(Rejected::ProtectedPrefix);
+        }
+        if !prefix_list_permits(&self.import_prefixes, prefix) {
+            return Some(Rejected::ImportList);
+        }
+        None
+    }
+
+    /// Whether the export prefix list lets `prefix` go to the peer.
+    pub fn exports(&self, prefix: &IpNet) -> bool {
+        prefix_list_permits(&self.export_prefixes, prefix)
+    }
+}
 
 /// The local side of a session, as export needs it.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +264,7 @@ pub struct RouteSource {
 }
 
 /// Why an imported route was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rejected {
     /// Our AS is in the AS_PATH.
     AsLoop,
@@ -55,6 +274,38 @@ pub enum Rejected {
     ClusterLoop,
     /// The next hop is one of the local speaker's own or not usable.
     BadNextHop,
+    /// The default route from a peer not allowed to send it.
+    DefaultRoute,
+    /// A prefix inside the cluster's own pools from a peer outside the cluster.
+    ProtectedPrefix,
+    /// The peer's import prefix list does not permit it.
+    ImportList,
+}
+
+impl Rejected {
+    /// Every reason, for metrics and status.
+    pub const ALL: [Rejected; 7] = [
+        Rejected::AsLoop,
+        Rejected::OriginatorLoop,
+        Rejected::ClusterLoop,
+        Rejected::BadNextHop,
+        Rejected::DefaultRoute,
+        Rejected::ProtectedPrefix,
+        Rejected::ImportList,
+    ];
+
+    /// A short snake_case name (metric label, status key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejected::AsLoop => "as_loop",
+            Rejected::OriginatorLoop => "originator_loop",
+            Rejected::ClusterLoop => "cluster_loop",
+            Rejected::BadNextHop => "bad_next_hop",
+            Rejected::DefaultRoute => "default_route",
+            Rejected::ProtectedPrefix => "own_pool",
+            Rejected::ImportList => "import_list",
+        }
+    }
 }
 
 /// Import policy: returns the attributes to store, or why the route is refused
@@ -404,6 +655,138 @@ mod tests {
             import(r, false, 64512, id, Some(CLUSTER)),
             Err(Rejected::OriginatorLoop)
         );
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("prefix")
+    }
+
+    fn rule(s: &str) -> PrefixRule {
+        s.parse().expect("rule")
+    }
+
+    #[test]
+    fn an_entry_without_ge_or_le_matches_its_prefix_exactly() {
+        let r = rule("10.244.0.0/16");
+        assert!(r.matches(&net("10.244.0.0/16")));
+        assert!(!r.matches(&net("10.244.1.0/24")), "longer");
+        assert!(!r.matches(&net("10.0.0.0/8")), "shorter, covering");
+        assert!(!r.matches(&net("10.245.0.0/16")), "same length, elsewhere");
+        assert!(!r.matches(&net("fd00::/16")), "other family");
+    }
+
+    #[test]
+    fn ge_and_le_bound_the_length_inside_the_prefix() {
+        let le = rule("10.0.0.0/8 le 24");
+        assert!(le.matches(&net("10.0.0.0/8")));
+        assert!(le.matches(&net("10.1.2.0/24")));
+        assert!(!le.matches(&net("10.1.2.0/25")));
+        assert!(!le.matches(&net("11.0.0.0/24")));
+        let ge = rule("10.0.0.0/8 ge 24");
+        assert!(!ge.matches(&net("10.1.0.0/16")));
+        assert!(ge.matches(&net("10.1.2.0/24")));
+        assert!(ge.matches(&net("10.1.2.3/32")), "ge alone runs to /32");
+        let both = rule("fd00:10:244::/48 ge 56 le 64");
+        assert!(!both.matches(&net("fd00:10:244::/48")));
+        assert!(both.matches(&net("fd00:10:244:100::/56")));
+        assert!(both.matches(&net("fd00:10:244:1::/64")));
+        assert!(!both.matches(&net("fd00:10:244:1::/122")));
+        assert!(!both.matches(&net("10.0.0.0/8")));
+        let any = rule("0.0.0.0/0 le 32");
+        assert!(any.matches(&net("0.0.0.0/0")) && any.matches(&net("192.0.2.1/32")));
+        assert!(
+            !any.matches(&net("::/0")),
+            "an IPv4 entry never matches IPv6"
+        );
+    }
+
+    #[test]
+    fn the_first_matching_entry_decides_and_no_match_is_denied() {
+        let list = [
+            rule("deny 10.244.0.0/16 le 32"),
+            rule("10.0.0.0/8 le 24"),
+            rule("permit 192.0.2.0/24"),
+        ];
+        assert!(
+            !prefix_list_permits(&list, &net("10.244.1.0/24")),
+            "deny first"
+        );
+        assert!(prefix_list_permits(&list, &net("10.1.0.0/16")));
+        assert!(prefix_list_permits(&list, &net("192.0.2.0/24")));
+        assert!(
+            !prefix_list_permits(&list, &net("192.0.2.0/25")),
+            "exact only"
+        );
+        assert!(
+            !prefix_list_permits(&list, &net("172.16.0.0/12")),
+            "no match"
+        );
+        assert!(prefix_list_permits(&[], &net("172.16.0.0/12")), "no list");
+    }
+
+    #[test]
+    fn entries_parse_print_and_refuse_nonsense() {
+        for ok in [
+            "10.0.0.0/8",
+            "deny 0.0.0.0/0",
+            "10.0.0.0/8 ge 16 le 24",
+            "::/0 le 128",
+        ] {
+            assert_eq!(rule(ok).to_string(), ok);
+        }
+        assert_eq!(
+            rule("permit 10.0.0.0/8 le 24").to_string(),
+            "10.0.0.0/8 le 24"
+        );
+        for bad in [
+            "",
+            "deny",
+            "10.0.0.1/8",
+            "10.0.0.0/8 le 7",
+            "10.0.0.0/8 ge 33",
+            "10.0.0.0/8 ge 24 le 16",
+            "10.0.0.0/8 le",
+            "10.0.0.0/8 le 24 le 25",
+            "10.0.0.0/8 max 24",
+            "allow 10.0.0.0/8",
+        ] {
+            assert!(bad.parse::<PrefixRule>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn peer_policy_refuses_default_route_protected_prefixes_and_unlisted() {
+        let open = PeerPolicy::default();
+        assert_eq!(open.refuse(&net("0.0.0.0/0")), None);
+        assert_eq!(open.refuse(&net("10.244.1.0/26")), None);
+        let p = PeerPolicy {
+            refuse_default_route: true,
+            protected: vec![net("10.244.0.0/16"), net("fd00:10:244::/48")],
+            import_prefixes: vec![rule("0.0.0.0/0 le 24"), rule("::/0 le 64")],
+            ..Default::default()
+        };
+        assert_eq!(p.refuse(&net("0.0.0.0/0")), Some(Rejected::DefaultRoute));
+        assert_eq!(p.refuse(&net("::/0")), Some(Rejected::DefaultRoute));
+        assert_eq!(
+            p.refuse(&net("10.244.1.0/24")),
+            Some(Rejected::ProtectedPrefix)
+        );
+        assert_eq!(
+            p.refuse(&net("10.244.0.0/16")),
+            Some(Rejected::ProtectedPrefix)
+        );
+        assert_eq!(
+            p.refuse(&net("fd00:10:244:1::/64")),
+            Some(Rejected::ProtectedPrefix)
+        );
+        assert_eq!(
+            p.refuse(&net("10.0.0.0/8")),
+            None,
+            "covering a pool is no hijack"
+        );
+        assert_eq!(p.refuse(&net("192.0.2.0/25")), Some(Rejected::ImportList));
+        assert_eq!(p.refuse(&net("192.0.2.0/24")), None);
+        assert!(p.exports(&net("10.244.1.0/26")), "no export list");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
 use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach, Update};
-use crate::policy::{self, ExportTarget};
+use crate::policy::{self, ExportTarget, MaxPrefixAction, PeerPolicy, Rejected};
 use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
@@ -53,6 +53,8 @@ pub struct PeerConfig {
     pub kind: String,
     /// The peer is a route reflector client of ours (meaningful with a cluster id).
     pub route_reflector_client: bool,
+    /// Route safety: refused prefixes, prefix lists, maximum prefixes.
+    pub policy: PeerPolicy,
 }
 
 /// Errors of speaker operations.
@@ -112,6 +114,15 @@ pub enum Event {
     },
     /// A peer's session failed or went down, with the reason.
     PeerError { peer: IpAddr, reason: DownReason },
+    /// A peer has more prefixes than its `max_prefixes` limit (told once per crossing).
+    /// `restart_after`: the session was closed with CEASE 6/1 and connects again after
+    /// this long; None: the session and routes are kept (warn only).
+    MaxPrefixes {
+        peer: IpAddr,
+        limit: u32,
+        received: usize,
+        restart_after: Option<Duration>,
+    },
     /// Loc-RIB selections changed: take them with [`Speaker::take_changes`]. A signal only;
     /// the changed prefixes wait, coalesced, inside the speaker until the consumer pulls
     /// them, so a slow consumer (the kernel) costs a few bytes per prefix, not a queue of
@@ -141,6 +152,11 @@ pub struct PeerStats {
     pub eor_received: bool,
     /// We sent End-of-RIB for every family of the current session.
     pub eor_sent: bool,
+    /// Announced prefixes refused by import policy, per reason (each refused prefix of
+    /// each UPDATE counts once).
+    pub refused: BTreeMap<Rejected, u64>,
+    /// Times the peer went over its maximum number of prefixes.
+    pub max_prefixes_exceeded: u64,
 }
 
 /// A snapshot of one peer for status.
@@ -155,6 +171,9 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub peer_id: Option<Ipv4Addr>,
     pub families: Vec<Family>,
+    /// The session was closed for going over its maximum number of prefixes and is
+    /// started again at this time.
+    pub restart_at: Option<Instant>,
 }
 
 struct Peer {
@@ -181,6 +200,13 @@ struct Peer {
     eor_received: BTreeSet<Family>,
     /// Our End-of-RIB went out on the current session.
     eor_sent: bool,
+    /// The Adj-RIB-In is over the maximum number of prefixes (told once per crossing).
+    over_limit: bool,
+    /// Closed for going over the maximum: start again after this long (the time is set
+    /// by the event that carried the UPDATE) ...
+    restart_pending: Option<Duration>,
+    /// ... at this time.
+    restart_at: Option<Instant>,
 }
 
 /// A graceful-restart peer's routes kept while it restarts (RFC 4724 §4.2).
@@ -375,6 +401,9 @@ impl Speaker {
                 stale: None,
                 eor_received: BTreeSet::new(),
                 eor_sent: false,
+                over_limit: false,
+                restart_pending: None,
+                restart_at: None,
             },
         );
         self.now = Some(now);
@@ -580,6 +609,11 @@ impl Speaker {
             p.session.received(now, conn, bytes);
         }
         self.drain_session_at(peer, Some(wall));
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if let Some(after) = p.restart_pending.take() {
+                p.restart_at = Some(now + after);
+            }
+        }
     }
 
     /// The driver wrote `bytes` of what it was given for a connection: that much room is
@@ -618,6 +652,19 @@ impl Speaker {
             }
             self.drain_session(a);
         }
+        let restart: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.restart_at.is_some_and(|d| d <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in restart {
+            if let Some(p) = self.peers.get_mut(&a) {
+                p.restart_at = None;
+                p.session.start(now);
+            }
+            self.drain_session(a);
+        }
     }
 
     /// The earliest deadline across every session.
@@ -628,6 +675,7 @@ impl Speaker {
                 [
                     p.session.poll_timeout(),
                     p.stale.as_ref().map(|s| s.deadline),
+                    p.restart_at,
                 ]
             })
             .flatten()
@@ -755,6 +803,7 @@ impl Speaker {
                         .as_ref()
                         .map(|n| n.families.clone())
                         .unwrap_or_default(),
+                    restart_at: p.restart_at,
                 }
             })
             .collect()
@@ -1054,6 +1103,11 @@ impl Speaker {
             .as_ref()
             .map(|n| n.peer_open.bgp_id)
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        if p.restart_pending.is_some() || p.restart_at.is_some() {
+            // Closed for going over the maximum: what is still queued from the peer goes.
+            return;
+        }
+        let policy = p.config.policy.clone();
         let source = Source::Peer(addr);
         if let Some(f) = u.end_of_rib {
             p.eor_received.insert(f);
@@ -1076,6 +1130,8 @@ impl Speaker {
         for prefix in &u.withdrawn {
             self.rib_update(*prefix, source, None);
         }
+        let mut announced: Option<Family> = None;
+        let mut refused: BTreeMap<Rejected, u64> = BTreeMap::new();
         if let Some(attrs) = &u.attributes {
             for reach in &u.reach {
                 let route = Route {
@@ -1095,15 +1151,85 @@ impl Speaker {
                     if !families.contains(&Family::of(prefix)) {
                         continue;
                     }
-                    let cand = imported.as_ref().ok().map(|route| Candidate {
-                        source,
-                        route: route.clone(),
-                        ebgp,
-                        peer_id,
-                    });
+                    let checked = match policy.refuse(prefix) {
+                        Some(why) => Err(why),
+                        None => imported.as_ref().map_err(|why| *why),
+                    };
+                    let cand = match checked {
+                        Ok(route) => {
+                            announced.get_or_insert(Family::of(prefix));
+                            Some(Candidate {
+                                source,
+                                route: route.clone(),
+                                ebgp,
+                                peer_id,
+                            })
+                        }
+                        Err(why) => {
+                            *refused.entry(why).or_default() += 1;
+                            None
+                        }
+                    };
                     self.rib_update(*prefix, source, cand);
                 }
             }
+        }
+        if let Some(p) = self.peers.get_mut(&addr) {
+            for (why, n) in refused {
+                *p.stats.refused.entry(why).or_default() += n;
+            }
+        }
+        self.check_max_prefixes(addr, announced.unwrap_or(Family::Ipv4Unicast));
+    }
+
+    /// Acts on the peer's maximum number of prefixes after an UPDATE that announced
+    /// prefixes of `family`.
+    fn check_max_prefixes(&mut self, addr: IpAddr, family: Family) {
+        let n_bit = self.peers.get(&addr).is_some_and(|p| self.n_bit(p));
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let Some(max) = p.config.policy.max_prefixes else {
+            return;
+        };
+        let over = p.received > usize::try_from(max.limit).unwrap_or(usize::MAX);
+        if !over {
+            p.over_limit = false;
+            return;
+        }
+        if p.over_limit {
+            return;
+        }
+        p.over_limit = true;
+        p.stats.max_prefixes_exceeded += 1;
+        let received = p.received;
+        let restart_after = match max.action {
+            MaxPrefixAction::Warn => None,
+            MaxPrefixAction::Restart(after) => Some(after),
+        };
+        self.events.push_back(Event::MaxPrefixes {
+            peer: addr,
+            limit: max.limit,
+            received,
+            restart_after,
+        });
+        if let Some(after) = restart_after {
+            // RFC 4486 §4: the data is AFI (2 octets), SAFI (1) and the limit (4).
+            let (afi, safi) = family.afi_safi();
+            let mut data = afi.to_be_bytes().to_vec();
+            data.push(safi);
+            data.extend_from_slice(&max.limit.to_be_bytes());
+            p.over_limit = false;
+            p.restart_pending = Some(after);
+            let why = Notification::with_data(notif::CEASE, notif::MAXIMUM_PREFIXES_REACHED, data);
+            // With the RFC 8538 N bit a plain Cease would keep the routes on both sides as
+            // stale; going over the limit must drop them (RFC 8538 §5): Hard Reset.
+            p.session.stop_for_error(if n_bit {
+                Notification::hard_reset(&why)
+            } else {
+                why
+            });
+            self.drain_session(addr);
         }
     }
 
@@ -1123,6 +1249,9 @@ impl Speaker {
     }
 
     fn export_for(&self, p: &Peer, target: &ExportTarget, prefix: &IpNet) -> Option<Arc<Route>> {
+        if !p.config.policy.exports(prefix) {
+            return None;
+        }
         let best = self.loc_rib.best_candidate(prefix)?;
         let client = match best.source {
             Source::Peer(a) => self

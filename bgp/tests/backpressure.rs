@@ -62,6 +62,7 @@ fn speaker(now: Instant) -> Speaker {
                 passive: false,
                 kind: "global".into(),
                 route_reflector_client: false,
+                policy: Default::default(),
             },
         )
         .expect("add peer");

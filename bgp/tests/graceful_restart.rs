@@ -100,6 +100,7 @@ fn add(s: &mut Speaker, now: Instant) {
             passive: false,
             kind: "global".into(),
             route_reflector_client: false,
+            policy: Default::default(),
         },
     )
     .expect("add peer");

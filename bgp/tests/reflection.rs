@@ -77,6 +77,7 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, client: bool, conn
             passive: false,
             kind: "global".into(),
             route_reflector_client: client,
+            policy: Default::default(),
         },
     )
     .expect("add peer");

@@ -448,6 +448,7 @@ fn add(s: &mut Speaker, now: Instant, addr: IpAddr, asn: u32, conn: u64) {
             passive: false,
             kind: "global".into(),
             route_reflector_client: false,
+            policy: Default::default(),
         },
     )
     .expect("add peer");
@@ -673,6 +674,7 @@ fn speaker_withdraws_local_and_refuses_unknown_or_duplicate_peers() {
                 passive: false,
                 kind: "global".into(),
                 route_reflector_client: false,
+                policy: Default::default(),
             }
         )
         .is_err());
@@ -740,6 +742,7 @@ fn speaker_takes_the_session_start_time_from_its_caller() {
             passive: false,
             kind: "global".into(),
             route_reflector_client: false,
+            policy: Default::default(),
         },
     )
     .expect("add peer");

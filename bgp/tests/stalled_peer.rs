@@ -217,6 +217,7 @@ fn spec(addr: Ipv4Addr, asn: u32, port: u16, hold: u16) -> PeerSpec {
             passive: false,
             kind: "global".into(),
             route_reflector_client: false,
+            policy: Default::default(),
         },
         port,
         password: None,

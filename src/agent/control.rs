@@ -195,6 +195,18 @@ async fn status(
                     stale_prefixes: p.stats.stale_prefixes,
                     end_of_rib_sent: p.stats.eor_sent,
                     end_of_rib_received: p.stats.eor_received,
+                    refused: p
+                        .stats
+                        .refused
+                        .iter()
+                        .map(|(r, n)| (r.name().to_string(), *n))
+                        .collect(),
+                    max_prefixes_exceeded: p.stats.max_prefixes_exceeded,
+                    restart_in_seconds: p.restart_at.map(|t| {
+                        t.saturating_duration_since(std::time::Instant::now())
+                            .as_secs_f64()
+                            .ceil() as u64
+                    }),
                 })
                 .collect();
             StatusReply {

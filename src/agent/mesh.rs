@@ -23,6 +23,8 @@ pub struct MeshContext {
     pub connect_retry: Duration,
     /// `bgp.routeReflector.clusterId` of the configuration file.
     pub cluster_id: Option<std::net::Ipv4Addr>,
+    /// The cluster's pod pools (refused from stored peers unless they allow them).
+    pub pools: Vec<ipnet::IpNet>,
 }
 
 /// What the datastore says.
@@ -190,6 +192,7 @@ async fn apply_mesh(
         file_peers: &ctx.file_peers,
         hold_time: ctx.hold_time,
         connect_retry: ctx.connect_retry,
+        pools: &ctx.pools,
     });
     // The datastore can make this node a reflector (or stop it being one) at any time; the
     // configuration file's cluster id rules when it has one.
@@ -255,6 +258,8 @@ fn stored_peers(peers: &[model::PeerRecord], me: &str) -> Vec<StoredPeer> {
                 as_number: p.as_number,
                 node: p.node.clone(),
                 password,
+                ttl_security: p.ttl_security,
+                safety: p.safety.clone(),
             })
         })
         .collect()
@@ -272,6 +277,8 @@ mod tests {
             as_number: 65000,
             node: None,
             password_file,
+            ttl_security: None,
+            safety: Default::default(),
         }
     }
 

@@ -190,6 +190,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             hold_time: cfg.bgp.hold_time,
             connect_retry: Duration::from_secs(cfg.bgp.connect_retry),
             cluster_id: cfg.bgp.route_reflector.as_ref().map(|r| r.cluster_id),
+            pools: cfg.pool_prefixes(),
         };
         let mut mesh = mesh::Mesh::new(store.clone(), ctx, handle.clone());
         mesh.apply_once().await?;

@@ -26,6 +26,7 @@ pub async fn release_end_of_rib(handle: &Handle) -> Result<()> {
 /// The peers of the configuration file (`bgp.peers`).
 pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
     let cfg = &loaded.config;
+    let pools = cfg.pool_prefixes();
     cfg.bgp
         .peers
         .iter()
@@ -39,6 +40,8 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
                 passive: p.passive,
                 kind: "global".into(),
                 route_reflector_client: p.route_reflector_client,
+                // Configuration-file peers are outside the cluster.
+                policy: p.safety().policy(true, &pools),
             },
             port: p.port,
             password: pw.clone(),
@@ -65,6 +68,9 @@ pub fn peer_ranges(loaded: &Loaded) -> Vec<PeerRange> {
                     passive: true,
                     kind: format!("range {}", r.cidr),
                     route_reflector_client: r.route_reflector_client,
+                    // Ranges are for the cluster's own nodes (reflector clients): no
+                    // outside-peer protections.
+                    policy: Default::default(),
                 },
                 port: 179,
                 password: pw.clone(),

@@ -16,6 +16,7 @@
 //! one wrote.
 
 use super::{Change, Datastore, DatastoreError, DatastoreExt, Resource, Result, Selector, Typed};
+use crate::config::RouteSafety;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -117,6 +118,13 @@ pub struct PeerRecord {
     /// A file (on each node) holding the TCP MD5 password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// GTSM (RFC 5082): the peer is at most this many hops away (1–254); None: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    /// Route safety: maxPrefixes, allowPoolPrefixes, allowDefaultRoute, importPrefixes,
+    /// exportPrefixes (the keys of a configuration-file peer).
+    #[serde(flatten)]
+    pub safety: RouteSafety,
 }
 
 impl Resource for PeerRecord {
@@ -389,6 +397,19 @@ pub async fn set_cluster_bgp(
 
 /// Creates or replaces the peer (no write when it is already stored as given).
 pub async fn put_peer(store: &dyn Datastore, peer: &PeerRecord) -> Result<Typed<PeerRecord>> {
+    check_peer(peer)?;
+    let stored = store
+        .modify::<PeerRecord, _>(&peer.name, |cur| {
+            Ok(match cur {
+                Some(cur) if cur == peer => Change::Keep,
+                _ => Change::Put(peer.clone()),
+            })
+        })
+        .await?;
+    present(&peer.name, stored)
+}
+
+fn check_peer(peer: &PeerRecord) -> Result<()> {
     let kind = PeerRecord::KIND;
     check_as(kind, &peer.name, peer.as_number)?;
     if peer.address.is_unspecified() || peer.address.is_multicast() {
@@ -401,15 +422,52 @@ pub async fn put_peer(store: &dyn Datastore, peer: &PeerRecord) -> Result<Typed<
     if peer.node.as_deref() == Some("") {
         return Err(invalid(kind, &peer.name, "the node name is empty"));
     }
+    if let Some(hops) = peer.ttl_security {
+        if ferrovia_bgp::gtsm::min_ttl(hops).is_err() {
+            return Err(invalid(
+                kind,
+                &peer.name,
+                format!(
+                    "ttlSecurity {hops} is not a hop count for GTSM: use 1 (a directly connected peer) to {}, or leave it out to turn GTSM off",
+                    ferrovia_bgp::gtsm::MAX_HOPS
+                ),
+            ));
+        }
+    }
+    if let Err((key, message)) = peer.safety.check() {
+        return Err(invalid(kind, &peer.name, format!("{key}: {message}")));
+    }
+    Ok(())
+}
+
+/// Changes a stored peer with `change` (compare-and-swap, retried on conflicts; the result
+/// is checked like [`put_peer`]'s; an error of `change` is the reason the change is
+/// invalid). Fails with [`DatastoreError::NotFound`] when there is no peer of that name.
+pub async fn update_peer<F>(
+    store: &dyn Datastore,
+    name: &str,
+    change: F,
+) -> Result<Typed<PeerRecord>>
+where
+    F: Fn(&mut PeerRecord) -> std::result::Result<(), String> + Send + Sync,
+{
+    let kind = PeerRecord::KIND;
     let stored = store
-        .modify::<PeerRecord, _>(&peer.name, |cur| {
-            Ok(match cur {
-                Some(cur) if cur == peer => Change::Keep,
-                _ => Change::Put(peer.clone()),
+        .modify::<PeerRecord, _>(name, |cur| {
+            let Some(cur) = cur else {
+                return Err(DatastoreError::not_found(kind, name));
+            };
+            let mut new = cur.clone();
+            change(&mut new).map_err(|m| invalid(kind, name, m))?;
+            check_peer(&new)?;
+            Ok(if &new == cur {
+                Change::Keep
+            } else {
+                Change::Put(new)
             })
         })
         .await?;
-    present(&peer.name, stored)
+    present(name, stored)
 }
 
 /// Removes the peer; false when it did not exist.

@@ -19,6 +19,9 @@ pub struct FerroviaPeer {
     pub hold_time: Option<u32>,
     /// `ttlSecurity` (GTSM hops).
     pub ttl_security: Option<u8>,
+    /// More keys of the peer, as YAML lines without indentation (e.g.
+    /// `maxPrefixes: { limit: 2 }`).
+    pub extra: Vec<String>,
 }
 
 impl FerroviaPeer {
@@ -32,6 +35,7 @@ impl FerroviaPeer {
             passive: false,
             hold_time: None,
             ttl_security: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -95,7 +99,11 @@ impl FerroviaConfig {
         if let Some(r) = self.connect_retry {
             writeln!(c, "  connectRetry: {r}").unwrap();
         }
-        c.push_str("  peers:\n");
+        c.push_str(if self.peers.is_empty() {
+            "  peers: []\n"
+        } else {
+            "  peers:\n"
+        });
         for (i, p) in self.peers.iter().enumerate() {
             writeln!(
                 c,
@@ -119,6 +127,9 @@ impl FerroviaConfig {
             }
             if let Some(h) = p.ttl_security {
                 writeln!(c, "      ttlSecurity: {h}").unwrap();
+            }
+            for line in &p.extra {
+                writeln!(c, "      {line}").unwrap();
             }
         }
         if self.originate.is_empty() {

@@ -15,6 +15,10 @@ pub struct GobgpNeighbor {
     pub hold_time: Option<u32>,
     pub password: Option<String>,
     pub passive: bool,
+    /// GTSM (`[neighbors.ttl-security]`): the lowest TTL accepted (255: one hop).
+    pub ttl_min: Option<u8>,
+    /// eBGP multihop TTL (`[neighbors.ebgp-multihop]`).
+    pub multihop_ttl: Option<u8>,
 }
 
 impl GobgpNeighbor {
@@ -25,6 +29,8 @@ impl GobgpNeighbor {
             hold_time: Some(9),
             password: None,
             passive: false,
+            ttl_min: None,
+            multihop_ttl: None,
         }
     }
 }
@@ -79,6 +85,20 @@ impl GobgpConfig {
             }
             if n.passive {
                 c.push_str("  [neighbors.transport.config]\n    passive-mode = true\n");
+            }
+            if let Some(t) = n.ttl_min {
+                writeln!(
+                    c,
+                    "  [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = {t}"
+                )
+                .unwrap();
+            }
+            if let Some(t) = n.multihop_ttl {
+                writeln!(
+                    c,
+                    "  [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = {t}"
+                )
+                .unwrap();
             }
             for afi in ["ipv4-unicast", "ipv6-unicast"] {
                 c.push_str("  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n");

@@ -266,7 +266,9 @@ impl Pair {
 
 /// ferrovia and its peer two hops apart: `f` (198.18.0.1/25) — router `r` (198.18.0.126/25 and
 /// 198.18.0.129/25, forwarding) — `p` (198.18.0.254/25), each end routed to the other's half
-/// through `r`. A packet sent with TTL 255 arrives with 254. IPv4 only.
+/// through `r`. A packet sent with TTL 255 arrives with 254. The same in IPv6: `f`
+/// fd00:198:18::1/120 — `r` fd00:198:18::fe/120 and fd00:198:18::2fe/120 — `p`
+/// fd00:198:18::254/120 (hop limit 255 arrives as 254).
 pub struct Routed {
     pub f: Netns,
     pub r: Netns,
@@ -287,6 +289,27 @@ impl Routed {
         f.ip(&["route", "add", "198.18.0.128/25", "via", "198.18.0.126"]);
         p.ip(&["route", "add", "198.18.0.0/25", "via", "198.18.0.129"]);
         r.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        f.addr("eth0", &format!("{}/120", super::FERROVIA_V6));
+        r.addr("eth0", "fd00:198:18::fe/120");
+        r.addr("eth1", "fd00:198:18::2fe/120");
+        p.addr("eth0", &format!("{}/120", super::PEER_V6));
+        f.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18::200/120",
+            "via",
+            "fd00:198:18::fe",
+        ]);
+        p.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18::/120",
+            "via",
+            "fd00:198:18::2fe",
+        ]);
+        r.run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         Routed { f, r, p }
     }
 }

@@ -710,7 +710,7 @@ pub fn gtsm_off_two_hops_establishes(tag: &str, start: StartPeer) {
 
 /// TCP segments a namespace's kernel dropped for arriving below a socket's minimum TTL / hop
 /// limit (TcpExt TCPMinTTLDrop, counted for IPv4 and IPv6).
-fn min_ttl_drops(ns: &Netns) -> u64 {
+pub fn min_ttl_drops(ns: &Netns) -> u64 {
     let text = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/net/netstat"]).stdout).into_owned();
     let mut lines = text.lines();
     let mut total = 0;
@@ -1195,11 +1195,10 @@ impl PeerDaemon for Frr {
 }
 
 pub fn start_gobgp(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
-    assert!(
-        s.gtsm.is_none() && s.multihop.is_none(),
-        "the harness does not configure GTSM or multihop for GoBGP"
-    );
     let mut n = GobgpNeighbor::ferrovia(s.ferrovia_as);
+    // GTSM: GoBGP sends with TTL 255 and accepts down to `ttl-min` (256 − hops).
+    n.ttl_min = s.gtsm.map(|hops| 255 - (hops - 1));
+    n.multihop_ttl = s.multihop;
     n.password = s.password.clone();
     n.hold_time = Some(s.hold_time);
     Box::new(Gobgp::start(

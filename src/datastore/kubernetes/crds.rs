@@ -260,6 +260,79 @@ pub struct BGPPeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub password_file: Option<String>,
+    /// GTSM (RFC 5082): the peer is at most this many hops away; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 254))]
+    pub ttl_security: Option<u8>,
+    /// The most prefixes the peer may send, and what happens past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<MaxPrefixesSpec>,
+    /// Accept prefixes inside the cluster's pools from this peer (a ToR or route reflector
+    /// carrying other nodes' pod routes); otherwise they are refused as hijacks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pool_prefixes: bool,
+    /// Accept the default route from this peer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_default_route: bool,
+    /// Import prefix list: the first matching entry decides, no match is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_prefixes: Vec<PrefixRuleSpec>,
+    /// Export prefix list: only what it permits is advertised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_prefixes: Vec<PrefixRuleSpec>,
+}
+
+/// What happens when a peer sends more prefixes than its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MaxPrefixesActionSpec {
+    /// Log and count; keep the session and the routes.
+    Warn,
+    /// Close with CEASE 6/1 and connect again after restartAfterSeconds.
+    #[default]
+    Restart,
+}
+
+/// `maxPrefixes` of a BGP peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaxPrefixesSpec {
+    /// Prefixes accepted from the peer (after import policy, both families).
+    #[schemars(range(min = 1))]
+    pub limit: u32,
+    #[serde(default)]
+    pub action: MaxPrefixesActionSpec,
+    /// With action restart: seconds before connecting again (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub restart_after_seconds: Option<u64>,
+}
+
+/// What a matching prefix-list entry does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PrefixActionSpec {
+    #[default]
+    Permit,
+    Deny,
+}
+
+/// A prefix-list entry: matches prefixes inside `prefix` of its exact length, or of a
+/// length within ge..le.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixRuleSpec {
+    #[schemars(schema_with = "cidr_schema")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 128))]
+    pub ge: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 128))]
+    pub le: Option<u8>,
+    /// permit (default) or deny.
+    #[serde(default)]
+    pub action: PrefixActionSpec,
 }
 
 /// The cluster-wide BGP settings; one object, named `default`.

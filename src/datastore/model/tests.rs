@@ -43,6 +43,8 @@ fn peer(name: &str, node: Option<&str>) -> PeerRecord {
         as_number: 65000,
         node: node.map(str::to_string),
         password_file: None,
+        ttl_security: None,
+        safety: Default::default(),
     }
 }
 
@@ -307,4 +309,92 @@ async fn helpers_work_through_a_trait_object() {
     register_node(dynamic.as_ref(), &node("a")).await.unwrap();
     seed_cluster_bgp(&*dynamic, &cluster()).await.unwrap();
     assert_eq!(list_nodes(&*dynamic).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_peer_keeps_its_gtsm_and_route_safety_and_refuses_bad_ones() {
+    let (_dir, s) = store();
+    let mut p = peer("tor", None);
+    p.ttl_security = Some(1);
+    p.safety.allow_pool_prefixes = true;
+    p.safety.import_prefixes = vec!["deny 0.0.0.0/0".parse().unwrap()];
+    p.safety.max_prefixes = Some(crate::config::MaxPrefixesSetting {
+        limit: 100,
+        action: crate::config::MaxPrefixesAction::Warn,
+        restart_after_seconds: None,
+    });
+    assert_eq!(
+        serde_json::to_value(&p).unwrap(),
+        json!({
+            "name": "tor",
+            "address": "198.18.1.1",
+            "asNumber": 65000,
+            "ttlSecurity": 1,
+            "maxPrefixes": {"limit": 100, "action": "warn"},
+            "allowPoolPrefixes": true,
+            "importPrefixes": [{"prefix": "0.0.0.0/0", "action": "deny"}],
+        })
+    );
+    put_peer(&s, &p).await.unwrap();
+    assert_eq!(list_peers(&s).await.unwrap(), vec![p.clone()]);
+
+    // update_peer changes what it is asked to, checked like put_peer.
+    let changed = update_peer(&s, "tor", |r| {
+        r.safety.allow_pool_prefixes = false;
+        r.safety.export_prefixes = vec!["10.244.0.0/16 ge 26".parse().map_err(|e: String| e)?];
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(!changed.value.safety.allow_pool_prefixes);
+    assert_eq!(changed.value.safety.export_prefixes.len(), 1);
+    assert_eq!(changed.value.ttl_security, Some(1));
+
+    for (bad, words) in [
+        (
+            Box::new(|r: &mut PeerRecord| r.ttl_security = Some(0))
+                as Box<dyn Fn(&mut PeerRecord) + Send + Sync>,
+            "ttlSecurity",
+        ),
+        (
+            Box::new(|r: &mut PeerRecord| {
+                r.safety.max_prefixes = Some(crate::config::MaxPrefixesSetting {
+                    limit: 0,
+                    action: crate::config::MaxPrefixesAction::Restart,
+                    restart_after_seconds: None,
+                })
+            }),
+            "maxPrefixes.limit",
+        ),
+        (
+            Box::new(|r: &mut PeerRecord| {
+                r.safety.import_prefixes = vec![ferrovia_bgp::policy::PrefixRule {
+                    prefix: "10.0.0.0/8".parse().unwrap(),
+                    ge: Some(4),
+                    le: None,
+                    action: Default::default(),
+                }]
+            }),
+            "importPrefixes[0]",
+        ),
+    ] {
+        let mut q = p.clone();
+        bad(&mut q);
+        let e = put_peer(&s, &q).await.expect_err(words).to_string();
+        assert!(e.contains(words) && e.contains("tor"), "{e}");
+        let e = update_peer(&s, "tor", |r| {
+            bad(r);
+            Ok(())
+        })
+        .await
+        .expect_err(words)
+        .to_string();
+        assert!(e.contains(words), "{e}");
+    }
+    // Nothing bad was stored.
+    assert_eq!(list_peers(&s).await.unwrap(), vec![changed.value]);
+    let e = update_peer(&s, "nope", |_| Ok(()))
+        .await
+        .expect_err("absent");
+    assert!(e.to_string().contains("nope"), "{e}");
 }
