@@ -357,6 +357,10 @@ pub struct Peer {
     /// The peer is a route reflector client of this node (needs `bgp.routeReflector`).
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// BFD (RFC 5880/5881, single hop): `{ enabled: true, intervalMs: 300, multiplier: 3 }`.
+    /// Off unless `enabled` is true.
+    #[serde(default)]
+    pub bfd: ferrovia_bgp::bfd::BfdConfig,
 }
 
 /// A prefix to originate, bare or with communities.
@@ -647,6 +651,15 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 ));
             }
         }
+        if p.bfd.enabled {
+            if let Err(e) = p.bfd.timing() {
+                let k = match e {
+                    ferrovia_bgp::bfd::ConfigError::IntervalMs(_) => "bfd.intervalMs",
+                    ferrovia_bgp::bfd::ConfigError::Multiplier(_) => "bfd.multiplier",
+                };
+                return Err(err(&key(k), e.to_string()));
+            }
+        }
         if p.address.is_unspecified() || p.address.is_multicast() {
             return Err(err(
                 &key("address"),
@@ -925,6 +938,43 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.config.bgp.drain_wait, 10);
         assert_eq!(l.config.state_dir(), PathBuf::from("/run/ferrovia"));
+    }
+
+    #[test]
+    fn bfd_takes_enabled_interval_and_multiplier_and_names_the_key_otherwise() {
+        let peer = |v: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1 }}\nbgp: {{ peers: [ {{ address: 1.2.3.4, asNumber: 5{v} }} ] }}")
+        };
+        let off = parse("t", &peer("")).expect("loads");
+        assert!(!off.config.bgp.peers[0].bfd.enabled);
+        let on = parse("t", &peer(", bfd: { enabled: true }")).expect("loads");
+        let b = on.config.bgp.peers[0].bfd;
+        assert!(b.enabled);
+        assert_eq!(
+            (b.interval_ms, b.multiplier),
+            (300, 3),
+            "defaults when enabled"
+        );
+        let set = parse(
+            "t",
+            &peer(", bfd: { enabled: true, intervalMs: 100, multiplier: 5 }"),
+        )
+        .expect("loads");
+        let b = set.config.bgp.peers[0].bfd;
+        assert_eq!((b.interval_ms, b.multiplier), (100, 5));
+        for (bad, k) in [
+            ("intervalMs: 5", "bgp.peers[0].bfd.intervalMs"),
+            ("intervalMs: 70000", "bgp.peers[0].bfd.intervalMs"),
+            ("multiplier: 0", "bgp.peers[0].bfd.multiplier"),
+            ("multiplier: 256", "bgp.peers[0].bfd.multiplier"),
+            ("interval: 300", "bgp.peers[0].bfd"),
+        ] {
+            let e =
+                parse("t", &peer(&format!(", bfd: {{ enabled: true, {bad} }}"))).expect_err(bad);
+            assert!(e.key.starts_with(k), "{bad}: {} ({e})", e.key);
+        }
+        // Disabled, nothing is checked beyond the names.
+        parse("t", &peer(", bfd: { enabled: false, intervalMs: 5 }")).expect("loads");
     }
 
     #[test]

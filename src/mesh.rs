@@ -87,6 +87,7 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
         password,
         // Stored peers have no GTSM setting (yet): only the configuration file's do.
         ttl_security: None,
+        bfd: None,
     };
     let spec = |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| {
         spec_rr(address, asn, kind, passive, password, false)

@@ -40,6 +40,11 @@ pub struct Metrics {
     kernel_sync: Histogram,
     /// Last counter values seen per peer, to advance counters by differences.
     last: Mutex<HashMap<String, [u64; 3]>>,
+    bfd_state: IntGaugeVec,
+    bfd_up: IntGaugeVec,
+    bfd_failures: IntCounterVec,
+    /// Last BFD failure count seen per peer with BFD on.
+    bfd_last: Mutex<HashMap<String, (String, u64)>>,
 }
 
 const PEER_LABELS: &[&str] = &["peer", "type"];
@@ -98,6 +103,16 @@ impl Metrics {
                 ]),
             )?,
             last: Mutex::new(HashMap::new()),
+            bfd_state: gv(
+                "ferrovia_bfd_session_state",
+                "BFD session state per RFC 5880: 0 AdminDown, 1 Down, 2 Init, 3 Up (peers with BFD on).",
+            )?,
+            bfd_up: gv("ferrovia_bfd_session_up", "1 when the peer's BFD session is Up.")?,
+            bfd_failures: cv(
+                "ferrovia_bfd_session_failures_total",
+                "Times the BFD session left Up because the path failed; each took the BGP session down.",
+            )?,
+            bfd_last: Mutex::new(HashMap::new()),
             registry,
         };
         m.registry.register(Box::new(m.peer_state.clone()))?;
@@ -112,6 +127,9 @@ impl Metrics {
         m.registry.register(Box::new(m.routes_unresolved.clone()))?;
         m.registry.register(Box::new(m.loc_rib.clone()))?;
         m.registry.register(Box::new(m.kernel_sync.clone()))?;
+        m.registry.register(Box::new(m.bfd_state.clone()))?;
+        m.registry.register(Box::new(m.bfd_up.clone()))?;
+        m.registry.register(Box::new(m.bfd_failures.clone()))?;
         Ok(m)
     }
 
@@ -125,6 +143,7 @@ impl Metrics {
     /// Brings the peer metrics in line with the speaker's view.
     pub fn observe(&self, peers: &[PeerStatus], loc_rib: usize) {
         self.loc_rib.set(loc_rib as i64);
+        self.observe_bfd(peers);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = Vec::new();
         for p in peers {
@@ -186,6 +205,40 @@ impl Metrics {
             ] {
                 remove_peer_counter_series(vec.clone(), &g);
             }
+        }
+    }
+
+    /// BFD series for the peers with BFD on; a peer that loses BFD (or goes) loses them.
+    fn observe_bfd(&self, peers: &[PeerStatus]) {
+        let mut last = self.bfd_last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::new();
+        for p in peers {
+            let Some(b) = &p.bfd else { continue };
+            let peer = p.config.address.to_string();
+            let labels = [peer.as_str(), p.config.kind.as_str()];
+            self.bfd_state
+                .with_label_values(&labels)
+                .set(i64::from(b.state.bits()));
+            self.bfd_up
+                .with_label_values(&labels)
+                .set(i64::from(b.state == ferrovia_bgp::bfd::State::Up));
+            let before = last.get(&peer).map(|(_, n)| *n).unwrap_or(0);
+            self.bfd_failures
+                .with_label_values(&labels)
+                .inc_by(b.failures.saturating_sub(before));
+            last.insert(peer.clone(), (p.config.kind.clone(), b.failures));
+            seen.push(peer);
+        }
+        let gone: Vec<(String, String)> = last
+            .iter()
+            .filter(|(k, _)| !seen.contains(k))
+            .map(|(k, (kind, _))| (k.clone(), kind.clone()))
+            .collect();
+        for (peer, kind) in gone {
+            last.remove(&peer);
+            let _ = self.bfd_state.remove_label_values(&[&peer, &kind]);
+            let _ = self.bfd_up.remove_label_values(&[&peer, &kind]);
+            let _ = self.bfd_failures.remove_label_values(&[&peer, &kind]);
         }
     }
 
@@ -411,6 +464,7 @@ mod tests {
             last_error: None,
             peer_id: None,
             families: vec![],
+            bfd: None,
         }
     }
 

@@ -191,6 +191,20 @@ async fn status(
                     stale_prefixes: p.stats.stale_prefixes,
                     end_of_rib_sent: p.stats.eor_sent,
                     end_of_rib_received: p.stats.eor_received,
+                    bfd: p.bfd.map(|b| crate::control::BfdInfo {
+                        state: b.state.name().into(),
+                        diag: b.diag.name().into(),
+                        remote_state: b.remote_state.name().into(),
+                        remote_diag: b.remote_diag.name().into(),
+                        local_discriminator: b.local_discriminator,
+                        remote_discriminator: b.remote_discriminator,
+                        detection_time_ms: b
+                            .detection_time
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        ups: b.ups,
+                        failures: b.failures,
+                        holding_bgp: b.holding_bgp,
+                    }),
                 })
                 .collect();
             StatusReply {

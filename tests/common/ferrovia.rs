@@ -19,6 +19,8 @@ pub struct FerroviaPeer {
     pub hold_time: Option<u32>,
     /// `ttlSecurity` (GTSM hops).
     pub ttl_security: Option<u8>,
+    /// `bfd: { enabled: true, intervalMs, multiplier }`.
+    pub bfd: Option<(u32, u32)>,
 }
 
 impl FerroviaPeer {
@@ -32,6 +34,7 @@ impl FerroviaPeer {
             passive: false,
             hold_time: None,
             ttl_security: None,
+            bfd: None,
         }
     }
 }
@@ -119,6 +122,13 @@ impl FerroviaConfig {
             }
             if let Some(h) = p.ttl_security {
                 writeln!(c, "      ttlSecurity: {h}").unwrap();
+            }
+            if let Some((interval, mult)) = p.bfd {
+                writeln!(
+                    c,
+                    "      bfd: {{ enabled: true, intervalMs: {interval}, multiplier: {mult} }}"
+                )
+                .unwrap();
             }
         }
         if self.originate.is_empty() {
@@ -248,6 +258,19 @@ impl Ferrovia {
             );
         }
         self.cfg = cfg;
+        self.spawn();
+    }
+
+    /// SIGKILL, as if the node died: nothing is said to the peers.
+    pub fn sigkill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the agent again with the same config after `sigkill` / `sigterm`.
+    pub fn start_again(&mut self) {
+        assert!(self.proc.is_none(), "the agent is still running");
         self.spawn();
     }
 
