@@ -469,6 +469,61 @@ mod tests {
     }
 
     #[test]
+    fn bfd_series_follow_the_session_and_count_failures() {
+        use ferrovia_bgp::bfd::{Diag, State};
+        use ferrovia_bgp::speaker::BfdStatus;
+        let bfd = |state: State, failures: u64| BfdStatus {
+            state,
+            diag: Diag::None,
+            remote_state: state,
+            remote_diag: Diag::None,
+            local_discriminator: 1,
+            remote_discriminator: 2,
+            detection_time: Some(Duration::from_millis(900)),
+            ups: 1,
+            failures,
+            holding_bgp: false,
+        };
+        let m = Metrics::new().expect("metrics");
+        let mut p = peer("198.18.0.2", BgpState::Established, 0, 0);
+        let plain = peer("198.18.0.3", BgpState::Established, 0, 0);
+        p.bfd = Some(bfd(State::Up, 0));
+        m.observe(&[p.clone(), plain.clone()], 0);
+        let text = m.render();
+        assert!(
+            text.contains("ferrovia_bfd_session_state{peer=\"198.18.0.2\",type=\"mesh\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_bfd_session_up{peer=\"198.18.0.2\",type=\"mesh\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("ferrovia_bfd_session_state{peer=\"198.18.0.3\""),
+            "no BFD series for a peer without BFD: {text}"
+        );
+        p.bfd = Some(bfd(State::Down, 2));
+        m.observe(&[p.clone(), plain.clone()], 0);
+        let text = m.render();
+        assert!(
+            text.contains("ferrovia_bfd_session_up{peer=\"198.18.0.2\",type=\"mesh\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrovia_bfd_session_failures_total{peer=\"198.18.0.2\",type=\"mesh\"} 2"
+            ),
+            "{text}"
+        );
+        p.bfd = None;
+        m.observe(&[p, plain], 0);
+        assert!(
+            !m.render().contains("ferrovia_bfd_session_state{"),
+            "BFD turned off: its series are gone"
+        );
+    }
+
+    #[test]
     fn exposition_follows_the_speaker_and_drops_removed_peers() {
         let m = Metrics::new().expect("metrics");
         m.observe(&[peer("198.18.0.2", BgpState::Established, 3, 5)], 4);
