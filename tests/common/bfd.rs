@@ -187,3 +187,284 @@ pub fn timed<T, E: std::fmt::Debug>(
     );
     v
 }
+
+// ------------------------------------------------------------------ two ToRs, ECMP from the node
+
+/// A node with two ToRs, ECMP from the node (issue 11):
+///
+/// ```text
+///   pod 10.244.1.2 ─ n ─ eth1 198.18.1.1 ═ wire ═ 198.18.1.254 tor1 ─ 198.18.3.0/24 ─┐
+///                      └ eth2 198.18.2.1 ═ wire ═ 198.18.2.254 tor2 ─ 198.18.4.0/24 ─ dst 10.244.200.1
+/// ```
+///
+/// Each node–ToR link passes through a bridge in the `wire` namespace, so a link can fail
+/// where the node cannot see it (its own interface keeps its carrier): `fail(i)` sets the
+/// ToR's end of link `i` down inside `wire`. Both ToRs are AS 65000 and originate
+/// 10.244.200.0/24; the node (AS 64512) originates 10.244.1.0/26. The ToRs route back to
+/// the pod statically; `dst` returns through one chosen ToR (`return_via`).
+pub struct TwoTors {
+    pub n: Netns,
+    pub pod: Netns,
+    pub wire: Netns,
+    pub tors: [Netns; 2],
+    pub dst: Netns,
+}
+
+pub const POD: &str = "10.244.1.2";
+pub const NODE_BLOCK: &str = "10.244.1.0/26";
+pub const DST: &str = "10.244.200.1";
+pub const DST_PREFIX: &str = "10.244.200.0/24";
+pub const TOR_AS: u32 = 65000;
+
+/// The node's address on link `i` (0 or 1) and the ToR's.
+pub fn node_addr(i: usize) -> String {
+    format!("198.18.{}.1", i + 1)
+}
+pub fn tor_addr(i: usize) -> String {
+    format!("198.18.{}.254", i + 1)
+}
+
+impl TwoTors {
+    pub fn new(lock: &NetLock, tag: &str) -> TwoTors {
+        let n = Netns::new(lock, &format!("{tag}-n"));
+        let pod = Netns::new(lock, &format!("{tag}-pod"));
+        let wire = Netns::new(lock, &format!("{tag}-w"));
+        let tors = [
+            Netns::new(lock, &format!("{tag}-t1")),
+            Netns::new(lock, &format!("{tag}-t2")),
+        ];
+        let dst = Netns::new(lock, &format!("{tag}-d"));
+        Netns::veth(&pod, "eth0", &n, "pod0");
+        pod.addr("eth0", &format!("{POD}/30"));
+        n.addr("pod0", "10.244.1.1/30");
+        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        for (i, tor) in tors.iter().enumerate() {
+            let nif = format!("eth{}", i + 1);
+            let (wn, wt, br) = (format!("n{i}"), format!("t{i}"), format!("br{i}"));
+            Netns::veth(&n, &nif, &wire, &wn);
+            Netns::veth(&wire, &wt, tor, "eth0");
+            wire.ip(&["link", "add", &br, "type", "bridge"]);
+            wire.ip(&["link", "set", &wn, "master", &br]);
+            wire.ip(&["link", "set", &wt, "master", &br]);
+            wire.link_up(&br);
+            n.addr(&nif, &format!("{}/24", node_addr(i)));
+            tor.addr("eth0", &format!("{}/24", tor_addr(i)));
+            let link = format!("198.18.{}", i + 3);
+            Netns::veth(tor, "eth1", &dst, &format!("eth{}", i + 1));
+            tor.addr("eth1", &format!("{link}.254/24"));
+            dst.addr(&format!("eth{}", i + 1), &format!("{link}.1/24"));
+            tor.ip(&["route", "add", DST_PREFIX, "via", &format!("{link}.1")]);
+            tor.ip(&["route", "add", NODE_BLOCK, "via", &node_addr(i)]);
+            tor.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+        dst.addr("lo", &format!("{DST}/32"));
+        n.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let t = TwoTors {
+            n,
+            pod,
+            wire,
+            tors,
+            dst,
+        };
+        t.return_via(1);
+        t
+    }
+
+    /// `dst` sends its replies to the pod through ToR `i`.
+    pub fn return_via(&self, i: usize) {
+        let via = format!("198.18.{}.254", i + 3);
+        self.dst
+            .ip(&["route", "replace", "10.244.1.0/24", "via", &via]);
+    }
+
+    /// Link `i` fails between the node and its ToR, out of the node's sight.
+    pub fn fail(&self, i: usize) {
+        self.wire.ip(&["link", "set", &format!("t{i}"), "down"]);
+    }
+
+    /// Packets ToR `i` received from the node.
+    pub fn tor_rx(&self, i: usize) -> u64 {
+        let out = self.tors[i].ip(&["-s", "-j", "link", "show", "eth0"]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v[0]["stats64"]["rx"]["packets"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Which ToR the pod's flow to `dst` leaves through (the node hashes it to one of the
+    /// two next hops): a burst of pings, then the ToRs' counters.
+    pub fn forward_tor(&self) -> usize {
+        let before = [self.tor_rx(0), self.tor_rx(1)];
+        self.pod
+            .exec(&["ping", "-q", "-c", "50", "-i", "0.01", "-W", "1", DST]);
+        let d = [
+            self.tor_rx(0) - before[0].min(self.tor_rx(0)),
+            self.tor_rx(1) - before[1].min(self.tor_rx(1)),
+        ];
+        assert!(
+            d[0].max(d[1]) >= 50,
+            "the pod's 50 pings should have crossed one ToR: {d:?}"
+        );
+        usize::from(d[1] > d[0])
+    }
+
+    /// The node's kernel next hops for `dst`'s prefix.
+    pub fn node_next_hops(&self) -> Vec<String> {
+        let out = self.n.ip(&["-j", "route", "show", DST_PREFIX]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let mut hops = Vec::new();
+        for r in v.as_array().into_iter().flatten() {
+            if let Some(g) = r["gateway"].as_str() {
+                hops.push(g.to_string());
+            }
+            for nh in r["nexthops"].as_array().into_iter().flatten() {
+                if let Some(g) = nh["gateway"].as_str() {
+                    hops.push(g.to_string());
+                }
+            }
+        }
+        hops.sort();
+        hops
+    }
+
+    /// ferrovia on the node, peering with both ToRs; `bfd`: 300 ms × 3 on both sessions.
+    pub fn ferrovia_cfg(&self, bfd: bool, hold: u32) -> FerroviaConfig {
+        let mut cfg = FerroviaConfig::node1(FERROVIA_AS, TOR_AS, &[NODE_BLOCK]);
+        cfg.name = "n".into();
+        cfg.router_id = node_addr(0);
+        cfg.addresses = vec![node_addr(0)];
+        cfg.hold_time = Some(hold);
+        cfg.peers = (0..2)
+            .map(|i| {
+                let mut p = ferrovia::FerroviaPeer::peer(TOR_AS);
+                p.address = tor_addr(i);
+                p.bfd = bfd.then_some((300, 3));
+                p
+            })
+            .collect();
+        cfg
+    }
+}
+
+/// A ToR daemon: which one, for the scenarios.
+pub enum Tor {
+    Bird(Bird),
+    Frr(Frr),
+}
+
+impl Tor {
+    /// BIRD as ToR `i` toward the node at `peer`, originating `dst`'s prefix.
+    pub fn bird(t: &TwoTors, i: usize, peer: &str, peer_as: u32, bfd: bool, hold: u32) -> Tor {
+        let mut p = BirdPeer::to_ferrovia(TOR_AS, peer_as);
+        p.local_addr = Some(tor_addr(i));
+        p.neighbor_addr = peer.into();
+        p.hold_time = Some(hold);
+        p.v6_next_hop = None;
+        if bfd {
+            p.extra = "  bfd on;\n".into();
+        }
+        Tor::Bird(Bird::start(
+            &t.tors[i],
+            BirdConfig {
+                router_id: tor_addr(i),
+                originate: vec![DST_PREFIX.into()],
+                peers: vec![p],
+                extra: if bfd { BIRD_BFD.into() } else { String::new() },
+            },
+        ))
+    }
+
+    /// FRR as ToR `i` toward the node at `peer` (bfdd started when `bfd`).
+    pub fn frr(t: &TwoTors, i: usize, peer: &str, peer_as: u32, bfd: bool, hold: u32) -> Tor {
+        let mut n = FrrNeighbor::ferrovia(peer_as);
+        n.addr = peer.into();
+        n.hold_time = Some(hold);
+        if bfd {
+            n.extra.push("bfd".into());
+        }
+        let mut f = Frr::start(
+            &t.tors[i],
+            FrrConfig {
+                asn: TOR_AS,
+                router_id: tor_addr(i),
+                neighbors: vec![n],
+                networks: vec![DST_PREFIX.into()],
+            },
+        );
+        if bfd {
+            f.start_bfdd();
+        }
+        Tor::Frr(f)
+    }
+}
+
+/// `ping` from the pod to `dst` at 100 packets a second, in the background; `stop` returns
+/// (transmitted, received) from its summary.
+pub struct Pinger {
+    proc: proc::Proc,
+    started: Instant,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pinger {
+    pub fn start(t: &TwoTors) -> Pinger {
+        let dir = tempfile::Builder::new()
+            .prefix("fvt-ping")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("ping.log");
+        let proc = proc::Proc::spawn(
+            t.pod.name(),
+            &["ping", "-n", "-i", "0.01", "-W", "1", DST],
+            &log,
+            &[],
+        );
+        let p = Pinger {
+            proc,
+            started: Instant::now(),
+            log,
+            _dir: dir,
+        };
+        wait_until("the pod's pings are answered", PROPAGATE, POLL, || {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            if text.matches("bytes from").count() >= 10 {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+        p
+    }
+
+    /// Replies seen so far.
+    pub fn replies(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("bytes from")
+            .count()
+    }
+
+    /// SIGINT, then the summary: (transmitted, received), and how long it ran (ping's own
+    /// rate drops below 100/s on a loaded machine: loss in time is lost × ran / sent).
+    pub fn stop(mut self) -> (u64, u64, Duration) {
+        let ran = self.started.elapsed();
+        self.proc.signal(libc::SIGINT);
+        wait_until("ping exits after SIGINT", START, POLL, || {
+            self.proc.try_wait().ok_or("running")
+        });
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        let num = |word: &str| -> u64 {
+            line.split(',')
+                .find(|p| p.contains(word))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {word} in {line}"))
+        };
+        (num("transmitted"), num("received"), ran)
+    }
+}
