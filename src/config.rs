@@ -975,6 +975,14 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         }
         // Disabled, nothing is checked beyond the names.
         parse("t", &peer(", bfd: { enabled: false, intervalMs: 5 }")).expect("loads");
+        // The documented example turns it on for its ToR.
+        let tor = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tor-dual-stack.yaml");
+        let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
+        let b = l.config.bgp.peers[0].bfd;
+        assert!(
+            b.enabled && b.interval_ms == 300 && b.multiplier == 3,
+            "{b:?}"
+        );
     }
 
     #[test]

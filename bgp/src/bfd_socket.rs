@@ -58,7 +58,6 @@ pub fn listen(v6: bool) -> io::Result<UdpSocket> {
     } else {
         set_int(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
     }
-    s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
