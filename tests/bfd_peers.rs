@@ -10,8 +10,8 @@
 //!   routes, with a 90 s hold time that cannot have expired. FRR runs with
 //!   `graceful-restart-disable` toward ferrovia here: as a GR helper it keeps our routes as
 //!   stale after a BFD Down (the trade-off in config/README.md).
-//! - SIGTERM: ferrovia's sessions go AdminDown first (RFC 5880 §6.8.16). FRR honours it (RFC
-//!   5882 §3.2): its BGP session is not reset for BFD; BIRD 2.0.12 takes BGP down on it.
+//! - SIGTERM: ferrovia's sessions go AdminDown first (RFC 5880 §6.8.16) and the peers see it
+//!   (FRR shows the remote diagnostic "administratively down"; BIRD's session goes Down).
 
 use ferrovia_testsupport::common;
 
@@ -210,14 +210,31 @@ fn frr_bfd_up_and_failures_both_ways() {
     let resets_before = frr.neighbor(FERROVIA_V4).expect("neighbor")["lastResetDueTo"].clone();
     eprintln!("FRR last reset before SIGTERM: {resets_before}");
 
-    // SIGTERM: AdminDown first; FRR honours it (RFC 5882 §3.2) — its BFD peer goes down with
-    // the remote diagnostic "administratively down" and its BGP session is not reset for BFD
-    // (the CEASE that follows closes it).
+    // SIGTERM: AdminDown first; FRR's BFD peer goes down with the remote diagnostic
+    // "administratively down". (What FRR 8.4 then does with BGP is in config/README.md: in
+    // tests/bfd_restart.rs's topology it answered with Cease/Hard Reset for BFD Down.)
     let st = f.sigterm();
     assert_eq!(
         st.and_then(|s| s.code()),
         Some(0),
         "exit status after SIGTERM"
+    );
+    assert!(
+        f.log_text().contains("BFD sessions AdminDown"),
+        "the agent set its BFD sessions AdminDown before closing"
+    );
+    wait_until("FRR saw our AdminDown", PROPAGATE, POLL, || {
+        let p = frr.bfd_peer(FERROVIA_V4)?;
+        let remote = p["remote-diagnostic"].as_str().unwrap_or("");
+        if p["status"] != "up" && remote.contains("administratively") {
+            Ok(())
+        } else {
+            Err(format!("bfd {p}"))
+        }
+    });
+    eprintln!(
+        "FRR after our AdminDown: lastResetDueTo {}",
+        frr.neighbor(FERROVIA_V4).expect("neighbor")["lastResetDueTo"]
     );
     wait_until(
         "FRR saw AdminDown and reset BGP for the CEASE, not BFD",

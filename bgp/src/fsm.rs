@@ -304,10 +304,7 @@ impl Session {
         self.connecting = false;
         let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
         for id in ids {
-            self.send_notification(
-                id,
-                Notification::new(notif::CEASE, notif::HARD_RESET),
-            );
+            self.send_notification(id, Notification::new(notif::CEASE, notif::HARD_RESET));
             self.fail_conn(id, None, Some(DownReason::BfdDown(why.clone())), true);
         }
         self.last_error = Some(DownReason::BfdDown(why));

@@ -270,6 +270,24 @@ impl TwoTors {
         t
     }
 
+    /// The ToRs reach the pod only through the routes they learn from the node over BGP
+    /// (their static routes to the node's block go).
+    pub fn tors_route_by_bgp(&self) {
+        for tor in &self.tors {
+            tor.ip(&["route", "del", NODE_BLOCK, "proto", "boot"]);
+        }
+    }
+
+    /// ToR `i` has a route to the node's block in its kernel (learned over BGP).
+    pub fn tor_has_node_block(&self, i: usize) -> Result<(), String> {
+        let out = self.tors[i].ip(&["route", "show", NODE_BLOCK]);
+        if out.contains(&node_addr(i)) {
+            Ok(())
+        } else {
+            Err(format!("ToR {i}: {out:?}"))
+        }
+    }
+
     /// `dst` sends its replies to the pod through ToR `i`.
     pub fn return_via(&self, i: usize) {
         let via = format!("198.18.{}.254", i + 3);
@@ -353,15 +371,43 @@ pub enum Tor {
 }
 
 impl Tor {
-    /// BIRD as ToR `i` toward the node at `peer`, originating `dst`'s prefix.
+    /// BIRD as ToR `i` toward the node at `peer`, originating `dst`'s prefix and installing
+    /// what it learns in its kernel. With `bfd`: `bfd on`.
     pub fn bird(t: &TwoTors, i: usize, peer: &str, peer_as: u32, bfd: bool, hold: u32) -> Tor {
+        Tor::bird_with(t, i, peer, peer_as, bfd.then_some("  bfd on;\n"), hold)
+    }
+
+    /// BIRD as ToR `i` with `bfd graceful` and `graceful restart on` (what config/README.md
+    /// recommends with BIRD 2.0.12 for agent restarts).
+    pub fn bird_graceful(t: &TwoTors, i: usize, peer: &str, peer_as: u32, hold: u32) -> Tor {
+        Tor::bird_with(
+            t,
+            i,
+            peer,
+            peer_as,
+            Some("  bfd graceful;\n  graceful restart on;\n"),
+            hold,
+        )
+    }
+
+    fn bird_with(
+        t: &TwoTors,
+        i: usize,
+        peer: &str,
+        peer_as: u32,
+        bfd: Option<&str>,
+        hold: u32,
+    ) -> Tor {
         let mut p = BirdPeer::to_ferrovia(TOR_AS, peer_as);
         p.local_addr = Some(tor_addr(i));
         p.neighbor_addr = peer.into();
         p.hold_time = Some(hold);
         p.v6_next_hop = None;
-        if bfd {
-            p.extra = "  bfd on;\n".into();
+        let kernel = "protocol kernel { ipv4 { export where source = RTS_BGP; }; }\n";
+        let mut extra = kernel.to_string();
+        if let Some(b) = bfd {
+            p.extra = b.into();
+            extra.push_str(BIRD_BFD);
         }
         Tor::Bird(Bird::start(
             &t.tors[i],
@@ -369,7 +415,7 @@ impl Tor {
                 router_id: tor_addr(i),
                 originate: vec![DST_PREFIX.into()],
                 peers: vec![p],
-                extra: if bfd { BIRD_BFD.into() } else { String::new() },
+                extra,
             },
         ))
     }
