@@ -402,6 +402,10 @@ pub struct Peer {
     /// Export prefix list: only prefixes it permits are advertised (absent or empty: all).
     #[serde(default)]
     pub export_prefixes: Vec<PrefixRule>,
+    /// BFD (RFC 5880/5881, single hop): `{ enabled: true, intervalMs: 300, multiplier: 3 }`.
+    /// Off unless `enabled` is true.
+    #[serde(default)]
+    pub bfd: ferrovia_bgp::bfd::BfdConfig,
 }
 
 impl Peer {
@@ -836,6 +840,15 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
             }
         }
         p.safety().check().map_err(|(k, m)| err(&key(&k), m))?;
+        if p.bfd.enabled {
+            if let Err(e) = p.bfd.timing() {
+                let k = match e {
+                    ferrovia_bgp::bfd::ConfigError::IntervalMs(_) => "bfd.intervalMs",
+                    ferrovia_bgp::bfd::ConfigError::Multiplier(_) => "bfd.multiplier",
+                };
+                return Err(err(&key(k), e.to_string()));
+            }
+        }
         if p.address.is_unspecified() || p.address.is_multicast() {
             return Err(err(
                 &key("address"),
@@ -1213,6 +1226,51 @@ status: { socket: /run/ferrovia/ferrovia.sock }
             let e = parse("t", &peer(bad)).expect_err(bad);
             assert_eq!(e.key, key, "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn bfd_takes_enabled_interval_and_multiplier_and_names_the_key_otherwise() {
+        let peer = |v: &str| {
+            format!("node: {{ name: a, asNumber: 1, routerId: 1.1.1.1 }}\nbgp: {{ peers: [ {{ address: 1.2.3.4, asNumber: 5{v} }} ] }}")
+        };
+        let off = parse("t", &peer("")).expect("loads");
+        assert!(!off.config.bgp.peers[0].bfd.enabled);
+        let on = parse("t", &peer(", bfd: { enabled: true }")).expect("loads");
+        let b = on.config.bgp.peers[0].bfd;
+        assert!(b.enabled);
+        assert_eq!(
+            (b.interval_ms, b.multiplier),
+            (300, 3),
+            "defaults when enabled"
+        );
+        let set = parse(
+            "t",
+            &peer(", bfd: { enabled: true, intervalMs: 100, multiplier: 5 }"),
+        )
+        .expect("loads");
+        let b = set.config.bgp.peers[0].bfd;
+        assert_eq!((b.interval_ms, b.multiplier), (100, 5));
+        for (bad, k) in [
+            ("intervalMs: 5", "bgp.peers[0].bfd.intervalMs"),
+            ("intervalMs: 70000", "bgp.peers[0].bfd.intervalMs"),
+            ("multiplier: 0", "bgp.peers[0].bfd.multiplier"),
+            ("multiplier: 256", "bgp.peers[0].bfd.multiplier"),
+            ("interval: 300", "bgp.peers[0].bfd"),
+        ] {
+            let e =
+                parse("t", &peer(&format!(", bfd: {{ enabled: true, {bad} }}"))).expect_err(bad);
+            assert!(e.key.starts_with(k), "{bad}: {} ({e})", e.key);
+        }
+        // Disabled, nothing is checked beyond the names.
+        parse("t", &peer(", bfd: { enabled: false, intervalMs: 5 }")).expect("loads");
+        // The documented example turns it on for its ToR.
+        let tor = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tor-dual-stack.yaml");
+        let l = load(&tor).unwrap_or_else(|e| panic!("{e}"));
+        let b = l.config.bgp.peers[0].bfd;
+        assert!(
+            b.enabled && b.interval_ms == 300 && b.multiplier == 3,
+            "{b:?}"
+        );
     }
 
     #[test]

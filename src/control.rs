@@ -99,6 +99,31 @@ pub struct PeerInfo {
     /// The session was closed for too many prefixes and starts again in this many seconds.
     #[serde(default)]
     pub restart_in_seconds: Option<u64>,
+    /// The peer's BFD session; absent when BFD is off for the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdInfo>,
+}
+
+/// One peer's BFD session (RFC 5880 names).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdInfo {
+    /// AdminDown, Down, Init or Up.
+    pub state: String,
+    /// Why our session last left Up (RFC 5880 §4.1 diagnostic).
+    pub diag: String,
+    pub remote_state: String,
+    pub remote_diag: String,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// The detection time in force, once the peer has been heard.
+    pub detection_time_ms: Option<u64>,
+    /// Times the session went Up.
+    pub ups: u64,
+    /// Times it left Up because the path failed (each took the BGP session down).
+    pub failures: u64,
+    /// The BGP session is held Idle until BFD is Up again.
+    pub holding_bgp: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

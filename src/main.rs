@@ -353,6 +353,24 @@ fn print_status(s: &control::StatusReply) {
         if let Some(e) = &p.last_error {
             println!("    last error: {e}");
         }
+        if let Some(b) = &p.bfd {
+            let detect = b
+                .detection_time_ms
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "    bfd: {} (peer says {}), detection {detect}, up {} times, {} failures{}",
+                b.state,
+                b.remote_state,
+                b.ups,
+                b.failures,
+                if b.holding_bgp {
+                    "; BGP held down until BFD is Up"
+                } else {
+                    ""
+                }
+            );
+        }
         if p.stale_prefixes > 0 {
             println!(
                 "    graceful restart: {} stale prefixes kept until the peer refreshes them",

@@ -95,6 +95,7 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
         port: 179,
         password,
         ttl_security: None,
+        bfd: None,
     };
     let spec = |address: IpAddr, asn: u32, kind: &str, passive: bool, password: Option<String>| {
         spec_rr(address, asn, kind, passive, password, false)

@@ -52,6 +52,11 @@ pub struct Metrics {
     last_ipam: Mutex<IpamCounters>,
     /// Last refused-prefix counts seen per peer and reason.
     last_refused: Mutex<HashMap<(String, Rejected), u64>>,
+    bfd_state: IntGaugeVec,
+    bfd_up: IntGaugeVec,
+    bfd_failures: IntCounterVec,
+    /// Last BFD failure count seen per peer with BFD on.
+    bfd_last: Mutex<HashMap<String, (String, u64)>>,
 }
 
 const PEER_LABELS: &[&str] = &["peer", "type"];
@@ -141,6 +146,16 @@ impl Metrics {
             last: Mutex::new(HashMap::new()),
             last_ipam: Mutex::new(IpamCounters::default()),
             last_refused: Mutex::new(HashMap::new()),
+            bfd_state: gv(
+                "ferrovia_bfd_session_state",
+                "BFD session state per RFC 5880: 0 AdminDown, 1 Down, 2 Init, 3 Up (peers with BFD on).",
+            )?,
+            bfd_up: gv("ferrovia_bfd_session_up", "1 when the peer's BFD session is Up.")?,
+            bfd_failures: cv(
+                "ferrovia_bfd_session_failures_total",
+                "Times the BFD session left Up because the path failed; each took the BGP session down.",
+            )?,
+            bfd_last: Mutex::new(HashMap::new()),
             registry,
         };
         m.registry.register(Box::new(m.peer_state.clone()))?;
@@ -162,6 +177,9 @@ impl Metrics {
         m.registry.register(Box::new(m.ipam_conflicts.clone()))?;
         m.registry.register(Box::new(m.ipam_batches.clone()))?;
         m.registry.register(Box::new(m.ipam_batched.clone()))?;
+        m.registry.register(Box::new(m.bfd_state.clone()))?;
+        m.registry.register(Box::new(m.bfd_up.clone()))?;
+        m.registry.register(Box::new(m.bfd_failures.clone()))?;
         Ok(m)
     }
 
@@ -175,6 +193,7 @@ impl Metrics {
     /// Brings the peer metrics in line with the speaker's view.
     pub fn observe(&self, peers: &[PeerStatus], loc_rib: usize) {
         self.loc_rib.set(loc_rib as i64);
+        self.observe_bfd(peers);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = Vec::new();
         for p in peers {
@@ -273,6 +292,40 @@ impl Metrics {
                 .saturating_sub(last.batched_assignments),
         );
         *last = now;
+    }
+
+    /// BFD series for the peers with BFD on; a peer that loses BFD (or goes) loses them.
+    fn observe_bfd(&self, peers: &[PeerStatus]) {
+        let mut last = self.bfd_last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::new();
+        for p in peers {
+            let Some(b) = &p.bfd else { continue };
+            let peer = p.config.address.to_string();
+            let labels = [peer.as_str(), p.config.kind.as_str()];
+            self.bfd_state
+                .with_label_values(&labels)
+                .set(i64::from(b.state.bits()));
+            self.bfd_up
+                .with_label_values(&labels)
+                .set(i64::from(b.state == ferrovia_bgp::bfd::State::Up));
+            let before = last.get(&peer).map(|(_, n)| *n).unwrap_or(0);
+            self.bfd_failures
+                .with_label_values(&labels)
+                .inc_by(b.failures.saturating_sub(before));
+            last.insert(peer.clone(), (p.config.kind.clone(), b.failures));
+            seen.push(peer);
+        }
+        let gone: Vec<(String, String)> = last
+            .iter()
+            .filter(|(k, _)| !seen.contains(k))
+            .map(|(k, (kind, _))| (k.clone(), kind.clone()))
+            .collect();
+        for (peer, kind) in gone {
+            last.remove(&peer);
+            let _ = self.bfd_state.remove_label_values(&[&peer, &kind]);
+            let _ = self.bfd_up.remove_label_values(&[&peer, &kind]);
+            let _ = self.bfd_failures.remove_label_values(&[&peer, &kind]);
+        }
     }
 
     /// The exposition text.
@@ -504,7 +557,63 @@ mod tests {
             peer_id: None,
             families: vec![],
             restart_at: None,
+            bfd: None,
         }
+    }
+
+    #[test]
+    fn bfd_series_follow_the_session_and_count_failures() {
+        use ferrovia_bgp::bfd::{Diag, State};
+        use ferrovia_bgp::speaker::BfdStatus;
+        let bfd = |state: State, failures: u64| BfdStatus {
+            state,
+            diag: Diag::None,
+            remote_state: state,
+            remote_diag: Diag::None,
+            local_discriminator: 1,
+            remote_discriminator: 2,
+            detection_time: Some(Duration::from_millis(900)),
+            ups: 1,
+            failures,
+            holding_bgp: false,
+        };
+        let m = Metrics::new().expect("metrics");
+        let mut p = peer("198.18.0.2", BgpState::Established, 0, 0);
+        let plain = peer("198.18.0.3", BgpState::Established, 0, 0);
+        p.bfd = Some(bfd(State::Up, 0));
+        m.observe(&[p.clone(), plain.clone()], 0);
+        let text = m.render();
+        assert!(
+            text.contains("ferrovia_bfd_session_state{peer=\"198.18.0.2\",type=\"mesh\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrovia_bfd_session_up{peer=\"198.18.0.2\",type=\"mesh\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("ferrovia_bfd_session_state{peer=\"198.18.0.3\""),
+            "no BFD series for a peer without BFD: {text}"
+        );
+        p.bfd = Some(bfd(State::Down, 2));
+        m.observe(&[p.clone(), plain.clone()], 0);
+        let text = m.render();
+        assert!(
+            text.contains("ferrovia_bfd_session_up{peer=\"198.18.0.2\",type=\"mesh\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrovia_bfd_session_failures_total{peer=\"198.18.0.2\",type=\"mesh\"} 2"
+            ),
+            "{text}"
+        );
+        p.bfd = None;
+        m.observe(&[p, plain], 0);
+        assert!(
+            !m.render().contains("ferrovia_bfd_session_state{"),
+            "BFD turned off: its series are gone"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn bird_v6_with(ns: &Netns, hops: u8, gtsm: bool) -> Bird {
             router_id: PEER_V4.into(),
             originate: vec![P_V6.into()],
             peers: vec![p],
+            extra: String::new(),
         },
     )
 }

@@ -23,6 +23,7 @@ fn bird_in_ferrovias_place(local_as: u32, peer_as: u32) -> BirdConfig {
             passive: false,
             extra: String::new(),
         }],
+        extra: String::new(),
     }
 }
 

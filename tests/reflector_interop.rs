@@ -111,6 +111,7 @@ fn ferrovia_reflects_between_bird_frr_and_ferrovia_clients_from_a_peer_range_wit
                 passive: false,
                 extra: String::new(),
             }],
+            extra: String::new(),
         },
     );
     lan.members[0].ip(&["route", "add", "default", "via", RR]);

@@ -9,6 +9,9 @@
 //! originate, query, shut down) arrive on a channel; route and peer events leave on
 //! another.
 
+use crate::bfd::peers::{PeerOutput, Peers as BfdPeers};
+use crate::bfd::Timing as BfdTiming;
+use crate::bfd_socket;
 use crate::fsm::{ConnId, Direction};
 use crate::gtsm;
 use crate::md5;
@@ -19,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -34,6 +37,8 @@ pub struct PeerSpec {
     pub password: Option<String>,
     /// GTSM (RFC 5082): how many hops away the peer may be (1–254); None: off.
     pub ttl_security: Option<u8>,
+    /// BFD (RFC 5880/5881, single hop) with this timing; None: off.
+    pub bfd: Option<BfdTiming>,
 }
 
 /// Transport settings.
@@ -91,6 +96,11 @@ pub enum DriverError {
         peer: IpAddr,
         source: std::io::Error,
     },
+    #[error("cannot start BFD for peer {peer}: {source} (is another BFD daemon such as bfdd bound to UDP port 3784 in this network namespace? stop it, or remove bfd from the peer)")]
+    Bfd {
+        peer: IpAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Speaker(#[from] SpeakerError),
     #[error("the BGP speaker has stopped")]
@@ -110,6 +120,7 @@ enum Command {
     Query(Query),
     Shutdown(oneshot::Sender<()>),
     Abandon(oneshot::Sender<()>),
+    BfdAdminDown(oneshot::Sender<Duration>),
 }
 
 enum Io {
@@ -120,6 +131,8 @@ enum Io {
     /// The writer of a connection put this many bytes on the socket.
     Written(IpAddr, ConnId, usize),
     Closed(IpAddr, ConnId),
+    /// A datagram on a BFD listener: sender, TTL / hop limit, payload.
+    Bfd(SocketAddr, Option<u8>, Vec<u8>),
 }
 
 /// The agent's handle on the running speaker.
@@ -177,6 +190,15 @@ impl Handle {
             let _ = rx.await;
         }
     }
+    /// Moves every BFD session to AdminDown (RFC 5880 §6.8.16) and returns once the peers
+    /// have had one detection time to hear it (the packets keep going out meanwhile); BGP
+    /// is untouched. Returns how long it waited. Peers that follow RFC 5882 §3.2 keep the
+    /// BGP session up on a remote AdminDown, so what follows (a restart, a CEASE) decides.
+    pub async fn bfd_admin_down(&self) -> Result<Duration, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::BfdAdminDown(tx)).await?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
     async fn send(&self, c: Command) -> Result<(), DriverError> {
         self.tx.send(c).await.map_err(|_| DriverError::Stopped)
     }
@@ -207,6 +229,40 @@ struct Driver {
     /// Range peers that lost a connection: removed at the end of the step if it was their
     /// last one.
     range_closed: Vec<IpAddr>,
+    bfd: Bfd,
+}
+
+/// BFD's part of the driver: the sans-IO sessions and their sockets.
+#[derive(Default)]
+struct Bfd {
+    sessions: BfdPeers,
+    senders: HashMap<IpAddr, UdpSocket>,
+    /// Listener tasks on port 3784, IPv4 and IPv6, once a peer of that family needs one.
+    listeners: [Option<JoinHandle<()>>; 2],
+    /// A [`Handle::bfd_admin_down`] waits until then.
+    leaving: Option<(Instant, Duration, oneshot::Sender<Duration>)>,
+}
+
+impl Drop for Bfd {
+    fn drop(&mut self) {
+        for l in self.listeners.iter_mut().filter_map(Option::take) {
+            l.abort();
+        }
+    }
+}
+
+/// A random 32-bit value from the standard library's per-process random hash keys (BFD
+/// discriminators and jitter need unpredictable, not cryptographic, values).
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
 }
 
 /// Starts the speaker task. `events`, when given, receives [`Event::RoutesChanged`] (pull
@@ -245,6 +301,7 @@ pub async fn spawn(
         events,
         from_range: std::collections::HashSet::new(),
         range_closed: Vec::new(),
+        bfd: Bfd::default(),
     };
     if let Some((fd, v6)) = listener_fd {
         for r in &driver.config.peer_ranges {
@@ -324,14 +381,22 @@ impl Driver {
                     .map_err(|source| DriverError::Gtsm { peer: addr, source })?;
             }
         }
-        self.speaker.add_peer(Instant::now(), spec.config.clone())?;
-        info!(peer = %addr, asn = spec.config.remote_as, kind = %spec.config.kind, "peer added");
+        if let Some(timing) = spec.bfd {
+            self.bfd_start(addr, timing)
+                .map_err(|source| DriverError::Bfd { peer: addr, source })?;
+        }
+        if let Err(e) = self.speaker.add_peer(Instant::now(), spec.config.clone()) {
+            self.bfd_stop(addr);
+            return Err(e.into());
+        }
+        info!(peer = %addr, asn = spec.config.remote_as, kind = %spec.config.kind, bfd = spec.bfd.is_some(), "peer added");
         self.peers.insert(addr, spec);
         Ok(())
     }
 
     fn remove_peer(&mut self, addr: IpAddr) -> Result<(), DriverError> {
         self.speaker.remove_peer(addr)?;
+        self.bfd_stop(addr);
         if let Some(spec) = self.peers.remove(&addr) {
             if let (Some(_), Some((fd, v6))) = (&spec.password, self.listener_fd) {
                 let _ = md5::set_key(fd, v6, addr, None);
@@ -341,10 +406,113 @@ impl Driver {
         Ok(())
     }
 
+    /// Starts a BFD session with `peer`: the family's listener if it is the first, a
+    /// sending socket, a session with a fresh discriminator.
+    fn bfd_start(&mut self, peer: IpAddr, timing: BfdTiming) -> std::io::Result<()> {
+        let family = usize::from(peer.is_ipv6());
+        if self.bfd.listeners[family].is_none() {
+            let sock = bfd_socket::listen(peer.is_ipv6())?;
+            let tx = self.io_tx.clone();
+            self.bfd.listeners[family] = Some(tokio::spawn(async move {
+                let mut buf = vec![0u8; 512];
+                loop {
+                    match bfd_socket::recv(&sock, &mut buf).await {
+                        Ok((n, from, ttl)) => {
+                            if tx
+                                .send(Io::Bfd(from, ttl, buf[..n].to_vec()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "receiving a BFD packet failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        let sender = bfd_socket::sender(peer, random_u32())?;
+        let discriminator = loop {
+            if let Some(d) = std::num::NonZeroU32::new(random_u32()) {
+                if !self.bfd.sessions.discriminator_in_use(d.get()) {
+                    break d;
+                }
+            }
+        };
+        self.bfd.senders.insert(peer, sender);
+        self.bfd.sessions.add(
+            Instant::now(),
+            peer,
+            timing,
+            discriminator,
+            Box::new(random_u32),
+        );
+        info!(%peer, interval = ?timing.interval, multiplier = timing.multiplier, discriminator, "BFD session started");
+        Ok(())
+    }
+
+    fn bfd_stop(&mut self, peer: IpAddr) {
+        if self.bfd.sessions.remove(peer) {
+            self.bfd.senders.remove(&peer);
+            self.speaker.bfd_removed(Instant::now(), peer);
+            info!(%peer, "BFD session stopped");
+        }
+    }
+
+    /// Sends what the BFD sessions asked for and hands their state changes to the speaker.
+    fn pump_bfd(&mut self) {
+        let now = Instant::now();
+        while let Some(out) = self.bfd.sessions.poll_output() {
+            match out {
+                PeerOutput::Send(peer, bytes) => {
+                    if let Some(s) = self.bfd.senders.get(&peer) {
+                        if let Err(e) = s.try_send(&bytes) {
+                            debug!(%peer, error = %e, "sending a BFD packet failed");
+                        }
+                    }
+                }
+                PeerOutput::Changed {
+                    peer,
+                    change,
+                    status,
+                } => {
+                    if change.is_failure() {
+                        warn!(%peer, from = %change.from, to = %change.to, diag = change.diag.name(), remote_diag = status.remote_diag.name(), "BFD session down: the path to the peer failed; taking the BGP session down");
+                    } else {
+                        info!(%peer, from = %change.from, to = %change.to, diag = change.diag.name(), remote_admin_down = change.remote_admin_down, "BFD session state changed");
+                    }
+                    self.speaker
+                        .bfd_changed(now, peer, status, change.is_failure());
+                }
+            }
+        }
+        if let Some((until, _, _)) = &self.bfd.leaving {
+            if *until <= now {
+                if let Some((_, waited, tx)) = self.bfd.leaving.take() {
+                    let _ = tx.send(waited);
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.speaker.poll_timeout(),
+            self.bfd.sessions.poll_timeout(),
+            self.bfd.leaving.as_ref().map(|l| l.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>, mut io: mpsc::Receiver<Io>) {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         loop {
-            let deadline = self.speaker.poll_timeout();
+            let deadline = self.poll_timeout();
             tokio::select! {
                 biased;
                 c = cmds.recv() => match c {
@@ -365,9 +533,12 @@ impl Driver {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    self.speaker.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.bfd.sessions.handle_timeout(now);
+                    self.speaker.handle_timeout(now);
                 }
             }
+            self.pump_bfd();
             self.speaker.flush();
             self.pump();
             if shutdown.is_some() {
@@ -418,6 +589,15 @@ impl Driver {
                 self.speaker.withdraw(p);
             }
             Command::Query(q) => q(&mut self.speaker),
+            Command::BfdAdminDown(tx) => {
+                let now = Instant::now();
+                let wait = self.bfd.sessions.admin_down_all(now);
+                info!(
+                    ?wait,
+                    "BFD sessions set to AdminDown; sending it for one detection time"
+                );
+                self.bfd.leaving = Some((now + wait, wait, tx));
+            }
             Command::Shutdown(_) | Command::Abandon(_) => {}
         }
     }
@@ -522,6 +702,19 @@ impl Driver {
                     if self.from_range.contains(&peer) {
                         self.range_closed.push(peer);
                     }
+                }
+            }
+            Io::Bfd(from, ttl, bytes) => {
+                let peer = from.ip().to_canonical();
+                match self.bfd.sessions.received(now, peer, ttl, &bytes) {
+                    Ok(()) => {
+                        // State changes reach the speaker in pump_bfd; this keeps the
+                        // timers and the peer's state in status current.
+                        if let Some(st) = self.bfd.sessions.status(&peer) {
+                            self.speaker.bfd_refresh(peer, st);
+                        }
+                    }
+                    Err(e) => debug!(%from, "BFD packet discarded: {e}"),
                 }
             }
         }

@@ -106,6 +106,10 @@ pub enum DownReason {
     ConnectionLost,
     /// The TCP connection could not be opened.
     ConnectFailed,
+    /// BFD (RFC 5880) declared the forwarding path to the peer failed; we sent CEASE /
+    /// Hard Reset (RFC 8538: the peer must not keep our routes as stale) and closed the
+    /// connection.
+    BfdDown(String),
 }
 
 impl std::fmt::Display for DownReason {
@@ -115,6 +119,7 @@ impl std::fmt::Display for DownReason {
             DownReason::Received(n) => write!(f, "received NOTIFICATION {n}"),
             DownReason::ConnectionLost => f.write_str("connection closed by peer or lost"),
             DownReason::ConnectFailed => f.write_str("TCP connection attempt failed"),
+            DownReason::BfdDown(why) => write!(f, "BFD session down: {why}"),
         }
     }
 }
@@ -297,6 +302,22 @@ impl Session {
         for id in ids {
             self.fail_conn(id, Some(n.clone()), None, record);
         }
+        self.update_state();
+    }
+
+    /// BFD reports the path to the peer failed (RFC 5882 §4.3): every connection ends now
+    /// with CEASE / Hard Reset and the session stays Idle (no reconnect) until
+    /// [`Session::start`] — the caller starts it again once BFD is Up.
+    pub fn bfd_down(&mut self, why: String) {
+        self.started = false;
+        self.retry_at = None;
+        self.connecting = false;
+        let ids: Vec<ConnId> = self.conns.iter().map(|c| c.id).collect();
+        for id in ids {
+            self.send_notification(id, Notification::new(notif::CEASE, notif::HARD_RESET));
+            self.fail_conn(id, None, Some(DownReason::BfdDown(why.clone())), true);
+        }
+        self.last_error = Some(DownReason::BfdDown(why));
         self.update_state();
     }
 

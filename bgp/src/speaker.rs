@@ -174,6 +174,27 @@ pub struct PeerStatus {
     /// The session was closed for going over its maximum number of prefixes and is
     /// started again at this time.
     pub restart_at: Option<Instant>,
+    /// The peer's BFD session, when BFD is on for it.
+    pub bfd: Option<BfdStatus>,
+}
+
+/// A peer's BFD session as the driver last reported it, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BfdStatus {
+    pub state: crate::bfd::State,
+    /// Our diagnostic: why our session last left Up.
+    pub diag: crate::bfd::Diag,
+    pub remote_state: crate::bfd::State,
+    pub remote_diag: crate::bfd::Diag,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// The detection time in force, once the peer has been heard.
+    pub detection_time: Option<Duration>,
+    /// Times the session went Up, and times it left Up because the path failed.
+    pub ups: u64,
+    pub failures: u64,
+    /// The BGP session is held Idle until BFD is Up again (it failed while BFD was Up).
+    pub holding_bgp: bool,
 }
 
 struct Peer {
@@ -194,6 +215,7 @@ struct Peer {
     negotiated: Option<Negotiated>,
     target: Option<ExportTarget>,
     stats: PeerStats,
+    bfd: Option<BfdStatus>,
     /// Graceful restart helper state: this peer's routes kept as stale.
     stale: Option<Stale>,
     /// Families whose End-of-RIB the peer sent on the current session.
@@ -404,6 +426,7 @@ impl Speaker {
                 over_limit: false,
                 restart_pending: None,
                 restart_at: None,
+                bfd: None,
             },
         );
         self.now = Some(now);
@@ -508,6 +531,61 @@ impl Speaker {
                 .as_ref()
                 .and_then(|n| n.peer_open.capabilities.graceful_restart.as_ref())
                 .is_some_and(|g| g.notification)
+    }
+
+    // ----- BFD -----
+
+    /// The driver reports the state of `peer`'s BFD session (RFC 5882 §4.3). `failed`: it
+    /// just left Up because the path failed (not for an AdminDown on either side). Then the
+    /// BGP session goes down at once — CEASE, routes out of the Loc-RIB with no graceful
+    /// restart retention — and stays Idle until BFD reports Up again.
+    pub fn bfd_changed(&mut self, now: Instant, peer: IpAddr, mut status: BfdStatus, failed: bool) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let holding = p.bfd.as_ref().is_some_and(|b| b.holding_bgp);
+        status.holding_bgp = holding;
+        if failed {
+            status.holding_bgp = true;
+            let why = format!(
+                "{} (remote said {}, {})",
+                status.diag.name(),
+                status.remote_state.name(),
+                status.remote_diag.name()
+            );
+            p.bfd = Some(status);
+            p.session.bfd_down(why);
+            self.drain_session(peer);
+            return;
+        }
+        if holding && status.state == crate::bfd::State::Up {
+            status.holding_bgp = false;
+            p.bfd = Some(status);
+            p.session.start(now);
+            self.drain_session(peer);
+            return;
+        }
+        p.bfd = Some(status);
+    }
+
+    /// The driver's latest view of `peer`'s BFD session (timers, remote state), between
+    /// state changes; whether BGP is held stays as it is.
+    pub fn bfd_refresh(&mut self, peer: IpAddr, mut status: BfdStatus) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            status.holding_bgp = p.bfd.as_ref().is_some_and(|b| b.holding_bgp);
+            p.bfd = Some(status);
+        }
+    }
+
+    /// BFD was turned off for `peer`: forget its status and release a held session.
+    pub fn bfd_removed(&mut self, now: Instant, peer: IpAddr) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.bfd.take().is_some_and(|b| b.holding_bgp) {
+            p.session.start(now);
+            self.drain_session(peer);
+        }
     }
 
     // ----- local routes -----
@@ -804,6 +882,7 @@ impl Speaker {
                         .map(|n| n.families.clone())
                         .unwrap_or_default(),
                     restart_at: p.restart_at,
+                    bfd: p.bfd.clone(),
                 }
             })
             .collect()
@@ -984,6 +1063,8 @@ impl Speaker {
                 true
             }
             DownReason::Sent(x) | DownReason::Received(x) => self.n_bit(p) && !x.is_hard_reset(),
+            // BFD saw the path fail: nothing to wait for (RFC 5882 §4.3).
+            DownReason::BfdDown(_) => false,
         };
         let families = gr
             .families

@@ -578,6 +578,7 @@ fn a_received_route_with_graceful_shutdown_loses_to_any_other_path() {
             passive: false,
             kind: "global".into(),
             route_reflector_client: false,
+            policy: Default::default(),
         },
     )
     .expect("add peer");

@@ -222,6 +222,7 @@ fn spec(addr: Ipv4Addr, asn: u32, port: u16, hold: u16) -> PeerSpec {
         port,
         password: None,
         ttl_security: None,
+        bfd: None,
     }
 }
 

@@ -207,6 +207,20 @@ async fn status(
                             .as_secs_f64()
                             .ceil() as u64
                     }),
+                    bfd: p.bfd.map(|b| crate::control::BfdInfo {
+                        state: b.state.name().into(),
+                        diag: b.diag.name().into(),
+                        remote_state: b.remote_state.name().into(),
+                        remote_diag: b.remote_diag.name().into(),
+                        local_discriminator: b.local_discriminator,
+                        remote_discriminator: b.remote_discriminator,
+                        detection_time_ms: b
+                            .detection_time
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        ups: b.ups,
+                        failures: b.failures,
+                        holding_bgp: b.holding_bgp,
+                    }),
                 })
                 .collect();
             StatusReply {

@@ -286,7 +286,8 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         Exit::Restart => {
             info!("SIGTERM: restarting; sessions close without a NOTIFICATION so that graceful-restart peers keep our routes; kernel routes and pods stay");
             // No CEASE: the sessions just drop, so that peers with graceful restart keep
-            // our routes while the agent restarts.
+            // our routes while the agent restarts. BFD goes AdminDown first.
+            bfd_admin_down(&handle).await;
             handle.abandon().await;
             sup.shutdown().await;
             if let Err(e) = restart::write(&state_dir, &cfg.node.name) {
@@ -297,6 +298,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         }
         Exit::Stop => {
             info!("SIGINT: closing every BGP session with CEASE");
+            bfd_admin_down(&handle).await;
             handle.shutdown().await;
             sup.shutdown().await;
             info!("ferrovia agent stopped");
@@ -429,4 +431,20 @@ fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detec
         );
     }
     Ok(out)
+}
+
+/// The first step of leaving on purpose: BFD sessions go AdminDown and keep sending it for
+/// one detection time (RFC 5880 §6.8.16), so peers that follow RFC 5882 §3.2 do not take
+/// BGP down for our BFD going silent. Bounded; a no-op without BFD peers.
+async fn bfd_admin_down(handle: &ferrovia_bgp::driver::Handle) {
+    match tokio::time::timeout(Duration::from_secs(70), handle.bfd_admin_down()).await {
+        Ok(Ok(waited)) if !waited.is_zero() => {
+            info!(
+                ?waited,
+                "BFD sessions AdminDown; peers have had one detection time to hear it"
+            )
+        }
+        Ok(_) => {}
+        Err(_) => tracing::warn!("BFD AdminDown took longer than 70 s; going on"),
+    }
 }

@@ -46,6 +46,8 @@ pub fn file_peers(loaded: &Loaded) -> Vec<PeerSpec> {
             port: p.port,
             password: pw.clone(),
             ttl_security: p.ttl_security,
+            // Checked when the configuration was loaded.
+            bfd: p.bfd.enabled.then(|| p.bfd.timing().ok()).flatten(),
         })
         .collect()
 }
@@ -74,6 +76,7 @@ pub fn peer_ranges(loaded: &Loaded) -> Vec<PeerRange> {
                 },
                 port: 179,
                 password: pw.clone(),
+                bfd: None,
                 ttl_security: None,
             },
         })

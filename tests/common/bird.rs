@@ -51,6 +51,8 @@ pub struct BirdConfig {
     /// Prefixes originated as static blackhole routes and exported to every BGP peer.
     pub originate: Vec<String>,
     pub peers: Vec<BirdPeer>,
+    /// More top-level statements (e.g. a `protocol bfd` block).
+    pub extra: String,
 }
 
 impl BirdConfig {
@@ -85,6 +87,7 @@ impl BirdConfig {
             route(&mut c, p);
         }
         c.push_str("}\n");
+        c.push_str(&self.extra);
         for p in &self.peers {
             writeln!(c, "protocol bgp {} {{", p.name).unwrap();
             match &p.local_addr {

@@ -22,6 +22,8 @@ pub struct FerroviaPeer {
     /// More keys of the peer, as YAML lines without indentation (e.g.
     /// `maxPrefixes: { limit: 2 }`).
     pub extra: Vec<String>,
+    /// `bfd: { enabled: true, intervalMs, multiplier }`.
+    pub bfd: Option<(u32, u32)>,
 }
 
 impl FerroviaPeer {
@@ -36,6 +38,7 @@ impl FerroviaPeer {
             hold_time: None,
             ttl_security: None,
             extra: Vec::new(),
+            bfd: None,
         }
     }
 }
@@ -130,6 +133,13 @@ impl FerroviaConfig {
             }
             for line in &p.extra {
                 writeln!(c, "      {line}").unwrap();
+            }
+            if let Some((interval, mult)) = p.bfd {
+                writeln!(
+                    c,
+                    "      bfd: {{ enabled: true, intervalMs: {interval}, multiplier: {mult} }}"
+                )
+                .unwrap();
             }
         }
         if self.originate.is_empty() {
@@ -259,6 +269,19 @@ impl Ferrovia {
             );
         }
         self.cfg = cfg;
+        self.spawn();
+    }
+
+    /// SIGKILL, as if the node died: nothing is said to the peers.
+    pub fn sigkill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the agent again with the same config after `sigkill` / `sigterm`.
+    pub fn start_again(&mut self) {
+        assert!(self.proc.is_none(), "the agent is still running");
         self.spawn();
     }
 

@@ -94,6 +94,7 @@ pub struct Frr {
     etc_dir: PathBuf,
     zebra: Option<Proc>,
     bgpd: Option<Proc>,
+    bfdd: Option<Proc>,
 }
 
 impl Frr {
@@ -129,6 +130,7 @@ impl Frr {
             etc_dir,
             zebra: None,
             bgpd: None,
+            bfdd: None,
         };
         f.write_config();
         let conf = f.conf_path.to_string_lossy().into_owned();
@@ -223,6 +225,56 @@ impl Frr {
                 _ => Err(out),
             }
         });
+    }
+
+    /// Starts bfdd (again) for this instance; `neighbor X bfd` in bgpd registers with it
+    /// through zebra. Waits until it answers vtysh.
+    pub fn start_bfdd(&mut self) {
+        let _ = std::fs::remove_file(self.run_dir.join("bfdd.vty"));
+        let conf = self.conf_path.to_string_lossy().into_owned();
+        let pid = self.run_dir.join("bfdd.pid").to_string_lossy().into_owned();
+        let log = self.dir.path().join("bfdd.log");
+        self.bfdd = Some(Proc::spawn(
+            &self.ns,
+            &[
+                "/usr/lib/frr/bfdd",
+                "-N",
+                &self.name,
+                "-f",
+                &conf,
+                "-i",
+                &pid,
+                "-P",
+                "0",
+            ],
+            &log,
+            &[],
+        ));
+        super::wait_until("FRR bfdd answers vtysh", super::START, super::POLL, || {
+            if let Some(st) = self.bfdd.as_mut().and_then(|p| p.try_wait()) {
+                panic!("bfdd exited at start ({st}):\n{}", tail_file(&log, 40));
+            }
+            let out = self.vtysh(&["show bfd peers json"]);
+            match serde_json::from_str::<Value>(&out) {
+                Ok(Value::Array(_)) => Ok(()),
+                _ => Err(out),
+            }
+        });
+    }
+
+    /// SIGKILL bfdd: BFD Control packets stop, bgpd stays.
+    pub fn kill_bfdd(&mut self) {
+        if let Some(mut p) = self.bfdd.take() {
+            p.kill();
+        }
+    }
+
+    /// `show bfd peers json` → the peer with this address, if bfdd has it.
+    pub fn bfd_peer(&self, addr: &str) -> Result<Value, String> {
+        let v = self.json("show bfd peers json")?;
+        v.as_array()
+            .and_then(|a| a.iter().find(|p| p["peer"] == addr).cloned())
+            .ok_or_else(|| format!("no BFD peer {addr} in {v}"))
     }
 
     /// SIGKILL bgpd, as if it crashed (zebra stays).
@@ -331,6 +383,9 @@ impl Drop for Frr {
             );
         }
         if let Some(mut p) = self.bgpd.take() {
+            p.kill();
+        }
+        if let Some(mut p) = self.bfdd.take() {
             p.kill();
         }
         if let Some(mut p) = self.zebra.take() {

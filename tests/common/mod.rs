@@ -9,6 +9,7 @@
 //! - ferrovia's originated prefixes from 10.244.0.0/16 and fd00:10:244::/48
 //! - peer-originated prefixes 10.244.200.0/24 and fd00:10:244:200::/64
 
+pub mod bfd;
 pub mod bird;
 pub mod capture;
 pub mod chart;

@@ -1017,6 +1017,7 @@ pub fn start_bird(ns: &Netns, s: &PeerSpec) -> Box<dyn PeerDaemon> {
             router_id: s.router_id.clone(),
             originate: s.originate.clone(),
             peers: vec![p],
+            extra: String::new(),
         },
     ))
 }

@@ -203,6 +203,7 @@ impl SimWorld {
                                 format!("  rr client;\n{cluster}  dynamic name \"sim\";\n  dynamic name digits 4;\n{channels}"),
                             ),
                         ],
+                        extra: String::new(),
                     };
                     Reflector::Bird(Box::new(Bird::start(&lan.members[k], cfg)))
                 }

@@ -15,6 +15,7 @@
 //! Discriminator that is not its own.
 
 pub mod packet;
+pub mod peers;
 
 pub use packet::{ControlPacket, Diag, Discard, State};
 

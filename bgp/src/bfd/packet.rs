@@ -53,7 +53,8 @@ impl State {
         }
     }
 
-    fn bits(self) -> u8 {
+    /// The Sta field value (§4.1): 0 AdminDown, 1 Down, 2 Init, 3 Up.
+    pub fn bits(self) -> u8 {
         match self {
             State::AdminDown => 0,
             State::Down => 1,
@@ -86,6 +87,22 @@ pub enum Diag {
 }
 
 impl Diag {
+    /// A short operator-facing name (RFC 5880 §4.1 wording).
+    pub fn name(self) -> &'static str {
+        match self {
+            Diag::None => "no diagnostic",
+            Diag::ControlDetectionTimeExpired => "control detection time expired",
+            Diag::EchoFunctionFailed => "echo function failed",
+            Diag::NeighborSignaledSessionDown => "neighbor signaled session down",
+            Diag::ForwardingPlaneReset => "forwarding plane reset",
+            Diag::PathDown => "path down",
+            Diag::ConcatenatedPathDown => "concatenated path down",
+            Diag::AdministrativelyDown => "administratively down",
+            Diag::ReverseConcatenatedPathDown => "reverse concatenated path down",
+            Diag::Reserved(_) => "reserved diagnostic",
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             Diag::None => 0,
