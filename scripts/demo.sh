@@ -22,7 +22,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-need=(frr bird2 iproute2 tcpdump iputils-ping procps util-linux mount)
+need=(frr bird2 iproute2 tcpdump iputils-ping procps util-linux mount nftables)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

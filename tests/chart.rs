@@ -460,17 +460,7 @@ fn the_router_id_comes_from_the_environment_when_the_configuration_has_none() {
 
 #[test]
 fn the_agent_accepts_the_configuration_the_chart_renders() {
-    check_rendered_configurations(
-        VALUE_SETS
-            .iter()
-            .filter(|s| **s != "ci/podcidr-values.yaml"),
-    );
-}
-
-#[test]
-#[ignore = "needs ipam.mode podCIDR in the agent (issue 9, podCIDR mode), not on main yet"]
-fn the_agent_accepts_the_configuration_the_chart_renders_in_podcidr_mode() {
-    check_rendered_configurations(["ci/podcidr-values.yaml"].iter());
+    check_rendered_configurations(VALUE_SETS.iter());
 }
 
 /// `ferrovia check-config` on the ConfigMap's file of each value set, with what the
