@@ -289,7 +289,9 @@ mod tests {
 
     #[test]
     fn conflist_matches_the_example_and_the_plugin_accepts_it() {
-        let a = args(Path::new("/b"), Path::new("/c"));
+        // The example sets no `mtu`: pods get the MTU of the node's interface.
+        let mut a = args(Path::new("/b"), Path::new("/c"));
+        a.mtu = None;
         let rendered: Value = serde_json::from_str(&render_conflist(&a)).unwrap();
         let example: Value =
             serde_json::from_str(include_str!("../config/ferrovia.conflist")).unwrap();
@@ -303,6 +305,10 @@ mod tests {
         let rendered: Value = serde_json::from_str(&render_conflist(&a)).unwrap();
         assert_eq!(rendered["plugins"][0].get("mtu"), None);
         assert_eq!(rendered["plugins"][0]["type"], "ferrovia-cni");
+        // An explicit --mtu lands in the plugin's configuration.
+        a.mtu = Some(9000);
+        let rendered: Value = serde_json::from_str(&render_conflist(&a)).unwrap();
+        assert_eq!(rendered["plugins"][0]["mtu"], 9000);
     }
 
     #[test]

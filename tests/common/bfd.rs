@@ -491,8 +491,11 @@ impl Pinger {
             .count()
     }
 
-    /// SIGINT, then the summary: (transmitted, received), and how long it ran (ping's own
-    /// rate drops below 100/s on a loaded machine: loss in time is lost × ran / sent).
+    /// SIGINT, then (sent, received) counted from the replies' sequence numbers — sent is
+    /// the highest number answered, received how many numbers up to it were answered — and
+    /// how long it ran (ping's own rate drops below 100/s on a loaded machine: loss in time
+    /// is lost × ran / sent). The request still in flight when ping is stopped is not a loss,
+    /// so ping's own "transmitted" summary is not used.
     pub fn stop(mut self) -> (u64, u64, Duration) {
         let ran = self.started.elapsed();
         self.proc.signal(libc::SIGINT);
@@ -500,17 +503,17 @@ impl Pinger {
             self.proc.try_wait().ok_or("running")
         });
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let line = text
+        let seqs: std::collections::BTreeSet<u64> = text
             .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping summary in {text}"));
-        let num = |word: &str| -> u64 {
-            line.split(',')
-                .find(|p| p.contains(word))
-                .and_then(|p| p.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {word} in {line}"))
-        };
-        (num("transmitted"), num("received"), ran)
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.split("icmp_seq=").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let last = seqs
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("no reply in {text}"));
+        (last, seqs.len() as u64, ran)
     }
 }
