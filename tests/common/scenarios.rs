@@ -727,21 +727,11 @@ pub fn min_ttl_drops(ns: &Netns) -> u64 {
     total
 }
 
-/// ferrovia is configured with the wrong AS for the peer (65001 instead of 65000): ferrovia
-/// must refuse the peer's OPEN with NOTIFICATION 2/2 Bad Peer AS, which the peer reports.
-pub fn ferrovia_expects_wrong_as(tag: &str, start: StartPeer, peer_sees: &[&str]) {
-    let lock = net_lock();
-    let t = Pair::new(&lock, tag);
-    let peer = start(&t.p, &peer_spec(true));
-    let f = Ferrovia::start(
-        &t.f,
-        FerroviaConfig::node1(FERROVIA_AS, 65001, &[F_V4, F_V6]),
-    );
+/// Waits until the peer's own last error contains every word of `peer_sees` (lower case);
+/// `what` describes it for the failure message. Prints and returns the error.
+fn wait_peer_error(peer: &dyn PeerDaemon, what: &str, peer_sees: &[&str]) -> String {
     let e = wait_until(
-        &format!(
-            "{} reports Bad Peer AS from ferrovia ({peer_sees:?})",
-            peer.label()
-        ),
+        &format!("{} {what} ({peer_sees:?})", peer.label()),
         PROPAGATE,
         POLL,
         || {
@@ -754,33 +744,60 @@ pub fn ferrovia_expects_wrong_as(tag: &str, start: StartPeer, peer_sees: &[&str]
         },
     );
     eprintln!("{}: {e}", peer.label());
-    wait_until(
-        "ferrovia's lastError names the Bad Peer AS it sent",
-        PROPAGATE,
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            let e = p["lastError"].as_str().unwrap_or("").to_lowercase();
-            if e.contains("2/2") && e.contains("sent") {
-                eprintln!("ferrovia: {p}");
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+    e
+}
+
+/// Waits until ferrovia's `lastError` for the IPv4 peer contains every word of `words`.
+fn wait_ferrovia_error(f: &Ferrovia, what: &str, words: &[&str]) {
+    wait_until(what, PROPAGATE, POLL, || {
+        let p = f.peer(PEER_V4)?;
+        let e = p["lastError"].as_str().unwrap_or("").to_lowercase();
+        if words.iter().all(|w| e.contains(w)) {
+            eprintln!("ferrovia: {p}");
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+}
+
+/// For 3 s neither side reaches Established (`peer_too`: the peer's own view counts as well).
+fn assert_never_established(f: &Ferrovia, peer: &dyn PeerDaemon, what: &str, peer_too: bool) {
+    assert_for(what, Duration::from_secs(3), POLL, || {
+        let p = f.peer(PEER_V4)?;
+        if p["state"] == "Established" || (peer_too && peer.established().is_ok()) {
+            Err(p.to_string())
+        } else {
+            Ok(())
+        }
+    });
+}
+
+/// ferrovia is configured with the wrong AS for the peer (65001 instead of 65000): ferrovia
+/// must refuse the peer's OPEN with NOTIFICATION 2/2 Bad Peer AS, which the peer reports.
+pub fn ferrovia_expects_wrong_as(tag: &str, start: StartPeer, peer_sees: &[&str]) {
+    let lock = net_lock();
+    let t = Pair::new(&lock, tag);
+    let peer = start(&t.p, &peer_spec(true));
+    let f = Ferrovia::start(
+        &t.f,
+        FerroviaConfig::node1(FERROVIA_AS, 65001, &[F_V4, F_V6]),
     );
-    assert_for(
+    wait_peer_error(
+        peer.as_ref(),
+        "reports Bad Peer AS from ferrovia",
+        peer_sees,
+    );
+    wait_ferrovia_error(
+        &f,
+        "ferrovia's lastError names the Bad Peer AS it sent",
+        &["2/2", "sent"],
+    );
+    assert_never_established(
+        &f,
+        peer.as_ref(),
         "never Established with the wrong AS",
-        Duration::from_secs(3),
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            if p["state"] == "Established" {
-                Err(p.to_string())
-            } else {
-                Ok(())
-            }
-        },
+        false,
     );
 }
 
@@ -794,46 +811,13 @@ pub fn peer_expects_wrong_as(tag: &str, start: StartPeer, peer_sees: &[&str]) {
     spec.ferrovia_as = 64999;
     let peer = start(&t.p, &spec);
     let f = Ferrovia::start(&t.f, ferrovia_cfg(true, &[F_V4, F_V6]));
-    let e = wait_until(
-        &format!(
-            "{} reports the Bad Peer AS it found ({peer_sees:?})",
-            peer.label()
-        ),
-        PROPAGATE,
-        POLL,
-        || {
-            let e = peer.last_error();
-            if peer_sees.iter().all(|w| e.contains(w)) {
-                Ok(e)
-            } else {
-                Err(e)
-            }
-        },
-    );
-    eprintln!("{}: {e}", peer.label());
-    wait_until(
+    wait_peer_error(peer.as_ref(), "reports the Bad Peer AS it found", peer_sees);
+    wait_ferrovia_error(
+        &f,
         "ferrovia's lastError shows the received Bad Peer AS",
-        PROPAGATE,
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            let e = p["lastError"].as_str().unwrap_or("").to_lowercase();
-            if e.contains("2/2") && e.contains("received") {
-                eprintln!("ferrovia: {p}");
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+        &["2/2", "received"],
     );
-    assert_for("never Established", Duration::from_secs(3), POLL, || {
-        let p = f.peer(PEER_V4)?;
-        if p["state"] == "Established" {
-            Err(p.to_string())
-        } else {
-            Ok(())
-        }
-    });
+    assert_never_established(&f, peer.as_ref(), "never Established", false);
 }
 
 /// iBGP with the peer using ferrovia's router id: OPEN Message Error / Bad BGP Identifier (2/3),
@@ -846,50 +830,17 @@ pub fn ibgp_same_router_id(tag: &str, start: StartPeer, peer_sees: &[&str]) {
     spec.router_id = FERROVIA_V4.into();
     let peer = start(&t.p, &spec);
     let f = Ferrovia::start(&t.f, ferrovia_cfg(false, &[F_V4, F_V6]));
-    let e = wait_until(
-        &format!(
-            "{} reports Bad BGP Identifier ({peer_sees:?})",
-            peer.label()
-        ),
-        PROPAGATE,
-        POLL,
-        || {
-            let e = peer.last_error();
-            if peer_sees.iter().all(|w| e.contains(w)) {
-                Ok(e)
-            } else {
-                Err(e)
-            }
-        },
-    );
-    eprintln!("{}: {e}", peer.label());
-    wait_until(
+    wait_peer_error(peer.as_ref(), "reports Bad BGP Identifier", peer_sees);
+    wait_ferrovia_error(
+        &f,
         "ferrovia's lastError names Bad BGP Identifier (2/3)",
-        PROPAGATE,
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            let e = p["lastError"].as_str().unwrap_or("").to_lowercase();
-            if e.contains("2/3") {
-                eprintln!("ferrovia: {p}");
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+        &["2/3"],
     );
-    assert_for(
+    assert_never_established(
+        &f,
+        peer.as_ref(),
         "never Established with a duplicate router id",
-        Duration::from_secs(3),
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            if p["state"] == "Established" || peer.established().is_ok() {
-                Err(p.to_string())
-            } else {
-                Ok(())
-            }
-        },
+        true,
     );
 }
 
@@ -903,47 +854,17 @@ pub fn peer_offers_hold_time_2(tag: &str, start: StartPeer, peer_sees: &[&str]) 
     spec.hold_time = 2;
     let peer = start(&t.p, &spec);
     let f = Ferrovia::start(&t.f, ferrovia_cfg(true, &[F_V4, F_V6]));
-    wait_until(
+    wait_ferrovia_error(
+        &f,
         "ferrovia's lastError names the Unacceptable Hold Time (2/6) it sent",
-        PROPAGATE,
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            let e = p["lastError"].as_str().unwrap_or("").to_lowercase();
-            if e.contains("2/6") && e.contains("sent") {
-                eprintln!("ferrovia: {p}");
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+        &["2/6", "sent"],
     );
-    let e = wait_until(
-        &format!("{} got the NOTIFICATION ({peer_sees:?})", peer.label()),
-        PROPAGATE,
-        POLL,
-        || {
-            let e = peer.last_error();
-            if peer_sees.iter().all(|w| e.contains(w)) {
-                Ok(e)
-            } else {
-                Err(e)
-            }
-        },
-    );
-    eprintln!("{}: {e}", peer.label());
-    assert_for(
+    wait_peer_error(peer.as_ref(), "got the NOTIFICATION", peer_sees);
+    assert_never_established(
+        &f,
+        peer.as_ref(),
         "never Established with hold time 2",
-        Duration::from_secs(3),
-        POLL,
-        || {
-            let p = f.peer(PEER_V4)?;
-            if p["state"] == "Established" || peer.established().is_ok() {
-                Err(p.to_string())
-            } else {
-                Ok(())
-            }
-        },
+        true,
     );
 }
 
