@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 /// Grace period and sweep interval of the agent in the test: a grace period long enough
 /// that the sweep which finds the pods gone is surely observed before it ends.
-const LEAK: &str = "  leakGracePeriodSeconds: 8\n  leakCollectionIntervalSeconds: 1\n";
+const LEAK: &str = "  leakGracePeriodSeconds: 12\n  leakCollectionIntervalSeconds: 1\n";
 const IPAM: &str = "ipam:\n  pools:\n    - { cidr: 10.244.0.0/16, blockSize: 26 }\n";
 
 /// Creates Pod `default/name` (never scheduled: there is no scheduler) and returns its UID.
