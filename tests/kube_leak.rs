@@ -317,3 +317,80 @@ fn pod_gets(c: &Cluster) -> u64 {
         .map(|f| f as u64)
         .sum()
 }
+
+/// An agent that may not read Pods (RBAC answers 403) cannot tell whether a pod exists: it
+/// releases nothing, however long the pod is gone, and says why.
+#[test]
+fn an_agent_that_cannot_read_pods_releases_nothing() {
+    let mut c = Cluster::kubernetes("klk403", 1, &format!("{IPAM}{LEAK}"));
+    let cp = c.control_plane();
+    cp.ensure(
+        "/api/v1/namespaces/default/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    );
+    // Everything the agent needs but Pods.
+    cp.ensure(
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "agent-without-pods"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes"],
+             "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["ferrovia.io"], "resources": ["*"], "verbs": ["*"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]}
+        ]}),
+    );
+    cp.ensure(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "agent-without-pods"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "agent-without-pods"},
+                "subjects": [{"kind": "ServiceAccount", "name": "nopods",
+                              "namespace": "kube-system"}]}),
+    );
+    let token = cp.service_account_token("kube-system", "nopods");
+    let kubeconfig = c.dir.path().join("nopods.kubeconfig");
+    cp.write_kubeconfig(&kubeconfig, &token);
+
+    let uid = create_pod(&c, "lk-hidden");
+    let ns = Netns::new(&c._lock, "lk-hidden");
+    let ip = cni_add(&c, "ctrhidden", &ns, "lk-hidden", &uid);
+    c.node_mut(1).kill(libc_sigterm());
+    drop(ns);
+    delete_pod(&c, "lk-hidden");
+    c.node_mut(1).datastore = format!(
+        "{{ kubernetes: {{ kubeconfig: {} }} }}",
+        kubeconfig.display()
+    );
+    let db = c.db.clone();
+    c.node_mut(1).start(&db);
+
+    // Sweeps go on well past the grace period, each refused by the API server.
+    let log = c.dir.path().join("n1.log");
+    wait_until(
+        "refused lookups past the grace period",
+        CONVERGE,
+        POLL,
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let refused = text
+                .lines()
+                .filter(|l| {
+                    l.contains("cannot tell whether a pod exists")
+                        && l.contains("may not read Pods")
+                })
+                .count();
+            if refused >= 16 {
+                Ok(())
+            } else {
+                Err(format!("{refused} refused lookups logged"))
+            }
+        },
+    );
+    let v = counters(&c).expect("status");
+    assert_eq!(counter(&v, "leaksFound"), 0, "{v}");
+    assert_eq!(counter(&v, "leaksReleased"), 0, "{v}");
+    assert!(handles(&c).contains("ctrhidden"), "{}", handles(&c));
+    assert_eq!(allocated(&c), vec![ip], "the address stays");
+}
