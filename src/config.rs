@@ -66,6 +66,10 @@ pub struct Ipam {
     /// kept before leak collection releases it, in seconds (Kubernetes datastore only).
     #[serde(default = "default_leak_grace")]
     pub leak_grace_period_seconds: u64,
+    /// How often leak collection sweeps this node's addresses, in seconds (1–86400; each
+    /// wait jittered by up to a tenth). Kubernetes datastore only.
+    #[serde(default = "default_leak_interval")]
+    pub leak_collection_interval_seconds: u64,
     /// Never borrow single addresses from another node's block.
     #[serde(default)]
     pub strict_affinity: bool,
@@ -90,6 +94,10 @@ fn default_grace() -> u64 {
 
 fn default_leak_grace() -> u64 {
     900
+}
+
+fn default_leak_interval() -> u64 {
+    60
 }
 
 /// `ipam.mode`.
@@ -786,6 +794,15 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                 ));
             }
             _ => {}
+        }
+        if !(1..=86400).contains(&ipam.leak_collection_interval_seconds) {
+            return Err(err(
+                "ipam.leakCollectionIntervalSeconds",
+                format!(
+                    "{} is out of range: sweep every 1 to 86400 seconds (default 60)",
+                    ipam.leak_collection_interval_seconds
+                ),
+            ));
         }
         for (i, p) in ipam.pools.iter().enumerate() {
             if p.cidr.parse::<IpNet>().is_err() {
@@ -1487,5 +1504,43 @@ status: { socket: /run/ferrovia/ferrovia.sock }
         assert!(l.config.node.address_autodetection.is_some());
         let pools = l.config.ipam.expect("ipam").pools;
         assert!(pools.iter().all(|p| p.nat_outgoing));
+    }
+
+    #[test]
+    fn leak_collection_keys_default_and_are_checked() {
+        let base = "node: { name: a, asNumber: 1, routerId: 1.1.1.1 }\n\
+                    datastore: { kubernetes: {} }\n\
+                    ipam: { pools: [ { cidr: 10.244.0.0/16 } ]";
+        let l = parse("t", &format!("{base} }}")).expect("loads");
+        let ipam = l.config.ipam.expect("ipam");
+        assert_eq!(
+            (
+                ipam.leak_grace_period_seconds,
+                ipam.leak_collection_interval_seconds
+            ),
+            (900, 60)
+        );
+        let l = parse(
+            "t",
+            &format!("{base}, leakGracePeriodSeconds: 5, leakCollectionIntervalSeconds: 2 }}"),
+        )
+        .expect("loads");
+        let ipam = l.config.ipam.expect("ipam");
+        assert_eq!(
+            (
+                ipam.leak_grace_period_seconds,
+                ipam.leak_collection_interval_seconds
+            ),
+            (5, 2)
+        );
+        for bad in ["0", "86401"] {
+            let e = parse(
+                "t",
+                &format!("{base}, leakCollectionIntervalSeconds: {bad} }}"),
+            )
+            .expect_err("out of range");
+            assert_eq!(e.key, "ipam.leakCollectionIntervalSeconds", "{e}");
+            assert!(e.message.contains("1 to 86400"), "{e}");
+        }
     }
 }

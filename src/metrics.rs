@@ -46,6 +46,9 @@ pub struct Metrics {
     ipam_conflicts: IntCounter,
     ipam_batches: IntCounter,
     ipam_batched: IntCounter,
+    leaks_found: IntCounter,
+    leaks_released: IntCounter,
+    leak_suspects: IntGauge,
     /// Last counter values seen per peer, to advance counters by differences.
     last: Mutex<HashMap<String, [u64; 4]>>,
     /// Last IPAM counters seen.
@@ -143,6 +146,18 @@ impl Metrics {
                 "ferrovia_ipam_batched_assignments_total",
                 "CNI ADD assignments made in batches (group commit).",
             )?,
+            leaks_found: IntCounter::new(
+                "ferrovia_ipam_leaks_found_total",
+                "Pods found gone (or re-created with another UID) while holding an address of this node: leak collection's grace period started.",
+            )?,
+            leaks_released: IntCounter::new(
+                "ferrovia_ipam_leaks_released_total",
+                "Addresses of pods gone for the grace period released by leak collection (counted per handle).",
+            )?,
+            leak_suspects: IntGauge::new(
+                "ferrovia_ipam_leak_suspects",
+                "Handles whose pod is gone, waiting for the leak collection grace period (as of the last sweep).",
+            )?,
             last: Mutex::new(HashMap::new()),
             last_ipam: Mutex::new(IpamCounters::default()),
             last_refused: Mutex::new(HashMap::new()),
@@ -177,6 +192,9 @@ impl Metrics {
         m.registry.register(Box::new(m.ipam_conflicts.clone()))?;
         m.registry.register(Box::new(m.ipam_batches.clone()))?;
         m.registry.register(Box::new(m.ipam_batched.clone()))?;
+        m.registry.register(Box::new(m.leaks_found.clone()))?;
+        m.registry.register(Box::new(m.leaks_released.clone()))?;
+        m.registry.register(Box::new(m.leak_suspects.clone()))?;
         m.registry.register(Box::new(m.bfd_state.clone()))?;
         m.registry.register(Box::new(m.bfd_up.clone()))?;
         m.registry.register(Box::new(m.bfd_failures.clone()))?;
@@ -291,6 +309,12 @@ impl Metrics {
             now.batched_assignments
                 .saturating_sub(last.batched_assignments),
         );
+        self.leaks_found
+            .inc_by(now.leaks_found.saturating_sub(last.leaks_found));
+        self.leaks_released
+            .inc_by(now.leaks_released.saturating_sub(last.leaks_released));
+        self.leak_suspects
+            .set(i64::try_from(now.leak_suspects).unwrap_or(i64::MAX));
         *last = now;
     }
 

@@ -393,6 +393,18 @@ fn refuses_an_unknown_ipam_mode() {
 }
 
 #[test]
+fn refuses_a_leak_collection_interval_out_of_range() {
+    refused(
+        "ipam: { leakCollectionIntervalSeconds: 0 }",
+        "/ipam/leakCollectionIntervalSeconds",
+    );
+    refused(
+        "ipam: { leakGracePeriodSeconds: -1 }",
+        "/ipam/leakGracePeriodSeconds",
+    );
+}
+
+#[test]
 fn the_committed_crds_are_what_the_code_generates() {
     let out = Command::new(FERROVIA).arg("crds").output().unwrap();
     assert!(

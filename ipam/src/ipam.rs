@@ -114,6 +114,17 @@ pub struct IpamCounters {
     /// Assignments made by [`Ipam::assign_many`], and how many batches they came in.
     pub batched_assignments: u64,
     pub batches: u64,
+    /// Leak collection: pods found gone while holding an address (each counted once, when
+    /// its grace period starts).
+    #[serde(default)]
+    pub leaks_found: u64,
+    /// Leak collection: handles released because their pod stayed gone for the grace period.
+    #[serde(default)]
+    pub leaks_released: u64,
+    /// Leak collection: handles whose pod is gone, waiting for the grace period (as of the
+    /// last sweep).
+    #[serde(default)]
+    pub leak_suspects: u64,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +133,9 @@ struct Stats {
     conflicts: AtomicU64,
     batched: AtomicU64,
     batches: AtomicU64,
+    leaks_found: AtomicU64,
+    leaks_released: AtomicU64,
+    leak_suspects: AtomicU64,
 }
 
 /// A short random pause before retry `attempt` (1, 2, …) after a lost compare-and-swap,
@@ -350,7 +364,24 @@ impl Ipam {
             conflicts_retried: self.stats.conflicts.load(Ordering::Relaxed),
             batched_assignments: self.stats.batched.load(Ordering::Relaxed),
             batches: self.stats.batches.load(Ordering::Relaxed),
+            leaks_found: self.stats.leaks_found.load(Ordering::Relaxed),
+            leaks_released: self.stats.leaks_released.load(Ordering::Relaxed),
+            leak_suspects: self.stats.leak_suspects.load(Ordering::Relaxed),
         }
+    }
+
+    /// What a leak collection sweep found: `found` new suspects, `released` handles freed,
+    /// `suspects` waiting now.
+    pub(crate) fn count_leaks(&self, found: usize, released: usize, suspects: usize) {
+        self.stats
+            .leaks_found
+            .fetch_add(found as u64, Ordering::Relaxed);
+        self.stats
+            .leaks_released
+            .fetch_add(released as u64, Ordering::Relaxed);
+        self.stats
+            .leak_suspects
+            .store(suspects as u64, Ordering::Relaxed);
     }
 
     fn count_write<T: Stored>(&self) {

@@ -119,7 +119,14 @@ impl LeakCollector {
             // Ask once more, right before releasing.
             match gone(pods, &attrs, ns, pod).await {
                 Some(true) => {
-                    let freed = ipam.release(&id).await?;
+                    let freed = match ipam.release(&id).await {
+                        Ok(freed) => freed,
+                        Err(e) => {
+                            tracing::warn!(handle = %id, pod = %format!("{ns}/{pod}"), error = %e, "leak collection could not release the address of a pod that is gone; the next sweep tries again");
+                            kept.insert(key, (id, since));
+                            continue;
+                        }
+                    };
                     tracing::info!(handle = %id, pod = %format!("{ns}/{pod}"), addresses = ?freed, "leak collection released the addresses of a pod that is gone");
                     out.released.push((id, freed));
                 }
@@ -130,6 +137,7 @@ impl LeakCollector {
             }
         }
         self.suspects = kept;
+        ipam.count_leaks(out.suspected.len(), out.released.len(), self.suspects.len());
         Ok(out)
     }
 }

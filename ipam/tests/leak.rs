@@ -95,6 +95,13 @@ async fn a_gone_pod_is_released_after_the_grace_period_and_not_before() {
         .expect("sweep");
     assert!(s.released.is_empty() && s.suspected.is_empty(), "{s:?}");
     assert_eq!(ipam.addresses(&h("a")).await.expect("a").len(), 1);
+    // The counters `ferrovia status` and the metrics show.
+    let n = ipam.counters();
+    assert_eq!(
+        (n.leaks_found, n.leaks_released, n.leak_suspects),
+        (2, 0, 2),
+        "{n:?}"
+    );
     // The grace period over: released, after one more look each.
     let asked = *pods.asked.lock().expect("lock");
     let s = lc
@@ -118,6 +125,12 @@ async fn a_gone_pod_is_released_after_the_grace_period_and_not_before() {
     assert_eq!(ipam.addresses(&h("c")).await.expect("c").len(), 1);
     assert_eq!(ipam.addresses(&h("bare")).await.expect("bare").len(), 1);
     assert!(lc.suspects().is_empty());
+    let n = ipam.counters();
+    assert_eq!(
+        (n.leaks_found, n.leaks_released, n.leak_suspects),
+        (2, 2, 0),
+        "{n:?}"
+    );
 }
 
 #[tokio::test]

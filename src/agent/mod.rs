@@ -11,6 +11,7 @@ mod announce;
 mod control;
 mod heartbeat;
 mod kernel;
+mod leak;
 mod leave;
 mod mesh;
 mod metrics;
@@ -213,6 +214,29 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         );
         if ipam.is_some() {
             sup.spawn("nat", nat::nat_task(store.clone()));
+        }
+        if let (Some(ipam), Some(icfg)) = (&ipam, &cfg.ipam) {
+            match cfg.datastore.as_ref().and_then(|d| d.kubernetes.as_ref()) {
+                Some(k) => {
+                    let kube = crate::datastore::kubernetes::open(k)
+                        .await
+                        .context("connecting to the Kubernetes API server for leak collection")?;
+                    sup.spawn(
+                        "leak",
+                        leak::leak_task(
+                            ipam.clone(),
+                            cfg.node.name.clone(),
+                            Arc::new(kube.pod_directory()),
+                            Duration::from_secs(icfg.leak_grace_period_seconds),
+                            Duration::from_secs(icfg.leak_collection_interval_seconds),
+                        ),
+                    );
+                }
+                None => info!(
+                    "leak collection is off: it needs the Kubernetes datastore to know which pods exist \
+                     (on SQLite, addresses of pods whose DEL never came stay until the runtime's CNI GC)"
+                ),
+            }
         }
         cni_ipam = ipam;
         sup.spawn(

@@ -17,6 +17,7 @@
 
 pub mod crds;
 mod errors;
+pub mod pods;
 mod shape;
 #[cfg(test)]
 mod tests;

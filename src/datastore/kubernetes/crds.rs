@@ -183,6 +183,10 @@ pub struct HandleAttributesSpec {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's UID (K8S_POD_UID): leak collection tells a pod re-created under the same
+    /// name from the one that holds the addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// One address a handle holds, with its block.
