@@ -8,7 +8,8 @@
 //! - `can-reach=ADDRESS`: the source address the kernel picks to reach ADDRESS (a UDP
 //!   "connect", no packet sent);
 //! - `cidr=CIDR[,CIDR]`: the first address inside one of the CIDRs;
-//! - `kubernetes-internal-ip`: the Node's InternalIP — not implemented yet (refused);
+//! - `kubernetes-internal-ip`: the Node's InternalIP of the family, from its
+//!   `status.addresses` (Kubernetes datastore only; see [`internal_ip`]);
 //! - `none`: the family is not autodetected (as if left out).
 //!
 //! Addresses inside the IPAM pools, link-local addresses and addresses of interfaces that
@@ -322,10 +323,38 @@ pub fn choose(
         }
         Method::None => Err(format!("{fam} autodetection is off (none)")),
         Method::KubernetesInternalIp => Err(format!(
-            "{fam} autodetection kubernetes-internal-ip (the Node's InternalIP) is not \
-             implemented yet; use cidr=CIDR with the InternalIP's network, or can-reach=ADDRESS"
+            "{fam} autodetection kubernetes-internal-ip reads the Node object, not the \
+             interfaces (an internal error: the agent resolves it with the Node's addresses)"
         )),
     }
+}
+
+/// `kubernetes-internal-ip`: the first of the Node's InternalIP addresses (`internal`, from
+/// its `status.addresses`) of the family, with the interface holding it when there is one.
+pub fn internal_ip(
+    node: &str,
+    internal: &[IpAddr],
+    v4: bool,
+    candidates: &[IfAddr],
+) -> Result<Detected, String> {
+    let fam = if v4 { "IPv4" } else { "IPv6" };
+    let Some(ip) = internal.iter().copied().find(|a| a.is_ipv4() == v4) else {
+        let seen: Vec<String> = internal.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{fam} autodetection kubernetes-internal-ip found no address: the Node {node:?} has \
+             no {fam} InternalIP in status.addresses (it has {}); the kubelet sets them \
+             (--node-ip), or give the address in node.addresses or another method",
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            }
+        ));
+    };
+    let mut d = configured(ip, candidates);
+    d.method = "kubernetes-internal-ip".into();
+    d.reason = format!("the {fam} InternalIP in status.addresses of the Node {node:?}");
+    Ok(d)
 }
 
 /// The source address the kernel would use toward `dst` (a connected UDP socket: the route
@@ -433,7 +462,35 @@ mod tests {
         );
         assert!(pick("kubernetes-internal-ip", true)
             .unwrap_err()
-            .contains("not implemented yet"));
+            .contains("reads the Node object"));
+    }
+
+    #[test]
+    fn kubernetes_internal_ip_takes_the_family_from_the_node_addresses() {
+        let internal: Vec<IpAddr> = vec![
+            "198.19.0.1".parse().unwrap(),
+            "fd00:198:18::1".parse().unwrap(),
+        ];
+        let d = internal_ip("n1", &internal, true, &node()).unwrap();
+        assert_eq!(
+            (d.address.to_string(), d.interface.as_deref(), d.mtu),
+            ("198.19.0.1".into(), Some("eth1"), Some(1500))
+        );
+        assert_eq!(d.method, "kubernetes-internal-ip");
+        assert!(d.reason.contains("InternalIP"), "{}", d.reason);
+        let d = internal_ip("n1", &internal, false, &node()).unwrap();
+        assert_eq!(d.address.to_string(), "fd00:198:18::1");
+        // Held by no interface here: still the Node's word, without an interface.
+        let d = internal_ip("n1", &["203.0.113.7".parse().unwrap()], true, &node()).unwrap();
+        assert_eq!(
+            (d.address.to_string(), d.interface),
+            ("203.0.113.7".into(), None)
+        );
+        let e = internal_ip("n1", &internal[..1], false, &node()).unwrap_err();
+        assert!(
+            e.contains("no IPv6 InternalIP") && e.contains("198.19.0.1"),
+            "{e}"
+        );
     }
 
     #[test]

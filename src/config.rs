@@ -748,12 +748,17 @@ pub fn parse(file: &str, text: &str) -> Result<Loaded, ConfigError> {
                     ),
                 ));
             }
-            if matches!(method, crate::autodetect::Method::KubernetesInternalIp) {
+            let kubernetes = config
+                .datastore
+                .as_ref()
+                .is_some_and(|d| d.kubernetes.is_some());
+            if matches!(method, crate::autodetect::Method::KubernetesInternalIp) && !kubernetes {
                 return Err(err(
                     &key,
-                    "kubernetes-internal-ip (the Node's InternalIP) is not implemented yet: use \
-                     cidr=CIDR with the InternalIP's network, or can-reach=ADDRESS, or \
-                     first-found, interface=REGEX, skip-interface=REGEX"
+                    "kubernetes-internal-ip (the Node's InternalIP from status.addresses) needs \
+                     the Kubernetes datastore (datastore.kubernetes): without it there is no \
+                     Node to read; use first-found, interface=REGEX, skip-interface=REGEX, \
+                     can-reach=ADDRESS or cidr=CIDR"
                         .into(),
                 ));
             }

@@ -59,7 +59,7 @@ pub struct PeerInfo {
     pub address: String,
     pub as_number: u32,
     /// Where the peer comes from: "global" (the configuration file, or a datastore peer for
-    /// every node), "node" (a datastore peer for this node only), "mesh" (another node of
+    /// every node), "node" (a datastore peer for this node only, by name or node selector), "mesh" (another node of
     /// the full mesh), "range CIDR" (accepted from a `bgp.peerRanges` entry), or with the
     /// mesh off and reflectors in the datastore "rr" (a reflector of this node),
     /// "rr-client" (a client of this reflector) or "rr-mesh" (another reflector).

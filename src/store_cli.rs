@@ -65,8 +65,16 @@ pub enum NodeCmd {
         /// --pod-cidr fd00:10:244:3::/64); replaces the stored ones. What `ipam.mode:
         /// podCIDR` assigns from (on Kubernetes the controller-manager sets the Node's
         /// spec.podCIDRs).
+        /// Not on the Kubernetes datastore (the Node's spec.podCIDRs is set by the
+        /// controller-manager or kubectl, not by ferrovia).
         #[arg(long = "pod-cidr")]
         pod_cidrs: Vec<IpNet>,
+        /// Set a node label (KEY=VALUE) or remove one (KEY-), as `kubectl label`; repeat
+        /// for several. Peers with a --node-selector follow at once: a node gaining a
+        /// matching label peers, one losing it drops the session and its routes. SQLite
+        /// only: on Kubernetes the Node's own labels count (`kubectl label node`).
+        #[arg(long = "label", value_name = "KEY=VALUE|KEY-", value_parser = parse_label_change)]
+        labels: Vec<LabelChange>,
     },
     /// Remove a node: every other agent drops its session with it, and they release its
     /// IPAM blocks, addresses and handles.
@@ -98,6 +106,33 @@ fn parse_cluster_id(s: &str) -> Result<ClusterId, String> {
         .map_err(|_| format!("{s:?} is not a cluster id: give an IPv4 address, or none"))
 }
 
+/// A label to set (`KEY=VALUE`) or remove (`KEY-`).
+#[derive(Clone, Debug)]
+pub struct LabelChange(pub String, pub Option<String>);
+
+fn parse_label_change(s: &str) -> Result<LabelChange, String> {
+    if let Some((k, v)) = s.split_once('=') {
+        return Ok(LabelChange(k.to_string(), Some(v.to_string())));
+    }
+    if let Some(k) = s.strip_suffix('-') {
+        return Ok(LabelChange(k.to_string(), None));
+    }
+    Err(format!(
+        "{s:?} is not a label change: write KEY=VALUE to set a label, KEY- to remove it"
+    ))
+}
+
+/// A node selector as given on the command line, checked and in canonical form.
+fn parse_node_selector(s: &str) -> Result<String, String> {
+    let sel = crate::datastore::Selector::parse(s).map_err(|e| e.to_string())?;
+    if sel.is_everything() {
+        return Err(
+            "an empty node selector would match every node: leave --node-selector out for a peer of every node".into(),
+        );
+    }
+    Ok(sel.to_string())
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OnOff {
     On,
@@ -119,15 +154,23 @@ pub enum ClusterCmd {
 
 #[derive(Subcommand)]
 pub enum PeerCmd {
-    /// Add or replace a stored peer: global, or for one node with --node.
+    /// Add or replace a stored peer: global, for one node with --node, or for the nodes
+    /// whose labels match --node-selector.
     Add {
         name: String,
         #[arg(long)]
         address: IpAddr,
         #[arg(long)]
         as_number: u32,
+        /// Only this node peers with it.
         #[arg(long)]
         node: Option<String>,
+        /// Only the nodes whose labels match this selector peer with it ("rack=r1",
+        /// "rack=r1,!spare", "tier!=edge", "bgp"): the Kubernetes equality and existence
+        /// syntax. Nodes' labels: `ferrovia node set NAME --label` (SQLite), the Node's
+        /// labels (Kubernetes).
+        #[arg(long, conflicts_with = "node", value_parser = parse_node_selector)]
+        node_selector: Option<String>,
         /// A file, present on every node, holding the TCP MD5 password (1 to 80 bytes).
         /// An agent that cannot read it, or finds it empty or too long, skips the peer
         /// and says so in its log.
@@ -142,6 +185,16 @@ pub enum PeerCmd {
         name: String,
         #[command(flatten)]
         options: PeerOptions,
+        /// Make it a peer of this node only (replaces a node selector).
+        #[arg(long, conflicts_with_all = ["node_selector", "all_nodes"])]
+        node: Option<String>,
+        /// Make it a peer of the nodes whose labels match this selector (replaces a node
+        /// name).
+        #[arg(long, conflicts_with = "all_nodes", value_parser = parse_node_selector)]
+        node_selector: Option<String>,
+        /// Make it a peer of every node (removes the node name or selector).
+        #[arg(long)]
+        all_nodes: bool,
         /// Turn GTSM off.
         #[arg(long, conflicts_with = "ttl_security")]
         no_ttl_security: bool,
@@ -365,6 +418,7 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
                     blocks,
                     route_reflector_cluster_id: None,
                     pod_cidrs: Vec::new(),
+                    labels: Default::default(),
                 };
                 let v = model::register_node(&*db, &rec).await?;
                 println!("node {} registered (version {})", rec.name, v.version);
@@ -376,9 +430,45 @@ pub fn node(s: &Store, cmd: NodeCmd) -> Result<()> {
                 name,
                 route_reflector_cluster_id,
                 pod_cidrs,
+                labels,
             } => {
-                if route_reflector_cluster_id.is_none() && pod_cidrs.is_empty() {
-                    bail!("nothing to change: give --route-reflector-cluster-id ADDRESS (or none), or --pod-cidr CIDR");
+                if route_reflector_cluster_id.is_none() && pod_cidrs.is_empty() && labels.is_empty()
+                {
+                    bail!("nothing to change: give --route-reflector-cluster-id ADDRESS (or none), --pod-cidr CIDR or --label KEY=VALUE");
+                }
+                let kubernetes = s.kubeconfig.is_some() || s.in_cluster;
+                if kubernetes && !pod_cidrs.is_empty() {
+                    bail!("--pod-cidr is for the SQLite datastore: on Kubernetes the Node's spec.podCIDRs is the pod CIDR, set by the controller-manager (--allocate-node-cidrs) or when the Node is created (kubectl), and ferrovia only reads it; nothing was changed");
+                }
+                if kubernetes && !labels.is_empty() {
+                    bail!("--label is for the SQLite datastore: on Kubernetes peers' node selectors match the Node's own labels; change them with `kubectl label node {name} KEY=VALUE` (or KEY-); nothing was changed");
+                }
+                if !labels.is_empty() {
+                    let changes: Vec<(String, Option<String>)> =
+                        labels.iter().map(|l| (l.0.clone(), l.1.clone())).collect();
+                    match model::set_node_labels(&*db, &name, &changes).await {
+                        Ok(v) => {
+                            let now: Vec<String> = v
+                                .value
+                                .labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect();
+                            println!(
+                                "node {name}: labels {} (version {})",
+                                if now.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    now.join(",")
+                                },
+                                v.version
+                            );
+                        }
+                        Err(crate::datastore::DatastoreError::NotFound { .. }) => {
+                            bail!("no node named {name} in {}: register it first (its agent does at start)", s.datastore.display())
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 if !pod_cidrs.is_empty() {
                     match model::set_pod_cidrs(&*db, &name, &pod_cidrs).await {
@@ -501,6 +591,7 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
                 address,
                 as_number,
                 node,
+                node_selector,
                 password_file,
                 options,
             } => {
@@ -509,6 +600,7 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
                     address,
                     as_number,
                     node,
+                    node_selector,
                     password_file,
                     ttl_security: None,
                     safety: Default::default(),
@@ -520,12 +612,19 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
             PeerCmd::Set {
                 name,
                 options,
+                node,
+                node_selector,
+                all_nodes,
                 no_ttl_security,
                 no_max_prefixes,
                 clear_import_prefixes,
                 clear_export_prefixes,
             } => {
                 let stored = model::update_peer(&*db, &name, |rec| {
+                    if node.is_some() || node_selector.is_some() || all_nodes {
+                        rec.node = node.clone();
+                        rec.node_selector = node_selector.clone();
+                    }
                     if no_ttl_security {
                         rec.ttl_security = None;
                     }
@@ -553,14 +652,16 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
             PeerCmd::List => {
                 let peers = model::list_peers(&*db).await?;
                 print(s.json, &peers, || {
-                    println!("{:<20} {:<40} {:>10} NODE", "NAME", "ADDRESS", "AS");
+                    println!("{:<20} {:<40} {:>10} NODES", "NAME", "ADDRESS", "AS");
                     for p in &peers {
+                        let nodes = match (&p.node, &p.node_selector) {
+                            (Some(n), _) => n.clone(),
+                            (None, Some(sel)) => format!("selector {sel}"),
+                            (None, None) => "(all)".to_string(),
+                        };
                         println!(
                             "{:<20} {:<40} {:>10} {}",
-                            p.name,
-                            p.address,
-                            p.as_number,
-                            p.node.as_deref().unwrap_or("(all)")
+                            p.name, p.address, p.as_number, nodes
                         );
                     }
                 })?;

@@ -512,3 +512,57 @@ fn check_rendered_configurations<'a>(sets: impl Iterator<Item = &'a &'a str>) {
         );
     }
 }
+
+#[test]
+fn node_peers_by_selector_render_as_bgppeer_objects() {
+    let r = render_ok("ci/dual-stack-tor-values.yaml");
+    let peers = r.find("BGPPeer");
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    let by_node = peers
+        .iter()
+        .find(|p| p["spec"]["node"] == "node1")
+        .expect("the node1 peer");
+    assert!(by_node["spec"].get("nodeSelector").is_none(), "{by_node}");
+    let by_selector = peers
+        .iter()
+        .find(|p| p["spec"]["address"] == "198.18.2.254")
+        .expect("the selector's peer");
+    let spec = &by_selector["spec"];
+    assert_eq!(
+        spec["nodeSelector"],
+        "ferrovia.io/rack=r2,!ferrovia.io/spare"
+    );
+    assert!(spec.get("node").is_none(), "{spec}");
+    assert_eq!(spec["asNumber"], 65002);
+    assert_eq!(spec["name"], by_selector["metadata"]["name"]);
+    let name = spec["name"].as_str().expect("a name");
+    assert!(name.contains("-sel-"), "{name}");
+}
+
+#[test]
+fn refuses_a_node_peer_with_node_and_node_selector() {
+    refused(
+        "bgp: { nodePeers: [{ node: n1, nodeSelector: rack=r1, address: 198.18.1.254, asNumber: 65001 }] }",
+        "/bgp/nodePeers/0",
+    );
+}
+
+#[test]
+fn refuses_a_node_peer_without_node_or_node_selector() {
+    refused(
+        "bgp: { nodePeers: [{ address: 198.18.1.254, asNumber: 65001 }] }",
+        "/bgp/nodePeers/0",
+    );
+}
+
+#[test]
+fn refuses_a_node_selector_that_does_not_parse() {
+    for bad in ["rack in (r1)", "rack=r1,,x", "!rack=r1", "-rack"] {
+        refused(
+            &format!(
+                "bgp: {{ nodePeers: [{{ nodeSelector: \"{bad}\", address: 198.18.1.254, asNumber: 65001 }}] }}"
+            ),
+            "/bgp/nodePeers/0/nodeSelector",
+        );
+    }
+}

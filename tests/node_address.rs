@@ -181,10 +181,13 @@ fn each_autodetection_method_picks_its_address_and_status_says_why() {
         "{err}"
     );
 
-    // Refused before anything starts: kubernetes-internal-ip (not implemented yet) and a
+    // Refused before anything starts: kubernetes-internal-ip without the Kubernetes datastore and a
     // method that does not exist.
     for (auto, needle) in [
-        ("{ ipv4: kubernetes-internal-ip }", "not implemented yet"),
+        (
+            "{ ipv4: kubernetes-internal-ip }",
+            "needs the Kubernetes datastore",
+        ),
         ("{ ipv4: bogus }", "first-found"),
     ] {
         let conf = write_config(dir.path(), "bad", auto);

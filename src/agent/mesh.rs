@@ -182,7 +182,15 @@ async fn apply_mesh(
             route_reflector: n.route_reflector_cluster_id,
         })
         .collect();
-    let stored = stored_peers(&snap.peers, &ctx.me);
+    // This node's labels (what peers' node selectors match): re-read at every change of a
+    // node, so a label added or removed moves the selected peers at once.
+    let no_labels = Default::default();
+    let my_labels = snap
+        .nodes
+        .iter()
+        .find(|n| n.name == ctx.me)
+        .map_or(&no_labels, |n| &n.labels);
+    let stored = stored_peers(&snap.peers, &ctx.me, my_labels);
     let mut desired = mesh::desired_peers(&mesh::Inputs {
         me: &ctx.me,
         my_address: ctx.my_address,
@@ -235,13 +243,18 @@ async fn apply_mesh(
     Ok(())
 }
 
-/// The datastore's peers that apply to node `me`, with their passwords read. A peer whose
+/// The datastore's peers that apply to node `me` (by name or by its `labels`), with their
+/// passwords read; a peer chosen by a node selector counts as this node's own. A peer whose
 /// password file cannot be read or breaks the 1–80 byte rule (an empty file would turn MD5
 /// off) is skipped with a warning naming the file and the rule.
-fn stored_peers(peers: &[model::PeerRecord], me: &str) -> Vec<StoredPeer> {
+fn stored_peers(
+    peers: &[model::PeerRecord],
+    me: &str,
+    labels: &crate::datastore::Labels,
+) -> Vec<StoredPeer> {
     peers
         .iter()
-        .filter(|p| p.applies_to(me))
+        .filter(|p| p.applies_to(me, labels))
         .filter_map(|p| {
             let password = match &p.password_file {
                 None => None,
@@ -256,7 +269,7 @@ fn stored_peers(peers: &[model::PeerRecord], me: &str) -> Vec<StoredPeer> {
             Some(StoredPeer {
                 address: p.address,
                 as_number: p.as_number,
-                node: p.node.clone(),
+                node: p.is_per_node().then(|| me.to_string()),
                 password,
                 ttl_security: p.ttl_security,
                 safety: p.safety.clone(),
@@ -276,6 +289,7 @@ mod tests {
             address: address.parse().expect("ip"),
             as_number: 65000,
             node: None,
+            node_selector: None,
             password_file,
             ttl_security: None,
             safety: Default::default(),
@@ -300,7 +314,7 @@ mod tests {
             peer("missing", "198.18.0.251", Some(dir.path().join("absent"))),
             peer("plain", "198.18.0.250", None),
         ];
-        let got: Vec<(String, Option<String>)> = stored_peers(&peers, "node1")
+        let got: Vec<(String, Option<String>)> = stored_peers(&peers, "node1", &Default::default())
             .into_iter()
             .map(|p| (p.address.to_string(), p.password))
             .collect();
@@ -311,5 +325,33 @@ mod tests {
                 ("198.18.0.250".to_string(), None),
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_chosen_by_node_selector_is_this_nodes_own() {
+        let mut by_sel = peer("rack", "198.18.0.200", None);
+        by_sel.node_selector = Some("rack=r1".into());
+        let mut other = peer("other", "198.18.0.201", None);
+        other.node_selector = Some("rack=r2".into());
+        let global = peer("all", "198.18.0.202", None);
+        let labels: crate::datastore::Labels = [("rack".to_string(), "r1".to_string())]
+            .into_iter()
+            .collect();
+        let got: Vec<(String, Option<String>)> =
+            stored_peers(&[by_sel.clone(), other, global.clone()], "node1", &labels)
+                .into_iter()
+                .map(|p| (p.address.to_string(), p.node))
+                .collect();
+        assert_eq!(
+            got,
+            [
+                ("198.18.0.200".to_string(), Some("node1".to_string())),
+                ("198.18.0.202".to_string(), None),
+            ]
+        );
+        // Without the label, only the global peer.
+        let got = stored_peers(&[by_sel, global], "node1", &Default::default());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].address.to_string(), "198.18.0.202");
     }
 }

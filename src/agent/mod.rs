@@ -74,7 +74,8 @@ pub type NodeIpam = Ipam;
 /// file's peers, the stored peers and the mesh are applied once, and only then is the node
 /// registered, so that nodes that find it there are expected when they connect.
 pub async fn run(mut loaded: Loaded) -> Result<()> {
-    let node_addresses = resolve_addresses(&mut loaded)?;
+    let internal_ips = node_internal_ips(&loaded).await?;
+    let node_addresses = resolve_addresses(&mut loaded, &internal_ips)?;
     // The first interface MTU a pod can use (IPv6 needs 1280, a veth takes up to 65535).
     let pod_mtu = node_addresses
         .iter()
@@ -395,7 +396,10 @@ async fn refresh_marker(dir: PathBuf, node: String) -> Result<()> {
 /// `node.addressAutodetection` names, found now and appended to `node.addresses` (so the
 /// speaker, the mesh and the datastore use them like configured ones). Each is logged with
 /// why it was chosen. Without any, the router id stands for the IPv4 address, as before.
-fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detected>> {
+fn resolve_addresses(
+    loaded: &mut Loaded,
+    internal_ips: &[IpAddr],
+) -> Result<Vec<crate::autodetect::Detected>> {
     use crate::autodetect::{self, Detected, Method};
     let node = &loaded.config.node;
     let candidates = autodetect::addresses().unwrap_or_else(|e| {
@@ -425,8 +429,13 @@ fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detec
             if matches!(method, Method::None) {
                 continue;
             }
-            let d = autodetect::choose(&method, text, v4, &candidates, &pools)
-                .map_err(|e| anyhow::anyhow!("node.addressAutodetection: {e}"))?;
+            let d = match method {
+                Method::KubernetesInternalIp => {
+                    autodetect::internal_ip(&node.name, internal_ips, v4, &candidates)
+                }
+                _ => autodetect::choose(&method, text, v4, &candidates, &pools),
+            }
+            .map_err(|e| anyhow::anyhow!("node.addressAutodetection: {e}"))?;
             out.push(d);
         }
     }
@@ -455,6 +464,39 @@ fn resolve_addresses(loaded: &mut Loaded) -> Result<Vec<crate::autodetect::Detec
         );
     }
     Ok(out)
+}
+
+/// The Node's InternalIP addresses when `node.addressAutodetection` asks for
+/// `kubernetes-internal-ip` (empty otherwise); the configuration check made sure the
+/// datastore is Kubernetes then.
+async fn node_internal_ips(loaded: &Loaded) -> Result<Vec<IpAddr>> {
+    let cfg = &loaded.config;
+    let wanted = cfg.node.address_autodetection.as_ref().is_some_and(|a| {
+        [&a.ipv4, &a.ipv6].into_iter().flatten().any(|t| {
+            matches!(
+                crate::autodetect::Method::parse(t, true),
+                Ok(crate::autodetect::Method::KubernetesInternalIp)
+            )
+        })
+    });
+    if !wanted {
+        return Ok(Vec::new());
+    }
+    let Some(k) = cfg.datastore.as_ref().and_then(|d| d.kubernetes.as_ref()) else {
+        anyhow::bail!("node.addressAutodetection: kubernetes-internal-ip needs the Kubernetes datastore (datastore.kubernetes)");
+    };
+    let store = crate::datastore::kubernetes::open(k)
+        .await
+        .context("opening the Kubernetes datastore to read the Node's InternalIP")?;
+    store
+        .node_internal_ips(&cfg.node.name)
+        .await
+        .with_context(|| {
+            format!(
+                "node.addressAutodetection kubernetes-internal-ip: reading the Node {:?}",
+                cfg.node.name
+            )
+        })
 }
 
 /// The first step of leaving on purpose: BFD sessions go AdminDown and keep sending it for

@@ -66,6 +66,7 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
                 .map(|r| r.cluster_id),
             // Set by the cluster (or `ferrovia node set`), kept by the registration.
             pod_cidrs: Vec::new(),
+            labels: Default::default(),
         },
     )
     .await

@@ -112,6 +112,34 @@ impl KubeStore {
         })
     }
 
+    /// The `InternalIP` addresses in the Node's `status.addresses` (set by the kubelet or
+    /// the cloud provider), in their order; an error when there is no such Node.
+    pub async fn node_internal_ips(&self, node: &str) -> Result<Vec<std::net::IpAddr>> {
+        let shape = self.shape("Node")?;
+        let Some(obj) = self.get_raw(&shape, "Node", node).await? else {
+            return Err(DatastoreError::invalid(
+                "Node",
+                node,
+                format!(
+                    "there is no Kubernetes Node named {node:?} to read its InternalIP from: set \
+                     node.name (or NODENAME) to this machine's Node name"
+                ),
+            ));
+        };
+        let addresses = obj
+            .data
+            .get("status")
+            .and_then(|s| s.get("addresses"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(addresses
+            .iter()
+            .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+            .filter_map(|a| a.get("address").and_then(Value::as_str)?.parse().ok())
+            .collect())
+    }
+
     fn shape(&self, kind: &str) -> Result<Shape> {
         validate_kind(kind)?;
         Ok(Shape::of(kind, &self.lease_namespace))

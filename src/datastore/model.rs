@@ -15,13 +15,29 @@
 //! Unknown JSON fields are ignored when reading, so an older agent can read what a newer
 //! one wrote.
 
-use super::{Change, Datastore, DatastoreError, DatastoreExt, Resource, Result, Selector, Typed};
+use super::{
+    Change, Datastore, DatastoreError, DatastoreExt, Resource, Result, Selector, SelectorError,
+    Typed,
+};
 use crate::config::RouteSafety;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A regular expression (RE2 and ECMA-262 alike) for the label selectors a peer's
+/// `nodeSelector` holds: `k=v`, `k==v`, `k!=v`, `k`, `!k`, joined by commas. The BGPPeer
+/// CRD and the chart's values schema use it; [`Selector::parse`] has the last word.
+pub const NODE_SELECTOR_PATTERN: &str = concat!(
+    r"^\s*(!([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",
+    r"|([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?((=|=",
+    r"=|!=)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?)?)(\s*,\s*(!([a-z0-9]([-a-z0-9.",
+    r"]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?|([a-z0-9]([-a-z0-9.]*[a-",
+    r"z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?((=|==|!=)([A-Za-z0-9]([-A-Za-",
+    r"z0-9_.]*[A-Za-z0-9])?)?)?))*\s*$",
+);
 
 /// The name of the one [`ClusterBgp`] object.
 pub const CLUSTER_BGP_NAME: &str = "default";
@@ -52,6 +68,11 @@ pub struct NodeRecord {
     /// agent's registration keeps the stored ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<IpNet>,
+    /// The node's labels, what a peer's `nodeSelector` matches (Kubernetes: the Node's
+    /// `metadata.labels`, read only; SQLite: `ferrovia node set NAME --label k=v`). An
+    /// agent's registration keeps the stored ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Resource for NodeRecord {
@@ -104,8 +125,8 @@ impl Resource for ClusterBgp {
     }
 }
 
-/// A BGP peer outside the node mesh (route reflector, ToR): for every node, or for one
-/// node when `node` is set.
+/// A BGP peer outside the node mesh (route reflector, ToR): for every node, for one node
+/// when `node` is set, or for the nodes whose labels match `node_selector`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerRecord {
@@ -115,6 +136,10 @@ pub struct PeerRecord {
     /// Only this node peers with it; `None`: every node does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Only the nodes whose labels match this label selector (Kubernetes syntax: `k=v`,
+    /// `k!=v`, `k`, `!k`, joined by `,`) peer with it; not together with `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
     /// A file (on each node) holding the TCP MD5 password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
@@ -135,9 +160,28 @@ impl Resource for PeerRecord {
 }
 
 impl PeerRecord {
-    /// Whether the node named `node` peers with it.
-    pub fn applies_to(&self, node: &str) -> bool {
-        self.node.as_deref().is_none_or(|n| n == node)
+    /// Whether the node named `node`, with these labels, peers with it. A selector that
+    /// does not parse matches no node (stored peers are checked on write; a hand-made
+    /// object with a bad selector must not fall back to "every node").
+    pub fn applies_to(&self, node: &str, labels: &BTreeMap<String, String>) -> bool {
+        if let Some(n) = &self.node {
+            return n == node;
+        }
+        match self.selector() {
+            None => true,
+            Some(Ok(sel)) => sel.matches(labels),
+            Some(Err(_)) => false,
+        }
+    }
+
+    /// The parsed `node_selector`, `None` when there is none.
+    pub fn selector(&self) -> Option<std::result::Result<Selector, SelectorError>> {
+        self.node_selector.as_deref().map(Selector::parse)
+    }
+
+    /// Whether the peer is for some nodes only (`node` or `node_selector`).
+    pub fn is_per_node(&self) -> bool {
+        self.node.is_some() || self.node_selector.is_some()
     }
 }
 
@@ -203,6 +247,11 @@ pub async fn register_node(
                 if let Some(cur) = cur {
                     want.pod_cidrs = cur.pod_cidrs.clone();
                 }
+            }
+            // Labels are the operator's (or, on Kubernetes, the Node's own), never the
+            // agent's: a registration keeps them.
+            if let Some(cur) = cur {
+                want.labels = cur.labels.clone();
             }
             Ok(match cur {
                 Some(cur) if *cur == want => Change::Keep,
@@ -296,6 +345,42 @@ pub async fn set_pod_cidrs(
                 rec.pod_cidrs = cidrs.to_vec();
                 Ok(Change::Put(rec))
             }
+        })
+        .await?;
+    present(name, stored)
+}
+
+/// Changes the labels of a registered node (`NotFound` when it is not registered): sets
+/// every `(key, Some(value))`, removes every `(key, None)`. Keys and values follow the
+/// Kubernetes label rules. Agents re-evaluate their peers' node selectors at once.
+pub async fn set_node_labels(
+    store: &dyn Datastore,
+    name: &str,
+    changes: &[(String, Option<String>)],
+) -> Result<Typed<NodeRecord>> {
+    let kind = NodeRecord::KIND;
+    let mut check = super::Labels::new();
+    for (k, v) in changes {
+        check.insert(k.clone(), v.clone().unwrap_or_default());
+    }
+    super::validate_labels(kind, name, &check)?;
+    let stored = store
+        .modify::<NodeRecord, _>(name, |cur| {
+            let Some(cur) = cur else {
+                return Err(DatastoreError::not_found(kind, name));
+            };
+            let mut next = cur.clone();
+            for (k, v) in changes {
+                match v {
+                    Some(v) => next.labels.insert(k.clone(), v.clone()),
+                    None => next.labels.remove(k),
+                };
+            }
+            Ok(if &next == cur {
+                Change::Keep
+            } else {
+                Change::Put(next)
+            })
         })
         .await?;
     present(name, stored)
@@ -421,6 +506,26 @@ fn check_peer(peer: &PeerRecord) -> Result<()> {
     }
     if peer.node.as_deref() == Some("") {
         return Err(invalid(kind, &peer.name, "the node name is empty"));
+    }
+    if peer.node.is_some() && peer.node_selector.is_some() {
+        return Err(invalid(
+            kind,
+            &peer.name,
+            "node and nodeSelector are both set: give node for one node by name, or \
+             nodeSelector for the nodes with matching labels, not both",
+        ));
+    }
+    match peer.selector() {
+        Some(Err(e)) => return Err(invalid(kind, &peer.name, format!("nodeSelector: {e}"))),
+        Some(Ok(sel)) if sel.is_everything() => {
+            return Err(invalid(
+                kind,
+                &peer.name,
+                "nodeSelector is empty, which would match every node: leave it out for a \
+                 peer of every node, or give requirements like rack=r1",
+            ))
+        }
+        _ => {}
     }
     if let Some(hops) = peer.ttl_security {
         if ferrovia_bgp::gtsm::min_ttl(hops).is_err() {

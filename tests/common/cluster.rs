@@ -298,7 +298,18 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = match (&self.cp, &self.kubeconfig) {
+        let out = self.try_cli(args);
+        assert!(
+            out.status.success(),
+            "ferrovia {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI on the cluster's datastore like [`Cluster::cli`], success or not.
+    pub fn try_cli(&self, args: &[&str]) -> std::process::Output {
+        match (&self.cp, &self.kubeconfig) {
             // The API server is on the segment: run the CLI from the control-plane namespace.
             (Some(cp), Some(kc)) => Command::new("ip")
                 .args(["netns", "exec", cp.ns.name(), super::bin()])
@@ -312,13 +323,7 @@ impl Cluster {
                 .arg(&self.db)
                 .output(),
         }
-        .expect("run ferrovia");
-        assert!(
-            out.status.success(),
-            "ferrovia {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("run ferrovia")
     }
 
     /// Every listed node has every other listed node's blocks via that node, and a

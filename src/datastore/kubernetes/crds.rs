@@ -55,6 +55,18 @@ fn as_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// A label selector in the equality/existence syntax the agents parse (`k=v`, `k==v`,
+/// `k!=v`, `k`, `!k`, joined by commas).
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": crate::datastore::model::NODE_SELECTOR_PATTERN,
+        "maxLength": 4096,
+        "nullable": true,
+        "description": "A label selector: key=value, key!=value, key, !key, joined by commas."
+    })
+}
+
 /// Who holds an address: `CONTAINERID:IFNAME`.
 fn handle_key_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
@@ -233,8 +245,8 @@ pub struct IPAMHandleSpec {
     pub addresses: Vec<HandleAddrSpec>,
 }
 
-/// A BGP peer outside the node mesh (a route reflector, a ToR): for every node, or only for
-/// `node`. `name` repeats `metadata.name` (the record is the same on every backend).
+/// A BGP peer outside the node mesh (a route reflector, a ToR): for every node, only for
+/// `node`, or for the nodes matching `nodeSelector`. `name` repeats `metadata.name` (the record is the same on every backend).
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "ferrovia.io",
@@ -242,13 +254,15 @@ pub struct IPAMHandleSpec {
     kind = "BGPPeer",
     plural = "bgppeers",
     category = "ferrovia",
-    doc = "A BGP peer outside the node mesh, for every node or for one node.",
+    doc = "A BGP peer outside the node mesh, for every node, one node, or the nodes a label selector matches.",
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
     printcolumn = r#"{"name":"AS","type":"integer","jsonPath":".spec.asNumber"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.nodeSelector"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("not" = {"required": ["node", "nodeSelector"]}))]
 pub struct BGPPeerSpec {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
@@ -260,6 +274,11 @@ pub struct BGPPeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,
+    /// Only the Nodes whose labels match this label selector peer with it (`key=value`,
+    /// `key!=value`, `key`, `!key`, joined by commas); not together with `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "node_selector_schema")]
+    pub node_selector: Option<String>,
     /// A file (on each node) holding the TCP MD5 password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]

@@ -153,6 +153,12 @@ impl Shape {
                 if let Some(cidrs) = node_pod_cidrs(obj) {
                     fields.insert(NODE_POD_CIDRS.into(), cidrs);
                 }
+                // So are the labels (what peers' node selectors match): the Node's
+                // metadata.labels, set by the kubelet, kubectl or the operator's tooling.
+                fields.remove(NODE_LABELS);
+                if !labels.is_empty() {
+                    fields.insert(NODE_LABELS.into(), json!(labels));
+                }
                 (k8s_name, Value::Object(fields))
             }
             Shape::Lease { .. } => {
@@ -261,6 +267,9 @@ fn annotation_name_ok(field: &str) -> bool {
 /// single `spec.podCIDR`), read only: the controller-manager owns it.
 const NODE_POD_CIDRS: &str = "podCidrs";
 
+/// The node record's field that comes from the Node's `metadata.labels`, read only.
+const NODE_LABELS: &str = "labels";
+
 /// A Node's pod CIDRs as the record's `podCidrs` value, `None` when it has none.
 fn node_pod_cidrs(obj: &DynamicObject) -> Option<Value> {
     let spec = obj.data.get("spec")?;
@@ -296,7 +305,7 @@ pub fn node_patch(current: &DynamicObject, value: Option<&Value>) -> Result<Valu
             ));
         };
         for (field, v) in fields {
-            if field == "name" || field == NODE_POD_CIDRS || v.is_null() {
+            if field == "name" || field == NODE_POD_CIDRS || field == NODE_LABELS || v.is_null() {
                 continue;
             }
             if !annotation_name_ok(field) {

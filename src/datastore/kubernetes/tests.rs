@@ -128,6 +128,7 @@ mod mapping {
             blocks: vec![],
             route_reflector_cluster_id: None,
             pod_cidrs: Vec::new(),
+            labels: Default::default(),
         }
     }
 
@@ -163,10 +164,10 @@ mod mapping {
         model::register_node(&s, &record("node1"))
             .await
             .expect("register");
-        assert_eq!(
-            model::list_nodes(&s).await.expect("list nodes"),
-            [record("node1")]
-        );
+        // The record carries the Node's labels (what peers' node selectors match).
+        let mut labelled = record("node1");
+        labelled.labels.insert("zone".into(), "a".into());
+        assert_eq!(model::list_nodes(&s).await.expect("list nodes"), [labelled]);
         let node =
             k.cp.call("GET", "/api/v1/nodes/node1", None)
                 .expect_status(200, "read the Node")

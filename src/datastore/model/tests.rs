@@ -5,7 +5,7 @@ use crate::datastore::{DatastoreExt, Object};
 /// The peers the node named `node` must have: the global ones and its own.
 async fn peers_for(s: &SqliteStore, node: &str) -> Vec<PeerRecord> {
     let mut peers = list_peers(s).await.unwrap();
-    peers.retain(|p| p.applies_to(node));
+    peers.retain(|p| p.applies_to(node, &Default::default()));
     peers
 }
 use serde_json::json;
@@ -25,6 +25,7 @@ fn node(name: &str) -> NodeRecord {
         blocks: vec!["10.244.1.0/26".parse().unwrap()],
         route_reflector_cluster_id: None,
         pod_cidrs: Vec::new(),
+        labels: Default::default(),
     }
 }
 
@@ -42,6 +43,7 @@ fn peer(name: &str, node: Option<&str>) -> PeerRecord {
         address: "198.18.1.1".parse().unwrap(),
         as_number: 65000,
         node: node.map(str::to_string),
+        node_selector: None,
         password_file: None,
         ttl_security: None,
         safety: Default::default(),
@@ -397,4 +399,134 @@ async fn a_peer_keeps_its_gtsm_and_route_safety_and_refuses_bad_ones() {
         .await
         .expect_err("absent");
     assert!(e.to_string().contains("nope"), "{e}");
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_node_selector_picks_the_nodes_by_their_labels() {
+    let mut p = peer("rack", None);
+    p.node_selector = Some("rack=r1,!spare".into());
+    assert!(p.is_per_node());
+    assert!(p.applies_to("a", &labels(&[("rack", "r1")])));
+    assert!(p.applies_to("b", &labels(&[("rack", "r1"), ("zone", "z")])));
+    assert!(!p.applies_to("a", &labels(&[("rack", "r2")])));
+    assert!(!p.applies_to("a", &labels(&[("rack", "r1"), ("spare", "")])));
+    assert!(!p.applies_to("a", &BTreeMap::new()));
+    // By name, and for every node.
+    let by_name = peer("one", Some("a"));
+    assert!(by_name.applies_to("a", &BTreeMap::new()));
+    assert!(!by_name.applies_to("b", &labels(&[("rack", "r1")])));
+    let all = peer("all", None);
+    assert!(!all.is_per_node());
+    assert!(all.applies_to("b", &BTreeMap::new()));
+    // A hand-made object with a selector that does not parse selects no node (never every
+    // node).
+    let mut broken = peer("broken", None);
+    broken.node_selector = Some("rack in (r1)".into());
+    assert!(!broken.applies_to("a", &labels(&[("rack", "r1")])));
+}
+
+#[test]
+fn the_node_selector_pattern_agrees_with_the_parser() {
+    let re = regex::Regex::new(NODE_SELECTOR_PATTERN).expect("the pattern compiles");
+    for good in [
+        "rack=r1",
+        "rack==r1",
+        "rack!=r1",
+        "bgp",
+        "!spare",
+        "ferrovia.io/rack=r1, tier!=edge,!spare",
+        "a=",
+    ] {
+        assert!(re.is_match(good), "{good}");
+        assert!(Selector::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "rack in (r1)",
+        "rack=r1,,x",
+        "!rack=r1",
+        "-rack",
+        "rack=r 1",
+    ] {
+        assert!(!re.is_match(bad), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_peer_with_node_and_node_selector_or_a_bad_selector_is_refused() {
+    let (_d, s) = store();
+    for (sel, node, says) in [
+        ("rack=r1", Some("a"), "node and nodeSelector are both set"),
+        ("rack in (r1)", None, "set-based"),
+        ("", None, "match every node"),
+        ("-x", None, "label key"),
+    ] {
+        let mut p = peer("p", node);
+        p.node_selector = Some(sel.into());
+        let e = put_peer(&s, &p).await.expect_err(sel);
+        assert!(e.to_string().contains(says), "{sel}: {e}");
+        assert!(e.to_string().contains("nodeSelector"), "{sel}: {e}");
+    }
+    assert!(list_peers(&s).await.unwrap().is_empty(), "nothing stored");
+    let mut ok = peer("p", None);
+    ok.node_selector = Some("rack=r1".into());
+    put_peer(&s, &ok).await.unwrap();
+    // Changing it to both is refused too, and leaves the stored peer as it was.
+    let e = update_peer(&s, "p", |p| {
+        p.node = Some("a".into());
+        Ok(())
+    })
+    .await
+    .expect_err("both");
+    assert!(e.to_string().contains("both set"), "{e}");
+    assert_eq!(list_peers(&s).await.unwrap(), [ok]);
+}
+
+#[tokio::test]
+async fn node_labels_are_set_removed_and_kept_by_registration() {
+    let (_d, s) = store();
+    let e = set_node_labels(&s, "a", &[("rack".into(), Some("r1".into()))])
+        .await
+        .expect_err("not registered");
+    assert!(matches!(e, DatastoreError::NotFound { .. }), "{e}");
+    register_node(&s, &node("a")).await.unwrap();
+    let v = set_node_labels(
+        &s,
+        "a",
+        &[
+            ("rack".into(), Some("r1".into())),
+            ("spare".into(), Some(String::new())),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.value.labels, labels(&[("rack", "r1"), ("spare", "")]));
+    // The agent registers again (without labels): they stay.
+    register_node(&s, &node("a")).await.unwrap();
+    assert_eq!(
+        list_nodes(&s).await.unwrap()[0].labels,
+        labels(&[("rack", "r1"), ("spare", "")])
+    );
+    let v = set_node_labels(&s, "a", &[("spare".into(), None)])
+        .await
+        .unwrap();
+    assert_eq!(v.value.labels, labels(&[("rack", "r1")]));
+    // A bad key or value is refused, naming it; nothing changes.
+    for (k, v) in [("-bad", "x"), ("ok", "bad value")] {
+        let e = set_node_labels(&s, "a", &[(k.into(), Some(v.into()))])
+            .await
+            .expect_err(k);
+        assert!(e.to_string().contains("label"), "{e}");
+    }
+    assert_eq!(
+        list_nodes(&s).await.unwrap()[0].labels,
+        labels(&[("rack", "r1")])
+    );
 }
