@@ -3,7 +3,8 @@
 
 use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
@@ -113,20 +114,53 @@ impl AdjRibOut {
     }
 }
 
+/// A set of prefixes kept per family, so an IPv4 entry takes its 5 bytes and not the
+/// 18 of an `IpNet` (a full table waiting for the kernel is a million of them). Iterates
+/// in `IpNet` order: IPv4 first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PrefixSet {
+    v4: BTreeSet<Ipv4Net>,
+    v6: BTreeSet<Ipv6Net>,
+}
+
+impl PrefixSet {
+    /// Adds a prefix; false when it was there already.
+    pub fn insert(&mut self, prefix: IpNet) -> bool {
+        match prefix {
+            IpNet::V4(p) => self.v4.insert(p),
+            IpNet::V6(p) => self.v6.insert(p),
+        }
+    }
+    /// Takes out the smallest prefix.
+    pub fn pop_first(&mut self) -> Option<IpNet> {
+        match self.v4.pop_first() {
+            Some(p) => Some(IpNet::V4(p)),
+            None => self.v6.pop_first().map(IpNet::V6),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+}
+
 const NO_BEST: u8 = u8::MAX;
 
 /// One prefix: every source's path (the Adj-RIBs-In after import policy, RFC 4271 §3.2,
 /// kept in one table) and the selection over them. A full table has a million of these,
-/// nearly all with a single path, so that case is one inline candidate (32 bytes).
+/// nearly all with a single path, so that case is one shared candidate: the prefixes of
+/// one UPDATE point to the same `Arc<Candidate>` (16 bytes a prefix instead of 32).
 #[derive(Debug)]
 enum Destination {
-    One(Candidate),
+    One(Arc<Candidate>),
     Many(Box<ManyPaths>),
 }
 
 #[derive(Debug)]
 struct ManyPaths {
-    candidates: Vec<Candidate>,
+    candidates: Vec<Arc<Candidate>>,
     /// Index of the best path, or [`NO_BEST`].
     best: u8,
     /// Bit i set: candidate i is in the multipath set.
@@ -134,7 +168,7 @@ struct ManyPaths {
 }
 
 impl Destination {
-    fn candidates(&self) -> &[Candidate] {
+    fn candidates(&self) -> &[Arc<Candidate>] {
         match self {
             Destination::One(c) => std::slice::from_ref(c),
             Destination::Many(m) => &m.candidates,
@@ -149,7 +183,7 @@ impl Destination {
     }
 
     fn best(&self) -> Option<&Candidate> {
-        self.candidates().get(self.best_index())
+        self.candidates().get(self.best_index()).map(|c| &**c)
     }
 
     fn selection(&self) -> Option<Best> {
@@ -167,7 +201,7 @@ impl Destination {
     }
 
     /// Builds the destination for a set of paths; None when there is none.
-    fn from_paths(mut candidates: Vec<Candidate>) -> Option<Destination> {
+    fn from_paths(mut candidates: Vec<Arc<Candidate>>) -> Option<Destination> {
         match candidates.len() {
             0 => None,
             1 => candidates.pop().map(Destination::One),
@@ -184,7 +218,7 @@ impl Destination {
         }
     }
 
-    fn into_paths(self) -> Vec<Candidate> {
+    fn into_paths(self) -> Vec<Arc<Candidate>> {
         match self {
             Destination::One(c) => vec![c],
             Destination::Many(m) => m.candidates,
@@ -208,6 +242,17 @@ impl LocRib {
         prefix: IpNet,
         source: Source,
         candidate: Option<Candidate>,
+    ) -> Updated {
+        self.update_shared(prefix, source, candidate.map(Arc::new))
+    }
+
+    /// [`LocRib::update`] with a candidate shared between prefixes (every prefix of one
+    /// UPDATE has the same path): the table keeps the `Arc`, not a copy.
+    pub fn update_shared(
+        &mut self,
+        prefix: IpNet,
+        source: Source,
+        candidate: Option<Arc<Candidate>>,
     ) -> Updated {
         match prefix {
             IpNet::V4(p) => update_in(&mut self.v4, p, source, candidate),
@@ -236,6 +281,7 @@ impl LocRib {
     pub fn candidate(&self, prefix: &IpNet, source: Source) -> Option<&Candidate> {
         self.dest(prefix)
             .and_then(|d| d.candidates().iter().find(|c| c.source == source))
+            .map(|c| &**c)
     }
 
     /// Every prefix with its selection.
@@ -337,7 +383,7 @@ fn update_in<K: Ord + Copy>(
     map: &mut BTreeMap<K, Destination>,
     key: K,
     source: Source,
-    candidate: Option<Candidate>,
+    candidate: Option<Arc<Candidate>>,
 ) -> Updated {
     let unchanged = |had: bool, has: bool| Updated {
         had,
@@ -345,17 +391,22 @@ fn update_in<K: Ord + Copy>(
         best_changed: false,
     };
     let has = candidate.is_some();
-    let Some(d) = map.get_mut(&key) else {
-        if let Some(c) = candidate {
-            map.insert(key, Destination::One(c));
+    // One walk down the tree for the common cases (a new prefix, a path replaced).
+    let mut entry = match map.entry(key) {
+        Entry::Vacant(v) => {
+            let Some(c) = candidate else {
+                return unchanged(false, false);
+            };
+            v.insert(Destination::One(c));
             return Updated {
                 had: false,
                 has,
                 best_changed: true,
             };
         }
-        return unchanged(false, false);
+        Entry::Occupied(e) => e,
     };
+    let d = entry.get_mut();
     let pos = d.candidates().iter().position(|c| c.source == source);
     let had = pos.is_some();
     // The common case, one path replaced by a new one from the same source, in place.
@@ -379,10 +430,7 @@ fn update_in<K: Ord + Copy>(
         }
     }
     let before = d.selection();
-    let Some(old) = map.remove(&key) else {
-        return unchanged(had, has);
-    };
-    let mut paths = old.into_paths();
+    let mut paths = entry.remove().into_paths();
     match (pos, candidate) {
         (Some(i), Some(c)) => paths[i] = c,
         (None, Some(c)) => paths.push(c),
@@ -412,19 +460,24 @@ fn update_in<K: Ord + Copy>(
 /// set; the final tie breaks (BGP Identifier, CLUSTER_LIST length, peer address) choose
 /// the single best.
 pub fn select(candidates: &[Candidate]) -> Option<Best> {
-    Destination::from_paths(candidates.to_vec())?.selection()
+    Destination::from_paths(candidates.iter().cloned().map(Arc::new).collect())?.selection()
 }
 
 /// [`select`] as indices: the best path and a bit mask of the multipath set (the first
 /// 32 candidates can take part in multipath).
-fn select_indices(candidates: &[Candidate]) -> Option<(usize, u32)> {
+fn select_indices(candidates: &[Arc<Candidate>]) -> Option<(usize, u32)> {
     if candidates.is_empty() {
         return None;
     }
     if let Some(i) = candidates.iter().position(|c| c.source == Source::Local) {
         return Some((i, 1u32.checked_shl(i as u32).unwrap_or(0)));
     }
-    let mut set: Vec<(usize, &Candidate)> = candidates.iter().enumerate().take(255).collect();
+    let mut set: Vec<(usize, &Candidate)> = candidates
+        .iter()
+        .map(|c| &**c)
+        .enumerate()
+        .take(255)
+        .collect();
     keep_min(&mut set, |c| std::cmp::Reverse(c.local_pref()));
     keep_min(&mut set, |c| c.route.attrs.as_path_len());
     keep_min(&mut set, |c| c.route.attrs.origin);

@@ -17,7 +17,7 @@
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
 use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach, Update};
 use crate::policy::{self, ExportTarget, MaxPrefixAction, PeerPolicy, Rejected};
-use crate::rib::{AdjRibOut, Candidate, Change, LocRib, Route, Source};
+use crate::rib::{AdjRibOut, Candidate, Change, LocRib, PrefixSet, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -297,7 +297,7 @@ pub struct Speaker {
     /// Prefixes whose Loc-RIB selection changed since the last flush.
     dirty: Vec<IpNet>,
     /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
-    changed: Option<BTreeSet<IpNet>>,
+    changed: Option<PrefixSet>,
     /// A [`Event::RoutesChanged`] went out and the consumer has not called
     /// [`Speaker::take_changes`] since: no other is sent, so a busy consumer finds at most
     /// one signal per call it made, whatever the number of flushes.
@@ -772,7 +772,7 @@ impl Speaker {
 
     /// Start (or stop) collecting Loc-RIB changes for [`Speaker::take_changes`].
     pub fn track_changes(&mut self, on: bool) {
-        self.changed = on.then(BTreeSet::new);
+        self.changed = on.then(PrefixSet::default);
     }
 
     /// Whether changes wait for [`Speaker::take_changes`].
@@ -1221,12 +1221,18 @@ impl Speaker {
                 };
                 // RFC 8326 §4.1: a route its sender is about to withdraw (GRACEFUL_SHUTDOWN)
                 // gets the lowest LOCAL_PREF, so traffic moves to other paths first.
+                // One candidate for every prefix of the UPDATE: the Loc-RIB shares it.
                 let imported =
                     policy::import(route, ebgp, local_as, local_id, cluster_id).map(|mut r| {
                         if r.attrs.communities.contains(&GRACEFUL_SHUTDOWN) {
                             r.attrs.local_pref = Some(0);
                         }
-                        Arc::new(r)
+                        Arc::new(Candidate {
+                            source,
+                            route: Arc::new(r),
+                            ebgp,
+                            peer_id,
+                        })
                     });
                 for prefix in &reach.prefixes {
                     if !families.contains(&Family::of(prefix)) {
@@ -1237,21 +1243,16 @@ impl Speaker {
                         None => imported.as_ref().map_err(|why| *why),
                     };
                     let cand = match checked {
-                        Ok(route) => {
+                        Ok(cand) => {
                             announced.get_or_insert(Family::of(prefix));
-                            Some(Candidate {
-                                source,
-                                route: route.clone(),
-                                ebgp,
-                                peer_id,
-                            })
+                            Some(cand.clone())
                         }
                         Err(why) => {
                             *refused.entry(why).or_default() += 1;
                             None
                         }
                     };
-                    self.rib_update(*prefix, source, cand);
+                    self.rib_update_shared(*prefix, source, cand);
                 }
             }
         }
@@ -1315,7 +1316,11 @@ impl Speaker {
     }
 
     fn rib_update(&mut self, prefix: IpNet, source: Source, cand: Option<Candidate>) {
-        let u = self.loc_rib.update(prefix, source, cand);
+        self.rib_update_shared(prefix, source, cand.map(Arc::new));
+    }
+
+    fn rib_update_shared(&mut self, prefix: IpNet, source: Source, cand: Option<Arc<Candidate>>) {
+        let u = self.loc_rib.update_shared(prefix, source, cand);
         if let Source::Peer(a) = source {
             if let Some(p) = self.peers.get_mut(&a) {
                 p.received = p.received + usize::from(u.has) - usize::from(u.had);
