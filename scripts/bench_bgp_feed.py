@@ -15,7 +15,12 @@ with no kernel export. For each: time from Established to the last prefix in the
 receiver's RIB, and the receiver's peak RSS (VmHWM). Prints a Markdown table row per
 receiver and a JSON summary. Everything lives in namespaces it creates and removes.
 
-Usage: scripts/bench_bgp_feed.py [--prefixes 1000000] [--ferrovia target/release/ferrovia]
+--mode all (the default) runs both, plus the physical limit: the same N routes prepared in
+advance and written by ferrovia's batched netlink writer alone (`ferrovia bench netlink`), so
+the end-to-end kernel time is quoted as a multiple of it. --quick: 100,000 prefixes, 1 round.
+
+Usage: scripts/bench_bgp_feed.py [--quick] [--mode all|rib|kernel] [--prefixes 1000000]
+       [--rounds 3] [--frr] [--ferrovia target/release/ferrovia]
 """
 
 import argparse
@@ -267,47 +272,112 @@ def run_frr(d, n):
         shutil.rmtree(etc_dir, ignore_errors=True)
 
 
+def run_limit(binary, n):
+    """The physical limit: ferrovia's batched netlink writer alone, the same N routes
+    prepared in advance, into the receiver namespace's main table (`ferrovia bench netlink`)."""
+    base = fib_prefixes()
+    r = sh("ip", "netns", "exec", RECV_NS, binary, "bench", "netlink", "--routes", str(n), "--gateway", FEED_IP, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"ferrovia bench netlink failed: {r.stderr.strip()}")
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    sh("ip", "-n", RECV_NS, "route", "flush", "proto", "241", check=False)
+    wait(lambda: fib_prefixes() <= base, 120, "the limit run's routes to leave the kernel")
+    return rep["installSeconds"], 0, rep["installCpuSeconds"]
+
+
+def median3(v):
+    return tuple(statistics.median(x[i] for x in v) for i in range(3))
+
+
+def table(mode, results, n, rounds):
+    bd = results["bird"]
+    where = "kernel table" if mode == "kernel" else "RIB"
+    names = {
+        "ferrovia": "ferrovia",
+        "bird": "BIRD 2.0.12" + (" (kernel export all)" if mode == "kernel" else " (no kernel export)"),
+        "frr": "FRR 8.4 (bgpd + zebra)",
+    }
+    out = [f"{n} IPv4 /24s into the {where}, one BIRD feeder, medians of {rounds} alternating rounds",
+           f"| receiver | Established → last prefix in {where} | peak RSS | receiver CPU time |",
+           "|---|---|---|---|"]
+    for k in ("ferrovia", "bird", "frr"):
+        if k not in results:
+            continue
+        t, rss, cpu = results[k]
+        rel = "" if k == "bird" else f" ({t / bd[0]:.2f}× BIRD)"
+        relm = "" if k == "bird" else f" ({rss / max(bd[1], 1):.2f}× BIRD)"
+        relc = "" if k == "bird" else f" ({cpu / max(bd[2], 1e-9):.2f}× BIRD)"
+        out.append(f"| {names[k]} | {t:.2f} s{rel} | {rss / 1024:.0f} MiB{relm} | {cpu:.2f} s{relc} |")
+    if "limit" in results:
+        t, _, cpu = results["limit"]
+        fv = results["ferrovia"][0]
+        out.append(f"| physical limit: `ferrovia bench netlink` (the same routes prepared in advance, "
+                   f"batched netlink writer alone) | {t:.2f} s (ferrovia end to end = {fv / t:.2f}× this) "
+                   f"| – | {cpu:.2f} s |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prefixes", type=int, default=1_000_000)
+    ap.add_argument("--prefixes", type=int, default=None, help="default 1,000,000 (100,000 with --quick)")
     ap.add_argument("--ferrovia", default="target/release/ferrovia")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
-    ap.add_argument("--mode", choices=["rib", "kernel"], default="rib")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds; medians are reported (default 3, 1 with --quick)")
+    ap.add_argument("--mode", choices=["rib", "kernel", "all"], default="all",
+                    help="all (default): RIB-only and kernel receivers plus the physical limit, one run")
+    ap.add_argument("--frr", action=argparse.BooleanOptionalAction, default=None,
+                    help="FRR as a third kernel receiver (default: on with --mode kernel, off with --mode all)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 100,000 prefixes, 1 round")
     a = ap.parse_args()
+    n = a.prefixes if a.prefixes is not None else (100_000 if a.quick else 1_000_000)
+    rounds = a.rounds if a.rounds is not None else (1 if a.quick else 3)
+    frr = a.frr if a.frr is not None else a.mode == "kernel"
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces)")
+    binary = os.path.abspath(a.ferrovia)
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"no ferrovia binary at {binary}: build it (cargo build --release) or pass --ferrovia")
+    modes = ["rib", "kernel"] if a.mode == "all" else [a.mode]
+    started = time.monotonic()
     d = tempfile.mkdtemp(prefix="fvb-")
-    results = {}
+    runs = {m: {"ferrovia": [], "bird": []} for m in modes}
+    if "kernel" in runs:
+        if frr:
+            runs["kernel"]["frr"] = []
+        runs["kernel"]["limit"] = []
     try:
         netns_up()
-        start_feeder(d, a.prefixes)
-        kernel = a.mode == "kernel"
-        runs = {"ferrovia": [], "bird": []} | ({"frr": []} if kernel else {})
-        for r in range(a.rounds):
-            runs["ferrovia"].append(run_ferrovia(os.path.abspath(a.ferrovia), d, a.prefixes, kernel))
-            # ferrovia leaves its routes in the kernel on exit (they keep traffic flowing across
-            # a restart); clear them so the next receiver starts from the same table.
-            sh("ip", "-n", RECV_NS, "route", "flush", "proto", "241", check=False)
-            runs["bird"].append(run_bird(d, a.prefixes, kernel))
-            if kernel:
-                runs["frr"].append(run_frr(d, a.prefixes))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), file=sys.stderr)
-        for k, v in runs.items():
-            results[k] = tuple(statistics.median(x[i] for x in v) for i in range(3))
+        start_feeder(d, n)
+        for r in range(rounds):
+            for m in modes:
+                kernel = m == "kernel"
+                # Alternate who goes first, so neither always meets a freshly warmed feeder.
+                order = ["ferrovia", "bird"] if r % 2 == 0 else ["bird", "ferrovia"]
+                for who in order:
+                    if who == "ferrovia":
+                        runs[m]["ferrovia"].append(run_ferrovia(binary, d, n, kernel))
+                        # ferrovia leaves its routes in the kernel on exit (they keep traffic
+                        # flowing across a restart); clear them so the next receiver starts
+                        # from the same table.
+                        sh("ip", "-n", RECV_NS, "route", "flush", "proto", "241", check=False)
+                        wait(lambda: fib_prefixes() < n, 120, "ferrovia's routes to leave the kernel")
+                    else:
+                        runs[m]["bird"].append(run_bird(d, n, kernel))
+                if kernel and frr:
+                    runs[m]["frr"].append(run_frr(d, n))
+                if kernel:
+                    runs[m]["limit"].append(run_limit(binary, n))
+                print(f"round {r + 1} {m}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs[m].items()), file=sys.stderr)
     finally:
         netns_down()
         shutil.rmtree(d, ignore_errors=True)
-    bd = results["bird"]
-    where = "kernel table" if a.mode == "kernel" else "RIB"
-    names = {"ferrovia": "ferrovia", "bird": "BIRD 2.0.12" + (" (kernel export all)" if a.mode == "kernel" else " (no kernel export)"), "frr": "FRR 8.4 (bgpd + zebra)"}
-    print(f"{a.prefixes} IPv4 /24s, one BIRD feeder, medians of {a.rounds} alternating rounds")
-    print(f"| receiver | Established → last prefix in {where} | peak RSS | receiver CPU time |")
-    print("|---|---|---|---|")
-    for k, (t, rss, cpu) in results.items():
-        rel = "" if k == "bird" else f" ({t / bd[0]:.2f}× BIRD)"
-        relm = "" if k == "bird" else f" ({rss / max(bd[1], 1):.2f}× BIRD)"
-        print(f"| {names[k]} | {t:.2f} s{rel} | {rss / 1024:.0f} MiB{relm} | {cpu:.2f} s |")
-    print(json.dumps({"prefixes": a.prefixes, "rounds": a.rounds, "mode": a.mode} | {k: {"seconds": v[0], "rss_kib": v[1], "cpu_seconds": v[2]} for k, v in results.items()}))
+    results = {m: {k: median3(v) for k, v in rv.items()} for m, rv in runs.items()}
+    for m in modes:
+        print(table(m, results[m], n, rounds))
+        print()
+    print(f"(whole run {time.monotonic() - started:.0f} s)")
+    print(json.dumps({"prefixes": n, "rounds": rounds, "mode": a.mode}
+                     | {m: {k: {"seconds": v[0], "rss_kib": v[1], "cpu_seconds": v[2]} for k, v in rv.items()}
+                        for m, rv in results.items()}))
 
 
 if __name__ == "__main__":

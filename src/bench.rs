@@ -40,6 +40,9 @@ use tokio::net::TcpSocket;
 pub enum BenchCmd {
     /// Simulate N nodes, each a BGP session per target from its own address.
     Sim(SimArgs),
+    /// The physical limit: N routes prepared in advance into the kernel through the
+    /// agent's batched netlink writer alone (prints JSON).
+    Netlink(crate::bench_netlink::NetlinkArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -140,6 +143,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             }
             Ok(())
         }
+        BenchCmd::Netlink(args) => crate::bench_netlink::run(args),
     }
 }
 

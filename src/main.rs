@@ -3,6 +3,7 @@
 mod agent;
 mod autodetect;
 mod bench;
+mod bench_netlink;
 mod cni;
 mod config;
 mod control;
