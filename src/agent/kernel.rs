@@ -118,30 +118,27 @@ pub async fn kernel_task(
                 if ev.is_none() {
                     bail!("the BGP speaker's route change events stopped (the speaker ended)");
                 }
-                // Signals only: drain them, then pull the coalesced changes in chunks.
+                // Signals only: drain them, then pull the coalesced changes in chunks. The
+                // next chunk is taken while the kernel installs the current one, so the
+                // netlink pipeline does not wait for the speaker between chunks (it may be
+                // busy with a batch of UPDATEs) while a full table arrives.
                 while events.try_recv().is_ok() {}
-                loop {
-                    let chunk = handle
-                        .query(|s: &mut Speaker| s.take_changes(KERNEL_CHUNK))
-                        .await
-                        .context("taking route changes from the BGP speaker")?;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    let changes: Vec<(IpNet, Option<RouteKind>)> = chunk
-                        .into_iter()
-                        .map(|Change { prefix, best }| (prefix, kernel_route(best.as_ref())))
-                        .collect();
+                let mut chunk = take_chunk(&handle).await?;
+                while !chunk.is_empty() {
                     let t = Instant::now();
-                    if let Err(e) = kernel.apply(changes).await {
+                    let (applied, next) = tokio::join!(kernel.apply(chunk), take_chunk(&handle));
+                    if let Err(e) = applied {
                         warn!(error = %e, "installing routes failed; reconciling the table");
                         in_sync = false;
                         health.set_kernel_in_sync(false);
                     }
                     publish(&kernel, t.elapsed(), &metrics, &status);
                     if !in_sync {
+                        // The reconcile reads the whole Loc-RIB: the chunk taken meanwhile
+                        // is part of it.
                         break;
                     }
+                    chunk = next?;
                 }
             }
             _ = retry.tick() => {
@@ -175,6 +172,18 @@ pub async fn kernel_task(
             }
         }
     }
+}
+
+/// Up to [`KERNEL_CHUNK`] Loc-RIB changes from the speaker, as kernel routes.
+async fn take_chunk(handle: &Handle) -> Result<Vec<(IpNet, Option<RouteKind>)>> {
+    let chunk = handle
+        .query(|s: &mut Speaker| s.take_changes(KERNEL_CHUNK))
+        .await
+        .context("taking route changes from the BGP speaker")?;
+    Ok(chunk
+        .into_iter()
+        .map(|Change { prefix, best }| (prefix, kernel_route(best.as_ref())))
+        .collect())
 }
 
 fn publish(kernel: &Kernel, took: Duration, metrics: &Metrics, status: &SharedKernelStatus) {

@@ -13,6 +13,8 @@ pub(super) struct Installed {
     v6: BTreeMap<Ipv6Net, u32>,
     fibs: Vec<Fib>,
     ids: HashMap<Fib, u32>,
+    /// The id interned last (0 when none: `fibs` is then empty and never matches).
+    last: u32,
 }
 
 impl Installed {
@@ -25,12 +27,21 @@ impl Installed {
     }
 
     fn intern(&mut self, f: Fib) -> u32 {
-        if let Some(id) = self.ids.get(&f) {
-            return *id;
+        // Runs of routes share their next hops (a full table from one peer is one Fib):
+        // compare with the last one before hashing.
+        if self.fibs.get(self.last as usize) == Some(&f) {
+            return self.last;
         }
-        let id = u32::try_from(self.fibs.len()).unwrap_or(u32::MAX);
-        self.fibs.push(f.clone());
-        self.ids.insert(f, id);
+        let id = match self.ids.get(&f) {
+            Some(id) => *id,
+            None => {
+                let id = u32::try_from(self.fibs.len()).unwrap_or(u32::MAX);
+                self.fibs.push(f.clone());
+                self.ids.insert(f, id);
+                id
+            }
+        };
+        self.last = id;
         id
     }
 
