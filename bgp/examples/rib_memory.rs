@@ -29,15 +29,20 @@ fn main() {
         next_hop: NextHop::new(peer),
     });
     let mut rib = LocRib::default();
+    // As the speaker does: one shared candidate for the prefixes of an UPDATE (about
+    // 1,000 /24s fit one).
+    let mut c = None;
     for i in 0..n {
         let p = ipnet::Ipv4Net::new(Ipv4Addr::from((20u32 << 24) + (i << 8)), 24).expect("p");
-        let c = Candidate {
-            source: Source::Peer(peer),
-            route: route.clone(),
-            ebgp: true,
-            peer_id: Ipv4Addr::new(1, 1, 1, 1),
-        };
-        rib.update(p.into(), Source::Peer(peer), Some(c));
+        if i % 1000 == 0 {
+            c = Some(Arc::new(Candidate {
+                source: Source::Peer(peer),
+                route: route.clone(),
+                ebgp: true,
+                peer_id: Ipv4Addr::new(1, 1, 1, 1),
+            }));
+        }
+        rib.update_shared(p.into(), Source::Peer(peer), c.clone());
     }
     let after = rss_kib();
     println!(
