@@ -18,6 +18,7 @@ pub mod ferrovia;
 pub mod frr;
 pub mod gobgp;
 pub mod kube;
+pub mod kube_checks;
 pub mod netns;
 pub mod proc;
 pub mod scenarios;
