@@ -61,9 +61,12 @@ fn a_deleted_node_leaves_every_kernel_and_its_ipam_objects_are_released() {
     }
     for v6 in [false, true] {
         let to = pods[2].ip(v6).expect("node3's pod address");
-        wait_until("pod on node1 reaches the pod on node3", CONVERGE, POLL, || {
-            pods[0].ping(&to)
-        });
+        wait_until(
+            "pod on node1 reaches the pod on node3",
+            CONVERGE,
+            POLL,
+            || pods[0].ping(&to),
+        );
     }
     let handles = c.kube_items("ipamhandles.ferrovia.io");
     assert!(
@@ -77,29 +80,39 @@ fn a_deleted_node_leaves_every_kernel_and_its_ipam_objects_are_released() {
     let out = c.control_plane().kubectl(&["delete", "node", "node3"]);
     assert!(out.contains("deleted"), "kubectl delete node: {out}");
 
-    wait_until("node3's routes leave node1 and node2", NODE_GONE, POLL, || {
-        for i in 1..=2u8 {
-            let left = routes_via_node3(&c, i, &blocks3);
-            if !left.is_empty() {
-                return Err(format!("node{i} still has {left:?}"));
+    wait_until(
+        "node3's routes leave node1 and node2",
+        NODE_GONE,
+        POLL,
+        || {
+            for i in 1..=2u8 {
+                let left = routes_via_node3(&c, i, &blocks3);
+                if !left.is_empty() {
+                    return Err(format!("node{i} still has {left:?}"));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     let routes_gone = t.elapsed();
-    wait_until("node1 and node2 drop their session to node3", NODE_GONE, POLL, || {
-        for i in 1..=2u8 {
-            let peers = c.peer_addresses(i)?;
-            if peers
-                .iter()
-                .any(|p| p == "198.18.0.3" || p == "fd00:198:18::3")
-            {
-                return Err(format!("node{i} still has node3 as a peer: {peers:?}"));
+    wait_until(
+        "node1 and node2 drop their session to node3",
+        NODE_GONE,
+        POLL,
+        || {
+            for i in 1..=2u8 {
+                let peers = c.peer_addresses(i)?;
+                if peers
+                    .iter()
+                    .any(|p| p == "198.18.0.3" || p == "fd00:198:18::3")
+                {
+                    return Err(format!("node{i} still has node3 as a peer: {peers:?}"));
+                }
+                c.established(i, 1)?;
             }
-            c.established(i, 1)?;
-        }
-        Ok::<(), String>(())
-    });
+            Ok::<(), String>(())
+        },
+    );
     let sessions_gone = t.elapsed();
     wait_until("node3's IPAM objects released", NODE_GONE, POLL, || {
         let blocks = c.kube_blocks_of("node3");
@@ -147,7 +160,9 @@ fn a_deleted_node_leaves_every_kernel_and_its_ipam_objects_are_released() {
     let handles = c.kube_items("ipamhandles.ferrovia.io");
     for p in &pods[..2] {
         assert!(
-            handles.iter().any(|h| h["spec"]["containerId"] == p.id.as_str()),
+            handles
+                .iter()
+                .any(|h| h["spec"]["containerId"] == p.id.as_str()),
             "{}'s handle is kept: {handles:?}",
             p.id
         );
