@@ -193,12 +193,19 @@ impl Cluster {
     /// segment with ferrovia's CRDs (`ferrovia crds`), one Node object per node (as the
     /// kubelet would register it), and agents configured with `datastore.kubernetes`.
     pub fn kubernetes(tag: &str, n: u8, extra: &str) -> Cluster {
+        Cluster::kubernetes_with(tag, n, extra, &[])
+    }
+
+    /// [`Cluster::kubernetes`] with more kube-apiserver flags (e.g.
+    /// `--feature-gates=IPv6DualStack=true`, without which 1.20 keeps only a Node's first pod
+    /// CIDR).
+    pub fn kubernetes_with(tag: &str, n: u8, extra: &str, apiserver_args: &[&str]) -> Cluster {
         let lock = net_lock();
         let br = Netns::new(&lock, &format!("{tag}-br"));
         br.ip(&["link", "add", "br0", "type", "bridge"]);
         br.link_up("br0");
         let dir = tempfile::tempdir().expect("tempdir");
-        let cp = ControlPlane::start(&lock, &br);
+        let cp = ControlPlane::start_with(&lock, &br, apiserver_args);
         cp.install_crds(&super::kube::ferrovia_crds());
         let kubeconfig = dir.path().join("kubeconfig");
         cp.write_kubeconfig(&kubeconfig, cp.admin_token());
