@@ -375,30 +375,58 @@ fn the_api_server_stopped_for_30_s_loses_no_packet_and_no_watch_event() {
     let late = common::Netns::new(&c._lock, "dlate");
     let t = std::time::Instant::now();
     let (ok, answer) = c.cni(3, "ADD", "down-late", Some(late.name()), None);
-    eprintln!(
-        "ADD while the API server is down: ok={ok} after {:?}: {answer}",
-        t.elapsed()
-    );
+    let add_took = t.elapsed();
+    eprintln!("ADD while the API server is down: ok={ok} after {add_took:?}: {answer}");
     assert!(!ok, "an ADD cannot succeed without the datastore: {answer}");
+    assert_eq!(
+        answer["code"], 11,
+        "ADD without the API server answers 11 (try again later): {answer}"
+    );
+    // The issue asks for 2 s (the datastore's bound is 1.5 s); 10 s leaves room for a slow
+    // machine and still proves the ADD does not wait for the API server's return.
+    assert!(
+        add_took <= std::time::Duration::from_secs(10),
+        "ADD answered after {add_took:?}: it waits for the API server"
+    );
+
+    // A peer is added while the API server is down (straight into etcd, where it would have
+    // gone had another API server replica taken the write): the agents' watches must not
+    // miss it when the API server returns.
+    c.etcd_put(
+        "/registry/ferrovia.io/bgppeers/tor",
+        &serde_json::json!({
+            "apiVersion": "ferrovia.io/v1alpha1", "kind": "BGPPeer",
+            "metadata": {"name": "tor", "uid": "0f0e0d0c-0000-4000-8000-000000000254",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"name": "tor", "address": "198.18.0.254", "asNumber": 65000}
+        }),
+    );
 
     c.cp.as_mut().expect("control plane").start_apiserver();
-    // Right after it returns, a peer is added: every agent's watch resumes and sees it.
-    c.control_plane()
-        .call(
-            "POST",
-            "/apis/ferrovia.io/v1alpha1/bgppeers",
-            Some(&serde_json::json!({
-                "apiVersion": "ferrovia.io/v1alpha1", "kind": "BGPPeer",
-                "metadata": {"name": "tor"},
-                "spec": {"name": "tor", "address": "198.18.0.254", "asNumber": 65000}
-            })),
-        )
-        .expect_status(201, "add the ToR peer");
     for i in 1..=3 {
         wait_until("mesh + ToR after the outage", CONVERGE, POLL, || {
             c.established(i, 3)
         });
     }
+    // Nothing duplicated: one BGPPeer, each agent has each peer once, and the failed ADD
+    // left no handle behind.
+    let peers = c.kube_items("bgppeers.ferrovia.io");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    for i in 1..=3 {
+        let mut addrs = c.peer_addresses(i).expect("status");
+        addrs.sort();
+        let n = addrs.len();
+        addrs.dedup();
+        assert_eq!(n, addrs.len(), "node{i} has a peer twice: {addrs:?}");
+        assert_eq!(n, 3, "node{i}: the two other nodes and the ToR: {addrs:?}");
+    }
+    let handles = c.kube_items("ipamhandles.ferrovia.io");
+    assert!(
+        !handles
+            .iter()
+            .any(|h| h["spec"]["containerId"] == "down-late"),
+        "the ADD that failed holds no address: {handles:?}"
+    );
     // New pods work again.
     let d = c.add_pod(3, "down-d");
     let to_d = d.ip(false).expect("v4");
