@@ -17,6 +17,8 @@
 
 pub mod crds;
 mod errors;
+#[cfg(test)]
+mod ipam_suite;
 pub mod pods;
 mod shape;
 #[cfg(test)]

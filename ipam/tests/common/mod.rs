@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+pub mod concurrency;
+pub mod properties;
+
 /// IPAM driven to completion on the calling thread (each test thread drives its own
 /// operations; threads run them in parallel), with the store it was built on.
 pub struct BIpam<S> {
@@ -154,7 +157,7 @@ fn injected(what: &str) -> DatastoreError {
 /// A store whose writes can be made to fail, to simulate a crash between two writes.
 #[derive(Debug)]
 pub struct FaultStore {
-    pub inner: Arc<MemStore>,
+    pub inner: Arc<dyn Datastore>,
     /// Writes left before the "crash"; u64::MAX = no crash armed.
     countdown: AtomicU64,
     /// Every write fails while set (after the crash).
@@ -166,7 +169,7 @@ pub struct FaultStore {
 }
 
 impl FaultStore {
-    pub fn new(inner: Arc<MemStore>) -> Self {
+    pub fn new(inner: Arc<dyn Datastore>) -> Self {
         FaultStore {
             inner,
             countdown: AtomicU64::new(u64::MAX),
@@ -275,7 +278,7 @@ impl Datastore for FaultStore {
 
 /// A store that yields the thread around every call, to shake out interleavings.
 #[derive(Debug)]
-pub struct YieldStore(pub Arc<MemStore>);
+pub struct YieldStore(pub Arc<dyn Datastore>);
 
 #[async_trait::async_trait]
 impl Datastore for YieldStore {
@@ -404,6 +407,11 @@ fn net(v: &Value) -> IpNet {
 }
 
 pub fn raw(store: &MemStore) -> RawState {
+    raw_of(store)
+}
+
+/// [`raw`] of any backend.
+pub fn raw_of(store: &dyn Datastore) -> RawState {
     let mut r = RawState::default();
     for (_, v, _) in store.list_b("IPPool").unwrap() {
         r.pools.push((
@@ -634,4 +642,90 @@ impl Datastore for StallStore {
     ) -> Result<EventStream, DatastoreError> {
         self.inner.watch(kind, selector, from).await
     }
+}
+
+/// A store whose calls run as tasks of a tokio runtime, for backends that need one (the
+/// SQLite backend's blocking pool, the Kubernetes client) under the helpers here, which
+/// drive IPAM on plain threads.
+#[derive(Debug)]
+pub struct OnRuntime {
+    pub inner: SharedDatastore,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl OnRuntime {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(SharedDatastore) -> BoxFuture<'static, Result<T, DatastoreError>>,
+    ) -> Result<T, DatastoreError> {
+        self.runtime
+            .spawn(f(self.inner.clone()))
+            .await
+            .map_err(|e| DatastoreError::Unavailable {
+                detail: format!("the datastore call's task failed: {e}"),
+            })?
+    }
+}
+
+#[async_trait::async_trait]
+impl Datastore for OnRuntime {
+    async fn get(&self, kind: &str, name: &str) -> Result<Option<Item>, DatastoreError> {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        self.run(move |s| Box::pin(async move { s.get(&kind, &name).await }))
+            .await
+    }
+    async fn list(&self, kind: &str, selector: &Selector) -> Result<List, DatastoreError> {
+        let (kind, selector) = (kind.to_string(), selector.clone());
+        self.run(move |s| Box::pin(async move { s.list(&kind, &selector).await }))
+            .await
+    }
+    async fn create(&self, kind: &str, object: &Object) -> Result<Version, DatastoreError> {
+        let (kind, object) = (kind.to_string(), object.clone());
+        self.run(move |s| Box::pin(async move { s.create(&kind, &object).await }))
+            .await
+    }
+    async fn update(
+        &self,
+        kind: &str,
+        object: &Object,
+        expected: &Version,
+    ) -> Result<Version, DatastoreError> {
+        let (kind, object, expected) = (kind.to_string(), object.clone(), expected.clone());
+        self.run(move |s| Box::pin(async move { s.update(&kind, &object, &expected).await }))
+            .await
+    }
+    async fn delete(
+        &self,
+        kind: &str,
+        name: &str,
+        expected: Option<&Version>,
+    ) -> Result<bool, DatastoreError> {
+        let (kind, name, expected) = (kind.to_string(), name.to_string(), expected.cloned());
+        self.run(move |s| Box::pin(async move { s.delete(&kind, &name, expected.as_ref()).await }))
+            .await
+    }
+    async fn watch(
+        &self,
+        kind: &str,
+        selector: &Selector,
+        from: &Version,
+    ) -> Result<EventStream, DatastoreError> {
+        let (kind, selector, from) = (kind.to_string(), selector.clone(), from.clone());
+        self.run(move |s| Box::pin(async move { s.watch(&kind, &selector, &from).await }))
+            .await
+    }
+}
+
+/// The kinds IPAM stores.
+pub const IPAM_KINDS: [&str; 4] = ["IPPool", "IPAMBlock", "IPAMHandle", "BlockAffinity"];
+
+/// Deletes every IPAM object in `store`, so that the next test starts on an empty one
+/// (a backend too costly to make afresh per case, such as an API server).
+pub fn clear_ipam(store: &dyn Datastore) -> Result<(), DatastoreError> {
+    for kind in IPAM_KINDS {
+        for (name, _, _) in store.list_b(kind)? {
+            store.delete_b(kind, &name, None)?;
+        }
+    }
+    Ok(())
 }
