@@ -422,12 +422,31 @@ impl Tor {
 
     /// FRR as ToR `i` toward the node at `peer` (bfdd started when `bfd`).
     pub fn frr(t: &TwoTors, i: usize, peer: &str, peer_as: u32, bfd: bool, hold: u32) -> Tor {
+        let extra: &[&str] = if bfd { &["bfd"] } else { &[] };
+        Tor::frr_with(t, i, peer, peer_as, extra, hold)
+    }
+
+    /// FRR as ToR `i` with `neighbor X bfd check-control-plane-failure` (what
+    /// config/README.md recommends with FRR 8.4 for agent restarts): a BFD Down from a
+    /// graceful-restart peer whose C bit is clear is ignored.
+    pub fn frr_graceful(t: &TwoTors, i: usize, peer: &str, peer_as: u32, hold: u32) -> Tor {
+        Tor::frr_with(
+            t,
+            i,
+            peer,
+            peer_as,
+            &["bfd", "bfd check-control-plane-failure"],
+            hold,
+        )
+    }
+
+    /// FRR as ToR `i`; `extra`: `neighbor X …` statements (bfdd runs when one is BFD's).
+    fn frr_with(t: &TwoTors, i: usize, peer: &str, peer_as: u32, extra: &[&str], hold: u32) -> Tor {
         let mut n = FrrNeighbor::ferrovia(peer_as);
         n.addr = peer.into();
         n.hold_time = Some(hold);
-        if bfd {
-            n.extra.push("bfd".into());
-        }
+        n.extra = extra.iter().map(|e| e.to_string()).collect();
+        let bfd = extra.iter().any(|e| e.starts_with("bfd"));
         let mut f = Frr::start(
             &t.tors[i],
             FrrConfig {
@@ -441,6 +460,32 @@ impl Tor {
             f.start_bfdd();
         }
         Tor::Frr(f)
+    }
+}
+
+impl Tor {
+    /// Whether this ToR's BFD session toward `peer` is Up (BIRD: `show bfd sessions`; FRR:
+    /// `show bfd peers json`).
+    pub fn bfd_up(&self, peer: &str) -> Result<(), String> {
+        let state = match self {
+            Tor::Bird(b) => {
+                let out = b.birdc("show bfd sessions");
+                out.lines()
+                    .find(|l| l.trim_start().starts_with(peer))
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("<none: {out}>"))
+            }
+            Tor::Frr(f) => match f.bfd_peer(peer) {
+                Ok(p) => p["status"].as_str().unwrap_or("?").to_string(),
+                Err(e) => format!("<{e}>"),
+            },
+        };
+        if state.eq_ignore_ascii_case("up") {
+            Ok(())
+        } else {
+            Err(state)
+        }
     }
 }
 
