@@ -16,6 +16,7 @@ mod leave;
 mod mesh;
 mod metrics;
 mod nat;
+mod node_watch;
 mod restart;
 mod speaker;
 mod store;
@@ -54,7 +55,7 @@ enum Exit {
     Restart,
     /// SIGINT: CEASE to every peer (Hard Reset to N-bit peers); kernel state stays.
     Stop,
-    /// `ferrovia node drain`.
+    /// `ferrovia node drain`, or this node's record removed from the datastore.
     Drain(DrainAsk),
     /// A task ended.
     Failed(supervisor::TaskExit),
@@ -184,6 +185,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         "restart-marker",
         refresh_marker(state_dir.clone(), cfg.node.name.clone()),
     );
+    let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
     if let Some(store) = &store {
         let ctx = mesh::MeshContext {
             me: cfg.node.name.clone(),
@@ -244,6 +246,10 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             "heartbeat",
             heartbeat::heartbeat_task(store.clone(), cfg.node.name.clone()),
         );
+        sup.spawn(
+            "node-watch",
+            node_watch::node_watch_task(store.clone(), cfg.node.name.clone(), drain_tx.clone()),
+        );
     }
     if let Some(m) = &cfg.metrics {
         let st = HttpState {
@@ -281,7 +287,6 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         )
         .with_pod_mtu(pod_mtu),
     );
-    let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
     sup.spawn(
         "control",
         control::serve_control(listener, handle.clone(), node, kstatus, cni_ctx, drain_tx),
