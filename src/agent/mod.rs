@@ -21,6 +21,7 @@ mod restart;
 mod speaker;
 mod store;
 mod supervisor;
+mod uninstall;
 
 use crate::config::Loaded;
 use crate::control::NodeInfo;
@@ -57,6 +58,8 @@ enum Exit {
     Stop,
     /// `ferrovia node drain`, or this node's record removed from the datastore.
     Drain(DrainAsk),
+    /// SIGTERM while the agent's DaemonSet is gone or being deleted.
+    Uninstall,
     /// A task ended.
     Failed(supervisor::TaskExit),
 }
@@ -186,6 +189,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         refresh_marker(state_dir.clone(), cfg.node.name.clone()),
     );
     let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
+    let uninstall_watch = uninstall::Watch::at_start(cfg).await;
     if let Some(store) = &store {
         let ctx = mesh::MeshContext {
             me: cfg.node.name.clone(),
@@ -312,7 +316,27 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             },
         }
     };
+    let exit = match exit {
+        Exit::Restart if uninstall_watch.uninstalling().await => Exit::Uninstall,
+        other => other,
+    };
     match exit {
+        Exit::Uninstall => {
+            info!("uninstall: leaving on purpose");
+            let result = drain(&handle, &loaded, &mut sup, &state_dir).await;
+            match result {
+                Ok(r) => {
+                    info!(
+                        withdrawn = r.withdrawn,
+                        sessions_closed = r.sessions_closed,
+                        kernel_routes_removed = r.kernel_routes_removed,
+                        "ferrovia agent drained and stopped (uninstall)"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.context("the drain at uninstall failed")),
+            }
+        }
         Exit::Restart => {
             info!("SIGTERM: restarting; sessions close without a NOTIFICATION so that graceful-restart peers keep our routes; kernel routes and pods stay");
             // No CEASE: the sessions just drop, so that peers with graceful restart keep
