@@ -51,7 +51,11 @@ fn a_deleted_node_drains_and_sigterm_drains_only_once_the_daemonset_is_gone() {
     });
 
     // The DaemonSet exists: SIGTERM is a restart; the kernel routes stay.
-    c.node_mut(3).agent.as_ref().expect("running").signal(libc_sigterm());
+    c.node_mut(3)
+        .agent
+        .as_ref()
+        .expect("running")
+        .signal(libc_sigterm());
     let st = exited(&mut c, 3, "node3's agent stops for a restart");
     assert!(st.success(), "{st}: {}", c.node(3).log_text());
     let log = c.node(3).log_text();
@@ -96,7 +100,11 @@ fn a_deleted_node_drains_and_sigterm_drains_only_once_the_daemonset_is_gone() {
     c.control_plane()
         .call("DELETE", &format!("{DS}/ferrovia"), None)
         .expect_status(200, "delete the DaemonSet");
-    c.node_mut(3).agent.as_ref().expect("running").signal(libc_sigterm());
+    c.node_mut(3)
+        .agent
+        .as_ref()
+        .expect("running")
+        .signal(libc_sigterm());
     let st = exited(&mut c, 3, "node3's agent drains at SIGTERM and stops");
     let log = c.node(3).log_text();
     assert!(st.success(), "{st}: {log}");
@@ -106,10 +114,13 @@ fn a_deleted_node_drains_and_sigterm_drains_only_once_the_daemonset_is_gone() {
     );
     let left = c.node(3).kernel_routes();
     assert!(left.is_empty(), "node3 keeps routes of ours: {left:?}");
-    wait_until("node3's block withdrawn at node1", CONVERGE, POLL, || {
-        match c.node(1).has_route("10.244.3.0/26") {
+    wait_until(
+        "node3's block withdrawn at node1",
+        CONVERGE,
+        POLL,
+        || match c.node(1).has_route("10.244.3.0/26") {
             false => Ok(()),
             true => Err(c.node(1).kernel_routes()),
-        }
-    });
+        },
+    );
 }

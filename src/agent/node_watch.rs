@@ -47,14 +47,7 @@ pub async fn node_watch_task(
         }
         info!(node = %me, "this node's record was removed from the datastore (its Node object deleted, or `ferrovia node remove`): draining");
         let (reply, answer) = oneshot::channel();
-        if drain
-            .send(DrainAsk {
-                node: None,
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if drain.send(DrainAsk { node: None, reply }).await.is_err() {
             // The agent is already leaving.
             return std::future::pending().await;
         }

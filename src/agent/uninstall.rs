@@ -55,8 +55,12 @@ impl Watch {
         if let Some((k, namespace, name)) = &target {
             match read(k, namespace, name).await {
                 Some(Ok(_)) => allowed_at_start = true,
-                Some(Err(e)) => warn!(error = %e, daemonset = %format!("{namespace}/{name}"), "cannot read the agent's DaemonSet: an uninstall will look like a rolling update (the agent restarts gracefully instead of draining); grant get on it (the chart's Role)"),
-                None => warn!(daemonset = %format!("{namespace}/{name}"), "reading the agent's DaemonSet took more than 5 s; it is read again at SIGTERM"),
+                Some(Err(e)) => {
+                    warn!(error = %e, daemonset = %format!("{namespace}/{name}"), "cannot read the agent's DaemonSet: an uninstall will look like a rolling update (the agent restarts gracefully instead of draining); grant get on it (the chart's Role)")
+                }
+                None => {
+                    warn!(daemonset = %format!("{namespace}/{name}"), "reading the agent's DaemonSet took more than 5 s; it is read again at SIGTERM")
+                }
             }
         }
         Watch {
