@@ -34,6 +34,8 @@ pub struct StoredPeer {
     pub password: Option<String>,
     /// GTSM hops (RFC 5082); None: off.
     pub ttl_security: Option<u8>,
+    /// BFD timing; None: off.
+    pub bfd: Option<ferrovia_bgp::bfd::Timing>,
     pub safety: RouteSafety,
 }
 
@@ -105,6 +107,7 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
         let mut s = spec(p.address, p.as_number, kind, false, p.password.clone());
         s.config.policy = p.safety.policy(true, i.pools);
         s.ttl_security = p.ttl_security;
+        s.bfd = p.bfd;
         s
     };
     for p in i
@@ -240,6 +243,7 @@ mod tests {
                 node: None,
                 password: None,
                 ttl_security: None,
+                bfd: None,
                 safety: Default::default(),
             },
             StoredPeer {
@@ -248,6 +252,7 @@ mod tests {
                 node: Some("node2".into()),
                 password: Some("pw".into()),
                 ttl_security: None,
+                bfd: None,
                 safety: Default::default(),
             },
             StoredPeer {
@@ -256,6 +261,7 @@ mod tests {
                 node: Some("node9".into()),
                 password: None,
                 ttl_security: None,
+                bfd: None,
                 safety: Default::default(),
             },
             // Same address as a per-node peer: the per-node one wins.
@@ -265,6 +271,7 @@ mod tests {
                 node: None,
                 password: None,
                 ttl_security: None,
+                bfd: None,
                 safety: Default::default(),
             },
         ];
@@ -374,6 +381,7 @@ mod tests {
                 node: None,
                 password: None,
                 ttl_security: Some(1),
+                bfd: None,
                 safety: Default::default(),
             },
             StoredPeer {
@@ -382,6 +390,7 @@ mod tests {
                 node: Some("node2".into()),
                 password: None,
                 ttl_security: None,
+                bfd: None,
                 safety: RouteSafety {
                     allow_pool_prefixes: true,
                     allow_default_route: true,

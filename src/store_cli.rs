@@ -179,7 +179,7 @@ pub enum PeerCmd {
         #[command(flatten)]
         options: PeerOptions,
     },
-    /// Change the GTSM and route safety settings of a stored peer; what is not given
+    /// Change the GTSM, BFD and route safety settings of a stored peer; what is not given
     /// stays as it is. Agents follow at once (the session restarts).
     Set {
         name: String,
@@ -214,8 +214,8 @@ pub enum PeerCmd {
     List,
 }
 
-/// GTSM and route safety settings of a stored peer (the configuration file's keys
-/// `ttlSecurity`, `maxPrefixes`, `allowPoolPrefixes`, `allowDefaultRoute`, `importPrefixes`,
+/// GTSM, BFD and route safety settings of a stored peer (the configuration file's keys
+/// `ttlSecurity`, `bfd`, `maxPrefixes`, `allowPoolPrefixes`, `allowDefaultRoute`, `importPrefixes`,
 /// `exportPrefixes`; see config/README.md).
 #[derive(Args, Default)]
 pub struct PeerOptions {
@@ -246,6 +246,16 @@ pub struct PeerOptions {
     /// An export prefix-list entry, like --import-prefix.
     #[arg(long, value_name = "RULE")]
     export_prefix: Vec<PrefixRule>,
+    /// BFD (RFC 5880/5881, single hop) with this peer: a BFD Down takes the BGP session
+    /// down at once. The peer must run BFD too (config/README.md, BFD).
+    #[arg(long, value_enum)]
+    bfd: Option<OnOff>,
+    /// BFD: the interval we send at and can receive at, milliseconds (10–60000; default 300).
+    #[arg(long, value_name = "MS")]
+    bfd_interval_ms: Option<u32>,
+    /// BFD: packets the peer may miss before it declares the session down (1–255; default 3).
+    #[arg(long, value_name = "N")]
+    bfd_multiplier: Option<u32>,
 }
 
 impl PeerOptions {
@@ -253,6 +263,21 @@ impl PeerOptions {
     fn apply(&self, rec: &mut PeerRecord) -> Result<(), String> {
         if self.ttl_security.is_some() {
             rec.ttl_security = self.ttl_security;
+        }
+        if self.bfd.is_some() || self.bfd_interval_ms.is_some() || self.bfd_multiplier.is_some() {
+            if rec.bfd.is_none() && self.bfd.is_none() {
+                return Err("the peer has no BFD: give --bfd on too".into());
+            }
+            let b = rec.bfd.get_or_insert_with(Default::default);
+            if let Some(v) = self.bfd {
+                b.enabled = matches!(v, OnOff::On);
+            }
+            if let Some(ms) = self.bfd_interval_ms {
+                b.interval_ms = ms;
+            }
+            if let Some(m) = self.bfd_multiplier {
+                b.multiplier = m;
+            }
         }
         let s = &mut rec.safety;
         match (&mut s.max_prefixes, self.max_prefixes) {
@@ -603,6 +628,7 @@ pub fn peer(s: &Store, cmd: PeerCmd) -> Result<()> {
                     node_selector,
                     password_file,
                     ttl_security: None,
+                    bfd: None,
                     safety: Default::default(),
                 };
                 options.apply(&mut rec).map_err(anyhow::Error::msg)?;

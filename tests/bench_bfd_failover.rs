@@ -176,11 +176,15 @@ fn bench_failover_ferrovia_vs_frr() {
         median(pick(Node::Frr, true)),
     );
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
-    println!("BFD 300 ms x 3, FRR 8.4 ToRs, {rounds} rounds (medians):");
-    println!("  ferrovia node: detect {fd:?}, loss {fl:?}");
-    println!("  FRR node:      detect {rd:?}, loss {rl:?}");
+    println!();
+    println!("BFD 300 ms × 3, FRR 8.4 ToRs, {rounds} rounds (medians):");
+    println!();
+    println!("| node | detect (link down → next hop gone) | traffic lost |");
+    println!("|---|---|---|");
+    println!("| ferrovia | {fd:.2?} | {fl:.2?} |");
+    println!("| FRR 8.4 (anchor) | {rd:.2?} | {rl:.2?} |");
     println!(
-        "  ferrovia / FRR: detect {:.2}, loss {:.2}",
+        "| ferrovia / FRR | {:.2} | {:.2} |",
         ratio(fd, rd),
         ratio(fl, rl)
     );

@@ -257,3 +257,94 @@ fn frr_bfd_up_and_failures_both_ways() {
         },
     );
 }
+
+/// A peer stored in the datastore (`ferrovia peer add … --bfd on`), not in the configuration
+/// file: its BFD session comes Up on both sides with FRR, BGP carries routes both ways, and
+/// `ferrovia peer set --bfd off` turns it off again (the session comes back without BFD).
+#[test]
+fn a_stored_peer_with_bfd_comes_up_with_frr() {
+    let lock = net_lock();
+    let t = Pair::new(&lock, "bfd-store");
+    let frr = frr_with_bfd(&t.p, true);
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let db = db_dir.path().join("ferrovia.db");
+    let mut cfg = ferrovia_cfg(false);
+    cfg.peers.clear();
+    cfg.extra = format!("datastore: {{ sqlite: {{ path: {} }} }}\n", db.display());
+    let f = Ferrovia::start(&t.f, cfg);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&f.bin)
+            .args(args)
+            .arg("--datastore")
+            .arg(&db)
+            .output()
+            .expect("ferrovia");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "ferrovia {args:?}: {text}");
+        text
+    };
+    let peer_as = PEER_AS.to_string();
+    cli(&[
+        "peer",
+        "add",
+        "tor",
+        "--address",
+        PEER_V4,
+        "--as-number",
+        &peer_as,
+        "--bfd",
+        "on",
+        "--bfd-interval-ms",
+        "300",
+        "--bfd-multiplier",
+        "3",
+    ]);
+    wait_until(
+        "BFD Up on both sides for the stored peer, BGP routes both ways",
+        ESTABLISH,
+        POLL,
+        || {
+            fer_bfd_up(&f)?;
+            fer_peer_routes(&f, &t.f, true)?;
+            frr_has_fer(&frr)?;
+            match frr_bfd_status(&frr).as_str() {
+                "up" => Ok(()),
+                s => Err(format!("FRR BFD {s}")),
+            }
+        },
+    );
+    let b = fer_bfd(&f).expect("bfd status");
+    assert_eq!(b["detectionTimeMs"], 900, "300 ms × 3 once Up: {b}");
+
+    // Out of range: refused with the key named, the stored peer unchanged.
+    let out = std::process::Command::new(&f.bin)
+        .args(["peer", "set", "tor", "--bfd-multiplier", "0", "--datastore"])
+        .arg(&db)
+        .output()
+        .expect("ferrovia");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bfd.multiplier"),
+        "{err}"
+    );
+    fer_bfd_up(&f).expect("BFD still Up after a refused change");
+
+    cli(&["peer", "set", "tor", "--bfd", "off"]);
+    wait_until(
+        "the stored peer back without BFD, routes both ways",
+        ESTABLISH,
+        POLL,
+        || {
+            let p = f.peer(PEER_V4)?;
+            if p["state"] != "Established" || !p["bfd"].is_null() {
+                return Err(format!("{p}"));
+            }
+            fer_peer_routes(&f, &t.f, true)?;
+            frr_has_fer(&frr)
+        },
+    );
+}

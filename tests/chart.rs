@@ -566,3 +566,42 @@ fn refuses_a_node_selector_that_does_not_parse() {
         );
     }
 }
+
+#[test]
+fn the_agent_may_read_its_own_daemonset_and_nothing_else_of_apps() {
+    let r = render_ok("-");
+    let ds = r.daemonset();
+    let name = ds["metadata"]["name"].clone();
+    let env = &ds["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |n: &str| {
+        env.as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == n).cloned())
+            .unwrap_or_else(|| panic!("no {n} in {env}"))
+    };
+    assert_eq!(var("FERROVIA_DAEMONSET_NAME")["value"], name);
+    assert_eq!(
+        var("FERROVIA_DAEMONSET_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let apps: Vec<Value> = r
+        .find("ClusterRole")
+        .into_iter()
+        .chain(r.find("Role"))
+        .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|rule| {
+            rule["apiGroups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "apps"))
+        })
+        .collect();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(apps[0]["resources"], serde_json::json!(["daemonsets"]));
+    assert_eq!(apps[0]["resourceNames"], serde_json::json!([name]));
+    assert_eq!(apps[0]["verbs"], serde_json::json!(["get"]));
+    let role = r
+        .find("Role")
+        .into_iter()
+        .find(|role| role["rules"][0]["apiGroups"][0] == "apps")
+        .expect("the DaemonSet Role");
+    assert_eq!(role["metadata"]["namespace"], ds["metadata"]["namespace"]);
+}

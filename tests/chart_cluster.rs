@@ -184,6 +184,8 @@ const AGENT_CALLS: &[(&str, &str, &str, &str)] = &[
 
 /// What the agent never does; each must be refused.
 const NOT_AGENT_CALLS: &[(&str, &str, &str, &str)] = &[
+    ("list", "apps", "daemonsets", ""),
+    ("update", "apps", "daemonsets", "kube-system"),
     ("get", "", "secrets", "kube-system"),
     ("list", "", "secrets", ""),
     ("delete", "", "nodes", ""),
@@ -248,6 +250,10 @@ fn the_rendered_chart_applies_and_its_service_account_has_least_privilege() {
     let cp = ControlPlane::start(&lock, &seg);
     let r = render_ok("-");
     apply_chart(&cp, &r);
+    let ds_name = r.daemonset()["metadata"]["name"]
+        .as_str()
+        .expect("the DaemonSet's name")
+        .to_string();
 
     // The ServiceAccount the DaemonSet's pods run as, and a token as a pod gets it.
     let sa = r.one("ServiceAccount");
@@ -283,6 +289,19 @@ fn the_rendered_chart_applies_and_its_service_account_has_least_privilege() {
     };
     let r = as_agent("GET", "/api/v1/nodes", None);
     assert_eq!(r.status, 200, "list nodes: {}", r.body);
+    // Its own DaemonSet (read at SIGTERM: an uninstall drains), and no other.
+    let r = as_agent(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{RELEASE_NAMESPACE}/daemonsets/{ds_name}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "get its own DaemonSet: {}", r.body);
+    let r = as_agent(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{RELEASE_NAMESPACE}/daemonsets/other"),
+        None,
+    );
+    assert_eq!(r.status, 403, "get another DaemonSet: {}", r.body);
     let r = as_agent(
         "PATCH",
         "/api/v1/nodes/node1",

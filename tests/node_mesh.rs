@@ -10,7 +10,7 @@ use ferrovia_testsupport::common;
 use common::proc::Proc;
 use common::{wait_until, Capture, Netns};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::cluster::{libc_sigterm, Cluster, CONVERGE, POLL};
 
@@ -215,6 +215,29 @@ fn a_node_added_to_the_datastore_joins_and_leaves_on_removal_without_restarts() 
         }
         Ok(())
     });
+    // Its own agent saw its record go and drained: GRACEFUL_SHUTDOWN, bgp.drainWait (10 s),
+    // withdraw, Cease, its kernel state removed, and it stopped (exit status 0).
+    let status = wait_until(
+        "node4's agent drained and stopped",
+        Duration::from_secs(120),
+        POLL,
+        || match c.node_mut(4).agent.as_mut().and_then(|a| a.try_wait()) {
+            Some(s) => Ok(s),
+            None => Err("still running"),
+        },
+    );
+    assert!(
+        status.success(),
+        "node4's agent failed its drain ({status}): {}",
+        c.node(4).log_text()
+    );
+    let left = c.node(4).kernel_routes();
+    assert!(left.is_empty(), "node4 keeps routes of ours: {left:?}");
+    let log = c.node(4).log_text();
+    assert!(
+        log.contains("this node's record was removed") && log.contains("drained and stopped"),
+        "node4's log tells why it left: {log}"
+    );
     c.node_mut(4).kill(libc_sigterm());
     c.routed(&[1, 2, 3]).expect("the others stay routed");
 }

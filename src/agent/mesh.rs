@@ -272,10 +272,24 @@ fn stored_peers(
                 node: p.is_per_node().then(|| me.to_string()),
                 password,
                 ttl_security: p.ttl_security,
+                bfd: stored_bfd(p),
                 safety: p.safety.clone(),
             })
         })
         .collect()
+}
+
+/// The stored peer's BFD timing when BFD is on; a timing out of range (stored by an older
+/// or another writer) turns BFD off for it with a warning naming the key.
+fn stored_bfd(p: &model::PeerRecord) -> Option<ferrovia_bgp::bfd::Timing> {
+    let b = p.bfd.filter(|b| b.enabled)?;
+    match b.timing() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(peer = %p.name, error = %e, "the stored peer's BFD setting is out of range; BFD off for it until it is fixed (ferrovia peer set NAME --bfd-interval-ms/--bfd-multiplier)");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +306,7 @@ mod tests {
             node_selector: None,
             password_file,
             ttl_security: None,
+            bfd: None,
             safety: Default::default(),
         }
     }

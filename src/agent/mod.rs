@@ -16,10 +16,12 @@ mod leave;
 mod mesh;
 mod metrics;
 mod nat;
+mod node_watch;
 mod restart;
 mod speaker;
 mod store;
 mod supervisor;
+mod uninstall;
 
 use crate::config::Loaded;
 use crate::control::NodeInfo;
@@ -54,8 +56,10 @@ enum Exit {
     Restart,
     /// SIGINT: CEASE to every peer (Hard Reset to N-bit peers); kernel state stays.
     Stop,
-    /// `ferrovia node drain`.
+    /// `ferrovia node drain`, or this node's record removed from the datastore.
     Drain(DrainAsk),
+    /// SIGTERM while the agent's DaemonSet is gone or being deleted.
+    Uninstall,
     /// A task ended.
     Failed(supervisor::TaskExit),
 }
@@ -184,6 +188,8 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         "restart-marker",
         refresh_marker(state_dir.clone(), cfg.node.name.clone()),
     );
+    let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
+    let uninstall_watch = uninstall::Watch::at_start(cfg).await;
     if let Some(store) = &store {
         let ctx = mesh::MeshContext {
             me: cfg.node.name.clone(),
@@ -244,6 +250,10 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             "heartbeat",
             heartbeat::heartbeat_task(store.clone(), cfg.node.name.clone()),
         );
+        sup.spawn(
+            "node-watch",
+            node_watch::node_watch_task(store.clone(), cfg.node.name.clone(), drain_tx.clone()),
+        );
     }
     if let Some(m) = &cfg.metrics {
         let st = HttpState {
@@ -281,7 +291,6 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         )
         .with_pod_mtu(pod_mtu),
     );
-    let (drain_tx, mut drain_rx) = mpsc::channel::<DrainAsk>(1);
     sup.spawn(
         "control",
         control::serve_control(listener, handle.clone(), node, kstatus, cni_ctx, drain_tx),
@@ -307,7 +316,27 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             },
         }
     };
+    let exit = match exit {
+        Exit::Restart if uninstall_watch.uninstalling().await => Exit::Uninstall,
+        other => other,
+    };
     match exit {
+        Exit::Uninstall => {
+            info!("uninstall: leaving on purpose");
+            let result = drain(&handle, &loaded, &mut sup, &state_dir).await;
+            match result {
+                Ok(r) => {
+                    info!(
+                        withdrawn = r.withdrawn,
+                        sessions_closed = r.sessions_closed,
+                        kernel_routes_removed = r.kernel_routes_removed,
+                        "ferrovia agent drained and stopped (uninstall)"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.context("the drain at uninstall failed")),
+            }
+        }
         Exit::Restart => {
             info!("SIGTERM: restarting; sessions close without a NOTIFICATION so that graceful-restart peers keep our routes; kernel routes and pods stay");
             // No CEASE: the sessions just drop, so that peers with graceful restart keep

@@ -142,6 +142,18 @@ impl KubeStore {
             .collect())
     }
 
+    /// Whether the DaemonSet `namespace/name` (the agent's own) is gone or being deleted:
+    /// an uninstall, not a rolling update.
+    pub async fn daemonset_leaving(&self, namespace: &str, name: &str) -> Result<bool> {
+        let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+            Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(None) => Ok(true),
+            Ok(Some(ds)) => Ok(ds.metadata.deletion_timestamp.is_some()),
+            Err(e) => Err(map_err("DaemonSet", name, e)),
+        }
+    }
+
     fn shape(&self, kind: &str) -> Result<Shape> {
         validate_kind(kind)?;
         Ok(Shape::of(kind, &self.lease_namespace))

@@ -146,6 +146,10 @@ pub struct PeerRecord {
     /// GTSM (RFC 5082): the peer is at most this many hops away (1–254); None: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_security: Option<u8>,
+    /// BFD with this peer (`{ enabled, intervalMs, multiplier }`, as in the configuration
+    /// file); None: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<ferrovia_bgp::bfd::BfdConfig>,
     /// Route safety: maxPrefixes, allowPoolPrefixes, allowDefaultRoute, importPrefixes,
     /// exportPrefixes (the keys of a configuration-file peer).
     #[serde(flatten)]
@@ -537,6 +541,11 @@ fn check_peer(peer: &PeerRecord) -> Result<()> {
                     ferrovia_bgp::gtsm::MAX_HOPS
                 ),
             ));
+        }
+    }
+    if let Some(b) = peer.bfd.filter(|b| b.enabled) {
+        if let Err(e) = b.timing() {
+            return Err(invalid(kind, &peer.name, e.to_string()));
         }
     }
     if let Err((key, message)) = peer.safety.check() {

@@ -422,12 +422,31 @@ impl Tor {
 
     /// FRR as ToR `i` toward the node at `peer` (bfdd started when `bfd`).
     pub fn frr(t: &TwoTors, i: usize, peer: &str, peer_as: u32, bfd: bool, hold: u32) -> Tor {
+        let extra: &[&str] = if bfd { &["bfd"] } else { &[] };
+        Tor::frr_with(t, i, peer, peer_as, extra, hold)
+    }
+
+    /// FRR as ToR `i` with `neighbor X bfd check-control-plane-failure` (what
+    /// config/README.md recommends with FRR 8.4 for agent restarts): a BFD Down from a
+    /// graceful-restart peer whose C bit is clear is ignored.
+    pub fn frr_graceful(t: &TwoTors, i: usize, peer: &str, peer_as: u32, hold: u32) -> Tor {
+        Tor::frr_with(
+            t,
+            i,
+            peer,
+            peer_as,
+            &["bfd", "bfd check-control-plane-failure"],
+            hold,
+        )
+    }
+
+    /// FRR as ToR `i`; `extra`: `neighbor X …` statements (bfdd runs when one is BFD's).
+    fn frr_with(t: &TwoTors, i: usize, peer: &str, peer_as: u32, extra: &[&str], hold: u32) -> Tor {
         let mut n = FrrNeighbor::ferrovia(peer_as);
         n.addr = peer.into();
         n.hold_time = Some(hold);
-        if bfd {
-            n.extra.push("bfd".into());
-        }
+        n.extra = extra.iter().map(|e| e.to_string()).collect();
+        let bfd = extra.iter().any(|e| e.starts_with("bfd"));
         let mut f = Frr::start(
             &t.tors[i],
             FrrConfig {
@@ -441,6 +460,32 @@ impl Tor {
             f.start_bfdd();
         }
         Tor::Frr(f)
+    }
+}
+
+impl Tor {
+    /// Whether this ToR's BFD session toward `peer` is Up (BIRD: `show bfd sessions`; FRR:
+    /// `show bfd peers json`).
+    pub fn bfd_up(&self, peer: &str) -> Result<(), String> {
+        let state = match self {
+            Tor::Bird(b) => {
+                let out = b.birdc("show bfd sessions");
+                out.lines()
+                    .find(|l| l.trim_start().starts_with(peer))
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("<none: {out}>"))
+            }
+            Tor::Frr(f) => match f.bfd_peer(peer) {
+                Ok(p) => p["status"].as_str().unwrap_or("?").to_string(),
+                Err(e) => format!("<{e}>"),
+            },
+        };
+        if state.eq_ignore_ascii_case("up") {
+            Ok(())
+        } else {
+            Err(state)
+        }
     }
 }
 
@@ -515,5 +560,131 @@ impl Pinger {
             .copied()
             .unwrap_or_else(|| panic!("no reply in {text}"));
         (last, seqs.len() as u64, ran)
+    }
+}
+
+/// Which ToR daemon the restart scenarios run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TorKind {
+    Bird,
+    Frr,
+}
+
+/// What [`restart_rounds`] saw: pings sent and answered, how long the ping ran, the agent's log.
+pub struct RestartRun {
+    pub sent: u64,
+    pub received: u64,
+    pub ran: Duration,
+    pub log: String,
+}
+
+/// Topology `TwoTors` (ECMP from the node, the ToRs reaching the pod only through BGP), a pod
+/// pinging a host behind the ToRs at 100/s while the agent is stopped with SIGTERM and started
+/// again `sigterms` times in a row, then (with `sigkill`) SIGKILLed and started again once
+/// both ToRs' BFD declared it down (SIGKILL needs `bfd`). With `bfd` the ToRs run BFD with
+/// the settings config/README.md gives for lossless restarts (BIRD `bfd graceful` +
+/// `graceful restart on`; FRR `neighbor X bfd check-control-plane-failure`) and the agent
+/// 300 ms × 3; without, plain sessions (graceful-restart helpers by default). Hold time 90 s.
+pub fn restart_rounds(
+    tag: &str,
+    kind: TorKind,
+    bfd: bool,
+    sigterms: usize,
+    sigkill: bool,
+) -> RestartRun {
+    assert!(bfd || !sigkill, "SIGKILL rounds wait for the ToRs' BFD");
+    let lock = net_lock();
+    let t = TwoTors::new(&lock, tag);
+    let tor = |i: usize| match (kind, bfd) {
+        (TorKind::Bird, true) => Tor::bird_graceful(&t, i, &node_addr(i), FERROVIA_AS, 90),
+        (TorKind::Frr, true) => Tor::frr_graceful(&t, i, &node_addr(i), FERROVIA_AS, 90),
+        (TorKind::Bird, false) => Tor::bird(&t, i, &node_addr(i), FERROVIA_AS, false, 90),
+        (TorKind::Frr, false) => Tor::frr(&t, i, &node_addr(i), FERROVIA_AS, false, 90),
+    };
+    let tors = [tor(0), tor(1)];
+    let mut f = Ferrovia::start(&t.n, t.ferrovia_cfg(bfd, 90));
+    let both = vec![tor_addr(0), tor_addr(1)];
+    let all_up = |f: &Ferrovia| -> Result<(), String> {
+        for a in &both {
+            let p = f.peer(a)?;
+            if p["state"] != "Established" || (bfd && p["bfd"]["state"] != "Up") {
+                return Err(format!("{p}"));
+            }
+        }
+        let hops = t.node_next_hops();
+        if hops != both {
+            return Err(format!("next hops {hops:?}"));
+        }
+        t.tor_has_node_block(0)?;
+        t.tor_has_node_block(1)
+    };
+    wait_until(
+        "both ToRs up (with BFD when on), routes both ways",
+        ESTABLISH,
+        POLL,
+        || all_up(&f),
+    );
+    t.tors_route_by_bgp();
+    wait_until(
+        "the ToRs route to the pod by BGP alone",
+        PROPAGATE,
+        POLL,
+        || {
+            t.tor_has_node_block(0)?;
+            t.tor_has_node_block(1)
+        },
+    );
+    t.return_via(t.forward_tor());
+    let ping = Pinger::start(&t);
+    for round in 1..=sigterms {
+        let st = f.sigterm();
+        assert_eq!(
+            st.and_then(|s| s.code()),
+            Some(0),
+            "round {round}: exit status"
+        );
+        f.start_again();
+        wait_until(
+            &format!("round {round}: both ToRs up again"),
+            ESTABLISH,
+            POLL,
+            || all_up(&f),
+        );
+    }
+    if sigkill {
+        // No AdminDown: the ToRs' BFD declares us down after the detection time, as it
+        // would for a dead node; the restart starts only once both did.
+        f.sigkill();
+        wait_until(
+            "both ToRs' BFD declared the killed agent down",
+            PROPAGATE,
+            POLL,
+            || match (tors[0].bfd_up(&node_addr(0)), tors[1].bfd_up(&node_addr(1))) {
+                (Err(_), Err(_)) => Ok(()),
+                states => Err(format!("{states:?}")),
+            },
+        );
+        f.start_again();
+        wait_until(
+            "after the SIGKILL: both ToRs up again",
+            ESTABLISH,
+            POLL,
+            || all_up(&f),
+        );
+    }
+    let at = ping.replies();
+    wait_until("pings go on after the restarts", PROPAGATE, POLL, || {
+        if ping.replies() >= at + 100 {
+            Ok(())
+        } else {
+            Err(ping.replies())
+        }
+    });
+    let (sent, received, ran) = ping.stop();
+    RestartRun {
+        sent,
+        received,
+        ran,
+        log: f.log_text(),
     }
 }

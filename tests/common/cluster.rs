@@ -125,6 +125,11 @@ impl Node {
         .into_owned()
     }
 
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("n{}.log", self.i))).unwrap_or_default()
+    }
+
     pub fn kill(&mut self, sig: i32) {
         if let Some(a) = self.agent.as_mut() {
             a.signal(sig);

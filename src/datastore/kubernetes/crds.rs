@@ -287,6 +287,9 @@ pub struct BGPPeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 254))]
     pub ttl_security: Option<u8>,
+    /// BFD (RFC 5880/5881, single hop) with this peer; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdSpec>,
     /// The most prefixes the peer may send, and what happens past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prefixes: Option<MaxPrefixesSpec>,
@@ -303,6 +306,23 @@ pub struct BGPPeerSpec {
     /// Export prefix list: only what it permits is advertised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_prefixes: Vec<PrefixRuleSpec>,
+}
+
+/// `bfd` of a BGP peer: the configuration file's `bfd` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdSpec {
+    /// BFD runs beside the BGP session; a BFD Down takes the session down at once.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The interval we send at and can receive at, in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub interval_ms: Option<u32>,
+    /// Packets the peer may miss before it declares the session down (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub multiplier: Option<u32>,
 }
 
 /// What happens when a peer sends more prefixes than its limit.

@@ -46,6 +46,7 @@ fn peer(name: &str, node: Option<&str>) -> PeerRecord {
         node_selector: None,
         password_file: None,
         ttl_security: None,
+        bfd: None,
         safety: Default::default(),
     }
 }
