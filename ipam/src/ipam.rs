@@ -1,6 +1,8 @@
 //! The allocator: pools, block claims, assignment, release, GC and block release.
 
-use crate::datastore::{DatastoreError, Object, Selector, SharedDatastore, Version};
+use crate::datastore::{
+    DatastoreError, Item, Object, Reflector, Selector, SharedDatastore, Version,
+};
 use crate::error::IpamError;
 use crate::lock::KeyedLock;
 use crate::model::{
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How many compare-and-swap conflicts in a row one read-modify-write loop accepts.
@@ -71,6 +73,10 @@ pub struct Assignment {
     /// Every block this call claimed for the node: announce them at once (and install
     /// their blackhole routes).
     pub claimed_blocks: Vec<IpNet>,
+    /// True when the handle held one of these addresses before this call (a repeated
+    /// ADD): undoing the call must not free them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_held: bool,
 }
 
 impl Assignment {
@@ -161,10 +167,20 @@ struct BatchItem {
     i: usize,
     key: String,
     existed: bool,
+    /// True while the handle object was neither read nor written by this batch: it is
+    /// assumed absent (a new pod) and created; if it exists after all, it is read then.
+    unchecked: bool,
     /// The handle object as last read or written.
     current: Option<(Handle, Version)>,
     assignment: Assignment,
     failed: Option<IpamError>,
+}
+
+fn has_family(assignment: &Assignment, family: Family) -> bool {
+    match family {
+        Family::Ipv4 => assignment.ipv4.is_some(),
+        Family::Ipv6 => assignment.ipv6.is_some(),
+    }
 }
 
 fn set_family(assignment: &mut Assignment, family: Family, ip: AssignedIp) {
@@ -186,6 +202,16 @@ pub struct Ipam {
     /// Blocks known to be affine to each node: a hint that saves listing every block on
     /// each assignment; always confirmed by reading the block.
     affine: Mutex<HashMap<String, BTreeSet<IpNet>>>,
+    /// The last state of a block this process read or wrote, with its version: the
+    /// compare-and-swap of the next assignment starts from it instead of a read. A stale
+    /// copy only costs a lost compare-and-swap (then the block is read again); an address
+    /// it shows free is never trusted without the write succeeding; a block it shows full
+    /// is passed over only until the blocks are listed afresh (before any claim or
+    /// borrow), and one it shows not holding an address is read again before release
+    /// concludes there is nothing to free.
+    blocks: Mutex<HashMap<IpNet, (Block, Version)>>,
+    /// The stored pools as a watch keeps them ([`Ipam::follow_pools`]); `None`: list them.
+    pool_cache: Mutex<Option<Vec<Pool>>>,
 }
 
 /// A place to put an address.
@@ -289,6 +315,8 @@ impl Ipam {
             config,
             handle_locks: KeyedLock::default(),
             affine: Mutex::new(HashMap::new()),
+            blocks: Mutex::new(HashMap::new()),
+            pool_cache: Mutex::new(None),
             stats: Stats::default(),
             pod_cidr_mode: false,
             node_pools: Mutex::new(HashMap::new()),
@@ -340,7 +368,15 @@ impl Ipam {
     /// pools.
     pub async fn pools_of(&self, node: &str) -> Result<Vec<Pool>, IpamError> {
         if !self.pod_cidr_mode {
-            return self.pools().await;
+            let cached = self
+                .pool_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            return match cached {
+                Some(pools) => Ok(pools),
+                None => self.pools().await,
+            };
         }
         let pools = self
             .node_pools
@@ -355,6 +391,51 @@ impl Ipam {
             });
         }
         Ok(pools)
+    }
+
+    /// Keeps the pools assignments use ([`Ipam::pools_of`]) from a watch of the stored
+    /// pools, so that an assignment does not list them each time (one API request less
+    /// per CNI ADD on the Kubernetes datastore). Until the first list, and whenever the
+    /// watch fails (then it starts over after a second), assignments list the pools
+    /// themselves. The task ends at the first change after the `Ipam` is dropped.
+    pub fn follow_pools(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let mut pools = Reflector::new(self.store.clone(), KIND_POOL, Selector::everything());
+        tokio::spawn(async move {
+            loop {
+                let r = pools.next().await;
+                let Some(ipam) = weak.upgrade() else {
+                    return;
+                };
+                let fresh = match r {
+                    Ok(()) => pools
+                        .items()
+                        .map(|i| Self::decode::<Pool>(&i.object.name, i.object.value.clone()))
+                        .collect::<Result<Vec<Pool>, IpamError>>()
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = fresh.is_err();
+                *ipam
+                    .pool_cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = match fresh {
+                    Ok(mut p) => {
+                        p.sort_by_key(|p| p.cidr);
+                        Some(p)
+                    }
+                    Err(e) => {
+                        // Assignments list the pools again (and report what is wrong).
+                        tracing::debug!(error = %e, "watching the IPAM pools; assignments list them meanwhile");
+                        None
+                    }
+                };
+                drop(ipam);
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        })
     }
 
     /// What this process's IPAM wrote since it started.
@@ -626,10 +707,10 @@ impl Ipam {
                 )
                 .await
             {
-                Ok(ip) => match family {
-                    Family::Ipv4 => assignment.ipv4 = Some(ip),
-                    Family::Ipv6 => assignment.ipv6 = Some(ip),
-                },
+                Ok((ip, held)) => {
+                    assignment.already_held |= held;
+                    set_family(&mut assignment, family, ip);
+                }
                 Err(e) => {
                     if !existed {
                         if let Err(rollback) = self.release_locked(&key).await {
@@ -736,37 +817,17 @@ impl Ipam {
         // Set when the store became unavailable: nothing more is tried.
         let mut down: Option<IpamError> = None;
         let mut items = Vec::with_capacity(batch.len());
+        // The handles are not read first: a CNI ADD is almost always a new pod, so each
+        // is created with its first address, and read only when it exists after all.
         for &i in batch {
-            let key = requests[i].handle.key();
-            let current = match self.get::<Handle>(&handle_name(&key)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    items.push(BatchItem {
-                        i,
-                        key,
-                        existed: false,
-                        current: None,
-                        assignment: Assignment::default(),
-                        failed: Some(e),
-                    });
-                    continue;
-                }
-            };
-            let failed = match &current {
-                Some((h, _)) if h.node != node => Some(IpamError::HandleOnOtherNode {
-                    handle: key.clone(),
-                    node: node.to_string(),
-                    owner: h.node.clone(),
-                }),
-                _ => None,
-            };
             items.push(BatchItem {
                 i,
-                key,
-                existed: current.is_some(),
-                current,
+                key: requests[i].handle.key(),
+                existed: false,
+                unchecked: true,
+                current: None,
                 assignment: Assignment::default(),
-                failed,
+                failed: None,
             });
         }
 
@@ -779,7 +840,10 @@ impl Ipam {
                     continue;
                 }
                 match self.held_of_family(node, item, family).await {
-                    Ok(Some(ip)) => set_family(&mut item.assignment, family, ip),
+                    Ok(Some(ip)) => {
+                        item.assignment.already_held = true;
+                        set_family(&mut item.assignment, family, ip);
+                    }
                     Ok(None) => pending.push(n),
                     Err(e) => item.failed = Some(e),
                 }
@@ -856,13 +920,13 @@ impl Ipam {
                     match written {
                         Ok(Some(version)) => {
                             item.current = Some((h, version));
+                            item.unchecked = false;
                             placed.push((n, ordinal, ip));
                         }
-                        // Someone wrote the handle meanwhile: read it again, next round.
-                        Ok(None) => match self.get::<Handle>(&name).await {
-                            Ok(c) => item.current = c,
-                            Err(e) => item.failed = Some(e),
-                        },
+                        // The handle exists after all, or someone wrote it meanwhile:
+                        // read it again (it may hold an address of this family already),
+                        // next round.
+                        Ok(None) => self.reread_item(node, item, family).await,
                         Err(e) => item.failed = Some(e),
                     }
                 }
@@ -880,7 +944,8 @@ impl Ipam {
                     self.update(&block_name, &block, &candidate.version).await
                 };
                 match written {
-                    Ok(Some(_)) => {
+                    Ok(Some(version)) => {
+                        self.note_block(block.cidr, Some((block.clone(), version)));
                         if candidate.borrowed {
                             tracing::info!(block = %block.cidr, owner = %block.affinity, %node, count = placed.len(), "borrowed addresses from another node's block");
                         }
@@ -902,11 +967,21 @@ impl Ipam {
                             }
                         }
                         let done: HashSet<usize> = placed.iter().map(|(n, _, _)| *n).collect();
-                        pending.retain(|n| !done.contains(n) && items[*n].failed.is_none());
+                        pending.retain(|n| {
+                            !done.contains(n)
+                                && items[*n].failed.is_none()
+                                && !has_family(&items[*n].assignment, family)
+                        });
                         attempt = 0;
                     }
                     Ok(None) => {
-                        pending.retain(|n| items[*n].failed.is_none());
+                        if !placed.is_empty() {
+                            // Lost the compare-and-swap: read the block next time.
+                            self.note_block(block.cidr, None);
+                        }
+                        pending.retain(|n| {
+                            items[*n].failed.is_none() && !has_family(&items[*n].assignment, family)
+                        });
                         attempt += 1;
                         jitter(attempt).await;
                     }
@@ -983,6 +1058,41 @@ impl Ipam {
         Ok(None)
     }
 
+    /// Reads the handle of a batch item again (this batch assumed it absent and it exists,
+    /// or it changed meanwhile): its node is checked, and an address of `family` it holds
+    /// already is the answer for that family.
+    async fn reread_item(&self, node: &str, item: &mut BatchItem, family: Family) {
+        match self.get::<Handle>(&handle_name(&item.key)).await {
+            Ok(c) => {
+                if item.unchecked {
+                    item.unchecked = false;
+                    item.existed = c.is_some();
+                }
+                if let Some((h, _)) = &c {
+                    if h.node != node {
+                        item.failed = Some(IpamError::HandleOnOtherNode {
+                            handle: item.key.clone(),
+                            node: node.to_string(),
+                            owner: h.node.clone(),
+                        });
+                    }
+                }
+                item.current = c;
+            }
+            Err(e) => item.failed = Some(e),
+        }
+        if item.failed.is_none() {
+            match self.held_of_family(node, item, family).await {
+                Ok(Some(ip)) => {
+                    item.assignment.already_held = true;
+                    set_family(&mut item.assignment, family, ip);
+                }
+                Ok(None) => {}
+                Err(e) => item.failed = Some(e),
+            }
+        }
+    }
+
     /// One handle of a batch that the batch could not place: assigned alone (its lock is
     /// held), with the exact answer [`Ipam::assign`] would give.
     async fn finish_alone(
@@ -993,6 +1103,13 @@ impl Ipam {
         family: Family,
         pools: &[Pool],
     ) {
+        if item.unchecked {
+            // Whether it existed decides what a failure undoes.
+            self.reread_item(node, item, family).await;
+            if item.failed.is_some() || has_family(&item.assignment, family) {
+                return;
+            }
+        }
         let r = &requests[item.i];
         let mut claimed = std::mem::take(&mut item.assignment.claimed_blocks);
         match self
@@ -1007,7 +1124,10 @@ impl Ipam {
             )
             .await
         {
-            Ok(ip) => set_family(&mut item.assignment, family, ip),
+            Ok((ip, held)) => {
+                item.assignment.already_held |= held;
+                set_family(&mut item.assignment, family, ip);
+            }
             Err(e) => item.failed = Some(e),
         }
         item.assignment.claimed_blocks = claimed;
@@ -1029,7 +1149,7 @@ impl Ipam {
         family: Family,
         pools: &[Pool],
         claimed: &mut Vec<IpNet>,
-    ) -> Result<AssignedIp, IpamError> {
+    ) -> Result<(AssignedIp, bool), IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
             jitter(attempt).await;
             let current = self.get::<Handle>(&handle_name(key)).await?;
@@ -1052,12 +1172,15 @@ impl Ipam {
                             .and_then(|o| b.allocation(o))
                             .is_some_and(|al| al.handle == key);
                         if held {
-                            return Ok(AssignedIp {
-                                ip: a.ip,
-                                block: b.cidr,
-                                borrowed: b.affinity != node,
-                                new_block: claimed.contains(&b.cidr),
-                            });
+                            return Ok((
+                                AssignedIp {
+                                    ip: a.ip,
+                                    block: b.cidr,
+                                    borrowed: b.affinity != node,
+                                    new_block: claimed.contains(&b.cidr),
+                                },
+                                true,
+                            ));
                         }
                     }
                 }
@@ -1102,21 +1225,26 @@ impl Ipam {
                 handle: key.to_string(),
                 node: candidate.borrowed.then(|| node.to_string()),
             });
-            if inserted
-                && self
-                    .update(&block_name, &block, &candidate.version)
-                    .await?
-                    .is_some()
-            {
+            let written = if inserted {
+                self.update(&block_name, &block, &candidate.version).await?
+            } else {
+                None
+            };
+            let done = written.is_some();
+            self.note_block(block.cidr, written.map(|v| (block.clone(), v)));
+            if done {
                 if candidate.borrowed {
                     tracing::info!(%ip, block = %block.cidr, owner = %block.affinity, %node, "borrowed an address from another node's block");
                 }
-                return Ok(AssignedIp {
-                    ip,
-                    block: block.cidr,
-                    borrowed: candidate.borrowed,
-                    new_block: claimed.contains(&block.cidr),
-                });
+                return Ok((
+                    AssignedIp {
+                        ip,
+                        block: block.cidr,
+                        borrowed: candidate.borrowed,
+                        new_block: claimed.contains(&block.cidr),
+                    },
+                    false,
+                ));
             }
         }
         Err(IpamError::TooManyConflicts {
@@ -1138,7 +1266,15 @@ impl Ipam {
         // Fast path: the blocks this process knows to be the node's.
         if let Some(cached) = self.cached_affine(node, family) {
             for cidr in cached {
-                match self.get::<Block>(&net_name(&cidr)).await? {
+                // The block as this process last saw it, else read. One it saw full is
+                // passed over unread: if no block here has room, the slow path below
+                // lists every block afresh before claiming or borrowing.
+                let current = match self.known_block(&cidr) {
+                    Some((b, _)) if b.affinity == node && b.first_free().is_none() => continue,
+                    Some(k) if k.0.affinity == node => Some(k),
+                    _ => self.get_block(&cidr).await?,
+                };
+                match current {
                     Some((b, version)) if b.affinity == node => {
                         if in_pools(&b.cidr, usable) {
                             if let Some(ordinal) = b.first_free() {
@@ -1162,6 +1298,9 @@ impl Ipam {
             let mut blocks = self.list::<Block>().await?;
             blocks.sort_by_key(|(b, _)| b.cidr);
             self.refresh_affine(node, &blocks);
+            for (b, version) in blocks.iter().filter(|(b, _)| b.affinity == node) {
+                self.note_block(b.cidr, Some((b.clone(), version.clone())));
+            }
             let mut affine = 0usize;
             for (b, version) in &blocks {
                 if b.affinity != node || b.family() != family {
@@ -1192,6 +1331,7 @@ impl Ipam {
                                 tracing::info!(block = %cidr, %node, "claimed a block");
                                 claimed.push(cidr);
                                 self.remember_affine(node, cidr);
+                                self.note_block(cidr, Some((block.clone(), version.clone())));
                                 return Ok(Candidate {
                                     block,
                                     version,
@@ -1312,9 +1452,20 @@ impl Ipam {
     /// Removes the allocation of `ip` from its block if `key` holds it.
     async fn free_address(&self, block: &IpNet, ip: &IpAddr, key: &str) -> Result<bool, IpamError> {
         let name = net_name(block);
+        // The block as last seen, if it shows the address held by `key` (anything else
+        // is read again before concluding there is nothing to free).
+        let mut known = self.known_block(block).filter(|(b, _)| {
+            b.ordinal_of(ip)
+                .and_then(|o| b.allocation(o))
+                .is_some_and(|al| al.handle == key)
+        });
         for attempt in 0..MAX_ATTEMPTS {
             jitter(attempt).await;
-            let Some((mut b, version)) = self.get::<Block>(&name).await? else {
+            let current = match known.take() {
+                Some(k) => Some(k),
+                None => self.get_block(block).await?,
+            };
+            let Some((mut b, version)) = current else {
                 return Ok(false);
             };
             let Some(ordinal) = b.ordinal_of(ip) else {
@@ -1323,8 +1474,12 @@ impl Ipam {
             if !b.remove_if_held(ordinal, key) {
                 return Ok(false);
             }
-            if self.update(&name, &b, &version).await?.is_some() {
-                return Ok(true);
+            match self.update(&name, &b, &version).await? {
+                Some(v) => {
+                    self.note_block(*block, Some((b, v)));
+                    return Ok(true);
+                }
+                None => self.note_block(*block, None),
             }
         }
         Err(IpamError::TooManyConflicts {
@@ -1508,12 +1663,14 @@ impl Ipam {
             match b.empty_since_ms {
                 None => {
                     b.empty_since_ms = Some(now_ms);
-                    self.update(&name, &b, &version).await?;
+                    let written = self.update(&name, &b, &version).await?;
+                    self.note_block(b.cidr, written.map(|v| (b.clone(), v)));
                 }
                 Some(since) if now_ms.saturating_sub(since) >= grace_ms => {
                     if self.delete::<Block>(&name, Some(&version)).await? == Some(true) {
                         tracing::info!(block = %b.cidr, %node, "released an empty block");
                         self.forget_affine(node, &b.cidr);
+                        self.note_block(b.cidr, None);
                         released.push(b.cidr);
                     }
                 }
@@ -1642,6 +1799,37 @@ impl Ipam {
             .collect())
     }
 
+    /// What [`Ipam::node_blocks`] and [`Ipam::borrowed`] give (the borrowed addresses as
+    /// /32 and /128 prefixes), from blocks at hand (a watched copy of every block) instead
+    /// of listing them: the announce task follows each block write this way without a
+    /// request of its own. Errors like a list would on a block that does not decode.
+    pub fn node_prefixes_in<'a>(
+        &self,
+        node: &str,
+        blocks: impl IntoIterator<Item = &'a Item>,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        let mut own = Vec::new();
+        let mut borrowed = Vec::new();
+        for item in blocks {
+            let b: Block = Self::decode(&item.object.name, item.object.value.clone())?;
+            if b.affinity == node {
+                own.push(b.cidr);
+                continue;
+            }
+            for a in &b.allocations {
+                if a.node.as_deref() == Some(node) {
+                    if let Some(ip) = b.ip_at(a.ordinal) {
+                        borrowed.push(IpNet::from(ip));
+                    }
+                }
+            }
+        }
+        own.sort();
+        borrowed.sort();
+        own.extend(borrowed);
+        Ok(own)
+    }
+
     /// The addresses `node`'s pods hold in other nodes' blocks, sorted: announce each as
     /// a /32 or /128.
     pub async fn borrowed(&self, node: &str) -> Result<Vec<IpAddr>, IpamError> {
@@ -1760,6 +1948,36 @@ impl Ipam {
         if let Some(set) = self.affine_cache().get_mut(node) {
             set.remove(cidr);
         }
+    }
+
+    fn block_cache(&self) -> MutexGuard<'_, HashMap<IpNet, (Block, Version)>> {
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The block as this process last read or wrote it.
+    fn known_block(&self, cidr: &IpNet) -> Option<(Block, Version)> {
+        self.block_cache().get(cidr).cloned()
+    }
+
+    /// Records the state of a block just read or written (`None`: unknown again, e.g.
+    /// after a lost compare-and-swap or when it is gone).
+    fn note_block(&self, cidr: IpNet, state: Option<(Block, Version)>) {
+        let mut cache = self.block_cache();
+        match state {
+            Some(s) => {
+                cache.insert(cidr, s);
+            }
+            None => {
+                cache.remove(&cidr);
+            }
+        }
+    }
+
+    /// Reads a block and records what was read.
+    async fn get_block(&self, cidr: &IpNet) -> Result<Option<(Block, Version)>, IpamError> {
+        let got = self.get::<Block>(&net_name(cidr)).await?;
+        self.note_block(*cidr, got.clone());
+        Ok(got)
     }
 
     fn refresh_affine(&self, node: &str, blocks: &[(Block, Version)]) {

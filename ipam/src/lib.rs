@@ -59,6 +59,16 @@
 //!   not valid, deletes the node's invalid handle objects, and rewrites the index of
 //!   valid handles to exactly what the blocks hold (recreating a missing handle object).
 //!
+//! What an assignment reads, it may take from this process's own copies instead of the
+//! store, since a compare-and-swap catches whatever a copy missed: the pools from a watch
+//! ([`Ipam::follow_pools`], the agent starts it), and each block as this process last read
+//! or wrote it (an address a copy shows free is only given if the block write succeeds; a
+//! block a copy shows full is passed over, and every block is listed afresh before a new
+//! one is claimed or an address borrowed; a copy showing an address not held is read again).
+//! A batch creates the handle objects of its pods without reading them first (a new pod has
+//! none); one that exists already is read then, and treated as above. So a CNI ADD on a
+//! warm node costs two writes: its handle and its block.
+//!
 //! Releasing a block is a delete with the version read while it was empty, so a block
 //! that received an address in between is kept. Two nodes creating overlapping pools at
 //! the same instant: the one created later (`createdMs`, then the higher CIDR) deletes

@@ -39,6 +39,9 @@ pub async fn announce_task(
     let mut first = true;
     let mut cleanup = RemovedNodes::default();
     loop {
+        // Woken by CNI (a block claimed, an address borrowed or freed): read the store,
+        // the watched copy may not have the change yet.
+        let mut woken = false;
         let swept = if !nodes.is_synced() {
             // At start and after an error: list (that is the first look).
             if let Err(e) = nodes.next().await {
@@ -49,7 +52,7 @@ pub async fn announce_task(
             false
         } else {
             tokio::select! {
-                _ = wake.notified() => false,
+                _ = wake.notified() => { woken = true; false }
                 r = nodes.next() => { watch_error(r).await; false }
                 r = blocks.next() => { watch_error(r).await; false }
                 _ = sweep.tick() => true,
@@ -75,7 +78,16 @@ pub async fn announce_task(
         if let Some(ipam) = &ipam {
             let live: BTreeSet<String> = nodes.items().map(|i| i.object.name.clone()).collect();
             cleanup.check(ipam, &node, live, swept).await;
-            match ipam_prefixes(ipam, &node, swept).await {
+            // On a watch event, from the watched copy of the blocks (no request per block
+            // write, i.e. per CNI ADD); at a sweep, on a CNI wake and until that copy is
+            // listed, from the store (the first announcement, before End-of-RIB, is
+            // complete).
+            let prefixes = if blocks.is_synced() && !swept && !woken {
+                ipam.node_prefixes_in(&node, blocks.items())
+            } else {
+                ipam_prefixes(ipam, &node, swept).await
+            };
+            match prefixes {
                 Ok(p) => wanted.extend(p),
                 Err(e) => {
                     warn!(error = %e, "reading this node's blocks failed; announcements unchanged");

@@ -105,5 +105,10 @@ pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Res
         // The node's pod CIDRs come with its record (the announce task follows it).
         crate::config::IpamMode::PodCidr => ipam.pod_cidr_mode(),
     };
-    Ok(Arc::new(ipam))
+    let ipam = Arc::new(ipam);
+    if !ipam.is_pod_cidr_mode() {
+        // A CNI ADD reads the pools from this watched copy, not with a request each.
+        ipam.follow_pools();
+    }
+    Ok(ipam)
 }

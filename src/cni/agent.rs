@@ -236,25 +236,20 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
         uid: a.pod_uid.clone(),
     };
 
-    let (held_before, assignment) = ipam_call(
-        async {
-            // A repeated ADD of a wired pod keeps what it held; nothing to undo then.
-            let before = ipam.addresses(&handle).await?;
-            let a = group
-                .assign_arriving(
-                    arrival,
-                    AssignRequest {
-                        handle: handle.clone(),
-                        attributes,
-                        families,
-                    },
-                )
-                .await?;
-            Ok((before, a))
-        },
+    let assignment = ipam_call(
+        group.assign_arriving(
+            arrival,
+            AssignRequest {
+                handle: handle.clone(),
+                attributes,
+                families,
+            },
+        ),
         "assigning addresses",
     )
     .await?;
+    // A repeated ADD of a wired pod keeps what it held; nothing to undo then.
+    let held_before = assignment.already_held;
     if !assignment.claimed_blocks.is_empty() || assignment.addresses().any(|x| x.borrowed) {
         ctx.announce.notify_one();
     }
@@ -301,7 +296,7 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
             let err = wiring_error("wiring the pod", &e);
             // Give back what this ADD assigned; addresses the handle held before (an ADD
             // repeated for a pod that is wired) stay.
-            if held_before.is_empty() {
+            if !held_before {
                 let _w = ctx.ipam_writes().await;
                 let (i, h) = (ipam.clone(), handle.clone());
                 match ipam_call(i.release(&h), "releasing the addresses").await {
