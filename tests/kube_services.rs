@@ -12,6 +12,10 @@
 //! - when the endpoint moves, the /32 leaves the old node (the time is printed) and comes
 //!   from the new one; with no endpoint left, no node announces it;
 //! - a load balancer IP outside the configured ranges is never announced.
+//!
+//! The nodes peer only with the ToR (mesh off, the usual ToR design): with the full mesh on,
+//! every node also passes what it learned over iBGP on to its eBGP ToR (standard BGP export),
+//! so a Local Service's /32 would reach the ToR from every node.
 
 use ferrovia_testsupport::common;
 
@@ -135,10 +139,13 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
         });
     }
 
-    // The Service ranges, through the CLI; `cluster show` reports them.
+    // The Service ranges, through the CLI; `cluster show` reports them. Mesh off: the
+    // nodes peer with the ToR only.
     c.cli(&[
         "cluster",
         "set",
+        "--mesh",
+        "off",
         "--service-cluster-ips",
         "10.96.0.0/12",
         "--service-external-ips",
@@ -148,11 +155,20 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
     ]);
     let shown = c.cli(&["cluster", "show", "--json"]);
     let shown: serde_json::Value = serde_json::from_str(&shown).expect("cluster show --json");
+    assert_eq!(shown["mesh"], false, "{shown}");
     assert_eq!(
         shown["serviceLoadBalancerIPs"],
         serde_json::json!(["203.0.113.0/24"]),
         "{shown}"
     );
+    for i in 1..=3 {
+        wait_until(
+            "the mesh is gone, the ToR session stays",
+            CONVERGE,
+            POLL,
+            || c.established(i, 1),
+        );
+    }
     for range in ["10.96.0.0/12", "198.51.100.0/24", "203.0.113.0/24"] {
         wait_via(&frr, range, &NODES);
     }
