@@ -463,7 +463,7 @@ mod tests {
         let s = svc(json!({"metadata": {"name": "lb", "namespace": "a"},
             "spec": {"clusterIP": "10.0.0.1", "externalIPs": ["192.0.2.1"]},
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}}));
-        let (p, outside) = prefixes(&cidrs(), &[s.clone()], &BTreeSet::new());
+        let (p, outside) = prefixes(&cidrs(), std::slice::from_ref(&s), &BTreeSet::new());
         assert_eq!(
             p,
             cidrs()
