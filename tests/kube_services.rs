@@ -255,4 +255,35 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
     wait_via(&frr, "10.96.0.0/12", &NODES);
     let rib = frr.rib(false).expect("FRR RIB");
     assert!(!rib.contains_key("192.0.2.30/32"));
+
+    // Bad ranges: the CRD schema refuses what is not a CIDR; a CIDR with host bits passes
+    // the schema, and the agents refuse it, keeping what they announce.
+    let cp = c.control_plane();
+    let path = "/apis/ferrovia.io/v1alpha1/bgpconfigurations/default";
+    let bare = serde_json::json!({"spec": {"serviceExternalIPs": ["198.51.100.1"]}});
+    cp.call("PATCH", path, Some(&bare))
+        .status_is(422)
+        .expect("the schema refuses a bare address");
+    let host_bits = serde_json::json!({"spec": {"serviceExternalIPs": ["198.51.100.1/24"]}});
+    cp.call("PATCH", path, Some(&host_bits))
+        .expect_status(200, "a CIDR with host bits passes the schema");
+    for i in 1..=3 {
+        wait_until("the agent refuses the host bits", CONVERGE, POLL, || {
+            let log =
+                std::fs::read_to_string(c.dir.path().join(format!("n{i}.log"))).unwrap_or_default();
+            if log.contains("keeping the previous ones") {
+                Ok(())
+            } else {
+                Err(format!("node{i}: not yet"))
+            }
+        });
+    }
+    wait_via(&frr, "198.51.100.0/24", &NODES);
+    wait_via(&frr, "198.51.100.20/32", &[]);
+    let rib = frr.rib(false).expect("FRR RIB");
+    assert!(
+        !rib.contains_key("198.51.100.1/24"),
+        "{:?}",
+        rib.keys().collect::<Vec<_>>()
+    );
 }

@@ -313,6 +313,7 @@ pub async fn services_task(
     let mut events = futures::stream::select(svc_stream, ep_stream);
     let mut logged: HashSet<Outside> = HashSet::new();
     let mut cidrs = ServiceCidrs::default();
+    let mut refused: Option<String> = None;
     loop {
         if !cluster.is_synced() {
             if let Err(e) = cluster.next().await {
@@ -335,9 +336,15 @@ pub async fn services_task(
         }
         if let Some(c) = current(&cluster) {
             match c.check() {
-                Ok(()) => cidrs = c,
+                Ok(()) => {
+                    cidrs = c;
+                    refused = None;
+                }
                 Err(e) => {
-                    warn!(error = %e, "the cluster BGP settings' Service ranges are not valid; keeping the previous ones")
+                    if refused.as_ref() != Some(&e) {
+                        warn!(error = %e, "the cluster BGP settings' Service ranges are not valid; keeping the previous ones (fix them with ferrovia cluster set)");
+                    }
+                    refused = Some(e);
                 }
             }
         } else {
