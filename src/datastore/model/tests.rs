@@ -549,6 +549,7 @@ async fn node_labels_are_set_removed_and_kept_by_registration() {
         list_nodes(&s).await.unwrap()[0].labels,
         labels(&[("rack", "r1")])
     );
+}
 
 #[tokio::test]
 async fn cluster_bgp_service_cidrs_are_set_kept_and_checked() {
