@@ -149,7 +149,38 @@ pub enum ClusterCmd {
         mesh: Option<OnOff>,
         #[arg(long)]
         as_number: Option<u32>,
+        /// Service cluster IP ranges every node announces, comma-separated CIDRs
+        /// (`none` clears the list). Kubernetes datastore only.
+        #[arg(long = "service-cluster-ips", value_name = "CIDRS", value_parser = parse_cidrs)]
+        service_cluster_ips: Option<Cidrs>,
+        /// Service external IP ranges (spec.externalIPs), like --service-cluster-ips.
+        #[arg(long = "service-external-ips", value_name = "CIDRS", value_parser = parse_cidrs)]
+        service_external_ips: Option<Cidrs>,
+        /// Service load balancer IP ranges (status.loadBalancer.ingress), like
+        /// --service-cluster-ips.
+        #[arg(long = "service-load-balancer-ips", value_name = "CIDRS", value_parser = parse_cidrs)]
+        service_load_balancer_ips: Option<Cidrs>,
     },
+}
+
+/// A comma-separated CIDR list; `none` or an empty string is the empty list.
+#[derive(Clone, Debug)]
+pub struct Cidrs(pub Vec<ipnet::IpNet>);
+
+fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(Cidrs(Vec::new()));
+    }
+    s.split(',')
+        .map(|c| {
+            let c = c.trim();
+            c.parse::<ipnet::IpNet>().map_err(|_| {
+                format!("{c:?} is not a CIDR: give e.g. 10.96.0.0/12 or fd00:96::/108, or none")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Cidrs)
 }
 
 #[derive(Subcommand)]
@@ -588,12 +619,28 @@ pub fn cluster(s: &Store, cmd: ClusterCmd) -> Result<()> {
             ClusterCmd::Show => model::get_cluster_bgp(&*db).await?.with_context(|| {
                 "no cluster BGP settings yet: the first agent seeds them from its configuration"
             })?,
-            ClusterCmd::Set { mesh, as_number } => {
-                if mesh.is_none() && as_number.is_none() {
-                    bail!("nothing to change: give --mesh on|off and/or --as-number N");
+            ClusterCmd::Set {
+                mesh,
+                as_number,
+                service_cluster_ips,
+                service_external_ips,
+                service_load_balancer_ips,
+            } => {
+                let services = model::ServiceCidrsChange {
+                    cluster_ips: service_cluster_ips.map(|c| c.0),
+                    external_ips: service_external_ips.map(|c| c.0),
+                    load_balancer_ips: service_load_balancer_ips.map(|c| c.0),
+                };
+                if mesh.is_none() && as_number.is_none() && services.is_empty() {
+                    bail!("nothing to change: give --mesh on|off, --as-number N and/or --service-cluster-ips, --service-external-ips, --service-load-balancer-ips CIDRS");
                 }
-                model::set_cluster_bgp(&*db, mesh.map(|m| matches!(m, OnOff::On)), as_number)
-                    .await?
+                model::set_cluster_bgp(
+                    &*db,
+                    mesh.map(|m| matches!(m, OnOff::On)),
+                    as_number,
+                    &services,
+                )
+                .await?
             }
         };
         print(s.json, &c, || {
@@ -602,7 +649,13 @@ pub fn cluster(s: &Store, cmd: ClusterCmd) -> Result<()> {
                 c.as_number,
                 if c.mesh { "on" } else { "off" },
                 c.listen_port
-            )
+            );
+            for (key, list) in c.services.lists() {
+                if !list.is_empty() {
+                    let l: Vec<String> = list.iter().map(|p| p.to_string()).collect();
+                    println!("{key}: {}", l.join(","));
+                }
+            }
         })
     })
 }

@@ -196,6 +196,41 @@ fn daemonset_runs_on_every_node_with_what_the_agent_needs() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
 }
 
+#[test]
+fn service_ranges_render_the_cluster_bgp_configuration() {
+    // Default values: no Service ranges, no BGPConfiguration (the first agent seeds it).
+    assert!(render_ok("-").find("BGPConfiguration").is_empty());
+    let r = render_ok("ci/dual-stack-tor-values.yaml");
+    let c = r.one("BGPConfiguration");
+    assert_eq!(c["metadata"]["name"], "default");
+    let spec = &c["spec"];
+    assert_eq!(spec["asNumber"], 64512);
+    assert_eq!(spec["mesh"], true);
+    assert_eq!(spec["listenPort"], 179);
+    assert_eq!(
+        spec["serviceClusterIPs"],
+        serde_json::json!(["10.96.0.0/12", "fd00:96::/108"])
+    );
+    assert_eq!(
+        spec["serviceLoadBalancerIPs"],
+        serde_json::json!(["203.0.113.0/24"])
+    );
+    assert!(spec.get("serviceExternalIPs").is_none(), "{spec}");
+    // The agent reads it as its cluster settings record.
+    let out = Command::new(FERROVIA).arg("crds").output().unwrap();
+    let crds = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        crds.contains("serviceLoadBalancerIPs"),
+        "the CRD has the key"
+    );
+    // A value that is not a CIDR is refused, naming the key.
+    let Err(err) = render_values("bgp: { asNumber: 64512, serviceClusterIPs: [10.96.0.1] }\n")
+    else {
+        panic!("a bare address is not a CIDR: rendered");
+    };
+    assert!(err.contains("serviceClusterIPs"), "{err}");
+}
+
 /// Runs the init container's command, with the host paths it mounts mapped to temp dirs.
 #[test]
 fn the_init_containers_command_installs_the_plugin() {

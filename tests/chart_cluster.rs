@@ -180,6 +180,12 @@ const AGENT_CALLS: &[(&str, &str, &str, &str)] = &[
     ("list", "ferrovia.io", "bgpconfigurations", ""),
     ("watch", "ferrovia.io", "bgpconfigurations", ""),
     ("create", "ferrovia.io", "bgpconfigurations", ""),
+    ("list", "", "services", ""),
+    ("watch", "", "services", ""),
+    ("list", "", "endpoints", ""),
+    ("watch", "", "endpoints", ""),
+    ("list", "discovery.k8s.io", "endpointslices", ""),
+    ("watch", "discovery.k8s.io", "endpointslices", ""),
 ];
 
 /// What the agent never does; each must be refused.
@@ -188,6 +194,8 @@ const NOT_AGENT_CALLS: &[(&str, &str, &str, &str)] = &[
     ("update", "apps", "daemonsets", "kube-system"),
     ("get", "", "secrets", "kube-system"),
     ("list", "", "secrets", ""),
+    ("create", "", "services", "default"),
+    ("update", "", "endpoints", "default"),
     ("delete", "", "nodes", ""),
     ("create", "", "nodes", ""),
     ("update", "", "nodes", ""),

@@ -20,7 +20,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// What this node announces: the configuration's prefixes, the blocks its datastore record
 /// lists, its IPAM blocks, and single addresses its pods borrowed from other nodes' blocks
-/// (as /32 and /128). Woken by CNI (a block claimed or released), by changes to node
+/// (as /32 and /128), and the Service prefixes of [`super::services`]. Woken by CNI (a block claimed or released), by changes to node
 /// records and IPAM blocks (per-kind watches), and every [`IPAM_SWEEP`], when blocks empty
 /// for longer than the grace period are given back. Datastore errors are retried; ends
 /// with an error only when the speaker is gone.
@@ -31,6 +31,7 @@ pub async fn announce_task(
     config: BTreeSet<IpNet>,
     handle: Handle,
     wake: Arc<tokio::sync::Notify>,
+    mut services: tokio::sync::watch::Receiver<BTreeSet<IpNet>>,
 ) -> anyhow::Result<()> {
     let mut announced: BTreeSet<IpNet> = config.clone();
     let mut sweep = tokio::time::interval(IPAM_SWEEP);
@@ -53,12 +54,14 @@ pub async fn announce_task(
         } else {
             tokio::select! {
                 _ = wake.notified() => { woken = true; false }
+                _ = services_changed(&mut services) => false,
                 r = nodes.next() => { watch_error(r).await; false }
                 r = blocks.next() => { watch_error(r).await; false }
                 _ = sweep.tick() => true,
             }
         };
         let mut wanted: BTreeSet<IpNet> = config.clone();
+        wanted.extend(services.borrow_and_update().iter().copied());
         if let Some(item) = nodes.items().find(|i| i.object.name == node) {
             match decode::<NodeRecord>(item.clone()) {
                 Ok(rec) => {
@@ -180,6 +183,14 @@ async fn ipam_prefixes(ipam: &NodeIpam, node: &str, sweep: bool) -> Result<Vec<I
     let mut out = ipam.node_blocks(node).await?;
     out.extend(ipam.borrowed(node).await?.into_iter().map(IpNet::from));
     Ok(out)
+}
+
+/// Waits for the Service prefixes to change; forever once their task is gone (the agent
+/// is stopping then).
+async fn services_changed(rx: &mut tokio::sync::watch::Receiver<BTreeSet<IpNet>>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Logs a failed watch and pauses before the next attempt (which lists again).

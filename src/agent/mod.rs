@@ -18,6 +18,7 @@ mod metrics;
 mod nat;
 mod node_watch;
 mod restart;
+mod services;
 mod speaker;
 mod store;
 mod supervisor;
@@ -208,6 +209,24 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
             Some(i) => Some(store::open_ipam(store.clone(), i).await?),
             None => None,
         };
+        let (services_tx, services_rx) = tokio::sync::watch::channel(Default::default());
+        let kube_client = match cfg.datastore.as_ref().and_then(|d| d.kubernetes.as_ref()) {
+            Some(k) => Some(
+                crate::datastore::kubernetes::client(k)
+                    .await
+                    .context("connecting to the Kubernetes API server for Services")?,
+            ),
+            None => None,
+        };
+        sup.spawn(
+            "services",
+            services::services_task(
+                store.clone(),
+                kube_client,
+                cfg.node.name.clone(),
+                services_tx,
+            ),
+        );
         sup.spawn(
             "announce",
             announce::announce_task(
@@ -217,6 +236,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
                 loaded.originate.iter().map(|(p, _)| *p).collect(),
                 handle.clone(),
                 announce.clone(),
+                services_rx,
             ),
         );
         if ipam.is_some() {

@@ -28,6 +28,7 @@ pub async fn open_store(
             as_number: node.as_number,
             mesh: loaded.config.bgp.mesh,
             listen_port: loaded.config.bgp.listen.port,
+            services: Default::default(),
         },
     )
     .await

@@ -640,3 +640,9 @@ pub async fn open(cfg: &crate::config::Kubernetes) -> Result<KubeStore> {
     )
     .await
 }
+
+/// A client of the same API server, with the same credentials, for what the agent reads
+/// besides its datastore (Services and their endpoints).
+pub async fn client(cfg: &crate::config::Kubernetes) -> Result<Client> {
+    Ok(open(cfg).await?.client)
+}

@@ -116,6 +116,71 @@ pub struct ClusterBgp {
     /// Full iBGP mesh between all nodes (off when route reflectors or ToRs do the job).
     pub mesh: bool,
     pub listen_port: u16,
+    /// The Service address ranges every node announces (see [`ServiceCidrs`]).
+    #[serde(flatten)]
+    pub services: ServiceCidrs,
+}
+
+/// The Service address ranges of the cluster (Kubernetes datastore only: the agent watches
+/// Services there). Every node announces each configured CIDR; each Service address inside
+/// one is announced as a /32 (/128) too, from the nodes the traffic policy allows.
+/// Addresses outside every CIDR are never announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCidrs {
+    /// Ranges of `spec.clusterIP(s)`.
+    #[serde(
+        rename = "serviceClusterIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cluster_ips: Vec<IpNet>,
+    /// Ranges of `spec.externalIPs`.
+    #[serde(
+        rename = "serviceExternalIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub external_ips: Vec<IpNet>,
+    /// Ranges of `status.loadBalancer.ingress[].ip`.
+    #[serde(
+        rename = "serviceLoadBalancerIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub load_balancer_ips: Vec<IpNet>,
+}
+
+impl ServiceCidrs {
+    pub fn is_empty(&self) -> bool {
+        self.cluster_ips.is_empty()
+            && self.external_ips.is_empty()
+            && self.load_balancer_ips.is_empty()
+    }
+
+    /// The lists with their keys, in a fixed order.
+    pub fn lists(&self) -> [(&'static str, &Vec<IpNet>); 3] {
+        [
+            ("serviceClusterIPs", &self.cluster_ips),
+            ("serviceExternalIPs", &self.external_ips),
+            ("serviceLoadBalancerIPs", &self.load_balancer_ips),
+        ]
+    }
+
+    /// Every CIDR is a network address (no host bits set, e.g. 10.96.0.0/12, not
+    /// 10.96.0.1/12); the error names the key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (key, list) in self.lists() {
+            for c in list {
+                if c.trunc() != *c {
+                    return Err(format!(
+                        "{key}: {c} has host bits set; write the network address, {}",
+                        c.trunc()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Resource for ClusterBgp {
@@ -457,10 +522,19 @@ pub async fn set_cluster_bgp(
     store: &dyn Datastore,
     mesh: Option<bool>,
     as_number: Option<u32>,
+    services: &ServiceCidrsChange,
 ) -> Result<ClusterBgp> {
     if let Some(asn) = as_number {
         check_as(ClusterBgp::KIND, CLUSTER_BGP_NAME, asn)?;
     }
+    let given = ServiceCidrs {
+        cluster_ips: services.cluster_ips.clone().unwrap_or_default(),
+        external_ips: services.external_ips.clone().unwrap_or_default(),
+        load_balancer_ips: services.load_balancer_ips.clone().unwrap_or_default(),
+    };
+    given
+        .check()
+        .map_err(|e| invalid(ClusterBgp::KIND, CLUSTER_BGP_NAME, e))?;
     let stored = store
         .modify::<ClusterBgp, _>(CLUSTER_BGP_NAME, |cur| {
             let Some(cur) = cur else {
@@ -472,6 +546,20 @@ pub async fn set_cluster_bgp(
             let new = ClusterBgp {
                 mesh: mesh.unwrap_or(cur.mesh),
                 as_number: as_number.unwrap_or(cur.as_number),
+                services: ServiceCidrs {
+                    cluster_ips: services
+                        .cluster_ips
+                        .clone()
+                        .unwrap_or_else(|| cur.services.cluster_ips.clone()),
+                    external_ips: services
+                        .external_ips
+                        .clone()
+                        .unwrap_or_else(|| cur.services.external_ips.clone()),
+                    load_balancer_ips: services
+                        .load_balancer_ips
+                        .clone()
+                        .unwrap_or_else(|| cur.services.load_balancer_ips.clone()),
+                },
                 ..cur.clone()
             };
             Ok(if &new == cur {
@@ -482,6 +570,22 @@ pub async fn set_cluster_bgp(
         })
         .await?;
     Ok(present(CLUSTER_BGP_NAME, stored)?.value)
+}
+
+/// The Service CIDR lists to replace (`None`: keep the stored list).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceCidrsChange {
+    pub cluster_ips: Option<Vec<IpNet>>,
+    pub external_ips: Option<Vec<IpNet>>,
+    pub load_balancer_ips: Option<Vec<IpNet>>,
+}
+
+impl ServiceCidrsChange {
+    pub fn is_empty(&self) -> bool {
+        self.cluster_ips.is_none()
+            && self.external_ips.is_none()
+            && self.load_balancer_ips.is_none()
+    }
 }
 
 /// Creates or replaces the peer (no write when it is already stored as given).

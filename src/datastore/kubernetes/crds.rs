@@ -33,6 +33,17 @@ fn cidr_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// A list of CIDRs (the Service ranges of `BGPConfiguration`).
+fn cidr_list_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let item = cidr_schema(g);
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": item,
+        "description": "Networks in CIDR notation, network addresses (no host bits set)."
+    })
+}
+
 /// A string holding an IPv4 or IPv6 address.
 fn ip_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
@@ -400,6 +411,34 @@ pub struct BGPConfigurationSpec {
     pub mesh: bool,
     #[schemars(range(min = 1, max = 65535))]
     pub listen_port: u16,
+    /// Service cluster IP ranges: every node announces them, and the /32 (/128) of each
+    /// cluster IP inside them (internalTrafficPolicy Local: only from nodes with a ready
+    /// endpoint of the Service).
+    #[serde(
+        rename = "serviceClusterIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(schema_with = "cidr_list_schema")]
+    pub service_cluster_ips: Vec<String>,
+    /// Service external IP ranges (spec.externalIPs), announced like serviceClusterIPs
+    /// (externalTrafficPolicy Local: only from nodes with a ready endpoint).
+    #[serde(
+        rename = "serviceExternalIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(schema_with = "cidr_list_schema")]
+    pub service_external_ips: Vec<String>,
+    /// Service load balancer IP ranges (status.loadBalancer.ingress[].ip), announced like
+    /// serviceExternalIPs.
+    #[serde(
+        rename = "serviceLoadBalancerIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(schema_with = "cidr_list_schema")]
+    pub service_load_balancer_ips: Vec<String>,
 }
 
 /// Adds to `crd` (as JSON) what the derive cannot say.

@@ -34,6 +34,7 @@ fn cluster() -> ClusterBgp {
         as_number: 64512,
         mesh: true,
         listen_port: 179,
+        services: Default::default(),
     }
 }
 
@@ -201,7 +202,9 @@ async fn renewing_a_lease_wakes_no_watcher_of_nodes() {
 async fn cluster_bgp_seed_and_set() {
     let (_dir, s) = store();
     assert_eq!(get_cluster_bgp(&s).await.unwrap(), None);
-    let err = set_cluster_bgp(&s, Some(false), None).await.unwrap_err();
+    let err = set_cluster_bgp(&s, Some(false), None, &ServiceCidrsChange::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, DatastoreError::NotFound { .. }), "{err}");
 
     assert_eq!(seed_cluster_bgp(&s, &cluster()).await.unwrap(), cluster());
@@ -210,10 +213,13 @@ async fn cluster_bgp_seed_and_set() {
         as_number: 65123,
         mesh: false,
         listen_port: 1179,
+        services: Default::default(),
     };
     assert_eq!(seed_cluster_bgp(&s, &other).await.unwrap(), cluster());
 
-    let set = set_cluster_bgp(&s, Some(false), None).await.unwrap();
+    let set = set_cluster_bgp(&s, Some(false), None, &ServiceCidrsChange::default())
+        .await
+        .unwrap();
     assert_eq!(
         set,
         ClusterBgp {
@@ -221,17 +227,31 @@ async fn cluster_bgp_seed_and_set() {
             ..cluster()
         }
     );
-    let set = set_cluster_bgp(&s, None, Some(4_200_000_000))
-        .await
-        .unwrap();
+    let set = set_cluster_bgp(
+        &s,
+        None,
+        Some(4_200_000_000),
+        &ServiceCidrsChange::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(set.as_number, 4_200_000_000);
     assert!(!set.mesh);
     assert_eq!(get_cluster_bgp(&s).await.unwrap(), Some(set.clone()));
     let rev = s.sync().revision().unwrap();
-    assert_eq!(set_cluster_bgp(&s, Some(false), None).await.unwrap(), set);
+    assert_eq!(
+        set_cluster_bgp(&s, Some(false), None, &ServiceCidrsChange::default())
+            .await
+            .unwrap(),
+        set
+    );
     assert_eq!(s.sync().revision().unwrap(), rev, "no change, no write");
 
-    assert!(set_cluster_bgp(&s, None, Some(0)).await.is_err());
+    assert!(
+        set_cluster_bgp(&s, None, Some(0), &ServiceCidrsChange::default())
+            .await
+            .is_err()
+    );
     assert!(seed_cluster_bgp(
         &s,
         &ClusterBgp {
@@ -530,4 +550,53 @@ async fn node_labels_are_set_removed_and_kept_by_registration() {
         list_nodes(&s).await.unwrap()[0].labels,
         labels(&[("rack", "r1")])
     );
+}
+
+#[tokio::test]
+async fn cluster_bgp_service_cidrs_are_set_kept_and_checked() {
+    let (_dir, s) = store();
+    seed_cluster_bgp(&s, &cluster()).await.unwrap();
+    let change = ServiceCidrsChange {
+        cluster_ips: Some(vec!["10.96.0.0/12".parse().unwrap()]),
+        load_balancer_ips: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+        ..Default::default()
+    };
+    let set = set_cluster_bgp(&s, None, None, &change).await.unwrap();
+    assert_eq!(set.services.cluster_ips.len(), 1);
+    assert_eq!(set.services.load_balancer_ips.len(), 1);
+    // The JSON keys are the CRD's.
+    let v = serde_json::to_value(&set).unwrap();
+    assert_eq!(v["serviceClusterIPs"], json!(["10.96.0.0/12"]), "{v}");
+    assert_eq!(
+        v["serviceLoadBalancerIPs"],
+        json!(["198.51.100.0/24"]),
+        "{v}"
+    );
+    assert!(v.get("serviceExternalIPs").is_none(), "{v}");
+    // A record without them (an older agent's) reads as empty lists.
+    let old: ClusterBgp =
+        serde_json::from_value(json!({"asNumber": 1, "mesh": true, "listenPort": 179})).unwrap();
+    assert!(old.services.is_empty());
+
+    // Another field's change keeps them; an empty list clears one.
+    let set = set_cluster_bgp(&s, Some(false), None, &ServiceCidrsChange::default())
+        .await
+        .unwrap();
+    assert_eq!(set.services.cluster_ips.len(), 1);
+    let clear = ServiceCidrsChange {
+        load_balancer_ips: Some(Vec::new()),
+        ..Default::default()
+    };
+    let set = set_cluster_bgp(&s, None, None, &clear).await.unwrap();
+    assert!(set.services.load_balancer_ips.is_empty());
+    assert_eq!(set.services.cluster_ips.len(), 1);
+
+    // Host bits: refused, naming the key, and nothing changes.
+    let bad = ServiceCidrsChange {
+        external_ips: Some(vec!["192.0.2.1/24".parse().unwrap()]),
+        ..Default::default()
+    };
+    let err = set_cluster_bgp(&s, None, None, &bad).await.unwrap_err();
+    assert!(err.to_string().contains("serviceExternalIPs"), "{err}");
+    assert_eq!(get_cluster_bgp(&s).await.unwrap(), Some(set));
 }
