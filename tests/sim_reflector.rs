@@ -293,7 +293,7 @@ fn benchmark_reflectors_and_mesh() {
         println!("BENCH mesh {r}");
         eprintln!("mesh {m}: {:.0} s", t.elapsed().as_secs_f64());
         let p = &r["processes"][0];
-        mesh_points.push((m, f64_of(&p["rssKib"])));
+        mesh_points.push((m, f64_of(&p["rssKib"]) - f64_of(&p["rssStartKib"])));
         mesh_rows.push(format!(
             "| {m} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.2} s | {:.2} % over {s} s |",
             f64_of(&r["completeSeconds"]),
@@ -328,7 +328,7 @@ fn benchmark_reflectors_and_mesh() {
         if b.0 > a.0 {
             println!();
             println!(
-                "Agent RSS growth from {} to {} mesh peers: {:.1} KiB per peer.",
+                "Agent RSS growth (start → converged) from {} to {} mesh peers: {:.1} KiB per peer.",
                 a.0,
                 b.0,
                 (b.1 - a.1) / f64::from(b.0 - a.0)

@@ -314,13 +314,16 @@ struct CachedExport {
 /// over eBGP, learned from a reflector client, the peer's BGP Identifier.
 type SourceKey = (Source, bool, bool, Ipv4Addr);
 
+/// An exported route's address, the session's 4-octet AS, the prefixes of one family.
+type EncodeKey = (usize, bool, Vec<IpNet>);
+
 /// Encoded UPDATEs of one flush, by exported route, family and prefixes: the peers of a
 /// class that send the same routes in the same step get the same bytes, encoded once.
 #[derive(Default)]
 struct EncodeCache {
     /// Keyed by the route's address; the entry keeps the route alive so the address is not
     /// reused while the entry exists.
-    messages: HashMap<(usize, bool, Vec<IpNet>), (Arc<Route>, Vec<Vec<u8>>)>,
+    messages: HashMap<EncodeKey, (Arc<Route>, Vec<Vec<u8>>)>,
     bytes: usize,
 }
 
