@@ -97,9 +97,19 @@ fn run_checking(w: &SimWorld, extra: &[&str], during: impl FnOnce()) -> Value {
 }
 
 fn reflectors(kind: ReflectorKind, tag: &str, n: u32, steady: &str) -> Value {
+    reflectors_run(kind, tag, n, steady, true)
+}
+
+/// Both reflectors of `kind` with `n` simulated nodes. `check`: also poll the reflectors'
+/// status during the run (the tests do; the benchmark does not, the polls cost the
+/// reflectors CPU).
+fn reflectors_run(kind: ReflectorKind, tag: &str, n: u32, steady: &str, check: bool) -> Value {
     let lock = net_lock();
     let w = SimWorld::new(&lock, tag, kind, n, true);
     let r = run_checking(&w, &["--steady-seconds", steady], || {
+        if !check {
+            return;
+        }
         for rr in &w.reflectors {
             common::wait_until(
                 "every simulated node is a range peer of the reflector",
@@ -111,13 +121,15 @@ fn reflectors(kind: ReflectorKind, tag: &str, n: u32, steady: &str) -> Value {
     });
     eprintln!("{kind:?} reflectors, N = {n}: {r}");
     check_report(&r, n, 2 * n, 2 * (n - 1));
-    for rr in &w.reflectors {
-        common::wait_until(
-            "the range peers are forgotten once their sessions close",
-            common::PROPAGATE,
-            common::POLL,
-            || only_configured_peers_left(rr),
-        );
+    if check {
+        for rr in &w.reflectors {
+            common::wait_until(
+                "the range peers are forgotten once their sessions close",
+                common::PROPAGATE,
+                common::POLL,
+                || only_configured_peers_left(rr),
+            );
+        }
     }
     r
 }
@@ -170,23 +182,159 @@ fn simulated_mesh_peers_all_receive_the_agents_blocks() {
     assert!(routes.iter().any(|r| r["prefix"] == MESH_V6));
 }
 
-/// The benchmark: both reflector kinds at FERROVIA_SIM_NODES (default 200), one after the
-/// other in the same run, then the mesh mode with N − 1 peers. Prints the reports.
+/// A list of numbers from the environment (`200,500,1000`), or `default`.
+fn env_list(name: &str, default: &[u32]) -> Vec<u32> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{name}={v}: {x:?} is not a number: {e}"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn mib(kib: &Value) -> f64 {
+    f64_of(kib) / 1024.0
+}
+
+/// The reflectors' total of a per-process field.
+fn sum_procs(r: &Value, key: &str) -> f64 {
+    r["processes"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| f64_of(&p[key])).sum())
+        .unwrap_or(f64::NAN)
+}
+
+/// The larger of the reflectors' values of a per-process field.
+fn max_procs(r: &Value, key: &str) -> f64 {
+    r["processes"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| f64_of(&p[key])).fold(0.0, f64::max))
+        .unwrap_or(f64::NAN)
+}
+
+fn reflector_row(name: &str, r: &Value) -> String {
+    format!(
+        "| {} | {name} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} MiB | {:.1} MiB | {:.2} % |",
+        r["nodes"],
+        f64_of(&r["establishSeconds"]),
+        f64_of(&r["convergenceSeconds"]),
+        f64_of(&r["completeSeconds"]),
+        max_procs(r, "cpuSeconds"),
+        max_procs(r, "peakRssKib") / 1024.0,
+        max_procs(r, "rssKib") / 1024.0,
+        max_procs(r, "steadyCpuPercent"),
+    )
+}
+
+/// The benchmark, one command: for each N of FERROVIA_SIM_NODES (default 200,500,1000)
+/// two ferrovia reflectors, then two BIRD reflectors (the anchor, same run), then the mesh
+/// mode for each peer count of FERROVIA_SIM_MESH (default 50,100,199). FERROVIA_SIM_STEADY
+/// sets the seconds of steady state measured after convergence (default 30 for the
+/// largest mesh, 5 elsewhere). Prints the JSON reports (`BENCH` lines) and Markdown tables.
 #[test]
 #[ignore = "benchmark: run on a quiet machine with --release --ignored --nocapture"]
 fn benchmark_reflectors_and_mesh() {
-    let n: u32 = std::env::var("FERROVIA_SIM_NODES")
+    let ns = env_list("FERROVIA_SIM_NODES", &[200, 500, 1000]);
+    let meshes = env_list("FERROVIA_SIM_MESH", &[50, 100, 199]);
+    let steady: u32 = std::env::var("FERROVIA_SIM_STEADY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let f = reflectors(ReflectorKind::Ferrovia, "benf", n, "30");
-    let b = reflectors(ReflectorKind::Bird, "benb", n, "30");
-    let lock = net_lock();
-    let w = SimWorld::mesh(&lock, "benm", n - 1);
-    let m = w
-        .run(timeout_for(n), &["--expect", "2", "--steady-seconds", "30"])
-        .unwrap_or_else(|e| panic!("mesh mode: {e}"));
-    println!("BENCH ferrovia-reflectors {f}");
-    println!("BENCH bird-reflectors {b}");
-    println!("BENCH mesh {m}");
+        .unwrap_or(30);
+    let short = steady.min(5).to_string();
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for &n in &ns {
+        let t = std::time::Instant::now();
+        let f = reflectors_run(ReflectorKind::Ferrovia, "benf", n, &short, false);
+        let b = reflectors_run(ReflectorKind::Bird, "benb", n, &short, false);
+        println!("BENCH ferrovia-reflectors {f}");
+        println!("BENCH bird-reflectors {b}");
+        eprintln!("N = {n}: {:.0} s", t.elapsed().as_secs_f64());
+        rows.push(reflector_row("ferrovia", &f));
+        rows.push(reflector_row("BIRD 2", &b));
+        ratios.push(format!(
+            "| {n} | {:.2}× | {:.2}× | {:.2}× |",
+            sum_procs(&f, "cpuSeconds") / sum_procs(&b, "cpuSeconds"),
+            max_procs(&f, "peakRssKib") / max_procs(&b, "peakRssKib"),
+            f64_of(&f["completeSeconds"]) / f64_of(&b["completeSeconds"]),
+        ));
+    }
+    let mut mesh_rows = Vec::new();
+    let mut mesh_points: Vec<(u32, f64)> = Vec::new();
+    let largest = meshes.iter().copied().max().unwrap_or(0);
+    for &m in &meshes {
+        let t = std::time::Instant::now();
+        let lock = net_lock();
+        let w = SimWorld::mesh(&lock, "benm", m);
+        let s = if m == largest {
+            steady.to_string()
+        } else {
+            short.clone()
+        };
+        let r = w
+            .run(
+                timeout_for(m + 1),
+                &["--expect", "2", "--steady-seconds", &s],
+            )
+            .unwrap_or_else(|e| panic!("mesh mode: {e}"));
+        drop(w);
+        drop(lock);
+        println!("BENCH mesh {r}");
+        eprintln!("mesh {m}: {:.0} s", t.elapsed().as_secs_f64());
+        let p = &r["processes"][0];
+        mesh_points.push((m, f64_of(&p["rssKib"]) - f64_of(&p["rssStartKib"])));
+        mesh_rows.push(format!(
+            "| {m} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.2} s | {:.2} % over {s} s |",
+            f64_of(&r["completeSeconds"]),
+            mib(&p["rssKib"]),
+            mib(&p["peakRssKib"]),
+            f64_of(&p["rssPerSessionKib"]),
+            f64_of(&p["cpuSeconds"]),
+            f64_of(&p["steadyCpuPercent"]),
+        ));
+    }
+    println!();
+    println!("| N | reflectors | start → last Established | last Established → converged | start → converged | CPU (busier reflector) | peak RSS (larger) | RSS at convergence | steady CPU ({short} s) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{r}");
+    }
+    println!();
+    println!("| N | ferrovia / BIRD: CPU (both reflectors) | peak RSS | start → converged |");
+    println!("|---|---|---|---|");
+    for r in &ratios {
+        println!("{r}");
+    }
+    if !mesh_rows.is_empty() {
+        println!();
+        println!("| mesh peers | start → all got the agent's blocks | agent RSS | peak RSS | RSS growth per peer (start → converged) | agent CPU | steady CPU |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &mesh_rows {
+            println!("{r}");
+        }
+    }
+    if let (Some(a), Some(b)) = (mesh_points.first(), mesh_points.last()) {
+        if b.0 > a.0 {
+            println!();
+            println!(
+                "Agent RSS growth (start → converged) from {} to {} mesh peers: {:.1} KiB per peer.",
+                a.0,
+                b.0,
+                (b.1 - a.1) / f64::from(b.0 - a.0)
+            );
+        }
+    }
+    println!();
+    println!("Whole run: {:.0} s.", started.elapsed().as_secs_f64());
 }

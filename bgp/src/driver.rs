@@ -110,6 +110,11 @@ pub enum DriverError {
 /// Most BGP bytes handled between two flushes (a flush packs and sends UPDATEs).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// A connection's read buffer starts this small ...
+const READ_BUFFER_MIN: usize = 4096;
+/// ... and grows up to this while the reads fill it.
+const READ_BUFFER_MAX: usize = 65536;
+
 type Query = Box<dyn FnOnce(&mut Speaker) + Send>;
 
 enum Command {
@@ -757,7 +762,10 @@ impl Driver {
         });
         let io_tx = self.io_tx.clone();
         let reader_task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
+            // Small while the peer sends little (a reflector holds a thousand idle
+            // sessions: a 64 KiB buffer each was most of its memory per session), doubled
+            // up to READ_BUFFER_MAX while reads fill it (a full table arriving).
+            let mut buf = vec![0u8; READ_BUFFER_MIN];
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -768,6 +776,9 @@ impl Driver {
                             .is_err()
                         {
                             return;
+                        }
+                        if n == buf.len() && buf.len() < READ_BUFFER_MAX {
+                            buf.resize(buf.len() * 2, 0);
                         }
                     }
                 }

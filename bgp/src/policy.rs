@@ -235,7 +235,7 @@ impl PeerPolicy {
 }
 
 /// The local side of a session, as export needs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportTarget {
     pub local_as: u32,
     pub local_id: Ipv4Addr,

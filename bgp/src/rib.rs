@@ -4,7 +4,7 @@
 use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
@@ -82,36 +82,6 @@ pub struct Updated {
     pub has: bool,
     /// The selection (best path or multipath next hops) moved.
     pub best_changed: bool,
-}
-
-/// Adj-RIB-Out of one peer: what we last advertised to it.
-#[derive(Debug, Default)]
-pub struct AdjRibOut {
-    routes: HashMap<IpNet, Arc<Route>>,
-}
-
-impl AdjRibOut {
-    pub fn get(&self, prefix: &IpNet) -> Option<&Arc<Route>> {
-        self.routes.get(prefix)
-    }
-    pub fn insert(&mut self, prefix: IpNet, route: Arc<Route>) {
-        self.routes.insert(prefix, route);
-    }
-    pub fn remove(&mut self, prefix: &IpNet) -> bool {
-        self.routes.remove(prefix).is_some()
-    }
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-    pub fn clear(&mut self) {
-        self.routes.clear();
-    }
-    pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
-        self.routes.keys()
-    }
 }
 
 /// A set of prefixes kept per family, so an IPv4 entry takes its 5 bytes and not the

@@ -14,10 +14,11 @@
 //! stops reading stalls its own Adj-RIB-Out, never the speaker, the other peers or the
 //! heap.
 
+use crate::adj_rib_out::{AdjRibOut, PrefixIds};
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
 use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach, Update};
 use crate::policy::{self, ExportTarget, MaxPrefixAction, PeerPolicy, Rejected};
-use crate::rib::{AdjRibOut, Candidate, Change, LocRib, PrefixSet, Route, Source};
+use crate::rib::{Candidate, Change, LocRib, PrefixSet, Route, Source};
 use crate::wire;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -85,6 +86,17 @@ pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
 
 /// Prefixes looked at per export step of one peer.
 pub const EXPORT_BATCH: usize = 2048;
+
+/// Entries of the shared export cache (prefix × export class) before it is emptied: a
+/// route reflector's clients share their exports up to this many, beyond it a full table
+/// is exported without sharing rather than growing the cache.
+pub const EXPORT_CACHE_LIMIT: usize = 262_144;
+
+/// Bytes of encoded UPDATEs kept for the other peers of one flush.
+pub const ENCODE_CACHE_BYTES: usize = 8 << 20;
+
+/// Export classes (update groups) remembered before the list is emptied.
+const EXPORT_CLASSES_LIMIT: usize = 4096;
 
 /// Changed prefixes a peer may have waiting; past this its families are resent in full
 /// (a cursor over the Loc-RIB) instead, so a stalled peer costs bounded memory whatever
@@ -288,6 +300,33 @@ impl Export {
     }
 }
 
+/// One exported route shared by every peer of an export class (update group): the peers
+/// that get the same attributes for the same Loc-RIB best path hold the same `Arc`, so a
+/// reflector's thousand clients keep one copy per prefix and class, not one each.
+struct CachedExport {
+    /// The best path it was computed from (the entry is stale once that changes).
+    best: Arc<Route>,
+    source: SourceKey,
+    out: Option<Arc<Route>>,
+}
+
+/// What of a Loc-RIB candidate an export depends on besides its route: source, learned
+/// over eBGP, learned from a reflector client, the peer's BGP Identifier.
+type SourceKey = (Source, bool, bool, Ipv4Addr);
+
+/// An exported route's address, the session's 4-octet AS, the prefixes of one family.
+type EncodeKey = (usize, bool, Vec<IpNet>);
+
+/// Encoded UPDATEs of one flush, by exported route, family and prefixes: the peers of a
+/// class that send the same routes in the same step get the same bytes, encoded once.
+#[derive(Default)]
+struct EncodeCache {
+    /// Keyed by the route's address; the entry keeps the route alive so the address is not
+    /// reused while the entry exists.
+    messages: HashMap<EncodeKey, (Arc<Route>, Vec<Vec<u8>>)>,
+    bytes: usize,
+}
+
 /// The speaker.
 pub struct Speaker {
     config: SpeakerConfig,
@@ -314,6 +353,13 @@ pub struct Speaker {
     /// End-of-RIB waits: what we originate is not complete yet (see
     /// [`Speaker::hold_end_of_rib`]).
     hold_eor: bool,
+    /// Export targets without the peer address: peers with equal ones form an export class.
+    classes: Vec<ExportTarget>,
+    /// Exports by prefix and class, shared by the class's peers.
+    export_cache: HashMap<(IpNet, u32), CachedExport>,
+    encode_cache: EncodeCache,
+    /// Numbers of the prefixes in the peers' Adj-RIBs-Out.
+    prefix_ids: PrefixIds,
 }
 
 impl Speaker {
@@ -332,6 +378,10 @@ impl Speaker {
             restarting: false,
             graceful_shutdown: false,
             hold_eor: false,
+            classes: Vec::new(),
+            export_cache: HashMap::new(),
+            encode_cache: EncodeCache::default(),
+            prefix_ids: PrefixIds::default(),
         }
     }
 
@@ -448,7 +498,9 @@ impl Speaker {
         p.session.stop(crate::message::notif::PEER_DECONFIGURED);
         self.drain_session(address);
         self.flush_peer_routes(address);
-        self.peers.remove(&address);
+        if let Some(mut p) = self.peers.remove(&address) {
+            p.adj_out.clear(&mut self.prefix_ids);
+        }
         Ok(())
     }
 
@@ -810,6 +862,11 @@ impl Speaker {
         dirty.sort_unstable();
         dirty.dedup();
         if !dirty.is_empty() {
+            for q in &dirty {
+                for k in 0..self.classes.len() as u32 {
+                    self.export_cache.remove(&(*q, k));
+                }
+            }
             let dirty: Vec<(IpNet, bool)> = dirty
                 .into_iter()
                 .map(|q| (q, self.loc_rib.best_candidate(&q).is_some()))
@@ -827,6 +884,7 @@ impl Speaker {
         for addr in addrs {
             self.flush_peer(addr);
         }
+        self.encode_cache = EncodeCache::default();
         if self.has_changes() && !self.changes_signalled {
             self.changes_signalled = true;
             self.events.push_back(Event::RoutesChanged);
@@ -1003,7 +1061,7 @@ impl Speaker {
         p.export.resend = n.families.iter().map(|f| (*f, None)).collect();
         p.export.eor = n.families.clone();
         p.conn = Some(conn);
-        p.adj_out.clear();
+        p.adj_out.clear(&mut self.prefix_ids);
         p.stats.since = wall;
         p.eor_received.clear();
         p.eor_sent = false;
@@ -1144,7 +1202,7 @@ impl Speaker {
         if let Some(p) = self.peers.get_mut(&addr) {
             p.eor_received.clear();
             p.eor_sent = false;
-            p.adj_out.clear();
+            p.adj_out.clear(&mut self.prefix_ids);
             p.export.clear();
             p.conn = None;
             p.negotiated = None;
@@ -1334,11 +1392,41 @@ impl Speaker {
         }
     }
 
-    fn export_for(&self, p: &Peer, target: &ExportTarget, prefix: &IpNet) -> Option<Arc<Route>> {
+    /// The export class of a target (its index in `classes`, added if new).
+    fn class_of(&mut self, target: &ExportTarget) -> u32 {
+        let key = ExportTarget {
+            peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ..*target
+        };
+        if let Some(k) = self.classes.iter().position(|c| *c == key) {
+            return k as u32;
+        }
+        if self.classes.len() >= EXPORT_CLASSES_LIMIT {
+            self.classes.clear();
+            self.export_cache.clear();
+        }
+        self.classes.push(key);
+        (self.classes.len() - 1) as u32
+    }
+
+    /// The route to advertise to `p` for `prefix`, or None. Computed once per export
+    /// class and Loc-RIB best path and shared (see [`CachedExport`]).
+    fn export_for(
+        &mut self,
+        addr: IpAddr,
+        target: &ExportTarget,
+        class: u32,
+        prefix: &IpNet,
+    ) -> Option<Arc<Route>> {
+        let p = self.peers.get(&addr)?;
         if !p.config.policy.exports(prefix) {
             return None;
         }
         let best = self.loc_rib.best_candidate(prefix)?;
+        // Split horizon: never back to the peer it came from.
+        if best.source == Source::Peer(target.peer) {
+            return None;
+        }
         let client = match best.source {
             Source::Peer(a) => self
                 .peers
@@ -1346,18 +1434,37 @@ impl Speaker {
                 .is_some_and(|q| q.config.route_reflector_client),
             Source::Local => false,
         };
+        let key: SourceKey = (best.source, best.ebgp, client, best.peer_id);
+        if let Some(c) = self.export_cache.get(&(*prefix, class)) {
+            if c.source == key && Arc::ptr_eq(&c.best, &best.route) {
+                return c.out.clone();
+            }
+        }
         let from = policy::RouteSource {
             source: best.source,
             ebgp: best.ebgp,
             client,
             peer_id: best.peer_id,
         };
-        let out = policy::export_from(&best.route, &from, matches!(prefix, IpNet::V6(_)), target)?;
+        let out = policy::export_from(&best.route, &from, matches!(prefix, IpNet::V6(_)), target);
         // Reuse the Arc when nothing changed, so equal attribute sets group cheaply.
-        match p.adj_out.get(prefix) {
-            Some(old) if **old == out => Some(old.clone()),
-            _ => Some(Arc::new(out)),
+        let out = out.map(|out| match p.adj_out.get(&self.prefix_ids, prefix) {
+            Some(old) if **old == out => old.clone(),
+            _ => Arc::new(out),
+        });
+        let best_route = best.route.clone();
+        if self.export_cache.len() >= EXPORT_CACHE_LIMIT {
+            self.export_cache.clear();
         }
+        self.export_cache.insert(
+            (*prefix, class),
+            CachedExport {
+                best: best_route,
+                source: key,
+                out: out.clone(),
+            },
+        );
+        out
     }
 
     /// Exports to one peer while its send queue has room: pending prefixes first, then
@@ -1386,7 +1493,7 @@ impl Speaker {
                         // The Loc-RIB scan is done; what was advertised and is gone from
                         // the Loc-RIB must be withdrawn too.
                         p.export.resend.remove(&family);
-                        let gone = p.adj_out.prefixes().filter(|q| {
+                        let gone = p.adj_out.prefixes(&self.prefix_ids).filter(|q| {
                             Family::of(q) == family && self.loc_rib.best_candidate(q).is_none()
                         });
                         p.export.pending.extend(gone);
@@ -1428,14 +1535,19 @@ impl Speaker {
             return;
         };
         let ctx = n.context;
+        let families = n.families.clone();
+        let class = self.class_of(&target);
         let mut withdrawn: Vec<IpNet> = Vec::new();
         let mut groups: HashMap<Arc<Route>, Vec<IpNet>> = HashMap::new();
         for prefix in batch {
-            if !n.families.contains(&Family::of(&prefix)) {
+            if !families.contains(&Family::of(&prefix)) {
                 continue;
             }
-            let new = self.export_for(p, &target, &prefix);
-            let old = p.adj_out.get(&prefix);
+            let new = self.export_for(addr, &target, class, &prefix);
+            let Some(p) = self.peers.get(&addr) else {
+                return;
+            };
+            let old = p.adj_out.get(&self.prefix_ids, &prefix);
             match (old, new) {
                 (Some(o), Some(n)) if Arc::ptr_eq(o, &n) || **o == *n => {}
                 (_, Some(n)) => groups.entry(n).or_default().push(prefix),
@@ -1448,7 +1560,7 @@ impl Speaker {
         };
         let mut messages: Vec<Vec<u8>> = Vec::new();
         for prefix in &withdrawn {
-            p.adj_out.remove(prefix);
+            p.adj_out.remove(&mut self.prefix_ids, prefix);
         }
         for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
             let w: Vec<IpNet> = withdrawn
@@ -1460,9 +1572,15 @@ impl Speaker {
                 messages.extend(wire::pack_updates(&w, None, &ctx));
             }
         }
+        // Groups in prefix order: the same step of another peer of the class then finds
+        // the same groups in the encode cache.
+        let mut groups: Vec<(Arc<Route>, Vec<IpNet>)> = groups.into_iter().collect();
+        groups.sort_unstable_by(|a, b| a.1.first().cmp(&b.1.first()));
+        let cache = &mut self.encode_cache;
         for (route, prefixes) in groups {
             for prefix in &prefixes {
-                p.adj_out.insert(*prefix, route.clone());
+                p.adj_out
+                    .insert(&mut self.prefix_ids, *prefix, route.clone());
             }
             for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
                 let ps: Vec<IpNet> = prefixes
@@ -1473,11 +1591,24 @@ impl Speaker {
                 if ps.is_empty() {
                     continue;
                 }
+                let key = (Arc::as_ptr(&route) as usize, ctx.four_octet_as, ps);
+                if let Some((_, m)) = cache.messages.get(&key) {
+                    messages.extend(m.iter().cloned());
+                    continue;
+                }
                 let reach = Reach {
                     next_hop: route.next_hop,
-                    prefixes: ps,
+                    prefixes: key.2.clone(),
                 };
-                messages.extend(wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx));
+                let m = wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx);
+                let size: usize = m.iter().map(Vec::len).sum();
+                if cache.bytes + size <= ENCODE_CACHE_BYTES {
+                    cache.bytes += size;
+                    messages.extend(m.iter().cloned());
+                    cache.messages.insert(key, (route.clone(), m));
+                } else {
+                    messages.extend(m);
+                }
             }
         }
         self.send_updates(addr, messages);
