@@ -159,6 +159,26 @@ fn argv(c: &Value) -> Vec<String> {
     v
 }
 
+/// The agent container's environment as the kubelet gives it on node `name` with host
+/// address `addr` (its fieldRefs resolved; the in-cluster KUBERNETES_SERVICE_*).
+fn agent_env(agent: &Value, name: &str, addr: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("KUBERNETES_SERVICE_HOST".into(), CONTROL_PLANE_V4.into()),
+        ("KUBERNETES_SERVICE_PORT".into(), SECURE_PORT.to_string()),
+    ];
+    for e in agent["env"].as_array().unwrap() {
+        let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("spec.nodeName") => name.to_string(),
+            Some("status.hostIP") => addr.to_string(),
+            Some("metadata.namespace") => RELEASE_NAMESPACE.to_string(),
+            Some(other) => panic!("the test does not know fieldRef {other}"),
+            None => e["value"].as_str().unwrap_or_default().to_string(),
+        };
+        env.push((e["name"].as_str().unwrap().to_string(), value));
+    }
+    env
+}
+
 fn start_node(
     lock: &NetLock,
     seg: &Netns,
@@ -256,19 +276,7 @@ fn start_node(
     // The agent container: command, args, env (NODENAME from spec.nodeName; the kubelet's
     // KUBERNETES_SERVICE_*), mounts.
     let agent = container(r, "agent");
-    let mut env: Vec<(String, String)> = vec![
-        ("KUBERNETES_SERVICE_HOST".into(), CONTROL_PLANE_V4.into()),
-        ("KUBERNETES_SERVICE_PORT".into(), SECURE_PORT.to_string()),
-    ];
-    for e in agent["env"].as_array().unwrap() {
-        let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-            Some("spec.nodeName") => node.name.clone(),
-            Some("status.hostIP") => addr.clone(),
-            Some(other) => panic!("the test does not know fieldRef {other}"),
-            None => e["value"].as_str().unwrap_or_default().to_string(),
-        };
-        env.push((e["name"].as_str().unwrap().to_string(), value));
-    }
+    let env = agent_env(agent, &node.name, &addr);
     let cmd = node.command(&argv(agent));
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -492,13 +500,12 @@ fn three_nodes_run_the_rendered_daemonset_mesh_and_pods_ping_across_nodes() {
         let cmd = n.command(&argv(container(&upgraded, "agent")));
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let name = n.name.clone();
-        let env = [
-            ("KUBERNETES_SERVICE_HOST", CONTROL_PLANE_V4.to_string()),
-            ("KUBERNETES_SERVICE_PORT", SECURE_PORT.to_string()),
-            ("NODENAME", name.clone()),
-            ("FERROVIA_ROUTER_ID", format!("198.18.0.{}", k + 1)),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = agent_env(
+            container(&upgraded, "agent"),
+            &name,
+            &format!("198.18.0.{}", k + 1),
+        );
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         n.agent = Some(Proc::spawn(n.ns.name(), &cmd, &n.dir("agent.log"), &env));
         wait_until(&format!("{name} meshed again"), CONVERGE, POLL, || {
             let s = nodes[k].status()?;
