@@ -9,8 +9,9 @@
 
 use crate::config::RouteSafety;
 use ferrovia_bgp::driver::PeerSpec;
+use ferrovia_bgp::policy::{PeerPolicy, PrefixAction, PrefixRule};
 use ferrovia_bgp::speaker::PeerConfig;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -54,6 +55,47 @@ pub struct Inputs<'a> {
     pub connect_retry: Duration,
     /// The cluster's pod pools, refused from peers outside the cluster unless allowed.
     pub pools: &'a [IpNet],
+    /// The cluster's Service address ranges (BGPConfiguration `service*IPs`): their host
+    /// routes do not travel between nodes (see [`between_nodes`]).
+    pub service_ranges: &'a [IpNet],
+}
+
+/// Route safety of a session between two nodes of the cluster (mesh, reflector and
+/// reflector-client sessions): nothing is refused but the host routes (/32, /128) of
+/// Service addresses inside the cluster's Service ranges, in both directions. Each node
+/// announces the Service addresses its traffic policy allows; a node that took another
+/// node's /32 would pass it on to its eBGP peers (a ToR) with itself as next hop, and a
+/// `Local` Service would be announced by nodes without an endpoint. The ranges themselves
+/// pass (every node announces them).
+pub fn between_nodes(service_ranges: &[IpNet]) -> PeerPolicy {
+    if service_ranges.is_empty() {
+        return PeerPolicy::default();
+    }
+    let mut rules: Vec<PrefixRule> = service_ranges
+        .iter()
+        .map(|r| PrefixRule {
+            prefix: *r,
+            ge: Some(r.max_prefix_len()),
+            le: None,
+            action: PrefixAction::Deny,
+        })
+        .collect();
+    for any in [
+        IpNet::from(Ipv4Net::default()),
+        IpNet::from(Ipv6Net::default()),
+    ] {
+        rules.push(PrefixRule {
+            prefix: any,
+            ge: None,
+            le: Some(any.max_prefix_len()),
+            action: PrefixAction::Permit,
+        });
+    }
+    PeerPolicy {
+        import_prefixes: rules.clone(),
+        export_prefixes: rules,
+        ..PeerPolicy::default()
+    }
 }
 
 /// The peers this node should have, by address. Earlier sources win when two name the
@@ -91,8 +133,9 @@ pub fn desired_peers(i: &Inputs<'_>) -> BTreeMap<IpAddr, PeerSpec> {
             passive,
             kind: kind.to_string(),
             route_reflector_client: client,
-            // Nodes of the cluster: no default protections.
-            policy: Default::default(),
+            // Nodes of the cluster: no default protections; Service host routes stay on
+            // the node that announces them.
+            policy: between_nodes(i.service_ranges),
         },
         port: 179,
         password,
@@ -209,6 +252,7 @@ mod tests {
             hold_time: 9,
             connect_retry: Duration::from_secs(1),
             pools: &[],
+            service_ranges: &[],
         }
     }
 
@@ -368,6 +412,57 @@ mod tests {
         let mut i = inputs(&nodes, &[], &[]);
         i.mesh = false;
         assert!(desired_peers(&i).is_empty());
+    }
+
+    #[test]
+    fn service_host_routes_stay_on_their_node_and_only_they() {
+        let ranges: Vec<IpNet> = vec![
+            "10.96.0.0/12".parse().expect("net"),
+            "fd00:96::/108".parse().expect("net"),
+        ];
+        let stored = [StoredPeer {
+            address: "198.18.0.254".parse().expect("ip"),
+            as_number: 65000,
+            node: None,
+            password: None,
+            ttl_security: None,
+            bfd: None,
+            safety: Default::default(),
+        }];
+        let nodes = [node("node1", "198.18.0.1"), node("node2", "198.18.0.2")];
+        let mut i = inputs(&nodes, &stored, &[]);
+        i.service_ranges = &ranges;
+        let d = desired_peers(&i);
+        let mesh = &d[&"198.18.0.1".parse::<IpAddr>().expect("ip")]
+            .config
+            .policy;
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        for host in ["10.96.0.10/32", "10.111.255.1/32", "fd00:96::a/128"] {
+            assert!(
+                mesh.refuse(&net(host)).is_some(),
+                "{host} taken from a node"
+            );
+            assert!(!mesh.exports(&net(host)), "{host} sent to a node");
+        }
+        for other in [
+            "10.96.0.0/12",
+            "fd00:96::/108",
+            "10.96.0.0/24",
+            "10.244.1.0/26",
+            "10.112.0.1/32",
+            "192.0.2.30/32",
+            "fd00:244::/122",
+        ] {
+            assert!(mesh.refuse(&net(other)).is_none(), "{other} refused");
+            assert!(mesh.exports(&net(other)), "{other} not sent");
+        }
+        // Peers outside the cluster (a ToR) get the Service host routes.
+        let tor = &d[&"198.18.0.254".parse::<IpAddr>().expect("ip")]
+            .config
+            .policy;
+        assert!(tor.exports(&net("10.96.0.10/32")));
+        // No ranges: no list at all.
+        assert_eq!(between_nodes(&[]), PeerPolicy::default());
     }
 
     #[test]

@@ -13,15 +13,15 @@
 //!   from the new one; with no endpoint left, no node announces it;
 //! - a load balancer IP outside the configured ranges is never announced.
 //!
-//! The nodes peer only with the ToR (mesh off, the usual ToR design): with the full mesh on,
-//! every node also passes what it learned over iBGP on to its eBGP ToR (standard BGP export),
-//! so a Local Service's /32 would reach the ToR from every node.
+//! The nodes keep the full mesh (the default) beside the ToR: Service host routes do not
+//! travel over the mesh (a node would otherwise pass another node's Local /32 on to the ToR
+//! with itself as next hop), so what the ToR holds is what each node announced itself.
 
 use ferrovia_testsupport::common;
 
 use common::cluster::{Cluster, CONVERGE, POLL};
-use common::{wait_until, Frr, FrrConfig, FrrNeighbor, Netns};
-use std::time::Instant;
+use common::{assert_for, wait_until, Frr, FrrConfig, FrrNeighbor, Netns};
+use std::time::{Duration, Instant};
 
 const NODES: [&str; 3] = ["198.18.0.1", "198.18.0.2", "198.18.0.3"];
 
@@ -139,13 +139,10 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
         });
     }
 
-    // The Service ranges, through the CLI; `cluster show` reports them. Mesh off: the
-    // nodes peer with the ToR only.
+    // The Service ranges, through the CLI; `cluster show` reports them. The mesh stays on.
     c.cli(&[
         "cluster",
         "set",
-        "--mesh",
-        "off",
         "--service-cluster-ips",
         "10.96.0.0/12",
         "--service-external-ips",
@@ -155,7 +152,7 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
     ]);
     let shown = c.cli(&["cluster", "show", "--json"]);
     let shown: serde_json::Value = serde_json::from_str(&shown).expect("cluster show --json");
-    assert_eq!(shown["mesh"], false, "{shown}");
+    assert_eq!(shown["mesh"], true, "{shown}");
     assert_eq!(
         shown["serviceLoadBalancerIPs"],
         serde_json::json!(["203.0.113.0/24"]),
@@ -163,10 +160,10 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
     );
     for i in 1..=3 {
         wait_until(
-            "the mesh is gone, the ToR session stays",
+            "the mesh and the ToR session (re-established with the Service ranges' rules)",
             CONVERGE,
             POLL,
-            || c.established(i, 1),
+            || c.established(i, 3),
         );
     }
     for range in ["10.96.0.0/12", "198.51.100.0/24", "203.0.113.0/24"] {
@@ -204,6 +201,29 @@ fn service_addresses_are_announced_to_the_tor_by_policy_and_endpoints() {
     for p in ["198.51.100.20/32", "203.0.113.20/32"] {
         wait_via(&frr, p, &["198.18.0.1"]);
     }
+    // Not passed on over the mesh: node2 and node3 never take node1's Local /32s (they would
+    // hand them to the ToR with themselves as next hop), and the ToR keeps them from node1
+    // alone.
+    assert_for(
+        "a Local Service's /32s stay on node1",
+        Duration::from_secs(5),
+        POLL,
+        || -> Result<(), String> {
+            for p in ["198.51.100.20/32", "203.0.113.20/32"] {
+                let v = via(&frr, p)?;
+                if v != ["198.18.0.1"] {
+                    return Err(format!("the ToR has {p} via {v:?}"));
+                }
+                let host = format!("{} ", p.trim_end_matches("/32"));
+                for i in 2..=3 {
+                    if c.node(i).has_route(&host) {
+                        return Err(format!("node{i} installed {p}"));
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
     // Every node has seen the Services and `local`'s Endpoints by now (node1 announces from
     // them; the others announce `outside`'s cluster IP): the outside address is absent.
     let rib = frr.rib(false).expect("FRR RIB");

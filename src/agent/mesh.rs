@@ -191,6 +191,15 @@ async fn apply_mesh(
         .find(|n| n.name == ctx.me)
         .map_or(&no_labels, |n| &n.labels);
     let stored = stored_peers(&snap.peers, &ctx.me, my_labels);
+    // The Service ranges whose host routes stay on their node (a range with host bits is
+    // refused by the services task and left out here too).
+    let service_ranges: Vec<ipnet::IpNet> = cluster
+        .services
+        .lists()
+        .into_iter()
+        .flat_map(|(_, l)| l.iter().copied())
+        .filter(|r| r.trunc() == *r)
+        .collect();
     let mut desired = mesh::desired_peers(&mesh::Inputs {
         me: &ctx.me,
         my_address: ctx.my_address,
@@ -201,6 +210,7 @@ async fn apply_mesh(
         hold_time: ctx.hold_time,
         connect_retry: ctx.connect_retry,
         pools: &ctx.pools,
+        service_ranges: &service_ranges,
     });
     // The datastore can make this node a reflector (or stop it being one) at any time; the
     // configuration file's cluster id rules when it has one.
