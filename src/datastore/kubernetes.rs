@@ -413,15 +413,13 @@ impl Datastore for KubeStore {
             done: false,
         };
         // Open the first watch now, so that an Expired or unreachable server shows at once.
+        // Node watches start knowing no record (`seen` empty), so each Node's first event is
+        // reported even when its record looks unchanged: the watcher's copy is as of `from`,
+        // and a record written between `from` and now must reach it. (Seeding `seen` from a
+        // list taken now dropped exactly those: a node registered between the watcher's
+        // list and its watch was never seen by the mesh.) Later Node updates that leave the
+        // record alone (kubelet status) are dropped as before.
         let mut state = state;
-        if state.shape.is_node() {
-            // Node records as they are now: a later Node update that leaves its record alone
-            // is then recognised (and dropped) from the first event on.
-            for item in self.list(kind, selector).await?.items {
-                let o = item.object;
-                state.seen.insert(o.name, Some((o.labels, o.value)));
-            }
-        }
         if client_side {
             for item in self.list(kind, &Selector::everything()).await?.items {
                 state.before.insert(item.object.name, item.object.labels);
