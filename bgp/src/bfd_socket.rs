@@ -1,6 +1,6 @@
 //! BFD's UDP sockets (RFC 5881, single hop): one listener per address family on port 3784
-//! that reports each datagram's TTL / hop limit, and one connected sending socket per peer
-//! with a source port in 49152–65535 and TTL 255.
+//! that reports each datagram's TTL / hop limit, and one sending socket per peer with a
+//! source port in 49152–65535 and TTL 255.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -63,8 +63,10 @@ pub fn listen(v6: bool) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// A socket that sends to `peer`'s port 3784 with TTL (hop limit) 255, bound to a source
-/// port in 49152–65535. `seed` picks the first port tried.
+/// A socket for sending to `peer`'s port 3784 ([`send`]) with TTL (hop limit) 255, bound
+/// to a source port in 49152–65535. `seed` picks the first port tried. It is not connected:
+/// a peer without a route yet (the agent starts before the node's link is addressed) is no
+/// error here — each packet finds its route and source address when it is sent.
 pub fn sender(peer: IpAddr, seed: u32) -> io::Result<UdpSocket> {
     let v6 = peer.is_ipv6();
     let domain = if v6 {
@@ -89,15 +91,18 @@ pub fn sender(peer: IpAddr, seed: u32) -> io::Result<UdpSocket> {
     for i in 0..span {
         let port = SOURCE_PORTS.start() + ((seed.wrapping_add(i)) % span) as u16;
         match s.bind(&SocketAddr::new(unspecified, port).into()) {
-            Ok(()) => {
-                s.connect(&SocketAddr::new(peer, PORT).into())?;
-                return UdpSocket::from_std(s.into());
-            }
+            Ok(()) => return UdpSocket::from_std(s.into()),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
             Err(e) => return Err(e),
         }
     }
     Err(last)
+}
+
+/// Sends one BFD Control packet to `peer`'s port 3784 on its [`sender`] socket, without
+/// waiting (a full socket buffer is an error, and the session sends again at its interval).
+pub fn send(sock: &UdpSocket, peer: IpAddr, packet: &[u8]) -> io::Result<usize> {
+    sock.try_send_to(packet, SocketAddr::new(peer, PORT))
 }
 
 /// Receives one datagram: its payload, sender and TTL / hop limit (None when the kernel

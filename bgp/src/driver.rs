@@ -474,7 +474,7 @@ impl Driver {
             match out {
                 PeerOutput::Send(peer, bytes) => {
                     if let Some(s) = self.bfd.senders.get(&peer) {
-                        if let Err(e) = s.try_send(&bytes) {
+                        if let Err(e) = bfd_socket::send(s, peer, &bytes) {
                             debug!(%peer, error = %e, "sending a BFD packet failed");
                         }
                     }
