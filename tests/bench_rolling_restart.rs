@@ -7,19 +7,35 @@
 //! node. Four configurations in the same run: FRR 8.4 and BIRD 2.0.12 ToRs, BFD off (the
 //! anchor: graceful restart alone) and on (300 ms × 3 with the peer settings of
 //! config/README.md). Prints a Markdown table.
+//!
+//! The second benchmark restarts every node of a lab in turn, as a DaemonSet rollout does
+//! (SIGTERM, start, /readyz before the next node), FERROVIA_BENCH_ROUNDS times over, while a
+//! pod on every node pings the pod on every other node at 100/s (both directions): the
+//! leaf-spine lab with FRR ToRs (four nodes, twelve flows) and the BIRD lab (two nodes, two
+//! flows), BFD off (graceful-restart*.clab.yml, the anchor) and on
+//! (graceful-restart*-bfd.clab.yml). Prints a Markdown table.
 
 use ferrovia_testsupport::common;
+use ferrovia_testsupport::lab_common;
 
 use common::bfd::*;
+use common::net_lock;
+use lab_common::restart::{bird_tor_of, frr_tor_of, rolling_restart, TorOf};
+use lab_common::Lab;
+
+/// FERROVIA_BENCH_ROUNDS (default 3, at least 1).
+fn rounds() -> usize {
+    std::env::var("FERROVIA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
 
 #[test]
 #[ignore = "benchmark: scripts/bench_rolling_restart.sh"]
 fn bench_packets_lost_per_rolling_restart() {
-    let rounds: usize = std::env::var("FERROVIA_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = rounds();
     let mut rows = Vec::new();
     for (n, (kind, bfd)) in [
         (TorKind::Frr, false),
@@ -50,6 +66,73 @@ fn bench_packets_lost_per_rolling_restart() {
             r.sent,
             lost as f64 / rounds as f64,
             r.ran.as_secs_f64()
+        );
+    }
+    assert!(!rows.is_empty());
+}
+
+#[test]
+#[ignore = "benchmark: scripts/bench_rolling_restart.sh"]
+fn bench_packets_lost_per_rolling_restart_of_every_node() {
+    let rounds = rounds();
+    let labs: [(&str, &str, &str, TorOf, &[&str], bool); 4] = [
+        (
+            "FRR 8.4 (leaf-spine)",
+            "graceful-restart.clab.yml",
+            "fvt-rlb0",
+            frr_tor_of,
+            &["n1", "n2", "n3", "n4"],
+            false,
+        ),
+        (
+            "FRR 8.4 (leaf-spine)",
+            "graceful-restart-bfd.clab.yml",
+            "fvt-rlb1",
+            frr_tor_of,
+            &["n1", "n2", "n3", "n4"],
+            true,
+        ),
+        (
+            "BIRD 2.0.12",
+            "graceful-restart-bird.clab.yml",
+            "fvt-rlb2",
+            bird_tor_of,
+            &["n1", "n3"],
+            false,
+        ),
+        (
+            "BIRD 2.0.12",
+            "graceful-restart-bird-bfd.clab.yml",
+            "fvt-rlb3",
+            bird_tor_of,
+            &["n1", "n3"],
+            true,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (tors, file, name, tor_of, nodes, bfd) in labs {
+        let started = std::time::Instant::now();
+        let lock = net_lock();
+        let lab = Lab::up(&lock, file, name);
+        let r = rolling_restart(&lab, tor_of, nodes, rounds, bfd);
+        drop(lab);
+        rows.push((tors, nodes.len(), bfd, r, started.elapsed()));
+    }
+    println!();
+    println!(
+        "| ToRs | nodes | BFD | node restarts | pod flows | echo requests | lost | lost per node restart | run |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (tors, nodes, bfd, r, took) in &rows {
+        println!(
+            "| {tors} | {nodes} | {} | {} ({rounds} × {nodes}) | {} | {} | {} | {:.1} | {:.0} s |",
+            if *bfd { "300 ms × 3" } else { "off (anchor)" },
+            r.restarts,
+            r.flows.len(),
+            r.sent(),
+            r.lost(),
+            r.lost() as f64 / r.restarts as f64,
+            took.as_secs_f64()
         );
     }
     assert!(!rows.is_empty());

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod restart;
+
 pub const POLL: Duration = Duration::from_millis(200);
 /// The hold time of every session in the lab topologies.
 pub const HOLD: Duration = Duration::from_secs(9);
