@@ -13,14 +13,16 @@
 //! pod on every node pings the pod on every other node at 100/s (both directions): the
 //! leaf-spine lab with FRR ToRs (four nodes, twelve flows) and the BIRD lab (two nodes, two
 //! flows), BFD off (graceful-restart*.clab.yml, the anchor) and on
-//! (graceful-restart*-bfd.clab.yml). Prints a Markdown table.
+//! (graceful-restart*-bfd.clab.yml); and, for comparison, the mesh lab (three nodes in a full
+//! iBGP mesh on one segment, no ToR: each node's routes are kept by the other nodes, whose
+//! sessions to a higher address only listen; tests/topologies/mesh). Prints a Markdown table.
 
 use ferrovia_testsupport::common;
 use ferrovia_testsupport::lab_common;
 
 use common::bfd::*;
 use common::net_lock;
-use lab_common::restart::{bird_tor_of, frr_tor_of, rolling_restart, TorOf};
+use lab_common::restart::{bird_tor_of, frr_tor_of, mesh_peer_of, rolling_restart, TorOf};
 use lab_common::Lab;
 
 /// FERROVIA_BENCH_ROUNDS (default 3, at least 1).
@@ -75,7 +77,7 @@ fn bench_packets_lost_per_rolling_restart() {
 #[ignore = "benchmark: scripts/bench_rolling_restart.sh"]
 fn bench_packets_lost_per_rolling_restart_of_every_node() {
     let rounds = rounds();
-    let labs: [(&str, &str, &str, TorOf, &[&str], bool); 4] = [
+    let labs: [(&str, &str, &str, TorOf, &[&str], bool); 5] = [
         (
             "FRR 8.4 (leaf-spine)",
             "graceful-restart.clab.yml",
@@ -107,6 +109,14 @@ fn bench_packets_lost_per_rolling_restart_of_every_node() {
             bird_tor_of,
             &["n1", "n3"],
             true,
+        ),
+        (
+            "none: full iBGP mesh",
+            "mesh.clab.yml",
+            "fvt-rlb4",
+            mesh_peer_of,
+            &["n1", "n2", "n3"],
+            false,
         ),
     ];
     let mut rows = Vec::new();

@@ -16,8 +16,8 @@ pub const READY: Duration = Duration::from_secs(60);
 /// What the restarted agent logs when it claims a graceful restart.
 pub const CLAIM: &str = "graceful restart: our routes are still in the kernel";
 
-/// Node → its ToR and the ToR's name for the session (FRR: the node's address; BIRD: the
-/// protocol's name).
+/// Node → its ToR (or another router that peers with it) and that router's name for the
+/// session (FRR and ferrovia: the node's address; BIRD: the protocol's name).
 pub type TorOf = fn(&str) -> (&'static str, &'static str);
 
 /// The leaf-spine lab (and its graceful-restart variants) with FRR ToRs.
@@ -37,6 +37,16 @@ pub fn bird_tor_of(node: &str) -> (&'static str, &'static str) {
         "n1" => ("tor", "n1"),
         "n3" => ("tor", "n3"),
         other => panic!("no ToR known for {other}"),
+    }
+}
+
+/// The mesh lab (no ToR): the next node's session with `node` (by its address).
+pub fn mesh_peer_of(node: &str) -> (&'static str, &'static str) {
+    match node {
+        "n1" => ("n2", "198.18.0.1"),
+        "n2" => ("n3", "198.18.0.2"),
+        "n3" => ("n1", "198.18.0.3"),
+        other => panic!("no mesh peer known for {other}"),
     }
 }
 
@@ -157,8 +167,8 @@ pub fn tor_session(lab: &Lab, tor_of: TorOf, node: &str) -> String {
     lab.sessions(tor).get(key).cloned().unwrap_or_default()
 }
 
-/// Stops the agent of `node` (SIGTERM, or SIGKILL with `kill`), waits until its ToR saw
-/// the session go, starts it again and waits until it claimed the restart and is ready.
+/// Stops the agent of `node` (SIGTERM, or SIGKILL with `kill`), waits until its ToR (the
+/// router `tor_of` names) saw the session go, starts it again and waits until it claimed the restart and is ready.
 pub fn restart(lab: &Lab, tor_of: TorOf, node: &str, kill: bool) {
     let before = claims(lab, node);
     lab.stop(node, kill);
