@@ -121,11 +121,21 @@ fn bench_packets_lost_per_rolling_restart_of_every_node() {
     ];
     let mut rows = Vec::new();
     for (tors, file, name, tor_of, nodes, bfd) in labs {
-        let started = std::time::Instant::now();
         let lock = net_lock();
+        let started = std::time::Instant::now();
         let lab = Lab::up(&lock, file, name);
         let r = rolling_restart(&lab, tor_of, nodes, rounds, bfd);
         drop(lab);
+        for f in r.flows.iter().filter(|f| !f.count.lost.is_empty()) {
+            eprintln!(
+                "{file}: {} → {}: lost {} of {} (sequence numbers {}; 100 a second)",
+                f.from,
+                f.to,
+                f.count.lost.len(),
+                f.count.last,
+                f.count.lost_ranges()
+            );
+        }
         rows.push((tors, nodes.len(), bfd, r, started.elapsed()));
     }
     println!();
@@ -136,7 +146,11 @@ fn bench_packets_lost_per_rolling_restart_of_every_node() {
     for (tors, nodes, bfd, r, took) in &rows {
         println!(
             "| {tors} | {nodes} | {} | {} ({rounds} × {nodes}) | {} | {} | {} | {:.1} | {:.0} s |",
-            if *bfd { "300 ms × 3" } else { "off (anchor)" },
+            match (*bfd, tors.starts_with("none")) {
+                (true, _) => "300 ms × 3",
+                (false, false) => "off (anchor)",
+                (false, true) => "off",
+            },
             r.restarts,
             r.flows.len(),
             r.sent(),

@@ -40,10 +40,10 @@ fn assert_nothing_lost(what: &str, r: &Rolling) {
         );
         assert!(
             f.count.lost.is_empty(),
-            "{what}: {} → {}: lost echo requests {:?} of {} over {} node restarts",
+            "{what}: {} → {}: lost echo requests {} of {} over {} node restarts",
             f.from,
             f.to,
-            f.count.lost,
+            f.count.lost_ranges(),
             f.count.last,
             r.restarts
         );

@@ -227,6 +227,36 @@ pub struct Rolling {
     pub flows: Vec<Flow>,
 }
 
+impl PingCount {
+    /// The lost sequence numbers as ranges, e.g. "120–171, 300".
+    pub fn lost_ranges(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let mut run: Option<(u64, u64)> = None;
+        for &s in &self.lost {
+            run = match run {
+                Some((a, b)) if s == b + 1 => Some((a, s)),
+                Some((a, b)) => {
+                    out.push(if a == b {
+                        format!("{a}")
+                    } else {
+                        format!("{a}–{b}")
+                    });
+                    Some((s, s))
+                }
+                None => Some((s, s)),
+            };
+        }
+        if let Some((a, b)) = run {
+            out.push(if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}–{b}")
+            });
+        }
+        out.join(", ")
+    }
+}
+
 impl Rolling {
     /// Echo requests sent (answered or lost) over all flows.
     pub fn sent(&self) -> u64 {
@@ -287,8 +317,13 @@ pub fn rolling_restart(
         .map(|(from, to, addr)| (*from, *to, PingRun::start(lab, from, "p", addr)))
         .collect();
     let mut restarts = 0;
+    let t0 = std::time::Instant::now();
     for round in 1..=rounds {
         for node in nodes {
+            eprintln!(
+                "round {round}: {node} restarts {:.1?} after the last ping started",
+                t0.elapsed()
+            );
             restart(lab, tor_of, node, false);
             all_bfd_up(&format!(
                 "round {round}: every agent's BFD sessions Up after {node}'s restart"
