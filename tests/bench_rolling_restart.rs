@@ -73,54 +73,74 @@ fn bench_packets_lost_per_rolling_restart() {
     assert!(!rows.is_empty());
 }
 
+/// One lab of the every-node benchmark.
+struct EveryNode {
+    /// What routes between the nodes (the table's first column).
+    tors: &'static str,
+    file: &'static str,
+    /// The lab's name (its namespaces' prefix).
+    name: &'static str,
+    tor_of: TorOf,
+    nodes: &'static [&'static str],
+    bfd: bool,
+}
+
 #[test]
 #[ignore = "benchmark: scripts/bench_rolling_restart.sh"]
 fn bench_packets_lost_per_rolling_restart_of_every_node() {
     let rounds = rounds();
-    let labs: [(&str, &str, &str, TorOf, &[&str], bool); 5] = [
-        (
-            "FRR 8.4 (leaf-spine)",
-            "graceful-restart.clab.yml",
-            "fvt-rlb0",
-            frr_tor_of,
-            &["n1", "n2", "n3", "n4"],
-            false,
-        ),
-        (
-            "FRR 8.4 (leaf-spine)",
-            "graceful-restart-bfd.clab.yml",
-            "fvt-rlb1",
-            frr_tor_of,
-            &["n1", "n2", "n3", "n4"],
-            true,
-        ),
-        (
-            "BIRD 2.0.12",
-            "graceful-restart-bird.clab.yml",
-            "fvt-rlb2",
-            bird_tor_of,
-            &["n1", "n3"],
-            false,
-        ),
-        (
-            "BIRD 2.0.12",
-            "graceful-restart-bird-bfd.clab.yml",
-            "fvt-rlb3",
-            bird_tor_of,
-            &["n1", "n3"],
-            true,
-        ),
-        (
-            "none: full iBGP mesh",
-            "mesh.clab.yml",
-            "fvt-rlb4",
-            mesh_peer_of,
-            &["n1", "n2", "n3"],
-            false,
-        ),
+    let labs = [
+        EveryNode {
+            tors: "FRR 8.4 (leaf-spine)",
+            file: "graceful-restart.clab.yml",
+            name: "fvt-rlb0",
+            tor_of: frr_tor_of,
+            nodes: &["n1", "n2", "n3", "n4"],
+            bfd: false,
+        },
+        EveryNode {
+            tors: "FRR 8.4 (leaf-spine)",
+            file: "graceful-restart-bfd.clab.yml",
+            name: "fvt-rlb1",
+            tor_of: frr_tor_of,
+            nodes: &["n1", "n2", "n3", "n4"],
+            bfd: true,
+        },
+        EveryNode {
+            tors: "BIRD 2.0.12",
+            file: "graceful-restart-bird.clab.yml",
+            name: "fvt-rlb2",
+            tor_of: bird_tor_of,
+            nodes: &["n1", "n3"],
+            bfd: false,
+        },
+        EveryNode {
+            tors: "BIRD 2.0.12",
+            file: "graceful-restart-bird-bfd.clab.yml",
+            name: "fvt-rlb3",
+            tor_of: bird_tor_of,
+            nodes: &["n1", "n3"],
+            bfd: true,
+        },
+        EveryNode {
+            tors: "none: full iBGP mesh",
+            file: "mesh.clab.yml",
+            name: "fvt-rlb4",
+            tor_of: mesh_peer_of,
+            nodes: &["n1", "n2", "n3"],
+            bfd: false,
+        },
     ];
     let mut rows = Vec::new();
-    for (tors, file, name, tor_of, nodes, bfd) in labs {
+    for EveryNode {
+        tors,
+        file,
+        name,
+        tor_of,
+        nodes,
+        bfd,
+    } in labs
+    {
         let lock = net_lock();
         let started = std::time::Instant::now();
         let lab = Lab::up(&lock, file, name);
