@@ -393,9 +393,28 @@ pub struct Health {
     /// Until then, readiness also waits for End-of-RIB both ways with every peer (the
     /// initial exchange after a start); `None` once it happened or the time is over.
     bgp_sync_until: Mutex<Option<std::time::Instant>>,
+    /// The speaker does not know all its peers yet (the datastore's mesh is read after the
+    /// speaker starts): no peers is not "End-of-RIB with every peer" meanwhile.
+    peers_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
+    /// The speaker's peers are still being read (from the datastore): until
+    /// [`Health::peers_configured`], End-of-RIB with every peer cannot have happened.
+    pub fn wait_for_peers(&self) {
+        self.peers_pending
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    /// The speaker has every peer the configuration and the datastore ask for.
+    pub fn peers_configured(&self) {
+        self.peers_pending
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+    /// Whether the speaker's peers are still being read.
+    pub fn peers_pending(&self) -> bool {
+        self.peers_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
     /// Readiness waits for End-of-RIB both ways with every peer, at most until `until`.
     pub fn wait_for_bgp_sync(&self, until: std::time::Instant) {
         *self
@@ -414,13 +433,16 @@ impl Health {
         let Some(t) = *until else {
             return Vec::new();
         };
-        let missing: Vec<String> = peers
+        let mut missing: Vec<String> = peers
             .iter()
             .filter(|p| {
                 !(p.state == BgpState::Established && p.stats.eor_sent && p.stats.eor_received)
             })
             .map(|p| p.config.address.to_string())
             .collect();
+        if self.peers_pending() {
+            missing.push("the peers not read from the datastore yet".to_string());
+        }
         if missing.is_empty() || std::time::Instant::now() >= t {
             *until = None;
             return Vec::new();

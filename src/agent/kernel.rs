@@ -69,8 +69,9 @@ async fn desired_routes(handle: &Handle) -> Result<HashMap<IpNet, RouteKind>> {
 /// speaker is gone.
 ///
 /// After a graceful restart (`keep_until` set) the first reconcile keeps our routes the
-/// Loc-RIB does not have yet: the peers are about to send them again. Once End-of-RIB went
-/// both ways with every peer, or at `keep_until`, a full reconcile sweeps those that did not
+/// Loc-RIB does not have yet: the peers are about to send them again. Once every peer is
+/// known (`health.peers_pending()` false) and End-of-RIB went both ways with each, or at
+/// `keep_until`, a full reconcile sweeps those that did not
 /// come back and the speaker stops advertising the Restart State bit.
 pub async fn kernel_task(
     mut kernel: Kernel,
@@ -143,10 +144,15 @@ pub async fn kernel_task(
             }
             _ = retry.tick() => {
                 if let Some(until) = keep_until {
-                    let synchronised = handle
-                        .query(|s: &mut Speaker| s.synchronised())
-                        .await
-                        .context("asking the BGP speaker whether End-of-RIB was exchanged")?;
+                    // Until the mesh is read from the datastore the speaker may have no
+                    // peers at all, and "End-of-RIB with every peer" would hold at once:
+                    // sweeping then would drop the routes to every other node until the
+                    // sessions are back (issue 11).
+                    let synchronised = !health.peers_pending()
+                        && handle
+                            .query(|s: &mut Speaker| s.synchronised())
+                            .await
+                            .context("asking the BGP speaker whether End-of-RIB was exchanged")?;
                     if synchronised || Instant::now() >= until {
                         info!(
                             synchronised,

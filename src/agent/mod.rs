@@ -161,8 +161,12 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         restarting,
     )
     .await?;
-    // Readiness waits for End-of-RIB both ways with every peer, at most this long.
+    // Readiness waits for End-of-RIB both ways with every peer, at most this long; with a
+    // datastore, the mesh's peers are added below, and "every peer" means them too.
     health.wait_for_bgp_sync(started + restart_time);
+    if store.is_some() {
+        health.wait_for_peers();
+    }
     sup.adopt("speaker", driver);
 
     let announce = Arc::new(tokio::sync::Notify::new());
@@ -203,6 +207,7 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         };
         let mut mesh = mesh::Mesh::new(store.clone(), ctx, handle.clone());
         mesh.apply_once().await?;
+        health.peers_configured();
         store::register_node(store, &loaded).await?;
         sup.spawn("mesh", mesh.run());
         let ipam = match &cfg.ipam {

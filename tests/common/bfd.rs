@@ -489,8 +489,8 @@ impl Tor {
     }
 }
 
-/// `ping` from the pod to `dst` at 100 packets a second, in the background; `stop` returns
-/// (transmitted, received) from its summary.
+/// `ping` at 100 packets a second, in the background; `stop` counts what was answered from
+/// the replies' sequence numbers.
 pub struct Pinger {
     proc: proc::Proc,
     started: Instant,
@@ -499,18 +499,19 @@ pub struct Pinger {
 }
 
 impl Pinger {
+    /// From the pod to the host behind the ToRs.
     pub fn start(t: &TwoTors) -> Pinger {
+        Pinger::spawn(t.pod.name(), DST)
+    }
+
+    /// From namespace `ns` to `dst`, once its first pings are answered.
+    pub fn spawn(ns: &str, dst: &str) -> Pinger {
         let dir = tempfile::Builder::new()
             .prefix("fvt-ping")
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("ping.log");
-        let proc = proc::Proc::spawn(
-            t.pod.name(),
-            &["ping", "-n", "-i", "0.01", "-W", "1", DST],
-            &log,
-            &[],
-        );
+        let proc = proc::Proc::spawn(ns, &["ping", "-n", "-i", "0.01", "-W", "1", dst], &log, &[]);
         let p = Pinger {
             proc,
             started: Instant::now(),
