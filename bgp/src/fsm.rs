@@ -184,6 +184,8 @@ pub struct Session {
     tried: bool,
     /// Our OPEN says we restarted with forwarding preserved (RFC 4724 R and F bits).
     restarting: bool,
+    /// Reconnect every `connect_retry` without backing off (the peer is restarting).
+    steady_retry: bool,
 }
 
 impl Session {
@@ -201,7 +203,20 @@ impl Session {
             last_error: None,
             tried: false,
             restarting: false,
+            steady_retry: false,
         }
+    }
+
+    /// Whether reconnect attempts keep to `connect_retry` instead of doubling after each
+    /// failure. On while a graceful restart peer is away and we keep its routes as stale:
+    /// it is coming back within its restart time, and a passive peer (the higher address
+    /// in the mesh) only returns when we connect, so a backed-off attempt would keep both
+    /// sides on stale routes, and its readiness waiting, for longer than its restart took.
+    pub fn set_steady_retry(&mut self, on: bool) {
+        if on && !self.steady_retry {
+            self.retry_delay = self.config.connect_retry;
+        }
+        self.steady_retry = on;
     }
 
     /// Whether our OPENs from now on carry the Restart State bit and the Forwarding State
@@ -534,7 +549,9 @@ impl Session {
             return;
         }
         self.retry_at = Some(now + self.retry_delay);
-        self.retry_delay = (self.retry_delay * 2).min(self.config.max_retry);
+        if !self.steady_retry {
+            self.retry_delay = (self.retry_delay * 2).min(self.config.max_retry);
+        }
     }
 
     fn on_message(&mut self, now: Instant, id: ConnId, msg: Message) {

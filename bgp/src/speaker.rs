@@ -1025,6 +1025,11 @@ impl Speaker {
                 }
             }
         }
+        // While we keep a restarting peer's routes as stale, reconnect without backing off.
+        if let Some(p) = self.peers.get_mut(&addr) {
+            let away = p.stale.is_some();
+            p.session.set_steady_retry(away);
+        }
     }
 
     fn on_established(

@@ -659,3 +659,49 @@ fn end_of_rib_waits_while_held_and_goes_out_when_released() {
     assert_eq!(out.iter().filter(|m| is_eor(m)).count(), 2, "{out:?}");
     assert!(s.peer_status()[0].stats.eor_sent);
 }
+
+/// The times at which the speaker tries to reconnect to A after its session dropped at
+/// `now`, when every attempt is refused (the peer is not listening yet), up to `until`.
+fn reconnects(s: &mut Speaker, now: Instant, until: Duration) -> Vec<Duration> {
+    let mut tries = Vec::new();
+    while let Some(at) = s.poll_timeout() {
+        if at > now + until {
+            break;
+        }
+        s.handle_timeout(at);
+        let mut connect = false;
+        s.flush();
+        while s.poll_event().is_some() {}
+        while let Some(a) = s.poll_action() {
+            connect |= matches!(a, Action::Connect(p) if p == A);
+        }
+        if connect {
+            tries.push(at - now);
+            s.connect_failed(at, A);
+            while s.poll_action().is_some() {}
+        }
+    }
+    tries
+}
+
+#[test]
+fn a_restarting_peer_is_reconnected_every_connect_retry_without_back_off() {
+    // The peer restarts (its routes stay stale): we try again every connect_retry (1 s
+    // here) until it is back, so a passive peer that only returns when we connect is not
+    // kept waiting by a back-off.
+    let (mut s, now) = with_routes(Some(HELPER), &ROUTES);
+    s.closed(now, A, 1);
+    sent(&mut s);
+    let tries = reconnects(&mut s, now, Duration::from_secs(10));
+    let secs: Vec<u64> = tries.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, (1..=10).collect::<Vec<_>>(), "{tries:?}");
+    assert_eq!(stale_count(&s), 3, "still kept while it is away");
+
+    // A peer without graceful restart backs off as before: 1 s, then 2 s, 4 s, …
+    let (mut s, now) = with_routes(None, &ROUTES);
+    s.closed(now, A, 1);
+    sent(&mut s);
+    let tries = reconnects(&mut s, now, Duration::from_secs(10));
+    let secs: Vec<u64> = tries.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, vec![1, 3, 7], "{tries:?}");
+}
