@@ -608,6 +608,20 @@ mod tests {
     }
 
     #[test]
+    fn readiness_waits_for_the_peers_to_be_read_before_calling_no_peers_synchronised() {
+        let health = Health::default();
+        health.wait_for_bgp_sync(std::time::Instant::now() + Duration::from_secs(3600));
+        health.wait_for_peers();
+        assert_eq!(
+            health.unsynchronised(&[]),
+            vec!["the peers not read from the datastore yet".to_string()],
+            "no peers yet is not End-of-RIB with every peer"
+        );
+        health.peers_configured();
+        assert!(health.unsynchronised(&[]).is_empty());
+    }
+
+    #[test]
     fn bfd_series_follow_the_session_and_count_failures() {
         use ferrovia_bgp::bfd::{Diag, State};
         use ferrovia_bgp::speaker::BfdStatus;
