@@ -32,7 +32,7 @@ use errors::map_err;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-    Preconditions, WatchEvent, WatchParams,
+    Preconditions, VersionMatch, WatchEvent, WatchParams,
 };
 use kube::Client;
 use serde_json::Value;
@@ -193,6 +193,40 @@ impl KubeStore {
         let api = self.api(shape);
         let object_name = shape.object_name(kind, name)?;
         Self::bounded(kind, name, api.get_opt(&object_name)).await
+    }
+
+    /// The names and labels of the records of `kind` as they were at version `from`: an
+    /// exact list (served by etcd, 410 Gone → [`DatastoreError::Expired`] once compacted).
+    /// A version of "" or "0" (no particular point) lists the current state.
+    async fn list_exact(
+        &self,
+        shape: &Shape,
+        kind: &str,
+        from: &Version,
+    ) -> Result<Vec<(String, Labels)>> {
+        let api = self.api(shape);
+        let lp = match from.as_str() {
+            "" | "0" => ListParams::default(),
+            v => ListParams::default().at(v).matching(VersionMatch::Exact),
+        };
+        let list = match Self::bounded(kind, "", api.list(&lp)).await {
+            Err(DatastoreError::Expired { detail, .. }) => {
+                return Err(DatastoreError::Expired {
+                    kind: kind.to_string(),
+                    version: from.as_str().to_string(),
+                    detail,
+                })
+            }
+            other => other?,
+        };
+        let mut out = Vec::new();
+        for obj in &list.items {
+            if let Some(item) = shape.item(kind, obj) {
+                let item = item?;
+                out.push((item.object.name, item.object.labels));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes the record part of a Node (its `ferrovia.io/` annotations) with a merge patch
@@ -388,13 +422,14 @@ impl Datastore for KubeStore {
 
     async fn watch(&self, kind: &str, selector: &Selector, from: &Version) -> Result<EventStream> {
         let shape = self.shape(kind)?;
+        let shape_for_list = shape.clone();
         let api = self.api(&shape);
         let mut wp = WatchParams::default();
         // Kubernetes reports an object whose labels stop matching as deleted with its last
         // matching state; the datastore contract wants its new state. So custom resources and
         // Leases are watched whole and the selector applied here, from the labels each object
-        // had before the change (seeded from a list when the watch opens). Node watches pass
-        // the selector on (their records live in annotations, not labels).
+        // had before the change (seeded from a list at exactly `from`, see below). Node
+        // watches pass the selector on (their records live in annotations, not labels).
         let client_side = !selector.is_everything() && !shape.is_node();
         if !selector.is_everything() && !client_side {
             wp = wp.labels(&selector.to_string());
@@ -419,10 +454,15 @@ impl Datastore for KubeStore {
         // list taken now dropped exactly those: a node registered between the watcher's
         // list and its watch was never seen by the mesh.) Later Node updates that leave the
         // record alone (kubelet status) are dropped as before.
+        // Selector watches seed the labels "before" from the objects as they were at `from`
+        // (an exact list), not as they are now: a change between the watcher's list and this
+        // moment would otherwise look like no change — an object that stopped matching or was
+        // deleted in that window was never reported gone.
         let mut state = state;
         if client_side {
-            for item in self.list(kind, &Selector::everything()).await?.items {
-                state.before.insert(item.object.name, item.object.labels);
+            let objects = self.list_exact(&shape_for_list, kind, from).await?;
+            for (name, labels) in objects {
+                state.before.insert(name, labels);
             }
         }
         state.open().await?;

@@ -42,6 +42,7 @@ macro_rules! datastore_contract_tests {
             watch_from_a_version_sees_later_events_in_order,
             watch_resumes_after_a_gap,
             watch_applies_the_selector_to_label_changes,
+            a_selector_watch_opened_late_judges_changes_from_its_start_version,
             too_old_a_version_expires,
             concurrent_writers_on_two_handles_lose_no_update,
             a_watch_sees_writes_of_another_handle,
@@ -413,6 +414,71 @@ pub async fn watch_applies_the_selector_to_label_changes<B: Backend>(b: &B) {
         ],
         "label changes appear as added/deleted relative to the selector; the delete of a \
          non-matching object is not seen"
+    );
+}
+
+/// A watcher lists, then opens its watch a little later: the changes in between are judged
+/// against the objects as they were at the list's version, not as they are when the watch
+/// opens. An object that stopped matching or was deleted in that window is reported gone;
+/// one that started matching or was created is reported added.
+pub async fn a_selector_watch_opened_late_judges_changes_from_its_start_version<B: Backend>(
+    b: &B,
+) {
+    let s = b.handle().await;
+    let n1 = labels(&[("node", "n1")]);
+    let n2 = labels(&[("node", "n2")]);
+    let va = s
+        .create("Thing", &obj("a", json!(0)).with_labels(n1.clone()))
+        .await
+        .expect("create a");
+    s.create("Thing", &obj("b", json!(0)).with_labels(n1.clone()))
+        .await
+        .expect("create b");
+    let vc = s
+        .create("Thing", &obj("c", json!(0)).with_labels(n2.clone()))
+        .await
+        .expect("create c");
+    let sel = Selector::parse("node=n1").expect("selector");
+    let listed = s.list("Thing", &sel).await.expect("list");
+    let names: Vec<&str> = listed.items.iter().map(|i| i.object.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    // Between the list and the watch.
+    s.update("Thing", &obj("a", json!(1)).with_labels(n2.clone()), &va)
+        .await
+        .expect("a no longer matches");
+    s.delete("Thing", "b", None).await.expect("delete b");
+    s.update("Thing", &obj("c", json!(1)).with_labels(n1.clone()), &vc)
+        .await
+        .expect("c now matches");
+    s.create("Thing", &obj("d", json!(1)).with_labels(n1.clone()))
+        .await
+        .expect("create d");
+    s.create("Thing", &obj("e", json!(1)).with_labels(n2.clone()))
+        .await
+        .expect("create e");
+    let mut w = s.watch("Thing", &sel, &listed.version).await.expect("watch");
+    // After the watch opened: a last event, so that nothing may hide behind the end.
+    s.create("Thing", &obj("z", json!(2)).with_labels(n1.clone()))
+        .await
+        .expect("create z");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let (op, name, _) = summary(&next_event(&mut w).await);
+        seen.push((op, name));
+    }
+    let want: Vec<(&str, String)> = [
+        ("deleted", "a"),
+        ("deleted", "b"),
+        ("added", "c"),
+        ("added", "d"),
+        ("added", "z"),
+    ]
+    .into_iter()
+    .map(|(op, n)| (op, n.to_string()))
+    .collect();
+    assert_eq!(
+        seen, want,
+        "changes made between the list and the watch are judged from the list's version"
     );
 }
 
