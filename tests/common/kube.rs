@@ -247,6 +247,18 @@ impl ControlPlane {
         let _ = self.apiserver.terminate(Duration::from_secs(20));
     }
 
+    /// Freezes the API server (SIGSTOP): it neither answers nor refuses, so connections hang,
+    /// as with an overloaded or partitioned control plane. It runs again (SIGCONT) when the
+    /// returned guard is resumed or dropped, also when the test panics.
+    pub fn pause_apiserver(&self) -> Paused {
+        Paused::stop("kube-apiserver", self.apiserver.pid())
+    }
+
+    /// Freezes etcd (SIGSTOP) until the returned guard is resumed or dropped.
+    pub fn pause_etcd(&self) -> Paused {
+        Paused::stop("etcd", self.etcd.pid())
+    }
+
     /// Starts the API server again with the same flags and waits until it is ready.
     pub fn start_apiserver(&mut self) {
         let argv: Vec<&str> = self.apiserver_argv.iter().map(|a| a.as_str()).collect();
@@ -555,6 +567,54 @@ impl Drop for LocalProxy {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A control-plane process frozen with SIGSTOP; SIGCONT when resumed or dropped.
+#[must_use = "the process runs again when this guard is dropped"]
+pub struct Paused {
+    what: &'static str,
+    pid: Option<i32>,
+}
+
+impl Paused {
+    fn stop(what: &'static str, pid: Option<i32>) -> Paused {
+        let pid = pid.unwrap_or_else(|| panic!("{what} is not running: nothing to pause"));
+        // SAFETY: a signal to our own child, which has not been reaped (the Proc holds it).
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            panic!(
+                "SIGSTOP {what} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Paused {
+            what,
+            pid: Some(pid),
+        }
+    }
+
+    /// Lets the process run again.
+    pub fn resume(mut self) {
+        self.cont();
+    }
+
+    fn cont(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: as in `stop`; the Proc that owns the child outlives this guard.
+            if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
+                eprintln!(
+                    "SIGCONT {} (pid {pid}): {}",
+                    self.what,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.cont();
     }
 }
 

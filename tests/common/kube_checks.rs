@@ -135,3 +135,66 @@ fn base64(data: &[u8]) -> String {
     }
     out
 }
+
+/// A BIRD "ToR" on the cluster's segment (AS 65000) that accepts a session from any node
+/// (AS 64512) and exports nothing: a peer for a `BGPPeer` object to point at.
+pub struct Tor {
+    // Drop order: BIRD, then its namespace.
+    _bird: super::proc::Proc,
+    pub ns: super::Netns,
+}
+
+impl Cluster {
+    /// Starts a [`Tor`] at `addr` (in 198.18.0.0/24) in a namespace tagged `tag` (a few
+    /// letters: it names the namespace, the bridge port and the files).
+    pub fn bird_tor(&self, tag: &str, addr: &str) -> Tor {
+        let ns = super::Netns::new(&self._lock, tag);
+        let port = format!("p{tag}");
+        super::Netns::veth(&ns, "eth0", &self.br, &port);
+        self.br.ip(&["link", "set", &port, "master", "br0"]);
+        ns.addr("eth0", &format!("{addr}/24"));
+        let conf = self.dir.path().join(format!("{tag}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "router id {addr};\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
+                 protocol bgp nodes {{\n  local {addr} as 65000;\n  neighbor range 198.18.0.0/24 as 64512;\n  \
+                 dynamic name \"node\";\n  ipv4 {{ import all; export none; }};\n}}\n"
+            ),
+        )
+        .expect("write the ToR's BIRD config");
+        let bird = super::proc::Proc::spawn(
+            ns.name(),
+            &[
+                "bird",
+                "-f",
+                "-c",
+                &conf.display().to_string(),
+                "-s",
+                &self
+                    .dir
+                    .path()
+                    .join(format!("{tag}.ctl"))
+                    .display()
+                    .to_string(),
+            ],
+            &self.dir.path().join(format!("{tag}.log")),
+            &[],
+        );
+        Tor { _bird: bird, ns }
+    }
+
+    /// Node `i`'s sessions that are Established, by peer address.
+    pub fn established_peers(&self, i: u8) -> Result<Vec<String>, String> {
+        let s = self.node(i).status()?;
+        let mut up: Vec<String> = s["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["state"] == "Established")
+            .filter_map(|p| p["address"].as_str().map(str::to_string))
+            .collect();
+        up.sort();
+        Ok(up)
+    }
+}
