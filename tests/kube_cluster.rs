@@ -615,3 +615,168 @@ fn a_hung_api_server_or_etcd_loses_no_packet_and_add_answers_11_at_once() {
     // Each peer exists once.
     assert_eq!(c.kube_items("bgppeers.ferrovia.io").len(), 2);
 }
+
+/// Lines of node `i`'s log that report ignoring an invalid object named `name`.
+fn ignored_lines(c: &Cluster, i: u8, name: &str) -> usize {
+    c.node(i)
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("ignoring an invalid") && l.contains(name))
+        .count()
+}
+
+/// Objects made by hand that the agents cannot use. The schema refuses what it can (422
+/// naming the field). What passes it — an IPAMBlock whose allocations repeat an ordinal, an
+/// IPPool overlapping the agents' pool, a Node whose `ferrovia.io/addresses` annotation is
+/// not an address — each agent logs once with the object's name, however often it wakes
+/// up, and ignores: pods still get addresses (never of the overlapping pool's block size)
+/// and ping, the mesh stays, and no kernel routes the broken block.
+#[test]
+fn bad_objects_are_refused_by_the_schema_or_logged_once_and_ignored() {
+    use serde_json::json;
+    let c = Cluster::kubernetes("kbad", 2, IPAM);
+    for i in 1..=2 {
+        wait_until("mesh", CONVERGE, POLL, || c.established(i, 1));
+    }
+    let a = c.add_pod(1, "bad-a");
+    let cp = c.control_plane();
+    let post = |plural: &str, kind: &str, name: &str, spec: Value| {
+        cp.call(
+            "POST",
+            &format!("/apis/ferrovia.io/v1alpha1/{plural}"),
+            Some(&json!({"apiVersion": "ferrovia.io/v1alpha1", "kind": kind,
+                         "metadata": {"name": name}, "spec": spec})),
+        )
+    };
+
+    // What the schema can see, it refuses, naming the field.
+    for (spec, field) in [
+        (
+            json!({"cidr": "10.244.201.0/26", "affinity": "node1",
+                   "allocations": [{"ordinal": 5000, "handle": "x:eth0"}]}),
+            "ordinal",
+        ),
+        (
+            json!({"cidr": "10.244.201.0/26", "affinity": ""}),
+            "affinity",
+        ),
+        (
+            json!({"cidr": "10.244.201.0/26", "affinity": "node1",
+                   "allocations": [{"ordinal": 1, "handle": "no-interface"}]}),
+            "handle",
+        ),
+    ] {
+        let r = post("ipamblocks", "IPAMBlock", "10-244-201-0-26", spec.clone());
+        assert_eq!(r.status, 422, "{spec} must be refused: {}", r.body);
+        assert!(
+            r.body.contains(field),
+            "the refusal names {field}: {}",
+            r.body
+        );
+    }
+
+    // What passes the schema.
+    let block = "10-244-200-0-26";
+    post(
+        "ipamblocks",
+        "IPAMBlock",
+        block,
+        json!({"cidr": "10.244.200.0/26", "affinity": "node1",
+               "allocations": [{"ordinal": 3, "handle": "bad1:eth0"},
+                               {"ordinal": 3, "handle": "bad2:eth0"}]}),
+    )
+    .expect_status(201, "a block whose allocations repeat an ordinal");
+    let pool = "10-244-0-0-24";
+    post(
+        "ippools",
+        "IPPool",
+        pool,
+        json!({"cidr": "10.244.0.0/24", "blockSize": 28, "createdMs": 4_000_000_000_000u64}),
+    )
+    .expect_status(201, "a pool overlapping the agents' pool, created after it");
+    let node1 = cp
+        .call("GET", "/api/v1/nodes/node1", None)
+        .expect_status(200, "read node1")
+        .json();
+    let mut annotations = node1["metadata"]["annotations"].clone();
+    annotations["ferrovia.io/addresses"] = json!("[\"198.18.0.300\"]");
+    annotations["ferrovia.io/routerId"] = json!("198.18.0.9");
+    cp.call(
+        "POST",
+        "/api/v1/nodes",
+        Some(&json!({"apiVersion": "v1", "kind": "Node",
+                     "metadata": {"name": "node9", "annotations": annotations}})),
+    )
+    .expect_status(201, "a Node with a bad address annotation");
+
+    for i in 1..=2 {
+        for name in [block, pool, "node9"] {
+            wait_until(
+                &format!("node{i} reports ignoring {name}"),
+                CONVERGE,
+                POLL,
+                || match ignored_lines(&c, i, name) {
+                    0 => Err(format!("not yet:\n{}", c.node(i).log_text())),
+                    _ => Ok(()),
+                },
+            );
+        }
+    }
+    // Wake-ups: the bad objects change (labels) again and again, pods come and go.
+    for round in 0..3 {
+        for (path, what) in [
+            (
+                format!("/apis/ferrovia.io/v1alpha1/ipamblocks/{block}"),
+                "block",
+            ),
+            (format!("/apis/ferrovia.io/v1alpha1/ippools/{pool}"), "pool"),
+            ("/api/v1/nodes/node9".to_string(), "node"),
+        ] {
+            cp.call(
+                "PATCH",
+                &path,
+                Some(&json!({"metadata": {"labels": {"round": round.to_string()}}})),
+            )
+            .expect_status(200, &format!("label the bad {what}"));
+        }
+        for i in 1..=2 {
+            let p = c.add_pod(i, &format!("bad-r{round}-n{i}"));
+            let to = p.ip(false).expect("v4");
+            wait_until("new pod reachable", CONVERGE, POLL, || ping(&a, &to));
+        }
+    }
+
+    // Logged once, with the name.
+    for i in 1..=2 {
+        for name in [block, pool, "node9"] {
+            assert_eq!(
+                ignored_lines(&c, i, name),
+                1,
+                "node{i} logs {name} exactly once:\n{}",
+                c.node(i).log_text()
+            );
+        }
+    }
+    // Never applied: every block claimed has the agents' pool's size; no kernel routes the
+    // broken block; node9 is no peer.
+    for b in c.kube_items("ipamblocks.ferrovia.io") {
+        let cidr = b["spec"]["cidr"].as_str().unwrap_or_default().to_string();
+        if b["metadata"]["name"] == block {
+            continue;
+        }
+        assert!(
+            cidr.ends_with("/26") || cidr.ends_with("/122"),
+            "a block of the overlapping pool was claimed: {b}"
+        );
+    }
+    for i in 1..=2 {
+        assert!(
+            !c.node(i).has_route("10.244.200.0/26"),
+            "node{i} routes the broken block: {:?}",
+            c.node(i).kernel_routes()
+        );
+        c.established(i, 1).expect("the mesh stays up");
+        let peers = c.peer_addresses(i).expect("status");
+        assert_eq!(peers.len(), 1, "node{i}: only the other node: {peers:?}");
+    }
+}

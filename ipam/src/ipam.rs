@@ -279,6 +279,69 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Logs once that stored object `kind` `name` is left out because of `e`.
+fn warn_unusable(kind: &str, name: &str, e: IpamError) {
+    let reason = match e {
+        IpamError::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    crate::invalid::warn_ignored(kind, name, &reason);
+}
+
+/// The range a block object that cannot be used may stand for: its `cidr` field if it is
+/// one, and the CIDR its name spells (`10-244-1-0-26`, `fd00-10-244---122`).
+fn claimed_range(item: &Item) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    if let Some(cidr) = item
+        .object
+        .value
+        .get("cidr")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|c| c.parse::<IpNet>().ok())
+    {
+        out.push(cidr.trunc());
+    }
+    let name = item.object.name.as_str();
+    if let Some((addr, len)) = name.rsplit_once('-') {
+        let addr = addr
+            .strip_prefix('0')
+            .filter(|a| a.starts_with('-'))
+            .unwrap_or(addr);
+        for text in [addr.replace('-', "."), addr.replace('-', ":")] {
+            if let Ok(net) = format!("{text}/{len}").parse::<IpNet>() {
+                if net_name(&net) == name {
+                    out.push(net.trunc());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Of stored pools that overlap, the one created first (then the lower CIDR) is in
+/// effect; each other one is logged once and left out. Sorted by CIDR.
+fn pools_in_effect(mut stored: Vec<StoredPool>) -> Vec<Pool> {
+    stored.sort_by_key(|p| (p.created_ms, p.pool.cidr));
+    let mut kept: Vec<Pool> = Vec::new();
+    for p in stored {
+        if let Some(older) = kept.iter().find(|k| overlaps(&k.cidr, &p.pool.cidr)) {
+            crate::invalid::warn_ignored(
+                KIND_POOL,
+                &p.pool.name(),
+                &format!(
+                    "its cidr {} overlaps pool {}, created before it; pools must be disjoint: \
+                     delete one of them",
+                    p.pool.cidr, older.cidr
+                ),
+            );
+            continue;
+        }
+        kept.push(p.pool);
+    }
+    kept.sort_by_key(|p| p.cidr);
+    kept
+}
+
 fn in_pools(cidr: &IpNet, pools: &[Pool]) -> bool {
     pools.iter().any(|p| p.cidr.contains(cidr))
 }
@@ -408,11 +471,7 @@ impl Ipam {
                     return;
                 };
                 let fresh = match r {
-                    Ok(()) => pools
-                        .items()
-                        .map(|i| Self::decode::<Pool>(&i.object.name, i.object.value.clone()))
-                        .collect::<Result<Vec<Pool>, IpamError>>()
-                        .map_err(|e| e.to_string()),
+                    Ok(()) => Ok(Self::pools_in(pools.items())),
                     Err(e) => Err(e.to_string()),
                 };
                 let failed = fresh.is_err();
@@ -420,10 +479,7 @@ impl Ipam {
                     .pool_cache
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = match fresh {
-                    Ok(mut p) => {
-                        p.sort_by_key(|p| p.cidr);
-                        Some(p)
-                    }
+                    Ok(p) => Some(p),
                     Err(e) => {
                         // Assignments list the pools again (and report what is wrong).
                         tracing::debug!(error = %e, "watching the IPAM pools; assignments list them meanwhile");
@@ -519,10 +575,17 @@ impl Ipam {
         let name = pool.name();
         for _ in 0..MAX_ATTEMPTS {
             let stored = self.list::<StoredPool>().await?;
-            if let Some((other, _)) = stored
+            // Ours, when stored already, stays in effect against a pool that overlaps it
+            // but was created after it (that one is ignored, see `pools_in`).
+            let ours = stored
                 .iter()
-                .find(|(p, _)| p.pool.cidr != pool.cidr && overlaps(&p.pool.cidr, &pool.cidr))
-            {
+                .find(|(p, _)| p.pool.cidr == pool.cidr)
+                .map(|(p, _)| (p.created_ms, p.pool.cidr));
+            if let Some((other, _)) = stored.iter().find(|(p, _)| {
+                p.pool.cidr != pool.cidr
+                    && overlaps(&p.pool.cidr, &pool.cidr)
+                    && ours.is_none_or(|o| (p.created_ms, p.pool.cidr) < o)
+            }) {
                 return Err(IpamError::PoolOverlap {
                     cidr: pool.cidr,
                     other: other.pool.cidr,
@@ -645,16 +708,31 @@ impl Ipam {
             .unwrap_or(false))
     }
 
-    /// Every stored pool, sorted by CIDR.
+    /// The stored pools in effect, sorted by CIDR: of two that overlap, the one created
+    /// first (see [`Ipam::pools_in`]).
     pub async fn pools(&self) -> Result<Vec<Pool>, IpamError> {
-        let mut pools: Vec<Pool> = self
-            .list::<Pool>()
-            .await?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
-        pools.sort_by_key(|p| p.cidr);
-        Ok(pools)
+        Ok(pools_in_effect(
+            self.list::<StoredPool>()
+                .await?
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect(),
+        ))
+    }
+
+    /// The pools in effect among stored pool objects (a watched copy), sorted by CIDR. A
+    /// pool object that does not decode or breaks the rules, and a pool that overlaps one
+    /// created before it (made by hand, or by two agents at the same instant), are left
+    /// out and logged once ([`crate::invalid`]): they are never used.
+    pub fn pools_in<'a>(items: impl IntoIterator<Item = &'a Item>) -> Vec<Pool> {
+        let mut stored = Vec::new();
+        for item in items {
+            match Self::decode::<StoredPool>(&item.object.name, item.object.value.clone()) {
+                Ok(p) => stored.push(p),
+                Err(e) => warn_unusable(KIND_POOL, &item.object.name, e),
+            }
+        }
+        pools_in_effect(stored)
     }
 
     async fn blocks_in(&self, pool: &IpNet) -> Result<usize, IpamError> {
@@ -1295,7 +1373,7 @@ impl Ipam {
         // Slow path: every block; again whenever a claim loses a race.
         'relist: for attempt in 0..MAX_ATTEMPTS {
             jitter(attempt).await;
-            let mut blocks = self.list::<Block>().await?;
+            let (mut blocks, unusable) = self.list_usable::<Block>().await?;
             blocks.sort_by_key(|(b, _)| b.cidr);
             self.refresh_affine(node, &blocks);
             for (b, version) in blocks.iter().filter(|(b, _)| b.affinity == node) {
@@ -1322,7 +1400,10 @@ impl Ipam {
             let limit = self.config.max_blocks_per_node;
             let limit_hit = limit.is_some_and(|l| affine >= l as usize);
             if !limit_hit {
-                let taken: Vec<IpNet> = blocks.iter().map(|(b, _)| b.cidr).collect();
+                // A block object that cannot be used still holds its range (by its cidr and
+                // by its name): a claim keeps clear of it.
+                let mut taken: Vec<IpNet> = blocks.iter().map(|(b, _)| b.cidr).collect();
+                taken.extend(unusable.iter().flat_map(claimed_range));
                 for pool in usable {
                     if let Some(cidr) = first_free_block(pool, &taken) {
                         let block = Block::new(cidr, node);
@@ -1653,7 +1734,7 @@ impl Ipam {
         let now_ms = unix_ms(now);
         let grace_ms = u64::try_from(self.config.empty_block_grace.as_millis()).unwrap_or(u64::MAX);
         let mut released = Vec::new();
-        let mut blocks = self.list::<Block>().await?;
+        let mut blocks = self.list_usable::<Block>().await?.0;
         blocks.sort_by_key(|(b, _)| b.cidr);
         for (mut b, version) in blocks {
             if b.affinity != node || !b.allocations.is_empty() {
@@ -1683,8 +1764,9 @@ impl Ipam {
     /// The handles of `node`'s pods, with their attributes, sorted.
     pub async fn node_handles(&self, node: &str) -> Result<Vec<(HandleId, Attributes)>, IpamError> {
         let mut out: Vec<(HandleId, Attributes)> = self
-            .list::<Handle>()
+            .list_usable::<Handle>()
             .await?
+            .0
             .into_iter()
             .filter(|(h, _)| h.node == node)
             .map(|(h, _)| (h.id(), h.attributes))
@@ -1698,13 +1780,13 @@ impl Ipam {
     /// to [`Ipam::release_node`].
     pub async fn nodes_in_use(&self) -> Result<BTreeSet<String>, IpamError> {
         let mut nodes = BTreeSet::new();
-        for (b, _) in self.list::<Block>().await? {
+        for (b, _) in self.list_usable::<Block>().await?.0 {
             for a in &b.allocations {
                 nodes.insert(b.holder(a).to_string());
             }
             nodes.insert(b.affinity);
         }
-        for (h, _) in self.list::<Handle>().await? {
+        for (h, _) in self.list_usable::<Handle>().await?.0 {
             nodes.insert(h.node);
         }
         Ok(nodes)
@@ -1719,7 +1801,7 @@ impl Ipam {
     pub async fn release_node(&self, node: &str) -> Result<NodeRelease, IpamError> {
         validate_node(node)?;
         let mut out = NodeRelease::default();
-        let mut blocks = self.list::<Block>().await?;
+        let mut blocks = self.list_usable::<Block>().await?.0;
         blocks.sort_by_key(|(b, _)| b.cidr);
         for (b, _) in blocks {
             if b.affinity != node && !b.allocations.iter().any(|a| b.holder(a) == node) {
@@ -1766,7 +1848,7 @@ impl Ipam {
             }
         }
         self.forget_node_affine(node);
-        for (h, version) in self.list::<Handle>().await? {
+        for (h, version) in self.list_usable::<Handle>().await?.0 {
             if h.node != node {
                 continue;
             }
@@ -1789,7 +1871,7 @@ impl Ipam {
     /// The blocks affine to `node`, sorted: announce them over BGP, with a blackhole
     /// route each.
     pub async fn node_blocks(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
-        let mut blocks = self.list::<Block>().await?;
+        let mut blocks = self.list_usable::<Block>().await?.0;
         blocks.sort_by_key(|(b, _)| b.cidr);
         self.refresh_affine(node, &blocks);
         Ok(blocks
@@ -1811,7 +1893,13 @@ impl Ipam {
         let mut own = Vec::new();
         let mut borrowed = Vec::new();
         for item in blocks {
-            let b: Block = Self::decode(&item.object.name, item.object.value.clone())?;
+            let b: Block = match Self::decode(&item.object.name, item.object.value.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn_unusable(KIND_BLOCK, &item.object.name, e);
+                    continue;
+                }
+            };
             if b.affinity == node {
                 own.push(b.cidr);
                 continue;
@@ -1834,7 +1922,7 @@ impl Ipam {
     /// a /32 or /128.
     pub async fn borrowed(&self, node: &str) -> Result<Vec<IpAddr>, IpamError> {
         let mut ips: Vec<IpAddr> = Vec::new();
-        for (b, _) in self.list::<Block>().await? {
+        for (b, _) in self.list_usable::<Block>().await?.0 {
             for a in &b.allocations {
                 if a.node.as_deref() == Some(node) && b.affinity != node {
                     if let Some(ip) = b.ip_at(a.ordinal) {
@@ -2043,6 +2131,32 @@ impl Ipam {
                 ))
             })
             .collect()
+    }
+
+    /// [`Ipam::list`] for what acts on the objects (assignment, announcement, release of
+    /// a removed node's objects, leak collection): an object that does not decode or
+    /// breaks the layout's rules is logged once and left out — never applied, never a
+    /// reason to stop. Those objects come back apart (a claim keeps clear of their range).
+    /// `ferrovia ipam show`, GC and the pools' own checks use the strict [`Ipam::list`].
+    async fn list_usable<T: Stored>(&self) -> Result<(Vec<(T, Version)>, Vec<Item>), IpamError> {
+        let items = self
+            .store
+            .list(T::KIND, &Selector::everything())
+            .await
+            .map_err(|e| Self::store_error::<T>("list", "*", e))?
+            .items;
+        let mut usable = Vec::with_capacity(items.len());
+        let mut unusable = Vec::new();
+        for item in items {
+            match Self::decode::<T>(&item.object.name, item.object.value.clone()) {
+                Ok(object) => usable.push((object, item.version)),
+                Err(e) => {
+                    warn_unusable(T::KIND, &item.object.name, e);
+                    unusable.push(item);
+                }
+            }
+        }
+        Ok((usable, unusable))
     }
 
     async fn create<T: Stored>(

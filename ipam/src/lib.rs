@@ -91,6 +91,7 @@
 pub mod datastore;
 mod error;
 mod group;
+pub mod invalid;
 mod ipam;
 mod leak;
 mod lock;

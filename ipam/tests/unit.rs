@@ -1038,7 +1038,12 @@ fn corrupt_objects_are_errors_not_panics() {
             "{value}: {err}"
         );
         assert!(err.to_string().contains("fix or delete it"));
-        assert!(v4(&ipam, "n2", 2).is_err());
+        // Assignment leaves the broken block out (logged once, never used) and keeps
+        // clear of the range it may stand for (its name, its cidr).
+        let ip = v4(&ipam, "n2", 2).unwrap().ip;
+        for range in ["10.244.0.64/26", "10.244.9.0/26"] {
+            assert!(!net(range).contains(&ip), "{value}: {ip} is inside {range}");
+        }
         store.delete_b(KIND_BLOCK, "10-244-0-64-26", None).unwrap();
     }
     store
@@ -1059,6 +1064,31 @@ fn corrupt_objects_are_errors_not_panics() {
         ),
         "{err}"
     );
+}
+
+/// A pool made by hand over one that exists (schemas cannot see overlaps): the older pool
+/// stays in effect, the newer is never used, and the agent's configuration naming the older
+/// one still applies (a restart does not fail on it).
+#[test]
+fn a_stored_pool_overlapping_an_older_one_is_ignored() {
+    let (store, ipam) = setup(&[PoolSpec::new("10.244.0.0/16")]);
+    let newer = serde_json::json!({"cidr": "10.244.0.0/24", "blockSize": 28, "createdMs": 4_000_000_000_000u64});
+    store.create_b(KIND_POOL, "10-244-0-0-24", &newer).unwrap();
+    let cidrs: Vec<IpNet> = ipam.pools().unwrap().iter().map(|p| p.cidr).collect();
+    assert_eq!(cidrs, [net("10.244.0.0/16")]);
+    let a = v4(&ipam, "n1", 1).unwrap();
+    assert_eq!(
+        a.block.prefix_len(),
+        26,
+        "{a:?}: the newer pool's block size is not used"
+    );
+    ipam.ensure_pools(&[PoolSpec::new("10.244.0.0/16")])
+        .unwrap();
+    // A pool named in the configuration that would overlap a stored one is still refused.
+    let err = ipam
+        .ensure_pools(&[PoolSpec::new("10.244.0.0/16"), PoolSpec::new("10.0.0.0/8")])
+        .unwrap_err();
+    assert!(matches!(err, IpamError::PoolOverlap { .. }), "{err}");
 }
 
 #[test]

@@ -99,10 +99,22 @@ fn values<R: Resource>(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for e in invalid {
         if logged.insert(format!("{}/{e}", R::KIND)) {
-            warn!(error = %e, "ignoring an invalid datastore object");
+            warn_invalid(R::KIND, &e);
         }
     }
     valid.into_iter().map(|t| t.value).collect()
+}
+
+/// Logs an object of `kind` that does not decode, once per process whichever task finds
+/// it (the mesh and the NAT task read the same node records).
+pub(super) fn warn_invalid(kind: &str, e: &crate::datastore::DatastoreError) {
+    let name = match e {
+        crate::datastore::DatastoreError::Invalid { name, .. } => name.as_str(),
+        _ => "",
+    };
+    if ferrovia_ipam::invalid::first_report(kind, name, &e.to_string()) {
+        warn!(kind, object = name, error = %e, "ignoring an invalid datastore object");
+    }
 }
 
 /// The speaker's peers kept in line with the datastore: wakes when a node, a peer or the

@@ -5,35 +5,27 @@
 //! translated connections and the rule); `ferrovia nat remove` takes it away on drain.
 
 use crate::datastore::model::NodeRecord;
-use crate::datastore::{Reflector, Selector, SharedDatastore};
+use crate::datastore::{Reflector, Resource, Selector, SharedDatastore};
 use crate::nat::{self, NatError, NatPlan};
 use anyhow::Result;
-use ferrovia_ipam::{Pool, KIND_POOL};
+use ferrovia_ipam::{Ipam, Pool, KIND_POOL};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Pause after a failed datastore read or nft run before the next attempt.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// The pools in the store; a broken one is logged and left out.
+/// The pools in effect; a broken one, or one overlapping an older pool, is logged once and
+/// left out (its `natOutgoing` is never applied).
 fn pools(r: &Reflector) -> Vec<Pool> {
-    r.items()
-        .filter_map(
-            |i| match serde_json::from_value::<Pool>(i.object.value.clone()) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    warn!(pool = %i.object.name, error = %e, "ignoring an IP pool that does not decode; fix or delete it");
-                    None
-                }
-            },
-        )
-        .collect()
+    Ipam::pools_in(r.items())
 }
 
+/// The valid node records; an invalid one is logged once and left out.
 fn nodes(r: &Reflector) -> Vec<NodeRecord> {
     let (valid, invalid) = r.typed::<NodeRecord>();
     for e in invalid {
-        warn!(error = %e, "ignoring an invalid datastore object");
+        super::mesh::warn_invalid(NodeRecord::KIND, &e);
     }
     valid.into_iter().map(|t| t.value).collect()
 }

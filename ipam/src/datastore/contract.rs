@@ -421,9 +421,7 @@ pub async fn watch_applies_the_selector_to_label_changes<B: Backend>(b: &B) {
 /// against the objects as they were at the list's version, not as they are when the watch
 /// opens. An object that stopped matching or was deleted in that window is reported gone;
 /// one that started matching or was created is reported added.
-pub async fn a_selector_watch_opened_late_judges_changes_from_its_start_version<B: Backend>(
-    b: &B,
-) {
+pub async fn a_selector_watch_opened_late_judges_changes_from_its_start_version<B: Backend>(b: &B) {
     let s = b.handle().await;
     let n1 = labels(&[("node", "n1")]);
     let n2 = labels(&[("node", "n2")]);
@@ -440,7 +438,11 @@ pub async fn a_selector_watch_opened_late_judges_changes_from_its_start_version<
         .expect("create c");
     let sel = Selector::parse("node=n1").expect("selector");
     let listed = s.list("Thing", &sel).await.expect("list");
-    let names: Vec<&str> = listed.items.iter().map(|i| i.object.name.as_str()).collect();
+    let names: Vec<&str> = listed
+        .items
+        .iter()
+        .map(|i| i.object.name.as_str())
+        .collect();
     assert_eq!(names, ["a", "b"]);
     // Between the list and the watch.
     s.update("Thing", &obj("a", json!(1)).with_labels(n2.clone()), &va)
@@ -456,7 +458,10 @@ pub async fn a_selector_watch_opened_late_judges_changes_from_its_start_version<
     s.create("Thing", &obj("e", json!(1)).with_labels(n2.clone()))
         .await
         .expect("create e");
-    let mut w = s.watch("Thing", &sel, &listed.version).await.expect("watch");
+    let mut w = s
+        .watch("Thing", &sel, &listed.version)
+        .await
+        .expect("watch");
     // After the watch opened: a last event, so that nothing may hide behind the end.
     s.create("Thing", &obj("z", json!(2)).with_labels(n1.clone()))
         .await
