@@ -846,11 +846,11 @@ impl Speaker {
             };
             out.push(prefix);
         }
+        // Popped in order, so the Loc-RIB is read in one walk.
+        let best = self.loc_rib.selections_sorted(&out);
         out.into_iter()
-            .map(|prefix| Change {
-                prefix,
-                best: self.loc_rib.best(&prefix),
-            })
+            .zip(best)
+            .map(|(prefix, best)| Change { prefix, best })
             .collect()
     }
 
@@ -862,21 +862,34 @@ impl Speaker {
         dirty.sort_unstable();
         dirty.dedup();
         if !dirty.is_empty() {
-            for q in &dirty {
-                for k in 0..self.classes.len() as u32 {
-                    self.export_cache.remove(&(*q, k));
+            if !self.export_cache.is_empty() {
+                for q in &dirty {
+                    for k in 0..self.classes.len() as u32 {
+                        self.export_cache.remove(&(*q, k));
+                    }
                 }
             }
-            let dirty: Vec<(IpNet, bool)> = dirty
+            // Each changed prefix with the source of its best path now (None: gone).
+            let best = self.loc_rib.best_candidates_sorted(&dirty);
+            let dirty: Vec<(IpNet, Option<Source>)> = dirty
                 .into_iter()
-                .map(|q| (q, self.loc_rib.best_candidate(&q).is_some()))
+                .zip(best.into_iter().map(|c| c.map(|c| c.source)))
                 .collect();
-            for p in self.peers.values_mut() {
+            let ids = &self.prefix_ids;
+            for (addr, p) in self.peers.iter_mut() {
                 let Some(n) = p.negotiated.as_ref() else {
                     continue;
                 };
-                for (prefix, in_loc_rib) in &dirty {
-                    p.export.changed(*prefix, *in_loc_rib, &n.families);
+                let own = Some(Source::Peer(*addr));
+                for (prefix, best) in &dirty {
+                    // Split horizon: a best path is never exported to the peer it came
+                    // from, so that peer has nothing to look at for the prefix unless an
+                    // earlier export of it is to be withdrawn. A full table from one
+                    // feeder then costs its session no export work at all.
+                    if *best == own && p.adj_out.get(ids, prefix).is_none() {
+                        continue;
+                    }
+                    p.export.changed(*prefix, best.is_some(), &n.families);
                 }
             }
         }
