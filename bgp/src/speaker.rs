@@ -869,24 +869,21 @@ impl Speaker {
                     }
                 }
             }
-            // Each changed prefix with the source of its best path now (None: gone).
+            // The best path of each changed prefix now (None: gone from the Loc-RIB).
             let best = self.loc_rib.best_candidates_sorted(&dirty);
-            let dirty: Vec<(IpNet, Option<Source>)> = dirty
-                .into_iter()
-                .zip(best.into_iter().map(|c| c.map(|c| c.source)))
-                .collect();
             let ids = &self.prefix_ids;
             for (addr, p) in self.peers.iter_mut() {
                 let Some(n) = p.negotiated.as_ref() else {
                     continue;
                 };
-                let own = Some(Source::Peer(*addr));
-                for (prefix, best) in &dirty {
+                let own = Source::Peer(*addr);
+                for (prefix, best) in dirty.iter().zip(&best) {
                     // Split horizon: a best path is never exported to the peer it came
                     // from, so that peer has nothing to look at for the prefix unless an
                     // earlier export of it is to be withdrawn. A full table from one
                     // feeder then costs its session no export work at all.
-                    if *best == own && p.adj_out.get(ids, prefix).is_none() {
+                    if best.is_some_and(|b| b.source == own) && p.adj_out.get(ids, prefix).is_none()
+                    {
                         continue;
                     }
                     p.export.changed(*prefix, best.is_some(), &n.families);
