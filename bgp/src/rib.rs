@@ -3,8 +3,9 @@
 
 use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use smallvec::{smallvec, SmallVec};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
@@ -61,9 +62,13 @@ pub struct Best {
     /// The single best path (§9.1.2.2 through the final tie breaks).
     pub best: Candidate,
     /// Next hops of every path equal to the best up to the multipath step; contains the
-    /// best's own next hop first. One entry means no multipath.
-    pub next_hops: Vec<IpAddr>,
+    /// best's own next hop first. One entry means no multipath. Held inline for that
+    /// common case: a change taken for the kernel costs no allocation.
+    pub next_hops: NextHops,
 }
+
+/// The next hops of a selection: one inline, more on the heap.
+pub type NextHops = SmallVec<[IpAddr; 1]>;
 
 /// A change of the Loc-RIB for one prefix, for the kernel and the Adj-RIBs-Out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,35 +89,107 @@ pub struct Updated {
     pub best_changed: bool,
 }
 
-/// A set of prefixes kept per family, so an IPv4 entry takes its 5 bytes and not the
-/// 18 of an `IpNet` (a full table waiting for the kernel is a million of them). Iterates
-/// in `IpNet` order: IPv4 first.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Prefixes waiting to be taken (changes for the kernel), kept per family so an IPv4 entry
+/// takes its 5 bytes and not the 18 of an `IpNet` (a full table waiting for the kernel is
+/// a million of them). Adding is a push onto a list; the list is sorted and its repeats
+/// dropped only when taking reaches it, so a full table costs one sort instead of a tree
+/// insert per prefix. Taken in `IpNet` order (IPv4 first) and never twice in one
+/// [`PrefixSet::take`]; a prefix added again while older entries are still being taken
+/// may come out once more in a later call.
+#[derive(Debug, Default, Clone)]
 pub struct PrefixSet {
-    v4: BTreeSet<Ipv4Net>,
-    v6: BTreeSet<Ipv6Net>,
+    v4: Queue<Ipv4Net>,
+    v6: Queue<Ipv6Net>,
 }
 
 impl PrefixSet {
-    /// Adds a prefix; false when it was there already.
-    pub fn insert(&mut self, prefix: IpNet) -> bool {
+    /// Adds a prefix.
+    pub fn insert(&mut self, prefix: IpNet) {
         match prefix {
             IpNet::V4(p) => self.v4.insert(p),
             IpNet::V6(p) => self.v6.insert(p),
         }
     }
-    /// Takes out the smallest prefix.
-    pub fn pop_first(&mut self) -> Option<IpNet> {
-        match self.v4.pop_first() {
-            Some(p) => Some(IpNet::V4(p)),
-            None => self.v6.pop_first().map(IpNet::V6),
+
+    /// Takes out up to `max` prefixes, smallest first, each once.
+    pub fn take(&mut self, max: usize) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = self.v4.take(max).into_iter().map(IpNet::V4).collect();
+        if out.len() < max {
+            let rest = self.v6.take(max - out.len());
+            out.extend(rest.into_iter().map(IpNet::V6));
         }
+        out
     }
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
+
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
+    }
+}
+
+/// Entries below which [`Queue::fresh`] is not compacted.
+const QUEUE_COMPACT_MIN: usize = 4096;
+
+/// One family of a [`PrefixSet`].
+#[derive(Debug, Clone)]
+struct Queue<K> {
+    /// Sorted, without repeats, largest first: taken from the end.
+    ready: Vec<K>,
+    /// Added since `ready` was made: unsorted, perhaps with repeats.
+    fresh: Vec<K>,
+    /// Length of `fresh` after its last compaction: it is compacted again at twice
+    /// that, so the same prefixes changing over and over keep it bounded.
+    compacted: usize,
+}
+
+impl<K> Default for Queue<K> {
+    fn default() -> Self {
+        Queue {
+            ready: Vec::new(),
+            fresh: Vec::new(),
+            compacted: 0,
+        }
+    }
+}
+
+impl<K: Ord + Copy> Queue<K> {
+    fn insert(&mut self, k: K) {
+        self.fresh.push(k);
+        if self.fresh.len() >= 2 * self.compacted.max(QUEUE_COMPACT_MIN) {
+            self.fresh.sort_unstable();
+            self.fresh.dedup();
+            self.compacted = self.fresh.len();
+        }
+    }
+
+    fn take(&mut self, max: usize) -> Vec<K> {
+        let mut out = Vec::with_capacity(max.min(self.ready.len() + self.fresh.len()));
+        let mut refilled = false;
+        while out.len() < max {
+            if self.ready.is_empty() {
+                if self.fresh.is_empty() {
+                    break;
+                }
+                let mut next = std::mem::take(&mut self.fresh);
+                next.sort_unstable_by(|a, b| b.cmp(a));
+                next.dedup();
+                self.ready = next;
+                self.compacted = 0;
+                refilled = !out.is_empty();
+            }
+            let n = (max - out.len()).min(self.ready.len());
+            let at = self.ready.len() - n;
+            out.extend(self.ready.drain(at..).rev());
+        }
+        if refilled {
+            // Entries from before and after the refill may repeat each other.
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.fresh.is_empty()
     }
 }
 
@@ -158,7 +235,7 @@ impl Destination {
 
     fn selection(&self) -> Option<Best> {
         let best = self.best()?.clone();
-        let mut next_hops = vec![best.route.next_hop.address];
+        let mut next_hops: NextHops = smallvec![best.route.next_hop.address];
         if let Destination::Many(m) = self {
             for (i, c) in m.candidates.iter().enumerate().take(32) {
                 let nh = c.route.next_hop.address;
@@ -641,7 +718,7 @@ mod tests {
         let b = cand([10, 0, 0, 1], false, |_| {});
         let sel = select(&[a, b]).expect("best");
         assert_eq!(
-            sel.next_hops,
+            sel.next_hops.to_vec(),
             vec![IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])]
         );
     }
@@ -669,6 +746,45 @@ mod tests {
         assert!(u.best_changed && u.had && !u.has);
         assert!(rib.best(&p).is_none());
         assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn prefix_set_takes_each_prefix_once_in_order() {
+        let v4 =
+            |i: u32| IpNet::V4(Ipv4Net::new(Ipv4Addr::from((20 << 24) + (i << 8)), 24).expect("p"));
+        let v6: IpNet = "2001:db8::/48".parse().expect("p");
+        let mut set = PrefixSet::default();
+        assert!(set.is_empty());
+        // Out of order, with repeats, more than one compaction's worth.
+        for i in (0..10_000u32).rev().chain(0..10_000).chain([5, 5, 5]) {
+            set.insert(v4(i));
+        }
+        set.insert(v6);
+        let first = set.take(3);
+        assert_eq!(first, vec![v4(0), v4(1), v4(2)]);
+        // Added while older entries wait: a take never holds a prefix twice.
+        set.insert(v4(1));
+        set.insert(v4(9_999));
+        let mut all = first;
+        loop {
+            let t = set.take(4_000);
+            if t.is_empty() {
+                break;
+            }
+            let mut sorted = t.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(t, sorted, "ascending, each once");
+            all.extend(t);
+        }
+        assert!(set.is_empty());
+        let mut want: Vec<IpNet> = (0..10_000).map(v4).chain([v6, v4(1)]).collect();
+        want.sort();
+        all.sort();
+        assert_eq!(
+            all, want,
+            "every prefix taken; the one added again taken again"
+        );
     }
 
     #[test]

@@ -839,14 +839,8 @@ impl Speaker {
         let Some(changed) = self.changed.as_mut() else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(max.min(changed.len()));
-        while out.len() < max {
-            let Some(prefix) = changed.pop_first() else {
-                break;
-            };
-            out.push(prefix);
-        }
-        // Popped in order, so the Loc-RIB is read in one walk.
+        // Taken in order, so the Loc-RIB is read in one walk.
+        let out = changed.take(max);
         let best = self.loc_rib.selections_sorted(&out);
         out.into_iter()
             .zip(best)

@@ -642,12 +642,12 @@ fn speaker_prefers_by_decision_process_and_builds_multipath() {
     speaker_out(&mut s);
     let best = s.loc_rib().best(&net("10.9.0.0/16")).expect("best");
     assert_eq!(best.best.source, Source::Peer(C), "shorter AS path");
-    assert_eq!(best.next_hops, vec![C]);
+    assert_eq!(best.next_hops.to_vec(), vec![C]);
     // Same length now: both equal up to the tie breaks -> multipath, lower id first.
     s.received(now, WALL, A, 1, &update(&["10.9.0.0/16"], A, vec![65010]));
     speaker_out(&mut s);
     let best = s.loc_rib().best(&net("10.9.0.0/16")).expect("best");
-    assert_eq!(best.next_hops, vec![A, C]);
+    assert_eq!(best.next_hops.to_vec(), vec![A, C]);
 }
 
 #[test]
