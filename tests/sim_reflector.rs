@@ -182,6 +182,90 @@ fn simulated_mesh_peers_all_receive_the_agents_blocks() {
     assert!(routes.iter().any(|r| r["prefix"] == MESH_V6));
 }
 
+/// Every peer of the agent is a mesh peer (from a node record), Established, with the
+/// simulated node's two blocks received and the agent's two sent; `n` of them.
+fn mesh_peers_in_status(agent: &common::Ferrovia, n: u32) -> Result<(), String> {
+    let st = agent.status()?;
+    let peers = st["peers"].as_array().ok_or("no peers")?;
+    if peers.len() != n as usize {
+        return Err(format!("{} peers, want {n}", peers.len()));
+    }
+    match peers.iter().find(|p| {
+        p["type"] != "mesh"
+            || p["state"] != "Established"
+            || p["prefixesReceived"] != 2
+            || p["prefixesSent"] != 2
+    }) {
+        Some(p) => Err(format!("{p}")),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn simulated_nodes_from_the_datastore_mesh_with_the_agent() {
+    let lock = net_lock();
+    let n = N - 1;
+    let w = SimWorld::mesh_from_store(&lock, "simd", n);
+    let Reflector::Ferrovia(agent) = &w.reflectors[0] else {
+        panic!("the mesh mode runs against a ferrovia agent");
+    };
+    let r = run_checking(&w, &["--expect", "2", "--steady-seconds", "5"], || {
+        common::wait_until(
+            "every node record is a mesh peer of the agent, Established, two blocks each way",
+            std::time::Duration::from_secs(timeout_for(n)),
+            common::POLL,
+            || mesh_peers_in_status(agent, n),
+        );
+    });
+    eprintln!("mesh mode from the datastore, {n} peers: {r}");
+    check_report(&r, n, n, 2);
+    assert!(
+        r["processes"][0]["steadyCpuPercent"].as_f64().is_some(),
+        "{r}"
+    );
+    let routes = agent.routes().expect("routes");
+    for i in 0..n {
+        let v4 = format!("10.244.{}.{}/26", i / 4, (i % 4) * 64);
+        assert!(
+            routes.iter().any(|r| r["prefix"] == v4.as_str()),
+            "no {v4} in the agent's routes"
+        );
+    }
+}
+
+/// Where the mesh mode's agent gets its peers from.
+#[derive(Clone, Copy)]
+enum MeshPeers {
+    /// Node records in a SQLite datastore (the mesh task), as in a cluster.
+    Datastore,
+    /// A `bgp.peerRanges` entry.
+    Range,
+}
+
+impl MeshPeers {
+    fn name(self) -> &'static str {
+        match self {
+            MeshPeers::Datastore => "datastore",
+            MeshPeers::Range => "range",
+        }
+    }
+}
+
+/// FERROVIA_SIM_MESH_PEERS: `datastore`, `range` or both (the default), comma-separated.
+fn mesh_kinds() -> Vec<MeshPeers> {
+    let v = std::env::var("FERROVIA_SIM_MESH_PEERS").unwrap_or_else(|_| "datastore,range".into());
+    v.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| match x.trim() {
+            "datastore" => MeshPeers::Datastore,
+            "range" => MeshPeers::Range,
+            other => {
+                panic!("FERROVIA_SIM_MESH_PEERS={v}: {other:?} is neither datastore nor range")
+            }
+        })
+        .collect()
+}
+
 /// A list of numbers from the environment (`200,500,1000`), or `default`.
 fn env_list(name: &str, default: &[u32]) -> Vec<u32> {
     match std::env::var(name) {
@@ -271,38 +355,60 @@ fn benchmark_reflectors_and_mesh() {
         ));
     }
     let mut mesh_rows = Vec::new();
-    let mut mesh_points: Vec<(u32, f64)> = Vec::new();
+    let mut growth = Vec::new();
     let largest = meshes.iter().copied().max().unwrap_or(0);
-    for &m in &meshes {
-        let t = std::time::Instant::now();
-        let lock = net_lock();
-        let w = SimWorld::mesh(&lock, "benm", m);
-        let s = if m == largest {
-            steady.to_string()
-        } else {
-            short.clone()
-        };
-        let r = w
-            .run(
-                timeout_for(m + 1),
-                &["--expect", "2", "--steady-seconds", &s],
-            )
-            .unwrap_or_else(|e| panic!("mesh mode: {e}"));
-        drop(w);
-        drop(lock);
-        println!("BENCH mesh {r}");
-        eprintln!("mesh {m}: {:.0} s", t.elapsed().as_secs_f64());
-        let p = &r["processes"][0];
-        mesh_points.push((m, f64_of(&p["rssKib"]) - f64_of(&p["rssStartKib"])));
-        mesh_rows.push(format!(
-            "| {m} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.2} s | {:.2} % over {s} s |",
-            f64_of(&r["completeSeconds"]),
-            mib(&p["rssKib"]),
-            mib(&p["peakRssKib"]),
-            f64_of(&p["rssPerSessionKib"]),
-            f64_of(&p["cpuSeconds"]),
-            f64_of(&p["steadyCpuPercent"]),
-        ));
+    for kind in mesh_kinds() {
+        let mut points: Vec<(u32, f64)> = Vec::new();
+        for &m in &meshes {
+            let t = std::time::Instant::now();
+            let lock = net_lock();
+            let w = match kind {
+                MeshPeers::Datastore => SimWorld::mesh_from_store(&lock, "bend", m),
+                MeshPeers::Range => SimWorld::mesh(&lock, "benm", m),
+            };
+            let s = if m == largest {
+                steady.to_string()
+            } else {
+                short.clone()
+            };
+            let r = w
+                .run(
+                    timeout_for(m + 1),
+                    &["--expect", "2", "--steady-seconds", &s],
+                )
+                .unwrap_or_else(|e| panic!("mesh mode ({}): {e}", kind.name()));
+            drop(w);
+            drop(lock);
+            println!("BENCH mesh-{} {r}", kind.name());
+            eprintln!(
+                "mesh {m} ({}): {:.0} s",
+                kind.name(),
+                t.elapsed().as_secs_f64()
+            );
+            let p = &r["processes"][0];
+            points.push((m, f64_of(&p["rssKib"]) - f64_of(&p["rssStartKib"])));
+            mesh_rows.push(format!(
+                "| {m} | {} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.2} s | {:.2} % over {s} s |",
+                kind.name(),
+                f64_of(&r["completeSeconds"]),
+                mib(&p["rssKib"]),
+                mib(&p["peakRssKib"]),
+                f64_of(&p["rssPerSessionKib"]),
+                f64_of(&p["cpuSeconds"]),
+                f64_of(&p["steadyCpuPercent"]),
+            ));
+        }
+        if let (Some(a), Some(b)) = (points.first(), points.last()) {
+            if b.0 > a.0 {
+                growth.push(format!(
+                    "Agent RSS growth (start → converged), peers from the {}, from {} to {} mesh peers: {:.1} KiB per peer.",
+                    kind.name(),
+                    a.0,
+                    b.0,
+                    (b.1 - a.1) / f64::from(b.0 - a.0)
+                ));
+            }
+        }
     }
     println!();
     println!("| N | reflectors | start → last Established | last Established → converged | start → converged | CPU (busier reflector) | peak RSS (larger) | RSS at convergence | steady CPU ({short} s) |");
@@ -318,22 +424,17 @@ fn benchmark_reflectors_and_mesh() {
     }
     if !mesh_rows.is_empty() {
         println!();
-        println!("| mesh peers | start → all got the agent's blocks | agent RSS | peak RSS | RSS growth per peer (start → converged) | agent CPU | steady CPU |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| mesh peers | peers from | start → all got the agent's blocks | agent RSS | peak RSS | RSS growth per peer (start → converged) | agent CPU | steady CPU |");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &mesh_rows {
             println!("{r}");
         }
     }
-    if let (Some(a), Some(b)) = (mesh_points.first(), mesh_points.last()) {
-        if b.0 > a.0 {
-            println!();
-            println!(
-                "Agent RSS growth (start → converged) from {} to {} mesh peers: {:.1} KiB per peer.",
-                a.0,
-                b.0,
-                (b.1 - a.1) / f64::from(b.0 - a.0)
-            );
-        }
+    if !growth.is_empty() {
+        println!();
+    }
+    for g in &growth {
+        println!("{g}");
     }
     println!();
     println!("Whole run: {:.0} s.", started.elapsed().as_secs_f64());

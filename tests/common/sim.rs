@@ -148,6 +148,9 @@ pub struct SimWorld {
     pub lan: Lan,
     pub nodes: u32,
     pub dual_stack: bool,
+    /// The mesh mode's SQLite datastore ([`SimWorld::mesh_from_store`]), removed with the
+    /// world.
+    pub store: Option<tempfile::TempDir>,
 }
 
 impl SimWorld {
@@ -215,6 +218,7 @@ impl SimWorld {
             lan,
             nodes,
             dual_stack,
+            store: None,
         }
     }
 
@@ -238,6 +242,60 @@ impl SimWorld {
             lan,
             nodes,
             dual_stack: true,
+            store: None,
+        }
+    }
+
+    /// The mesh mode as a cluster has it: the agent's peers are the node records of a
+    /// SQLite datastore (the mesh task, `bgp.mesh` on), not a peer range. The agent
+    /// starts first (it registers itself and seeds the cluster settings); then one
+    /// record per simulated node (name `simI`, its IPv4 address first, then its IPv6
+    /// one) is registered with the CLI, and the agent follows the datastore to `nodes`
+    /// mesh peers.
+    pub fn mesh_from_store(lock: &NetLock, tag: &str, nodes: u32) -> SimWorld {
+        let lan = Lan::new(lock, tag, 1, &sim_addresses(nodes, true));
+        let store = tempfile::Builder::new()
+            .prefix("fvt-simstore")
+            .tempdir()
+            .expect("tempdir");
+        let db = store.path().join("ferrovia.db");
+        let mut cfg = FerroviaConfig::node1(SIM_AS, SIM_AS, &[MESH_V4, MESH_V6]);
+        cfg.name = "agent".into();
+        cfg.router_id = Lan::v4(0);
+        cfg.addresses = vec![Lan::v4(0), Lan::v6(0)];
+        cfg.hold_time = Some(90);
+        cfg.peers.clear();
+        cfg.extra = format!(
+            "kernel: {{ enabled: false }}\ndatastore: {{ sqlite: {{ path: {} }} }}\n",
+            db.display()
+        );
+        let agent = Ferrovia::start(&lan.members[0], cfg);
+        let v4: u32 = u32::from(SIM_FIRST.parse::<std::net::Ipv4Addr>().expect("v4"));
+        let v6: u128 = u128::from(SIM_FIRST_V6.parse::<std::net::Ipv6Addr>().expect("v6"));
+        for i in 0..nodes {
+            let a4 = std::net::Ipv4Addr::from(v4 + i).to_string();
+            let a6 = std::net::Ipv6Addr::from(v6 + u128::from(i)).to_string();
+            let name = format!("sim{i}");
+            let out = super::output_bounded(
+                Command::new(&agent.bin)
+                    .args(["node", "register", "--name", &name, "--router-id", &a4])
+                    .args(["--address", &a4, "--address", &a6, "--datastore"])
+                    .arg(&db),
+                super::START,
+            )
+            .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+            assert!(
+                out.status.success(),
+                "ferrovia node register {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        SimWorld {
+            reflectors: vec![Reflector::Ferrovia(Box::new(agent))],
+            lan,
+            nodes,
+            dual_stack: true,
+            store: Some(store),
         }
     }
 
