@@ -216,6 +216,16 @@ fn simulated_nodes_from_the_datastore_mesh_with_the_agent() {
             common::POLL,
             || mesh_peers_in_status(agent, n),
         );
+        // While the sessions are still up (the simulator holds them for the steady
+        // seconds): the agent holds every simulated node's /26.
+        let routes = agent.routes().expect("routes");
+        for i in 0..n {
+            let v4 = format!("10.244.{}.{}/26", i / 4, (i % 4) * 64);
+            assert!(
+                routes.iter().any(|r| r["prefix"] == v4.as_str()),
+                "no {v4} in the agent's routes"
+            );
+        }
     });
     eprintln!("mesh mode from the datastore, {n} peers: {r}");
     check_report(&r, n, n, 2);
@@ -223,14 +233,6 @@ fn simulated_nodes_from_the_datastore_mesh_with_the_agent() {
         r["processes"][0]["steadyCpuPercent"].as_f64().is_some(),
         "{r}"
     );
-    let routes = agent.routes().expect("routes");
-    for i in 0..n {
-        let v4 = format!("10.244.{}.{}/26", i / 4, (i % 4) * 64);
-        assert!(
-            routes.iter().any(|r| r["prefix"] == v4.as_str()),
-            "no {v4} in the agent's routes"
-        );
-    }
 }
 
 /// Where the mesh mode's agent gets its peers from.
