@@ -18,6 +18,13 @@
 //!
 //! Callers see versions as opaque strings (the revision in decimal).
 //!
+//! Watches do not read the file on timers of their own: one poller per connection reads,
+//! every poll interval, the store revision and the newest change of each kind since its
+//! last look (one indexed read), and a watch reads its kind's changes only when that
+//! found one newer than its position. An agent's nine or so watches so cost one small
+//! read per interval, not nine, and a write of an unwatched kind (the node leases every
+//! node renews) wakes no watch into reading the file.
+//!
 //! A file of schema 1 (ferrovia before the datastore was shaped for Kubernetes: handle
 //! names with ':') is refused with an error that says to remove it; the agents recreate
 //! the file and re-register, and IPAM state is rebuilt by the next CNI ADDs and GC.
@@ -27,20 +34,25 @@ use super::{
     Labels, List, Object, Result, Selector, Version,
 };
 use rusqlite::{ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How long a writer waits for another process's write lock before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Changes kept in the log for watches.
 pub const DEFAULT_HISTORY: u64 = 10_000;
-/// How often a watch looks for new changes of its kind (one indexed read).
+/// How often the connection's poller looks for new changes (one indexed read for every
+/// watch of the connection).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most changes one poll of a watch reads.
 const POLL_BATCH: i64 = 1_000;
+
+/// How often a quiet watch checks that the connection's poller still runs.
+const POLLER_CHECK: Duration = Duration::from_secs(1);
 
 /// `PRAGMA application_id` of a ferrovia datastore ("frrv").
 const APPLICATION_ID: i32 = 0x6672_7276;
@@ -86,7 +98,7 @@ pub struct Options {
     pub busy_timeout: Duration,
     /// Changes kept in the log (watches from before them expire).
     pub history: u64,
-    /// How often a watch polls the file.
+    /// How often the connection's poller reads the file for its watches.
     pub poll_interval: Duration,
 }
 
@@ -112,6 +124,76 @@ pub(crate) struct Conn {
     path: PathBuf,
     opts: Options,
     conn: Mutex<rusqlite::Connection>,
+    /// What the poller last saw, for the watches.
+    seen: watch::Sender<Seen>,
+    /// The poller, started by the first watch (again when its runtime ended it).
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the connection's poller last read from the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Seen {
+    /// The poller knows the kinds of the changes after this revision only; a watch
+    /// behind it reads its changes itself. `u64::MAX` after a failed read: every watch
+    /// reads the file (and meets the error).
+    base: u64,
+    /// The store revision at the last read.
+    revision: u64,
+    /// Per kind, the newest change after `base`.
+    latest: HashMap<String, u64>,
+}
+
+impl Seen {
+    /// Whether a watch of `kind` that has read every change up to `pos` must read the
+    /// file; if not, it has read every change of its kind up to [`Seen::revision`].
+    fn must_read(&self, kind: &str, pos: u64) -> bool {
+        pos < self.base || self.latest.get(kind).is_some_and(|&r| r > pos)
+    }
+}
+
+/// The connection's poller: reads the revision and the newest change per kind since its
+/// last read every poll interval while a watch listens, until the connection is dropped.
+async fn poll_revisions(conn: Weak<Conn>, interval: Duration) {
+    let mut after: Option<u64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(c) = conn.upgrade() else {
+            return;
+        };
+        if c.seen.receiver_count() == 0 {
+            after = None;
+            continue;
+        }
+        let reader = Arc::clone(&c);
+        let read = tokio::task::spawn_blocking(move || reader.newest_changes(after)).await;
+        match read {
+            Ok(Ok((revision, fresh, kinds))) => {
+                let start = after.is_none() || fresh;
+                after = Some(revision);
+                c.seen.send_if_modified(|s| {
+                    let before = s.clone();
+                    if start {
+                        *s = Seen {
+                            base: revision,
+                            revision,
+                            latest: HashMap::new(),
+                        };
+                    }
+                    s.revision = revision;
+                    for (k, r) in kinds {
+                        let e = s.latest.entry(k).or_insert(r);
+                        *e = (*e).max(r);
+                    }
+                    *s != before
+                });
+            }
+            _ => {
+                // The watches read the file themselves and report what is wrong.
+                after = None;
+                c.seen.send_modify(|s| s.base = u64::MAX);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -142,6 +224,24 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection on the blocking pool.
+    /// Whether the poller ended (its runtime was shut down).
+    fn poller_ended(&self) -> bool {
+        let poller = self.conn.poller.lock().unwrap_or_else(|e| e.into_inner());
+        poller.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// The poller's findings, starting the poller if none runs.
+    fn subscribe(&self) -> Option<watch::Receiver<Seen>> {
+        let mut poller = self.conn.poller.lock().unwrap_or_else(|e| e.into_inner());
+        if poller.as_ref().is_none_or(|h| h.is_finished()) {
+            let rt = tokio::runtime::Handle::try_current().ok()?;
+            self.conn.seen.send_replace(Seen::default());
+            let conn = Arc::downgrade(&self.conn);
+            *poller = Some(rt.spawn(poll_revisions(conn, self.conn.opts.poll_interval)));
+        }
+        Some(self.conn.seen.subscribe())
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Conn) -> Result<T> + Send + 'static,
@@ -207,6 +307,8 @@ impl Datastore for SqliteStore {
     async fn watch(&self, kind: &str, selector: &Selector, from: &Version) -> Result<EventStream> {
         validate_kind(kind)?;
         let pos = parse_version(kind, "", from)?;
+        // Listening before the first read: whatever the poller finds after it wakes us.
+        let seen = self.subscribe();
         let mut state = WatchState {
             store: self.clone(),
             kind: kind.to_string(),
@@ -215,6 +317,7 @@ impl Datastore for SqliteStore {
             ready: VecDeque::new(),
             first: true,
             done: false,
+            seen,
         };
         // A version that is too old fails here already.
         state.poll().await?;
@@ -233,6 +336,9 @@ struct WatchState {
     first: bool,
     /// An error ended the stream.
     done: bool,
+    /// The connection's poller; `None` once it ended (its runtime went): the watch then
+    /// polls on its own timer.
+    seen: Option<watch::Receiver<Seen>>,
 }
 
 impl WatchState {
@@ -249,6 +355,39 @@ impl WatchState {
         Ok(())
     }
 
+    /// Waits until the poller saw a change of this kind after `pos` (or cannot tell).
+    async fn wait(&mut self) {
+        loop {
+            let Some(rx) = self.seen.as_mut() else {
+                tokio::time::sleep(self.store.conn.opts.poll_interval).await;
+                self.seen = self.store.subscribe();
+                return;
+            };
+            match tokio::time::timeout(POLLER_CHECK, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    self.seen = None;
+                    continue;
+                }
+                // Quiet: normal. A poller whose runtime ended would leave the watch
+                // waiting for ever: start another and read once.
+                Err(_) if self.store.poller_ended() => {
+                    self.seen = self.store.subscribe();
+                    return;
+                }
+                Err(_) => continue,
+            }
+            let read_up_to = {
+                let seen = rx.borrow_and_update();
+                if seen.must_read(&self.kind, self.pos) {
+                    return;
+                }
+                seen.revision
+            };
+            self.pos = self.pos.max(read_up_to);
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<Event>, Self)> {
         if self.done {
             return None;
@@ -258,7 +397,7 @@ impl WatchState {
                 return Some((Ok(e), self));
             }
             if !self.first {
-                tokio::time::sleep(self.store.conn.opts.poll_interval).await;
+                self.wait().await;
             }
             self.first = false;
             if let Err(e) = self.poll().await {
@@ -316,6 +455,8 @@ impl Conn {
             path,
             opts,
             conn: Mutex::new(conn),
+            seen: watch::Sender::new(Seen::default()),
+            poller: Mutex::new(None),
         };
         store.init()?;
         Ok(store)
@@ -584,6 +725,44 @@ impl Conn {
             items,
             version: version_of(self.to_u64(rev)?),
         })
+    }
+
+    /// The store revision, whether the log was trimmed past `after` (or `after` is
+    /// `None`: a first read), and per kind the newest change after `after`.
+    fn newest_changes(&self, after: Option<u64>) -> Result<(u64, bool, Vec<(String, u64)>)> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let (rev, compacted): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT value FROM meta WHERE key = 'revision'), \
+                        (SELECT value FROM meta WHERE key = 'compacted')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let (rev, compacted) = (self.to_u64(rev)?, self.to_u64(compacted)?);
+        let Some(after) = after.filter(|a| *a >= compacted && *a <= rev) else {
+            return Ok((rev, true, Vec::new()));
+        };
+        let mut kinds = Vec::new();
+        if after < rev {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT kind, MAX(revision) FROM changes WHERE revision > ?1 GROUP BY kind",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([i64::try_from(after).unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (kind, r) = row.map_err(|e| self.err(e))?;
+                kinds.push((kind, self.to_u64(r)?));
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok((rev, false, kinds))
     }
 
     /// The logged changes of `kind` after revision `pos`, and the revision they bring the
