@@ -151,6 +151,17 @@ impl Seen {
     }
 }
 
+/// One read of the connection's poller.
+struct Newest {
+    /// The store revision.
+    revision: u64,
+    /// The poller knows nothing before `revision`: a first read, or the log was trimmed
+    /// past its last one.
+    fresh: bool,
+    /// Per kind, the newest change after the poller's last read.
+    kinds: Vec<(String, u64)>,
+}
+
 /// The connection's poller: reads the revision and the newest change per kind since its
 /// last read every poll interval while a watch listens, until the connection is dropped.
 async fn poll_revisions(conn: Weak<Conn>, interval: Duration) {
@@ -167,7 +178,11 @@ async fn poll_revisions(conn: Weak<Conn>, interval: Duration) {
         let reader = Arc::clone(&c);
         let read = tokio::task::spawn_blocking(move || reader.newest_changes(after)).await;
         match read {
-            Ok(Ok((revision, fresh, kinds))) => {
+            Ok(Ok(Newest {
+                revision,
+                fresh,
+                kinds,
+            })) => {
                 let start = after.is_none() || fresh;
                 after = Some(revision);
                 c.seen.send_if_modified(|s| {
@@ -727,9 +742,8 @@ impl Conn {
         })
     }
 
-    /// The store revision, whether the log was trimmed past `after` (or `after` is
-    /// `None`: a first read), and per kind the newest change after `after`.
-    fn newest_changes(&self, after: Option<u64>) -> Result<(u64, bool, Vec<(String, u64)>)> {
+    /// The store revision and per kind the newest change after `after`.
+    fn newest_changes(&self, after: Option<u64>) -> Result<Newest> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let (rev, compacted): (i64, i64) = tx
@@ -742,7 +756,11 @@ impl Conn {
             .map_err(|e| self.err(e))?;
         let (rev, compacted) = (self.to_u64(rev)?, self.to_u64(compacted)?);
         let Some(after) = after.filter(|a| *a >= compacted && *a <= rev) else {
-            return Ok((rev, true, Vec::new()));
+            return Ok(Newest {
+                revision: rev,
+                fresh: true,
+                kinds: Vec::new(),
+            });
         };
         let mut kinds = Vec::new();
         if after < rev {
@@ -762,7 +780,11 @@ impl Conn {
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
-        Ok((rev, false, kinds))
+        Ok(Newest {
+            revision: rev,
+            fresh: false,
+            kinds,
+        })
     }
 
     /// The logged changes of `kind` after revision `pos`, and the revision they bring the
