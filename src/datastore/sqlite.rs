@@ -21,8 +21,8 @@
 //! Watches do not read the file on timers of their own: one poller per connection reads,
 //! every poll interval, the store revision and the newest change of each kind since its
 //! last look (one indexed read), and a watch reads its kind's changes only when that
-//! found one newer than its position. An agent's nine or so watches so cost one small
-//! read per interval, not nine, and a write of an unwatched kind (the node leases every
+//! found one newer than its position. An agent's seven watches so cost one small
+//! read per interval, not seven, and a write of an unwatched kind (the node leases every
 //! node renews) wakes no watch into reading the file.
 //!
 //! A file of schema 1 (ferrovia before the datastore was shaped for Kubernetes: handle
@@ -238,7 +238,6 @@ impl SqliteStore {
         &self.conn
     }
 
-    /// Runs `f` on the connection on the blocking pool.
     /// Whether the poller ended (its runtime was shut down).
     fn poller_ended(&self) -> bool {
         let poller = self.conn.poller.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,6 +256,7 @@ impl SqliteStore {
         Some(self.conn.seen.subscribe())
     }
 
+    /// Runs `f` on the connection on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Conn) -> Result<T> + Send + 'static,
