@@ -1,7 +1,8 @@
 //! Group commit of assignments on one node: concurrent requests queue up, and whoever
-//! finds the writer free takes everything queued to [`Ipam::assign_many`] at once. While
-//! one batch writes, the next one gathers, so a burst of pods becomes a few block writes
-//! instead of one compare-and-swap race per pod.
+//! finds the writer free takes what is queued (oldest first; at most a set number, see
+//! [`GroupCommit::with_max_batch`]) to
+//! [`Ipam::assign_many`] at once. While one batch writes, the next one gathers, so a burst
+//! of pods becomes a few block writes instead of one compare-and-swap race per pod.
 //!
 //! A writer that starts while other requests are known to be on their way (announced
 //! with [`GroupCommit::arriving`], still doing their own reads) waits a few milliseconds
@@ -22,6 +23,12 @@ use tokio::sync::{oneshot, MutexGuard, Notify};
 /// The longest a writer waits for announced requests to join its batch.
 pub const GATHER: Duration = Duration::from_millis(5);
 
+/// A good [`GroupCommit::with_max_batch`] for a CNI agent: a burst of pods is written in
+/// batches of this many, oldest first, so the first pods get their addresses (and go on to
+/// be wired) while the next batch is written, instead of every pod waiting for the whole
+/// burst; a batch's handle writes still go out together.
+pub const MAX_BATCH: usize = 32;
+
 type Reply = oneshot::Sender<Result<Assignment, IpamError>>;
 
 /// The assignment queue of one node.
@@ -33,6 +40,7 @@ pub struct GroupCommit {
     /// Requests announced and not queued yet.
     arriving: Arc<AtomicUsize>,
     queued_one: Arc<Notify>,
+    max_batch: usize,
 }
 
 /// A request on its way to [`GroupCommit::assign`] (see [`GroupCommit::arriving`]);
@@ -68,7 +76,15 @@ impl GroupCommit {
             writer: tokio::sync::Mutex::new(()),
             arriving: Arc::new(AtomicUsize::new(0)),
             queued_one: Arc::new(Notify::new()),
+            max_batch: usize::MAX,
         }
+    }
+
+    /// Writes at most `n` requests (at least 1) per batch; without it, a batch takes
+    /// everything queued.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     /// Announces a request that will reach [`GroupCommit::assign_arriving`] soon (a CNI
@@ -125,19 +141,27 @@ impl GroupCommit {
         mut arrival: Arrival,
         request: AssignRequest,
     ) -> Result<Assignment, IpamError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((request, tx));
         arrival.arrive();
+        let mut mine = None;
         {
             let _writer = self.writer.lock().await;
-            self.gather().await;
-            // Whatever queued meanwhile, ours included unless an earlier writer took it.
-            let batch =
-                std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-            if !batch.is_empty() {
+            // Batches of what queued meanwhile, oldest first, until ours is answered
+            // (an earlier writer may have taken it already).
+            loop {
+                self.gather().await;
+                let batch: Vec<(AssignRequest, Reply)> = {
+                    let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    let n = q.len().min(self.max_batch);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
                 let (requests, replies): (Vec<AssignRequest>, Vec<Reply>) =
                     batch.into_iter().unzip();
                 let results = self.ipam.assign_many(&self.node, &requests).await;
@@ -145,7 +169,18 @@ impl GroupCommit {
                     // A requester that gave up has gone; nothing to tell it.
                     let _ = reply.send(result);
                 }
+                match rx.try_recv() {
+                    Ok(r) => {
+                        mine = Some(r);
+                        break;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => continue,
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                }
             }
+        }
+        if let Some(r) = mine {
+            return r;
         }
         rx.await.unwrap_or_else(|_| {
             // The writer that took our request was cancelled before answering.

@@ -10,6 +10,7 @@ use crate::model::{
     Family, Handle, HandleAddr, HandleId, Pool, PoolSpec, KIND_BLOCK, KIND_HANDLE, KIND_POOL,
 };
 use crate::snapshot::{AllocationStatus, BlockStatus, PoolStatus, Snapshot};
+use futures::StreamExt;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// What [`Ipam::release_reporting`] freed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Released {
+    /// The addresses freed, sorted.
+    pub addresses: Vec<IpAddr>,
+    /// One of them was borrowed from another node's block.
+    pub borrowed: bool,
+}
+
 /// How many compare-and-swap conflicts in a row one read-modify-write loop accepts.
 pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Handle writes of one batch in flight at once: a burst of pods on a remote datastore
+/// (each write a round trip to the API server) waits for the slowest few instead of the
+/// sum, without opening a connection per pod.
+const HANDLE_WRITES_AT_ONCE: usize = 32;
 
 /// Default [`IpamConfig::empty_block_grace`].
 pub const DEFAULT_EMPTY_BLOCK_GRACE: Duration = Duration::from_secs(600);
@@ -971,13 +986,15 @@ impl Ipam {
                     .filter(|o| block.allocation(*o).is_none())
                     .take(pending.len())
                     .collect();
-                // 1. The intents, in the handle objects.
-                let mut placed: Vec<(usize, u32, IpAddr)> = Vec::new();
+                // 1. The intents, in the handle objects. They are independent objects:
+                // written concurrently (a few at a time), every one durable before the
+                // block write below gives any of them its address.
+                let mut intents: Vec<(usize, u32, IpAddr, Handle)> = Vec::new();
                 for (&n, &ordinal) in pending.iter().zip(free.iter()) {
                     let Some(ip) = block.ip_at(ordinal) else {
                         continue;
                     };
-                    let item = &mut items[n];
+                    let item = &items[n];
                     let r = &requests[item.i];
                     let mut h = item.current.as_ref().map_or_else(
                         || Handle::new(&r.handle, node, &r.attributes),
@@ -990,11 +1007,23 @@ impl Ipam {
                         block: block.cidr,
                     });
                     h.addresses.sort();
-                    let name = handle_name(&item.key);
-                    let written = match &item.current {
-                        None => self.create(&name, &h).await,
-                        Some((_, version)) => self.update(&name, &h, version).await,
-                    };
+                    intents.push((n, ordinal, ip, h));
+                }
+                let writes: Vec<Result<Option<Version>, IpamError>> = {
+                    let mut futs = Vec::with_capacity(intents.len());
+                    for (n, _, _, h) in &intents {
+                        let item = &items[*n];
+                        let version = item.current.as_ref().map(|(_, v)| v);
+                        futs.push(self.write_handle(&item.key, h, version));
+                    }
+                    futures::stream::iter(futs)
+                        .buffered(HANDLE_WRITES_AT_ONCE)
+                        .collect()
+                        .await
+                };
+                let mut placed: Vec<(usize, u32, IpAddr)> = Vec::new();
+                for ((n, ordinal, ip, h), written) in intents.into_iter().zip(writes) {
+                    let item = &mut items[n];
                     match written {
                         Ok(Some(version)) => {
                             item.current = Some((h, version));
@@ -1101,6 +1130,20 @@ impl Ipam {
             }
         }
         Ok(out)
+    }
+
+    /// Creates the handle object of `key` (no `version`: it is new) or updates it.
+    async fn write_handle(
+        &self,
+        key: &str,
+        h: &Handle,
+        version: Option<&Version>,
+    ) -> Result<Option<Version>, IpamError> {
+        let name = handle_name(key);
+        match version {
+            None => self.create(&name, h).await,
+            Some(v) => self.update(&name, h, v).await,
+        }
     }
 
     /// The address of `family` the handle already holds (confirmed by its block).
@@ -1471,6 +1514,13 @@ impl Ipam {
     /// an unknown handle returns an empty list. Only addresses the blocks record as held
     /// by this handle are freed.
     pub async fn release(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
+        Ok(self.release_reporting(handle).await?.addresses)
+    }
+
+    /// [`Ipam::release`], also telling whether a freed address was borrowed from another
+    /// node's block (what the node announces changes then; an address freed in one of
+    /// its own blocks changes nothing it announces).
+    pub async fn release_reporting(&self, handle: &HandleId) -> Result<Released, IpamError> {
         handle.validate()?;
         let key = handle.key();
         let _guard = self.handle_locks.lock(key.clone()).await;
@@ -1501,15 +1551,17 @@ impl Ipam {
 
     /// Release with the handle's lock held: blocks first, then the handle object, so the
     /// index never lists less than the blocks hold.
-    async fn release_locked(&self, key: &str) -> Result<Vec<IpAddr>, IpamError> {
+    async fn release_locked(&self, key: &str) -> Result<Released, IpamError> {
         let mut freed = Vec::new();
+        let mut borrowed = false;
         for _ in 0..MAX_ATTEMPTS {
             let done = match self.get::<Handle>(&handle_name(key)).await? {
                 None => true,
                 Some((h, version)) => {
                     for a in &h.addresses {
-                        if self.free_address(&a.block, &a.ip, key).await? {
+                        if let Some(b) = self.free_address(&a.block, &a.ip, key).await? {
                             freed.push(a.ip);
+                            borrowed |= b;
                         }
                     }
                     self.delete::<Handle>(&handle_name(key), Some(&version))
@@ -1520,7 +1572,10 @@ impl Ipam {
             if done {
                 freed.sort();
                 freed.dedup();
-                return Ok(freed);
+                return Ok(Released {
+                    addresses: freed,
+                    borrowed,
+                });
             }
         }
         Err(IpamError::TooManyConflicts {
@@ -1530,8 +1585,14 @@ impl Ipam {
         })
     }
 
-    /// Removes the allocation of `ip` from its block if `key` holds it.
-    async fn free_address(&self, block: &IpNet, ip: &IpAddr, key: &str) -> Result<bool, IpamError> {
+    /// Removes the allocation of `ip` from its block if `key` holds it: `Some(borrowed)`
+    /// when it did (borrowed: the allocation was another node's pod's, in this block).
+    async fn free_address(
+        &self,
+        block: &IpNet,
+        ip: &IpAddr,
+        key: &str,
+    ) -> Result<Option<bool>, IpamError> {
         let name = net_name(block);
         // The block as last seen, if it shows the address held by `key` (anything else
         // is read again before concluding there is nothing to free).
@@ -1547,18 +1608,19 @@ impl Ipam {
                 None => self.get_block(block).await?,
             };
             let Some((mut b, version)) = current else {
-                return Ok(false);
+                return Ok(None);
             };
             let Some(ordinal) = b.ordinal_of(ip) else {
-                return Ok(false);
+                return Ok(None);
             };
+            let borrowed = b.allocation(ordinal).is_some_and(|a| a.node.is_some());
             if !b.remove_if_held(ordinal, key) {
-                return Ok(false);
+                return Ok(None);
             }
             match self.update(&name, &b, &version).await? {
                 Some(v) => {
                     self.note_block(*block, Some((b, v)));
-                    return Ok(true);
+                    return Ok(Some(borrowed));
                 }
                 None => self.note_block(*block, None),
             }
@@ -1616,7 +1678,7 @@ impl Ipam {
         for (key, addrs) in &stale {
             let _guard = self.handle_locks.lock(key.clone()).await;
             for a in addrs {
-                if self.free_address(&a.block, &a.ip, key).await? {
+                if self.free_address(&a.block, &a.ip, key).await?.is_some() {
                     tracing::info!(handle = %key, ip = %a.ip, "GC freed an address");
                 }
             }
@@ -1879,6 +1941,32 @@ impl Ipam {
             .filter(|(b, _)| b.affinity == node)
             .map(|(b, _)| b.cidr)
             .collect())
+    }
+
+    /// [`Ipam::node_blocks`] and [`Ipam::borrowed`] (the borrowed addresses as /32 and
+    /// /128 prefixes) from one list of the blocks.
+    pub async fn node_prefixes(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+        let mut blocks = self.list::<Block>().await?;
+        blocks.sort_by_key(|(b, _)| b.cidr);
+        self.refresh_affine(node, &blocks);
+        let mut own = Vec::new();
+        let mut borrowed = Vec::new();
+        for (b, _) in &blocks {
+            if b.affinity == node {
+                own.push(b.cidr);
+                continue;
+            }
+            for a in &b.allocations {
+                if a.node.as_deref() == Some(node) {
+                    if let Some(ip) = b.ip_at(a.ordinal) {
+                        borrowed.push(IpNet::from(ip));
+                    }
+                }
+            }
+        }
+        borrowed.sort();
+        own.extend(borrowed);
+        Ok(own)
     }
 
     /// What [`Ipam::node_blocks`] and [`Ipam::borrowed`] give (the borrowed addresses as

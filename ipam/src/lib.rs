@@ -99,9 +99,9 @@ mod model;
 mod snapshot;
 
 pub use error::IpamError;
-pub use group::{Arrival, GroupCommit, GATHER};
+pub use group::{Arrival, GroupCommit, GATHER, MAX_BATCH};
 pub use ipam::{
-    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters, NodeRelease,
+    AssignRequest, AssignedIp, Assignment, Ipam, IpamConfig, IpamCounters, NodeRelease, Released,
     DEFAULT_EMPTY_BLOCK_GRACE, MAX_ATTEMPTS,
 };
 pub use leak::{LeakCollector, LeakSweep, PodDirectory, DEFAULT_LEAK_GRACE};

@@ -92,6 +92,50 @@ async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_a_batch_limit_is_written_oldest_first_in_batches_of_that_size() {
+    let store = Arc::new(MemStore::new());
+    let shared: SharedDatastore = store.clone();
+    let ipam = Arc::new(Ipam::new(shared, IpamConfig::default()));
+    pools(&ipam).await;
+    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1").with_max_batch(MAX_BATCH));
+    let before = ipam.counters();
+
+    // The writer is busy while the burst queues; then it is written MAX_BATCH at a time,
+    // and every request is answered, its owner's included.
+    let busy = group.exclusive().await;
+    let tasks: Vec<_> = (0..BURST)
+        .map(|i| {
+            let g = group.clone();
+            tokio::spawn(async move { g.assign(request(i)).await })
+        })
+        .collect();
+    queued(&group, BURST).await;
+    drop(busy);
+
+    let mut seen = HashSet::new();
+    for t in tasks {
+        let a = t.await.expect("task").expect("assignment");
+        for ip in a.addresses() {
+            assert!(seen.insert(ip.ip), "{} given twice", ip.ip);
+        }
+    }
+    assert_eq!(seen.len(), 2 * BURST, "one address of each family per pod");
+    assert_eq!(group.queued(), 0, "nothing left in the queue");
+    let c = ipam.counters();
+    let batches = c.batches - before.batches;
+    assert_eq!(
+        batches,
+        BURST.div_ceil(MAX_BATCH) as u64,
+        "{BURST} requests in batches of at most {MAX_BATCH}: {c:?}"
+    );
+    assert_eq!(
+        c.batched_assignments - before.batched_assignments,
+        BURST as u64
+    );
+    raw(&store).check().expect("store invariants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_two_nodes_and_single_assignments_racing_on_one_store_never_collide() {
     let store = Arc::new(MemStore::new());
     let mk = || {

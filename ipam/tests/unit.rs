@@ -561,8 +561,21 @@ fn exhaustion_and_borrowing() {
             let snap = ipam.show().unwrap();
             let row = snap.allocations.iter().find(|r| r.ip == got.ip).unwrap();
             assert!(row.borrowed && row.node == "a");
-            // b's block is not released while a's pod borrows from it.
-            ipam.release(&h(10)).unwrap();
+            // One list gives a's block and its borrowed /32.
+            assert_eq!(
+                ipam.node_prefixes("a").unwrap(),
+                [net("10.0.0.0/30"), net("10.0.0.5/32")]
+            );
+            assert_eq!(ipam.node_prefixes("b").unwrap(), [net("10.0.0.4/30")]);
+            // b's block is not released while a's pod borrows from it. b's pod's address
+            // was not borrowed.
+            assert_eq!(
+                ipam.release_reporting(&h(10)).unwrap(),
+                Released {
+                    addresses: vec![ip("10.0.0.4")],
+                    borrowed: false
+                }
+            );
             ipam.release_empty_blocks("b", at(0)).unwrap();
             assert!(ipam
                 .release_empty_blocks("b", at(100_000))
@@ -583,8 +596,19 @@ fn exhaustion_and_borrowing() {
                 ),
                 "{err}"
             );
-            // Releasing the borrowed address frees it in b's block.
-            ipam.release(&h(4)).unwrap();
+            // Releasing the borrowed address frees it in b's block, and says so.
+            assert_eq!(
+                ipam.release_reporting(&h(4)).unwrap(),
+                Released {
+                    addresses: vec![ip("10.0.0.5")],
+                    borrowed: true
+                }
+            );
+            assert_eq!(
+                ipam.release_reporting(&h(4)).unwrap(),
+                Released::default(),
+                "a second release frees nothing"
+            );
             assert!(ipam
                 .borrowed("a")
                 .unwrap()

@@ -180,9 +180,7 @@ async fn ipam_prefixes(ipam: &NodeIpam, node: &str, sweep: bool) -> Result<Vec<I
             info!(block = %b, "released an IPAM block that stayed empty past the grace period");
         }
     }
-    let mut out = ipam.node_blocks(node).await?;
-    out.extend(ipam.borrowed(node).await?.into_iter().map(IpNet::from));
-    Ok(out)
+    ipam.node_prefixes(node).await
 }
 
 /// Waits for the Service prefixes to change; forever once their task is gone (the agent

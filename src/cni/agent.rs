@@ -17,7 +17,9 @@ use super::protocol::{AgentReply, AgentRequest, Attach, Check, Detach, Gc};
 use super::spec::{code, Added, CniError};
 use super::wiring::{self, PodSpec};
 use ferrovia_ipam::datastore::DatastoreError;
-use ferrovia_ipam::{AssignRequest, Attributes, Families, GroupCommit, HandleId, Ipam, IpamError};
+use ferrovia_ipam::{
+    AssignRequest, Attributes, Families, GroupCommit, HandleId, Ipam, IpamError, MAX_BATCH,
+};
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
@@ -51,7 +53,9 @@ pub struct CniContext {
 impl CniContext {
     pub fn new(node: String, ipam: Option<Arc<Ipam>>, announce: Arc<Notify>) -> CniContext {
         CniContext {
-            group: ipam.clone().map(|i| GroupCommit::new(i, node.clone())),
+            group: ipam
+                .clone()
+                .map(|i| GroupCommit::new(i, node.clone()).with_max_batch(MAX_BATCH)),
             node,
             ipam,
             announce,
@@ -223,6 +227,7 @@ async fn families(ipam: &Arc<Ipam>, node: &str) -> Result<Families, CniError> {
 
 async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
     let handle = handle_of(&a.container_id, &a.ifname);
+    let start = std::time::Instant::now();
     validate_netns(&a.netns)?;
     let ipam = ctx.ipam.clone().ok_or_else(no_ipam)?;
     let group = ctx.group.as_ref().ok_or_else(no_ipam)?;
@@ -270,7 +275,11 @@ async fn add(a: Attach, ctx: &CniContext) -> Result<Added, CniError> {
         ipv6,
     };
     let spec_mtu = spec.mtu;
-    match wiring::add(&spec).await {
+    let assigned = start.elapsed();
+    let wired = wiring::add(&spec).await;
+    // Where an ADD's time goes (a burst of pods: queueing for IPAM or for the kernel).
+    debug!(container = %a.container_id, ipam = ?assigned, wiring = ?start.elapsed().saturating_sub(assigned), "CNI ADD phases");
+    match wired {
         Ok(w) => {
             info!(
                 container = %a.container_id,
@@ -330,9 +339,15 @@ async fn del(d: Detach, ctx: &CniContext) -> Result<(), CniError> {
     };
     let _w = ctx.ipam_writes().await;
     let h = handle.clone();
-    let freed = ipam_call(ipam.release(&h), "releasing the addresses").await?;
-    if !freed.is_empty() {
-        info!(container = %d.container_id, ifname = %d.ifname, addresses = ?freed, "pod removed, addresses released");
+    let freed = ipam_call(ipam.release_reporting(&h), "releasing the addresses").await?;
+    if !freed.addresses.is_empty() {
+        info!(container = %d.container_id, ifname = %d.ifname, addresses = ?freed.addresses, "pod removed, addresses released");
+    }
+    // An address freed in one of this node's blocks changes nothing it announces (an
+    // empty block is given back by the announce task's sweep, after a grace period);
+    // the announce task follows that block write from its watched copy. A borrowed
+    // address's /32 or /128 is withdrawn at once.
+    if freed.borrowed {
         ctx.announce.notify_one();
     }
     Ok(())

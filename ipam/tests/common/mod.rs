@@ -8,7 +8,7 @@ use ferrovia_ipam::datastore::{
 };
 use ferrovia_ipam::{
     Assignment, Attributes, Families, HandleId, Ipam, IpamConfig, IpamError, Pool, PoolSpec,
-    Snapshot,
+    Released, Snapshot,
 };
 use futures::executor::block_on;
 use futures::future::BoxFuture;
@@ -70,6 +70,12 @@ impl<S> BIpam<S> {
     }
     pub fn release(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
         block_on(self.ipam.release(handle))
+    }
+    pub fn release_reporting(&self, handle: &HandleId) -> Result<Released, IpamError> {
+        block_on(self.ipam.release_reporting(handle))
+    }
+    pub fn node_prefixes(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+        block_on(self.ipam.node_prefixes(node))
     }
     pub fn addresses(&self, handle: &HandleId) -> Result<Vec<IpAddr>, IpamError> {
         block_on(self.ipam.addresses(handle))
