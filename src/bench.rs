@@ -16,6 +16,12 @@
 //!   convergence, RSS at the start and at convergence, peak RSS (VmHWM), and with
 //!   `--steady-seconds S` the CPU share of one core over S seconds after convergence.
 //!
+//! While it runs it prints a progress line to stderr every 10 s; when `--timeout` passes
+//! before every node is complete it fails with what is missing: per target how many sessions
+//! are still connecting, waiting for the target's OPEN or KEEPALIVE, or Established, how
+//! many reconnections there were, and for the first incomplete nodes which blocks (of which
+//! nodes) they lack.
+//!
 //! The addresses must exist in the namespace the command runs in (the harness adds them),
 //! and the targets must accept sessions from them (a peer range). The mesh mode is the same
 //! command against one agent, with `--expect` set to the agent's own blocks.
@@ -199,8 +205,32 @@ struct NodeState {
     done: std::sync::atomic::AtomicBool,
 }
 
+/// Where a simulated session is, for progress and timeout reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    Connecting = 0,
+    /// Connected, our OPEN sent, waiting for the target's.
+    OpenSent = 1,
+    /// The target's OPEN arrived, waiting for its KEEPALIVE.
+    OpenConfirm = 2,
+    Established = 3,
+}
+
+const PHASES: [(Phase, &str); 4] = [
+    (Phase::Connecting, "connecting"),
+    (Phase::OpenSent, "waiting for OPEN"),
+    (Phase::OpenConfirm, "waiting for KEEPALIVE"),
+    (Phase::Established, "Established"),
+];
+
 struct Shared {
     nodes: Vec<NodeState>,
+    targets: Vec<IpAddr>,
+    /// By node × target (node i, target k at i × targets + k).
+    phases: Vec<std::sync::atomic::AtomicU8>,
+    /// Sessions that ended and were opened again.
+    reconnects: AtomicUsize,
     expect: usize,
     established: AtomicUsize,
     converged: AtomicUsize,
@@ -210,6 +240,80 @@ struct Shared {
 }
 
 impl Shared {
+    fn set_phase(&self, i: u32, target: IpAddr, phase: Phase) {
+        if let Some(k) = self.targets.iter().position(|t| *t == target) {
+            if let Some(p) = self.phases.get(i as usize * self.targets.len() + k) {
+                p.store(phase as u8, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Per target: how many sessions are in each phase.
+    fn phase_summary(&self) -> String {
+        let nt = self.targets.len().max(1);
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                let counts: Vec<String> = PHASES
+                    .iter()
+                    .filter_map(|(ph, name)| {
+                        let c = self
+                            .phases
+                            .iter()
+                            .skip(k)
+                            .step_by(nt)
+                            .filter(|p| p.load(Ordering::Relaxed) == *ph as u8)
+                            .count();
+                        (c > 0).then(|| format!("{c} {name}"))
+                    })
+                    .collect();
+                format!("{t}: {}", counts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// What the first few incomplete nodes lack: how many blocks, and which (whose).
+    fn missing_summary(&self, max_nodes: usize) -> String {
+        let mut out = Vec::new();
+        for (i, s) in self.nodes.iter().enumerate() {
+            if out.len() >= max_nodes {
+                break;
+            }
+            if s.done.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(got) = s.got.lock() else { continue };
+            let missing: Vec<String> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .flat_map(|(j, o)| o.own.iter().map(move |b| (j, b)))
+                .filter(|(_, b)| !got.contains(b))
+                .map(|(j, b)| format!("{b} (node {j})"))
+                .collect();
+            out.push(format!(
+                "node {i} has {} of {}, lacks {}{}",
+                got.len(),
+                self.expect,
+                missing
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if missing.len() > 4 {
+                    format!(" and {} more", missing.len() - 4)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.join("\n  ")
+    }
+
     fn note_error(&self, e: String) {
         if let Ok(mut v) = self.errors.lock() {
             if v.len() < 20 {
@@ -269,6 +373,11 @@ async fn sim(args: SimArgs) -> Result<Report> {
     let watched = parse_watch(&args.watch)?;
     let start_samples: Vec<Sample> = watched.iter().map(|(_, p)| sample(*p)).collect();
     let shared = Arc::new(Shared {
+        phases: (0..nodes.len() * args.targets.len())
+            .map(|_| std::sync::atomic::AtomicU8::new(Phase::Connecting as u8))
+            .collect(),
+        targets: args.targets.clone(),
+        reconnects: AtomicUsize::new(0),
         nodes,
         expect,
         established: AtomicUsize::new(0),
@@ -293,34 +402,39 @@ async fn sim(args: SimArgs) -> Result<Report> {
     }
     let sessions = tasks.len();
     let n = args.nodes as usize;
+    let mut next_progress = start + PROGRESS_EVERY;
     loop {
         let est = shared.established.load(Ordering::Relaxed);
         let conv = shared.converged.load(Ordering::Relaxed);
         if est == sessions && conv == n {
             break;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= next_progress {
+            next_progress = now + PROGRESS_EVERY;
+            eprintln!(
+                "ferrovia bench sim: {:.0} s: {est} of {sessions} sessions Established once, {conv} of {n} nodes complete, {} reconnections; sessions now: {}",
+                now.duration_since(start).as_secs_f64(),
+                shared.reconnects.load(Ordering::Relaxed),
+                shared.phase_summary()
+            );
+        }
+        if now >= deadline {
             let errors = shared
                 .errors
                 .lock()
-                .map(|e| e.join("\n"))
+                .map(|e| e.join("\n  "))
                 .unwrap_or_default();
-            let short: Vec<String> = shared
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.done.load(Ordering::Relaxed))
-                .take(5)
-                .map(|(i, s)| {
-                    let got = s.got.lock().map(|g| g.len()).unwrap_or(0);
-                    format!("node {i}: {got} of {expect}")
-                })
-                .collect();
+            for t in &tasks {
+                t.abort();
+            }
             bail!(
-                "not converged after {} s: {est} of {sessions} sessions Established, {conv} of {n} nodes complete ({}){}",
+                "not converged after {} s: {est} of {sessions} sessions were Established at least once, {conv} of {n} nodes complete, {} reconnections.\nSessions now, per target: {}\nIncomplete nodes (first 5):\n  {}{}",
                 args.timeout,
-                short.join(", "),
-                if errors.is_empty() { String::new() } else { format!("\nerrors:\n{errors}") }
+                shared.reconnects.load(Ordering::Relaxed),
+                shared.phase_summary(),
+                shared.missing_summary(5),
+                if errors.is_empty() { String::new() } else { format!("\nLast session errors (first 20):\n  {errors}") }
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -436,6 +550,9 @@ fn sample(pid: u32) -> Sample {
     s
 }
 
+/// How often progress goes to stderr.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 const CTX: SessionContext = SessionContext {
     four_octet_as: true,
 };
@@ -452,13 +569,17 @@ async fn session(
     let local_v6 = args.first_address_v6.and_then(|a| nth_v6(a, i));
     let mut counted = false;
     loop {
+        shared.set_phase(i, target, Phase::Connecting);
         let r = one_session(shared, args, i, local, local_v6, target, &mut counted).await;
+        shared.set_phase(i, target, Phase::Connecting);
         if Instant::now() >= deadline {
             return r;
         }
         if let Err(e) = r {
             tracing::debug!(node = i, %target, error = %format!("{e:#}"), "simulated session ended; reconnecting");
+            shared.note_error(format!("node {i} → {target}: {e:#}"));
         }
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -503,6 +624,7 @@ async fn one_session(
         },
     });
     stream.write_all(&wire::encode(&open, &CTX)?).await?;
+    shared.set_phase(i, target, Phase::OpenSent);
     let keepalive = wire::encode(&Message::Keepalive, &CTX)?;
     let node = &shared.nodes[i as usize];
     let mut established = false;
@@ -536,6 +658,7 @@ async fn one_session(
             off += len;
             match msg {
                 Message::Open(o) => {
+                    shared.set_phase(i, target, Phase::OpenConfirm);
                     if o.hold_time > 0 {
                         hold = hold.min(Duration::from_secs(u64::from(o.hold_time)));
                         ka = tokio::time::interval(hold / 3);
@@ -545,6 +668,7 @@ async fn one_session(
                 }
                 Message::Keepalive if !established => {
                     established = true;
+                    shared.set_phase(i, target, Phase::Established);
                     if !*counted {
                         *counted = true;
                         shared.established.fetch_add(1, Ordering::Relaxed);

@@ -4,9 +4,16 @@
 //! Everything is on-link in 198.18.0.0/15 and fd00:198:18::/64, so reflected next hops
 //! (the originators) resolve without routing.
 //!
-//! [`SimWorld`]: a [`Lan`] whose hub is the simulator's namespace, with the N simulated
-//! nodes' addresses on its bridge (198.19.0.1 + i, fd00:198:18::1:0 + i) and one member
-//! namespace per reflector (198.18.0.1 + k).
+//! [`SimWorld`]: a [`Lan`] whose hub is the simulator's namespace and one member namespace
+//! per reflector (198.18.0.1 + k). The N simulated nodes' addresses (198.19.0.1 + i,
+//! fd00:198:18::1:0 + i) are on the hub's `lo`, and the reflectors route 198.19.0.0/16 via
+//! the hub's one address on the bridge ([`SIM_HUB`]). They used to be on the bridge itself,
+//! on-link for the reflectors: each reflector then needed a neighbour (ARP) entry per
+//! simulated node, and the kernel's neighbour table is shared by every namespace of the
+//! machine, with a hard limit (net.ipv4.neigh.default.gc_thresh3) of 1024 entries by default.
+//! At N = 1,000 the table overflowed ("neighbour: arp_cache: neighbor table overflow!" in the
+//! kernel log): SYN-ACKs to the nodes without an entry were dropped and half the sessions
+//! crawled up through SYN retransmissions over minutes (the N = 1,000 "stall").
 
 use super::netns::{NetLock, Netns};
 use super::{Bird, BirdConfig, BirdPeer, Ferrovia, FerroviaConfig};
@@ -20,6 +27,8 @@ pub const SIM_FIRST: &str = "198.19.0.1";
 pub const SIM_FIRST_V6: &str = "fd00:198:18::1:0";
 /// The range the simulated nodes connect from.
 pub const SIM_RANGE: &str = "198.19.0.0/16";
+/// The simulator's (hub's) address on the bridge: the reflectors' gateway to [`SIM_RANGE`].
+pub const SIM_HUB: &str = "198.18.0.250";
 pub const SIM_AS: u32 = 64512;
 /// The blocks the agent of the mesh mode originates.
 pub const MESH_V4: &str = "10.245.0.0/26";
@@ -64,6 +73,19 @@ impl Lan {
     }
 }
 
+/// A [`Lan`] of `members` reflector namespaces whose hub holds the simulated nodes'
+/// addresses on `lo` and [`SIM_HUB`] on the bridge; every member routes [`SIM_RANGE`] via
+/// the hub, so it needs one neighbour entry for all simulated nodes (see the module doc).
+fn routed_lan(lock: &NetLock, tag: &str, members: usize, nodes: u32, dual_stack: bool) -> Lan {
+    let lan = Lan::new(lock, tag, members, &[format!("{SIM_HUB}/15")]);
+    lan.hub.link_up("lo");
+    batch_addrs(&lan.hub, "lo", &sim_addresses(nodes, dual_stack));
+    for m in &lan.members {
+        m.ip(&["route", "add", SIM_RANGE, "via", SIM_HUB]);
+    }
+    lan
+}
+
 /// Adds many addresses to `dev` with one `ip -batch` (a thousand `ip addr add` would take
 /// seconds).
 fn batch_addrs(ns: &Netns, dev: &str, addrs: &[String]) {
@@ -100,16 +122,16 @@ fn batch_addrs(ns: &Netns, dev: &str, addrs: &[String]) {
     );
 }
 
-/// The simulated nodes' addresses (with their prefix lengths, for the bridge).
+/// The simulated nodes' addresses, as host addresses (for the hub's `lo`).
 pub fn sim_addresses(nodes: u32, dual_stack: bool) -> Vec<String> {
     let v4: u32 = u32::from(SIM_FIRST.parse::<std::net::Ipv4Addr>().expect("v4"));
     let v6: u128 = u128::from(SIM_FIRST_V6.parse::<std::net::Ipv6Addr>().expect("v6"));
     let mut out = Vec::new();
     for i in 0..nodes {
-        out.push(format!("{}/15", std::net::Ipv4Addr::from(v4 + i)));
+        out.push(format!("{}/32", std::net::Ipv4Addr::from(v4 + i)));
         if dual_stack {
             out.push(format!(
-                "{}/64",
+                "{}/128",
                 std::net::Ipv6Addr::from(v6 + u128::from(i))
             ));
         }
@@ -161,7 +183,7 @@ impl SimWorld {
         nodes: u32,
         dual_stack: bool,
     ) -> SimWorld {
-        let lan = Lan::new(lock, tag, 2, &sim_addresses(nodes, dual_stack));
+        let lan = routed_lan(lock, tag, 2, nodes, dual_stack);
         let mut reflectors = Vec::new();
         for k in 0..2 {
             let other = Lan::v4(1 - k);
@@ -226,7 +248,7 @@ impl SimWorld {
     /// address of [`SIM_RANGE`] as a peer and originates 10.245.0.0/26 and
     /// fd00:10:245::/122; `nodes` simulated nodes peer with it.
     pub fn mesh(lock: &NetLock, tag: &str, nodes: u32) -> SimWorld {
-        let lan = Lan::new(lock, tag, 1, &sim_addresses(nodes, true));
+        let lan = routed_lan(lock, tag, 1, nodes, true);
         let mut cfg = FerroviaConfig::node1(SIM_AS, SIM_AS, &[MESH_V4, MESH_V6]);
         cfg.name = "agent".into();
         cfg.router_id = Lan::v4(0);
