@@ -3,7 +3,7 @@
 //!
 //! One task runs the speaker. Each connection has a reader task (bytes → speaker) and a
 //! writer task (speaker → bytes). The writer reports what it wrote, so the speaker keeps
-//! at most [`crate::speaker::SEND_WINDOW`] bytes of UPDATEs (plus one export step) waiting
+//! at most its send window ([`crate::speaker::send_window`]) of UPDATEs (plus one export step) waiting
 //! per peer: a peer that stops reading stalls only its own writer and its own
 //! Adj-RIB-Out. Commands from the agent (add or remove a peer,
 //! originate, query, shut down) arrive on a channel; route and peer events leave on
@@ -109,6 +109,9 @@ pub enum DriverError {
 
 /// Most BGP bytes handled between two flushes (a flush packs and sends UPDATEs).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A connection's writer joins queued messages into one write of up to this many bytes.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// A connection's read buffer starts this small ...
 const READ_BUFFER_MIN: usize = 4096;
@@ -740,19 +743,29 @@ impl Driver {
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let written_tx = self.io_tx.clone();
         let writer_task = tokio::spawn(async move {
-            while let Some(buf) = wrx.recv().await {
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-                let mut n = buf.len();
-                // Write whatever else is queued before reporting, so one report covers
-                // a burst of UPDATEs.
-                while let Ok(buf) = wrx.try_recv() {
-                    if wr.write_all(&buf).await.is_err() {
-                        let _ = wr.shutdown().await;
-                        return;
+            while let Some(first) = wrx.recv().await {
+                // Whatever else is queued goes out in the same write (a reflector sends each
+                // client thousands of small UPDATEs, one system call each before), and one
+                // report covers the burst.
+                let mut n = first.len();
+                let res = match wrx.try_recv() {
+                    Err(_) => wr.write_all(&first).await,
+                    Ok(second) => {
+                        let mut out = first;
+                        out.reserve(second.len());
+                        out.extend_from_slice(&second);
+                        while out.len() < WRITE_CHUNK {
+                            match wrx.try_recv() {
+                                Ok(more) => out.extend_from_slice(&more),
+                                Err(_) => break,
+                            }
+                        }
+                        n = out.len();
+                        wr.write_all(&out).await
                     }
-                    n += buf.len();
+                };
+                if res.is_err() {
+                    break;
                 }
                 if written_tx.send(Io::Written(peer, id, n)).await.is_err() {
                     break;

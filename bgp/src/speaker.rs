@@ -7,8 +7,9 @@
 //! [`Speaker::poll_event`].
 //!
 //! Backpressure: the speaker counts the bytes it handed the driver for each connection
-//! until the driver reports them written ([`Speaker::written`]). A peer with
-//! [`SEND_WINDOW`] bytes or more waiting gets no new UPDATEs: what it still has to receive
+//! until the driver reports them written ([`Speaker::written`]). A peer with its send
+//! window ([`SEND_WINDOW`], less with many peers: [`SEND_BUDGET`]) or more waiting gets no
+//! new UPDATEs: what it still has to receive
 //! stays as RIB state (a cursor over the Loc-RIB for a full resend, a bounded set of
 //! changed prefixes otherwise) and is turned into UPDATEs as the queue drains. A peer that
 //! stops reading stalls its own Adj-RIB-Out, never the speaker, the other peers or the
@@ -84,8 +85,24 @@ pub const STALE_ROUTES_TIME: Duration = Duration::from_secs(360);
 /// The GRACEFUL_SHUTDOWN well-known community 65535:0 (RFC 8326).
 pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
 
-/// Prefixes looked at per export step of one peer.
+/// Prefixes looked at per export step of one peer (with a full [`SEND_WINDOW`]; a smaller
+/// window takes proportionally fewer, at least [`MIN_EXPORT_BATCH`]).
 pub const EXPORT_BATCH: usize = 2048;
+
+/// Bytes of unwritten UPDATEs all Established peers together may have waiting in the
+/// speaker's and driver's hands (not the kernel's socket buffers): each peer's window is
+/// its share of this, between [`MIN_SEND_WINDOW`] and [`SEND_WINDOW`]. Up to 64 peers each
+/// keep the full window; a route reflector's thousand clients, all sent the whole table at
+/// once when they connect together, get 16 KiB each: their UPDATEs wait as RIB state
+/// rather than as encoded bytes (at N = 1,000 the queued UPDATEs were most of a reflector's
+/// memory, about 150 KiB per client).
+pub const SEND_BUDGET: usize = 16 << 20;
+
+/// The smallest send window a peer gets, however many peers share [`SEND_BUDGET`].
+pub const MIN_SEND_WINDOW: usize = 16 * 1024;
+
+/// The fewest prefixes an export step looks at.
+pub const MIN_EXPORT_BATCH: usize = 64;
 
 /// Entries of the shared export cache (prefix × export class) before it is emptied: a
 /// route reflector's clients share their exports up to this many, beyond it a full table
@@ -360,6 +377,20 @@ pub struct Speaker {
     encode_cache: EncodeCache,
     /// Numbers of the prefixes in the peers' Adj-RIBs-Out.
     prefix_ids: PrefixIds,
+    /// Each peer's send window now ([`SEND_BUDGET`] shared by the Established peers; set at
+    /// every flush).
+    window: usize,
+}
+
+/// A peer's send window when `established` peers share [`SEND_BUDGET`].
+pub fn send_window(established: usize) -> usize {
+    (SEND_BUDGET / established.max(1)).clamp(MIN_SEND_WINDOW, SEND_WINDOW)
+}
+
+/// Prefixes per export step for a send window: proportional to it, [`EXPORT_BATCH`] for a
+/// full [`SEND_WINDOW`], so one step overshoots a small window by a small amount too.
+fn export_batch_for(window: usize) -> usize {
+    (EXPORT_BATCH * window / SEND_WINDOW).clamp(MIN_EXPORT_BATCH, EXPORT_BATCH)
 }
 
 impl Speaker {
@@ -382,6 +413,7 @@ impl Speaker {
             export_cache: HashMap::new(),
             encode_cache: EncodeCache::default(),
             prefix_ids: PrefixIds::default(),
+            window: SEND_WINDOW,
         }
     }
 
@@ -852,6 +884,12 @@ impl Speaker {
     /// peer, as far as each peer's send queue has room; the rest waits in the peer's
     /// export state for the next flush after [`Speaker::written`].
     pub fn flush(&mut self) {
+        self.window = send_window(
+            self.peers
+                .values()
+                .filter(|p| p.negotiated.is_some())
+                .count(),
+        );
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -989,7 +1027,7 @@ impl Speaker {
                     // messages ahead of it, and reading any of them restarts its hold
                     // timer just the same (RFC 4271 §4.4). So a peer that stops reading
                     // cannot make keepalives pile up either.
-                    if *queued >= SEND_WINDOW && is_keepalive(&b) {
+                    if *queued >= self.window && is_keepalive(&b) {
                         continue;
                     }
                     *queued += b.len();
@@ -1477,26 +1515,27 @@ impl Speaker {
     }
 
     /// Exports to one peer while its send queue has room: pending prefixes first, then
-    /// the families being resent, [`EXPORT_BATCH`] prefixes per step; End-of-RIB once a
-    /// first resend is complete.
+    /// the families being resent, up to [`EXPORT_BATCH`] prefixes per step (fewer with a
+    /// smaller send window); End-of-RIB once a first resend is complete.
     fn flush_peer(&mut self, addr: IpAddr) {
+        let (window, step) = (self.window, export_batch_for(self.window));
         loop {
             let Some(p) = self.peers.get_mut(&addr) else {
                 return;
             };
-            if p.negotiated.is_none() || p.send_queue() >= SEND_WINDOW || p.export.is_idle() {
+            if p.negotiated.is_none() || p.send_queue() >= window || p.export.is_idle() {
                 return;
             }
             let mut batch: Vec<IpNet> = Vec::new();
-            while batch.len() < EXPORT_BATCH {
+            while batch.len() < step {
                 match p.export.pending.pop_first() {
                     Some(prefix) => batch.push(prefix),
                     None => break,
                 }
             }
-            if batch.len() < EXPORT_BATCH {
+            if batch.len() < step {
                 if let Some((&family, &cursor)) = p.export.resend.iter().next() {
-                    let want = EXPORT_BATCH - batch.len();
+                    let want = step - batch.len();
                     let next = self.loc_rib.prefixes_after(family, cursor.as_ref(), want);
                     if next.len() < want {
                         // The Loc-RIB scan is done; what was advertised and is gone from
