@@ -275,7 +275,7 @@ impl SimWorld {
     /// one) is registered with the CLI, and the agent follows the datastore to `nodes`
     /// mesh peers.
     pub fn mesh_from_store(lock: &NetLock, tag: &str, nodes: u32) -> SimWorld {
-        let lan = Lan::new(lock, tag, 1, &sim_addresses(nodes, true));
+        let lan = routed_lan(lock, tag, 1, nodes, true);
         let store = tempfile::Builder::new()
             .prefix("fvt-simstore")
             .tempdir()
