@@ -2023,6 +2023,20 @@ impl Ipam {
         Ok(ips)
     }
 
+    /// The pools and how full they are, from the pools and the usable blocks alone — no
+    /// handle is read, however many pods the cluster has (CNI STATUS asks this often).
+    pub async fn pool_usage(&self) -> Result<Vec<PoolStatus>, IpamError> {
+        let pools = self.pools().await?;
+        let blocks: Vec<Block> = self
+            .list_usable::<Block>()
+            .await?
+            .0
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect();
+        Ok(pool_statuses(&pools, &blocks))
+    }
+
     /// Every pool, block and allocation (for `ferrovia ipam show`).
     pub async fn show(&self) -> Result<Snapshot, IpamError> {
         let pools = self.pools().await?;
@@ -2040,19 +2054,10 @@ impl Ipam {
             .map(|(h, _)| (h.id().key(), h))
             .collect();
 
-        let mut snapshot = Snapshot::default();
-        for p in &pools {
-            let inside: Vec<&Block> = blocks.iter().filter(|b| p.cidr.contains(&b.cidr)).collect();
-            snapshot.pools.push(PoolStatus {
-                cidr: p.cidr,
-                family: p.family(),
-                block_size: p.block_size,
-                disabled: p.disabled,
-                nat_outgoing: p.nat_outgoing,
-                blocks: inside.len(),
-                allocated: inside.iter().map(|b| b.allocations.len()).sum(),
-            });
-        }
+        let mut snapshot = Snapshot {
+            pools: pool_statuses(&pools, &blocks),
+            ..Snapshot::default()
+        };
         for b in &blocks {
             snapshot.blocks.push(BlockStatus {
                 cidr: b.cidr,
@@ -2311,4 +2316,23 @@ impl Ipam {
 /// The object name of the handle whose block key is `key` ([`HandleId::name`]).
 fn handle_name(key: &str) -> String {
     HandleId::from_key(key).map_or_else(|| key.to_string(), |h| h.name())
+}
+
+/// Each pool with the number of blocks inside it and the addresses they give out.
+fn pool_statuses(pools: &[Pool], blocks: &[Block]) -> Vec<PoolStatus> {
+    pools
+        .iter()
+        .map(|p| {
+            let inside: Vec<&Block> = blocks.iter().filter(|b| p.cidr.contains(&b.cidr)).collect();
+            PoolStatus {
+                cidr: p.cidr,
+                family: p.family(),
+                block_size: p.block_size,
+                disabled: p.disabled,
+                nat_outgoing: p.nat_outgoing,
+                blocks: inside.len(),
+                allocated: inside.iter().map(|b| b.allocations.len()).sum(),
+            }
+        })
+        .collect()
 }

@@ -230,3 +230,57 @@ async fn a_store_that_stops_answering_gives_every_queued_assignment_a_transient_
         "the running pod kept its addresses"
     );
 }
+
+/// Listing every handle (leak collection, the release of removed nodes) is background work
+/// with a bound of its own: it waits out a store slower than the pod path's bound, while a
+/// call of the pod path still answers "try again" within its bound, and CNI STATUS's pool
+/// usage reads no handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_every_handle_waits_longer_than_the_pod_path_and_status_reads_no_handle() {
+    let inner = Arc::new(MemStore::new());
+    let stall = Arc::new(StallStore::new(inner.clone()));
+    let bounded = Arc::new(
+        Bounded::new(stall.clone(), Duration::from_millis(200))
+            .with_bulk_lists(&[KIND_HANDLE], Duration::from_secs(600)),
+    );
+    let ipam = Arc::new(Ipam::new(bounded.clone(), IpamConfig::default()));
+    pools(&ipam).await;
+    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
+    let kept = group.assign(request(0)).await.expect("first assignment");
+
+    stall.stall();
+    let store: SharedDatastore = bounded.clone();
+    let bulk = tokio::spawn(async move {
+        store
+            .list(
+                KIND_HANDLE,
+                &ferrovia_ipam::datastore::Selector::everything(),
+            )
+            .await
+    });
+    // The pod path answers "try again" meanwhile (and marks the store as down).
+    let e = group
+        .assign(request(1))
+        .await
+        .expect_err("no answer from the store");
+    assert!(e.is_transient(), "transient (CNI 11): {e}");
+    assert!(bounded.is_down());
+    // The list of every handle is still waiting (its bound is 600 s).
+    assert!(
+        !bulk.is_finished(),
+        "the bulk list gave up with the pod path's bound"
+    );
+    stall.resume();
+    let list = bulk
+        .await
+        .expect("task")
+        .expect("the list of every handle waits for a slow store");
+    let names: Vec<_> = list.items.iter().map(|i| i.object.name.clone()).collect();
+    assert_eq!(names.len(), 1, "the one handle: {names:?}");
+    assert!(!bounded.is_down(), "an answer marks the store as up again");
+
+    // CNI STATUS's pool usage: stalled handle reads would not answer; it never reads one.
+    let usage = ipam.pool_usage().await.expect("pool usage");
+    let allocated: usize = usage.iter().map(|p| p.allocated).sum();
+    assert_eq!(allocated, kept.addresses().count(), "{usage:?}");
+}

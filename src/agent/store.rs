@@ -85,13 +85,19 @@ pub async fn register_node(store: &SharedDatastore, loaded: &Loaded) -> Result<(
 /// one get a much shorter bound ([`ferrovia_ipam::datastore::Bounded`]).
 pub const IPAM_CALL_BOUND: Duration = Duration::from_millis(1500);
 
-/// IPAM over the datastore, every call bounded by [`IPAM_CALL_BOUND`]; the pools of the
+/// The bound of a list of every IPAM handle: background work (leak collection, the release
+/// of removed nodes), never on a pod's path, as long as the cluster is big (10,000 handles
+/// from a busy API server take seconds). The backend's own request timeout still applies.
+pub const HANDLE_LIST_BOUND: Duration = Duration::from_secs(60);
+
+/// IPAM over the datastore, every call bounded by [`IPAM_CALL_BOUND`] (lists of every
+/// handle by [`HANDLE_LIST_BOUND`]); the pools of the
 /// configuration are created or updated.
 pub async fn open_ipam(store: SharedDatastore, cfg: &crate::config::Ipam) -> Result<Arc<NodeIpam>> {
-    let store: SharedDatastore = Arc::new(ferrovia_ipam::datastore::Bounded::new(
-        store,
-        IPAM_CALL_BOUND,
-    ));
+    let store: SharedDatastore = Arc::new(
+        ferrovia_ipam::datastore::Bounded::new(store, IPAM_CALL_BOUND)
+            .with_bulk_lists(&[ferrovia_ipam::KIND_HANDLE], HANDLE_LIST_BOUND),
+    );
     let config = IpamConfig {
         strict_affinity: cfg.strict_affinity,
         max_blocks_per_node: cfg.max_blocks_per_node,

@@ -469,18 +469,18 @@ async fn status(ctx: &CniContext) -> Result<(), CniError> {
             Err(e) => Err(unavailable("this node has no pod CIDR yet", e.to_string())),
         };
     }
-    let snap = match ipam_call(ipam.show(), "reading IPAM").await {
+    let pools = match ipam_call(ipam.pool_usage(), "reading IPAM").await {
         Ok(s) => s,
         Err(e) if e.code == code::TRY_AGAIN => {
             return Err(CniError::new(code::UNAVAILABLE, e.msg, e.details))
         }
         Err(e) => return Err(unavailable(&e.msg, e.details)),
     };
-    let enabled: Vec<_> = snap.pools.iter().filter(|p| !p.disabled).collect();
+    let enabled: Vec<_> = pools.iter().filter(|p| !p.disabled).collect();
     if enabled.is_empty() {
         return Err(unavailable(
             "no usable IPAM pool",
-            if snap.pools.is_empty() {
+            if pools.is_empty() {
                 "no pool exists: add one under ipam.pools in the agent configuration".into()
             } else {
                 "every pool is disabled: enable one or add a new one under ipam.pools".into()

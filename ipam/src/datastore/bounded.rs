@@ -7,6 +7,12 @@
 //! bound until one of them answers again, so that requests queued behind a stuck one do
 //! not each wait the full bound. Watches are passed through unbounded (a watch waits by
 //! design; the reflector re-lists after its errors).
+//!
+//! Lists of a few kinds can be marked as background work ([`Bounded::with_bulk_lists`]):
+//! listing every handle of a cluster is never on a pod's path (the leak collector and the
+//! release of removed nodes do it) and takes as long as the cluster is big — 10,000
+//! handles from an API server on a busy machine take more than the pod path's bound. Such
+//! a list gets a bound of its own, and its slowness does not mark the store as down.
 
 use super::{
     Datastore, DatastoreError, EventStream, Item, List, Object, Result, Selector, Version,
@@ -25,6 +31,9 @@ pub struct Bounded {
     inner: Arc<dyn Datastore>,
     limit: Duration,
     down: AtomicBool,
+    /// Kinds whose lists are background work, and their bound.
+    bulk_kinds: Vec<String>,
+    bulk_limit: Duration,
 }
 
 impl fmt::Debug for Bounded {
@@ -32,6 +41,8 @@ impl fmt::Debug for Bounded {
         f.debug_struct("Bounded")
             .field("inner", &self.inner)
             .field("limit", &self.limit)
+            .field("bulk_kinds", &self.bulk_kinds)
+            .field("bulk_limit", &self.bulk_limit)
             .finish()
     }
 }
@@ -42,7 +53,17 @@ impl Bounded {
             inner,
             limit,
             down: AtomicBool::new(false),
+            bulk_kinds: Vec::new(),
+            bulk_limit: limit,
         }
+    }
+
+    /// Lists of `kinds` are background work: each is bounded by `limit` instead, whether or
+    /// not the store counts as down, and one that times out does not make it count as down.
+    pub fn with_bulk_lists(mut self, kinds: &[&str], limit: Duration) -> Self {
+        self.bulk_kinds = kinds.iter().map(|k| k.to_string()).collect();
+        self.bulk_limit = limit;
+        self
     }
 
     /// True after a call timed out, until a call answers again.
@@ -86,6 +107,23 @@ impl Datastore for Bounded {
     }
 
     async fn list(&self, kind: &str, selector: &Selector) -> Result<List> {
+        if self.bulk_kinds.iter().any(|k| k == kind) {
+            return match tokio::time::timeout(self.bulk_limit, self.inner.list(kind, selector))
+                .await
+            {
+                Ok(r) => {
+                    self.down.store(false, Ordering::Relaxed);
+                    r
+                }
+                Err(_) => Err(DatastoreError::Unavailable {
+                    detail: format!(
+                        "listing every {kind} got no answer within {} s; check that the \
+                         datastore (the API server, or the database file) is up and reachable",
+                        self.bulk_limit.as_secs()
+                    ),
+                }),
+            };
+        }
         self.bound(&format!("listing {kind}"), self.inner.list(kind, selector))
             .await
     }
