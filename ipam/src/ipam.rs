@@ -1949,24 +1949,7 @@ impl Ipam {
         let mut blocks = self.list::<Block>().await?;
         blocks.sort_by_key(|(b, _)| b.cidr);
         self.refresh_affine(node, &blocks);
-        let mut own = Vec::new();
-        let mut borrowed = Vec::new();
-        for (b, _) in &blocks {
-            if b.affinity == node {
-                own.push(b.cidr);
-                continue;
-            }
-            for a in &b.allocations {
-                if a.node.as_deref() == Some(node) {
-                    if let Some(ip) = b.ip_at(a.ordinal) {
-                        borrowed.push(IpNet::from(ip));
-                    }
-                }
-            }
-        }
-        borrowed.sort();
-        own.extend(borrowed);
-        Ok(own)
+        Ok(prefixes_of(node, blocks.iter().map(|(b, _)| b)))
     }
 
     /// What [`Ipam::node_blocks`] and [`Ipam::borrowed`] give (the borrowed addresses as
@@ -1978,32 +1961,14 @@ impl Ipam {
         node: &str,
         blocks: impl IntoIterator<Item = &'a Item>,
     ) -> Result<Vec<IpNet>, IpamError> {
-        let mut own = Vec::new();
-        let mut borrowed = Vec::new();
+        let mut usable: Vec<Block> = Vec::new();
         for item in blocks {
-            let b: Block = match Self::decode(&item.object.name, item.object.value.clone()) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn_unusable(KIND_BLOCK, &item.object.name, e);
-                    continue;
-                }
-            };
-            if b.affinity == node {
-                own.push(b.cidr);
-                continue;
-            }
-            for a in &b.allocations {
-                if a.node.as_deref() == Some(node) {
-                    if let Some(ip) = b.ip_at(a.ordinal) {
-                        borrowed.push(IpNet::from(ip));
-                    }
-                }
+            match Self::decode(&item.object.name, item.object.value.clone()) {
+                Ok(b) => usable.push(b),
+                Err(e) => warn_unusable(KIND_BLOCK, &item.object.name, e),
             }
         }
-        own.sort();
-        borrowed.sort();
-        own.extend(borrowed);
-        Ok(own)
+        Ok(prefixes_of(node, &usable))
     }
 
     /// The addresses `node`'s pods hold in other nodes' blocks, sorted: announce each as
@@ -2318,6 +2283,29 @@ fn handle_name(key: &str) -> String {
     HandleId::from_key(key).map_or_else(|| key.to_string(), |h| h.name())
 }
 
+/// `node`'s own blocks, sorted, then the addresses its pods hold in other nodes' blocks as
+/// /32 and /128 prefixes, sorted: what the node announces.
+fn prefixes_of<'a>(node: &str, blocks: impl IntoIterator<Item = &'a Block>) -> Vec<IpNet> {
+    let mut own = Vec::new();
+    let mut borrowed = Vec::new();
+    for b in blocks {
+        if b.affinity == node {
+            own.push(b.cidr);
+            continue;
+        }
+        for a in &b.allocations {
+            if a.node.as_deref() == Some(node) {
+                if let Some(ip) = b.ip_at(a.ordinal) {
+                    borrowed.push(IpNet::from(ip));
+                }
+            }
+        }
+    }
+    own.sort();
+    borrowed.sort();
+    own.extend(borrowed);
+    own
+}
 /// Each pool with the number of blocks inside it and the addresses they give out.
 fn pool_statuses(pools: &[Pool], blocks: &[Block]) -> Vec<PoolStatus> {
     pools

@@ -43,16 +43,9 @@ async fn queued(g: &GroupCommit, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_address_twice() {
-    let store = Arc::new(MemStore::new());
-    let shared: SharedDatastore = store.clone();
-    let ipam = Arc::new(Ipam::new(shared, IpamConfig::default()));
-    pools(&ipam).await;
-    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
-    let before = ipam.counters();
-
-    // The writer is busy (as with a batch in flight) while the burst arrives.
+/// [`BURST`] assignments queued while the writer is busy (as with a batch in flight), then
+/// written; every one answered, no address twice, one of each family per pod.
+async fn burst_while_busy(group: &Arc<GroupCommit>) {
     let busy = group.exclusive().await;
     let tasks: Vec<_> = (0..BURST)
         .map(|i| {
@@ -60,7 +53,7 @@ async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_addr
             tokio::spawn(async move { g.assign(request(i)).await })
         })
         .collect();
-    queued(&group, BURST).await;
+    queued(group, BURST).await;
     drop(busy);
 
     let mut seen = HashSet::new();
@@ -71,6 +64,19 @@ async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_addr
         }
     }
     assert_eq!(seen.len(), 2 * BURST, "one address of each family per pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_assignments_is_one_batch_with_a_few_block_writes_and_no_address_twice() {
+    let store = Arc::new(MemStore::new());
+    let shared: SharedDatastore = store.clone();
+    let ipam = Arc::new(Ipam::new(shared, IpamConfig::default()));
+    pools(&ipam).await;
+    let group = Arc::new(GroupCommit::new(ipam.clone(), "node1"));
+    let before = ipam.counters();
+
+    // The writer is busy (as with a batch in flight) while the burst arrives.
+    burst_while_busy(&group).await;
     let c = ipam.counters();
     let writes = c.block_writes - before.block_writes;
     eprintln!("{BURST} dual-stack assignments: {writes} block writes, counters {c:?}");
@@ -102,24 +108,7 @@ async fn a_burst_with_a_batch_limit_is_written_oldest_first_in_batches_of_that_s
 
     // The writer is busy while the burst queues; then it is written MAX_BATCH at a time,
     // and every request is answered, its owner's included.
-    let busy = group.exclusive().await;
-    let tasks: Vec<_> = (0..BURST)
-        .map(|i| {
-            let g = group.clone();
-            tokio::spawn(async move { g.assign(request(i)).await })
-        })
-        .collect();
-    queued(&group, BURST).await;
-    drop(busy);
-
-    let mut seen = HashSet::new();
-    for t in tasks {
-        let a = t.await.expect("task").expect("assignment");
-        for ip in a.addresses() {
-            assert!(seen.insert(ip.ip), "{} given twice", ip.ip);
-        }
-    }
-    assert_eq!(seen.len(), 2 * BURST, "one address of each family per pod");
+    burst_while_busy(&group).await;
     assert_eq!(group.queued(), 0, "nothing left in the queue");
     let c = ipam.counters();
     let batches = c.batches - before.batches;
