@@ -742,10 +742,8 @@ impl Conn {
         })
     }
 
-    /// The store revision and per kind the newest change after `after`.
-    fn newest_changes(&self, after: Option<u64>) -> Result<Newest> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+    /// The store revision and the oldest revision the change log still reaches, read in `tx`.
+    fn revision_and_compacted(&self, tx: &rusqlite::Transaction<'_>) -> Result<(u64, u64)> {
         let (rev, compacted): (i64, i64) = tx
             .query_row(
                 "SELECT (SELECT value FROM meta WHERE key = 'revision'), \
@@ -754,7 +752,14 @@ impl Conn {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.err(e))?;
-        let (rev, compacted) = (self.to_u64(rev)?, self.to_u64(compacted)?);
+        Ok((self.to_u64(rev)?, self.to_u64(compacted)?))
+    }
+
+    /// The store revision and per kind the newest change after `after`.
+    fn newest_changes(&self, after: Option<u64>) -> Result<Newest> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let (rev, compacted) = self.revision_and_compacted(&tx)?;
         let Some(after) = after.filter(|a| *a >= compacted && *a <= rev) else {
             return Ok(Newest {
                 revision: rev,
@@ -792,15 +797,7 @@ impl Conn {
     pub(crate) fn changes(&self, kind: &str, pos: u64) -> Result<(Vec<Change>, u64)> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let (rev, compacted): (i64, i64) = tx
-            .query_row(
-                "SELECT (SELECT value FROM meta WHERE key = 'revision'), \
-                        (SELECT value FROM meta WHERE key = 'compacted')",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(|e| self.err(e))?;
-        let (rev, compacted) = (self.to_u64(rev)?, self.to_u64(compacted)?);
+        let (rev, compacted) = self.revision_and_compacted(&tx)?;
         if pos < compacted {
             return Err(DatastoreError::Expired {
                 kind: kind.to_string(),
