@@ -5,7 +5,8 @@
 //! the Loc-RIB changes taken 16,384 at a time (as the kernel task does). Prints the time of
 //! each stage and the speaker's resident memory.
 //!
-//! `cargo run --release -p ferrovia-bgp --example rib_feed [N] [ROUNDS]` (default 1,000,000, 3).
+//! `cargo run --release -p ferrovia-bgp --example rib_feed [N] [ROUNDS] [ORDER]` (default
+//! 1,000,000, 3, `hashed`: the order BIRD sends a full table in; `ascending` is the other).
 use ferrovia_bgp::fsm::Direction;
 use ferrovia_bgp::message::*;
 use ferrovia_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
@@ -29,14 +30,24 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn feed(n: u32) -> Vec<u8> {
-    let prefixes: Vec<IpNet> = (0..n)
+/// The prefixes in the order a feeder sends them: ascending, or (`hashed`) in the order of
+/// a multiplicative hash of the address, as BIRD walks its hash-table FIB when it exports a
+/// full table — neighbouring prefixes arrive far apart, so every Loc-RIB insert lands in a
+/// different part of the table.
+fn feed(n: u32, hashed: bool) -> Vec<u8> {
+    let mut prefixes: Vec<IpNet> = (0..n)
         .map(|i| {
             Ipv4Net::new(Ipv4Addr::from((20u32 << 24) + (i << 8)), 24)
                 .expect("prefix")
                 .into()
         })
         .collect();
+    if hashed {
+        prefixes.sort_by_key(|p| match p {
+            IpNet::V4(v4) => u32::from(v4.addr()).wrapping_mul(2_654_435_761),
+            IpNet::V6(_) => 0,
+        });
+    }
     let attrs = PathAttributes {
         as_path: vec![AsSegment::Sequence(vec![65000])],
         ..Default::default()
@@ -109,9 +120,18 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let rounds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let bytes = feed(n);
+    let order = args.next().unwrap_or_else(|| "hashed".into());
+    let hashed = match order.as_str() {
+        "hashed" => true,
+        "ascending" => false,
+        other => {
+            eprintln!("order {other:?}: say hashed (as BIRD sends a full table) or ascending");
+            std::process::exit(2);
+        }
+    };
+    let bytes = feed(n, hashed);
     println!(
-        "{n} prefixes in {} KiB of UPDATEs; {rounds} rounds",
+        "{n} prefixes in {} KiB of UPDATEs, {order} order; {rounds} rounds",
         bytes.len() / 1024
     );
     for round in 1..=rounds {
