@@ -87,6 +87,9 @@ pub struct Updated {
     pub has: bool,
     /// The selection (best path or multipath next hops) moved.
     pub best_changed: bool,
+    /// When `best_changed`: where the best path now comes from (None: the prefix is gone
+    /// from the Loc-RIB). None when nothing changed.
+    pub best_source: Option<Source>,
 }
 
 /// Prefixes waiting to be taken (changes for the kernel), kept per family so an IPv4 entry
@@ -500,6 +503,7 @@ fn update_in<K: Ord + Copy>(
         had,
         has,
         best_changed: false,
+        best_source: None,
     };
     let has = candidate.is_some();
     // One walk down the tree for the common cases (a new prefix, a path replaced).
@@ -508,11 +512,13 @@ fn update_in<K: Ord + Copy>(
             let Some(c) = candidate else {
                 return unchanged(false, false);
             };
+            let best_source = Some(c.source);
             v.insert(Destination::One(c));
             return Updated {
                 had: false,
                 has,
                 best_changed: true,
+                best_source,
             };
         }
         Entry::Occupied(e) => e,
@@ -530,6 +536,7 @@ fn update_in<K: Ord + Copy>(
             had,
             has,
             best_changed: true,
+            best_source: Some(c.source),
         };
     }
     if pos.is_none() && candidate.is_none() {
@@ -558,10 +565,12 @@ fn update_in<K: Ord + Copy>(
         }
         None => None,
     };
+    let best_changed = before != after;
     Updated {
         had,
         has,
-        best_changed: before != after,
+        best_changed,
+        best_source: after.filter(|_| best_changed).map(|b| b.best.source),
     }
 }
 

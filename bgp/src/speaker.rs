@@ -344,6 +344,32 @@ struct EncodeCache {
     bytes: usize,
 }
 
+/// Where the best paths of the prefixes changed since the last flush come from. While a
+/// full table arrives from one peer, every change is "now best from that peer": that peer
+/// gets none of them back (split horizon) and the others get each one, so the flush needs
+/// no Loc-RIB lookup per prefix to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirtySource {
+    /// No change yet.
+    Nothing,
+    /// Every change so far made a path from this source the best one (none removed a
+    /// prefix).
+    One(Source),
+    /// Sources differ, or a prefix left the Loc-RIB.
+    Mixed,
+}
+
+impl DirtySource {
+    /// Accounts for a change whose best path now comes from `source` (None: gone).
+    fn add(&mut self, source: Option<Source>) {
+        *self = match (*self, source) {
+            (DirtySource::Nothing, Some(s)) => DirtySource::One(s),
+            (DirtySource::One(a), Some(s)) if a == s => DirtySource::One(a),
+            _ => DirtySource::Mixed,
+        };
+    }
+}
+
 /// The speaker.
 pub struct Speaker {
     config: SpeakerConfig,
@@ -352,6 +378,8 @@ pub struct Speaker {
     originated: BTreeMap<IpNet, Arc<Route>>,
     /// Prefixes whose Loc-RIB selection changed since the last flush.
     dirty: Vec<IpNet>,
+    /// Where the new best paths of `dirty` come from.
+    dirty_source: DirtySource,
     /// Prefixes changed since the last [`Speaker::take_changes`], when tracking.
     changed: Option<PrefixSet>,
     /// A [`Event::RoutesChanged`] went out and the consumer has not called
@@ -401,6 +429,7 @@ impl Speaker {
             loc_rib: LocRib::default(),
             originated: BTreeMap::new(),
             dirty: Vec::new(),
+            dirty_source: DirtySource::Nothing,
             changed: None,
             changes_signalled: false,
             actions: VecDeque::new(),
@@ -891,9 +920,22 @@ impl Speaker {
                 .count(),
         );
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        if !dirty.is_empty() {
+        let source = std::mem::replace(&mut self.dirty_source, DirtySource::Nothing);
+        // Every changed prefix now has its best path from this source (and none is gone).
+        let uniform = match source {
+            DirtySource::One(s) => Some(s),
+            DirtySource::Nothing | DirtySource::Mixed => None,
+        };
+        // A peer has nothing to do with the changes when every one of them is a best path
+        // it sent itself (split horizon) and it holds no export to withdraw: a full table
+        // from one feeder costs that session nothing, not even a sort.
+        let nothing_for = |addr: &IpAddr, p: &Peer| {
+            p.negotiated.is_none() || (uniform == Some(Source::Peer(*addr)) && p.adj_out.is_empty())
+        };
+        let wanted = self.peers.iter().any(|(a, p)| !nothing_for(a, p));
+        if !dirty.is_empty() && (wanted || !self.export_cache.is_empty()) {
+            dirty.sort_unstable();
+            dirty.dedup();
             if !self.export_cache.is_empty() {
                 for q in &dirty {
                     for k in 0..self.classes.len() as u32 {
@@ -901,24 +943,38 @@ impl Speaker {
                     }
                 }
             }
-            // The best path of each changed prefix now (None: gone from the Loc-RIB).
-            let best = self.loc_rib.best_candidates_sorted(&dirty);
+        }
+        if !dirty.is_empty() && wanted {
+            // The best path of each changed prefix now (None: gone from the Loc-RIB); not
+            // needed when they all come from one source.
+            let best = match uniform {
+                Some(_) => Vec::new(),
+                None => self.loc_rib.best_candidates_sorted(&dirty),
+            };
             let ids = &self.prefix_ids;
             for (addr, p) in self.peers.iter_mut() {
+                if nothing_for(addr, p) {
+                    continue;
+                }
                 let Some(n) = p.negotiated.as_ref() else {
                     continue;
                 };
                 let own = Source::Peer(*addr);
-                for (prefix, best) in dirty.iter().zip(&best) {
+                for (i, prefix) in dirty.iter().enumerate() {
+                    let (has, from_own) = match uniform {
+                        Some(s) => (true, s == own),
+                        None => {
+                            let b = best.get(i).copied().flatten();
+                            (b.is_some(), b.is_some_and(|b| b.source == own))
+                        }
+                    };
                     // Split horizon: a best path is never exported to the peer it came
                     // from, so that peer has nothing to look at for the prefix unless an
-                    // earlier export of it is to be withdrawn. A full table from one
-                    // feeder then costs its session no export work at all.
-                    if best.is_some_and(|b| b.source == own) && p.adj_out.get(ids, prefix).is_none()
-                    {
+                    // earlier export of it is to be withdrawn.
+                    if from_own && p.adj_out.get(ids, prefix).is_none() {
                         continue;
                     }
-                    p.export.changed(*prefix, best.is_some(), &n.families);
+                    p.export.changed(*prefix, has, &n.families);
                 }
             }
         }
@@ -1433,6 +1489,7 @@ impl Speaker {
         }
         if u.best_changed {
             self.dirty.push(prefix);
+            self.dirty_source.add(u.best_source);
             if let Some(c) = self.changed.as_mut() {
                 c.insert(prefix);
             }

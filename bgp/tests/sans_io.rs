@@ -799,3 +799,86 @@ fn routes_changed_is_one_signal_per_pull_however_many_flushes() {
     s.flush();
     assert_eq!(signals(&mut s), 1, "new changes after a pull are signalled");
 }
+
+#[test]
+fn changes_all_from_one_peer_skip_it_but_withdraw_what_it_was_sent() {
+    let now = Instant::now();
+    let mut s = speaker();
+    add(&mut s, now, A, 65010, 1);
+    add(&mut s, now, C, 65030, 3);
+    speaker_out(&mut s);
+    // C's path is the only one: A gets it.
+    s.received(
+        now,
+        WALL,
+        C,
+        3,
+        &update(&["10.9.0.0/16"], C, vec![65030, 1, 2]),
+    );
+    let (ups, _) = speaker_out(&mut s);
+    assert!(ups
+        .iter()
+        .any(|(p, u)| *p == A && u.announced().any(|x| *x == net("10.9.0.0/16"))));
+    // Every change of this flush is a best path from A (a shorter one for 10.9/16 and
+    // three new prefixes): A gets none of them, but the export of 10.9/16 it was sent is
+    // withdrawn; C gets all four.
+    s.received(
+        now,
+        WALL,
+        A,
+        1,
+        &update(
+            &[
+                "10.9.0.0/16",
+                "10.10.0.0/16",
+                "10.11.0.0/16",
+                "10.12.0.0/16",
+            ],
+            A,
+            vec![65010],
+        ),
+    );
+    let (ups, changes) = speaker_out(&mut s);
+    assert_eq!(changes.len(), 4);
+    assert!(changes.iter().all(|c| c
+        .best
+        .as_ref()
+        .is_some_and(|b| b.best.source == Source::Peer(A))));
+    let to_a: Vec<&Update> = ups
+        .iter()
+        .filter(|(p, _)| *p == A)
+        .map(|(_, u)| u)
+        .collect();
+    assert!(
+        to_a.iter().all(|u| u.announced().next().is_none()),
+        "nothing back to A"
+    );
+    let withdrawn: Vec<IpNet> = to_a.iter().flat_map(|u| u.withdrawn.clone()).collect();
+    assert_eq!(withdrawn, vec![net("10.9.0.0/16")]);
+    let mut to_c: Vec<IpNet> = ups
+        .iter()
+        .filter(|(p, _)| *p == C)
+        .flat_map(|(_, u)| u.announced().copied().collect::<Vec<_>>())
+        .collect();
+    to_c.sort();
+    assert_eq!(
+        to_c,
+        [
+            "10.9.0.0/16",
+            "10.10.0.0/16",
+            "10.11.0.0/16",
+            "10.12.0.0/16"
+        ]
+        .map(net)
+        .to_vec()
+    );
+    let status = s.peer_status();
+    let sent = |a: IpAddr| {
+        status
+            .iter()
+            .find(|p| p.config.address == a)
+            .map(|p| p.stats.prefixes_sent)
+    };
+    assert_eq!(sent(A), Some(0));
+    assert_eq!(sent(C), Some(4));
+}
