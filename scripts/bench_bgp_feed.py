@@ -208,10 +208,16 @@ def run_bird(d, n, kernel):
         pid = int(open(pidf).read().strip())
         return elapsed, vmhwm_kib(pid), cpu_seconds(pid)
     finally:
+        pid = None
         try:
-            os.kill(int(open(pidf).read().strip()), signal.SIGTERM)
+            pid = int(open(pidf).read().strip())
+            os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             pass
+        # The next BIRD receiver uses the same control socket: it refuses to start ("I
+        # found another BIRD running") while this one is still shutting down.
+        if pid is not None:
+            wait(lambda: not os.path.exists(f"/proc/{pid}"), 120, "the BIRD receiver to exit")
         # BIRD removes its kernel routes on exit; wait until they are gone.
         wait(lambda: fib_prefixes() <= base, 120, "BIRD's routes to leave the kernel")
 
