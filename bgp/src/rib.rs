@@ -198,14 +198,16 @@ impl<K: Ord + Copy> Queue<K> {
 
 const NO_BEST: u8 = u8::MAX;
 
-/// One prefix: every source's path (the Adj-RIBs-In after import policy, RFC 4271 §3.2,
-/// kept in one table) and the selection over them. A full table has a million of these,
-/// nearly all with a single path, so that case is one shared candidate: the prefixes of
-/// one UPDATE point to the same `Arc<Candidate>` (16 bytes a prefix instead of 32).
-#[derive(Debug)]
-enum Destination {
-    One(Arc<Candidate>),
-    Many(Box<ManyPaths>),
+/// One prefix as read from the table: every source's path (the Adj-RIBs-In after import
+/// policy, RFC 4271 §3.2, kept in one table) and the selection over them. A full table has
+/// a million prefixes, nearly all with a single path: that case is one shared candidate
+/// (the prefixes of one UPDATE point to the same `Arc<Candidate>`), held in the table as
+/// an 8-byte pointer; the few prefixes with several paths are kept beside it (see
+/// [`Table`]).
+#[derive(Debug, Clone, Copy)]
+enum Destination<'a> {
+    One(&'a Arc<Candidate>),
+    Many(&'a ManyPaths),
 }
 
 #[derive(Debug)]
@@ -217,26 +219,40 @@ struct ManyPaths {
     multipath: u32,
 }
 
-impl Destination {
-    fn candidates(&self) -> &[Arc<Candidate>] {
+impl ManyPaths {
+    /// Runs the decision process over two or more paths.
+    fn from_paths(candidates: Vec<Arc<Candidate>>) -> ManyPaths {
+        let (best, multipath) = select_indices(&candidates)
+            .map(|(b, m)| (u8::try_from(b).unwrap_or(NO_BEST), m))
+            .unwrap_or((NO_BEST, 0));
+        ManyPaths {
+            candidates,
+            best,
+            multipath,
+        }
+    }
+}
+
+impl<'a> Destination<'a> {
+    fn candidates(self) -> &'a [Arc<Candidate>] {
         match self {
             Destination::One(c) => std::slice::from_ref(c),
             Destination::Many(m) => &m.candidates,
         }
     }
 
-    fn best_index(&self) -> usize {
+    fn best_index(self) -> usize {
         match self {
             Destination::One(_) => 0,
             Destination::Many(m) => usize::from(m.best),
         }
     }
 
-    fn best(&self) -> Option<&Candidate> {
+    fn best(self) -> Option<&'a Candidate> {
         self.candidates().get(self.best_index()).map(|c| &**c)
     }
 
-    fn selection(&self) -> Option<Best> {
+    fn selection(self) -> Option<Best> {
         let best = self.best()?.clone();
         let mut next_hops: NextHops = smallvec![best.route.next_hop.address];
         if let Destination::Many(m) = self {
@@ -249,30 +265,57 @@ impl Destination {
         }
         Some(Best { best, next_hops })
     }
+}
 
-    /// Builds the destination for a set of paths; None when there is none.
-    fn from_paths(mut candidates: Vec<Arc<Candidate>>) -> Option<Destination> {
-        match candidates.len() {
-            0 => None,
-            1 => candidates.pop().map(Destination::One),
-            _ => {
-                let (best, multipath) = select_indices(&candidates)
-                    .map(|(b, m)| (u8::try_from(b).unwrap_or(NO_BEST), m))
-                    .unwrap_or((NO_BEST, 0));
-                Some(Destination::Many(Box::new(ManyPaths {
-                    candidates,
-                    best,
-                    multipath,
-                })))
-            }
+/// One family's prefixes. `one` holds every prefix of the table with its path when it has
+/// a single one (8 bytes a value, so a B-tree leaf is smaller and an insert moves less);
+/// a prefix with several paths is in `many` too, and its `one` entry then only marks it
+/// present (it holds one of its paths). Reads check `many` first, and only when it is not
+/// empty: a full table from one peer never looks at it.
+#[derive(Debug)]
+struct Table<K> {
+    one: BTreeMap<K, Arc<Candidate>>,
+    many: BTreeMap<K, ManyPaths>,
+}
+
+impl<K> Default for Table<K> {
+    fn default() -> Self {
+        Table {
+            one: BTreeMap::new(),
+            many: BTreeMap::new(),
         }
     }
+}
 
-    fn into_paths(self) -> Vec<Arc<Candidate>> {
-        match self {
-            Destination::One(c) => vec![c],
-            Destination::Many(m) => m.candidates,
+impl<K: Ord + Copy> Table<K> {
+    fn get(&self, key: &K) -> Option<Destination<'_>> {
+        self.one.get(key).map(|c| self.view(key, c))
+    }
+
+    /// The destination of a prefix found in `one` with value `one`.
+    fn view<'a>(&'a self, key: &K, one: &'a Arc<Candidate>) -> Destination<'a> {
+        if !self.many.is_empty() {
+            if let Some(m) = self.many.get(key) {
+                return Destination::Many(m);
+            }
         }
+        Destination::One(one)
+    }
+
+    fn len(&self) -> usize {
+        self.one.len()
+    }
+
+    /// Every prefix after `after` (from the start when `None`) with its destination, in
+    /// order.
+    fn after<'a>(&'a self, after: Option<K>) -> impl Iterator<Item = (K, Destination<'a>)> + 'a {
+        let lo = match after {
+            Some(k) => Excluded(k),
+            None => Unbounded,
+        };
+        self.one
+            .range((lo, Unbounded))
+            .map(move |(k, c)| (*k, self.view(k, c)))
     }
 }
 
@@ -280,8 +323,8 @@ impl Destination {
 /// in separate tables so IPv4 keys stay five bytes.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    v4: BTreeMap<Ipv4Net, Destination>,
-    v6: BTreeMap<Ipv6Net, Destination>,
+    v4: Table<Ipv4Net>,
+    v6: Table<Ipv6Net>,
 }
 
 impl LocRib {
@@ -310,7 +353,7 @@ impl LocRib {
         }
     }
 
-    fn dest(&self, prefix: &IpNet) -> Option<&Destination> {
+    fn dest(&self, prefix: &IpNet) -> Option<Destination<'_>> {
         match prefix {
             IpNet::V4(p) => self.v4.get(p),
             IpNet::V6(p) => self.v6.get(p),
@@ -345,18 +388,18 @@ impl LocRib {
     }
 
     /// Calls `f` with the destination of each prefix, in order; `prefixes` ascend.
-    fn walk_sorted<'a>(&'a self, prefixes: &[IpNet], mut f: impl FnMut(Option<&'a Destination>)) {
+    fn walk_sorted<'a>(&'a self, prefixes: &[IpNet], mut f: impl FnMut(Option<Destination<'a>>)) {
         debug_assert!(prefixes.windows(2).all(|w| w[0] <= w[1]), "prefixes ascend");
         let v4 = prefixes.iter().filter_map(|p| match p {
             IpNet::V4(p) => Some(*p),
             IpNet::V6(_) => None,
         });
-        walk_map_sorted(&self.v4, v4, &mut f);
+        walk_table_sorted(&self.v4, v4, &mut f);
         let v6 = prefixes.iter().filter_map(|p| match p {
             IpNet::V4(_) => None,
             IpNet::V6(p) => Some(*p),
         });
-        walk_map_sorted(&self.v6, v6, &mut f);
+        walk_table_sorted(&self.v6, v6, &mut f);
     }
 
     /// The path `source` gave for `prefix` (a look into that source's Adj-RIB-In).
@@ -375,9 +418,10 @@ impl LocRib {
     /// Every prefix in the table.
     pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.v4
+            .one
             .keys()
             .map(|p| IpNet::V4(*p))
-            .chain(self.v6.keys().map(|p| IpNet::V6(*p)))
+            .chain(self.v6.one.keys().map(|p| IpNet::V6(*p)))
     }
 
     /// Up to `max` prefixes of `family` that sort after `after` (all when `None`), in
@@ -389,7 +433,11 @@ impl LocRib {
                     Some(IpNet::V4(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self.v4.range((lo, Unbounded)).map(|(p, _)| IpNet::V4(*p));
+                let keys = self
+                    .v4
+                    .one
+                    .range((lo, Unbounded))
+                    .map(|(p, _)| IpNet::V4(*p));
                 keys.take(max).collect()
             }
             Family::Ipv6Unicast => {
@@ -397,7 +445,11 @@ impl LocRib {
                     Some(IpNet::V6(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self.v6.range((lo, Unbounded)).map(|(p, _)| IpNet::V6(*p));
+                let keys = self
+                    .v6
+                    .one
+                    .range((lo, Unbounded))
+                    .map(|(p, _)| IpNet::V6(*p));
                 keys.take(max).collect()
             }
         }
@@ -411,24 +463,26 @@ impl LocRib {
         let mut out = Vec::with_capacity(max.min(self.len()));
         if !matches!(after, Some(IpNet::V6(_))) {
             let lo = match after {
-                Some(IpNet::V4(p)) => Excluded(*p),
-                _ => Unbounded,
+                Some(IpNet::V4(p)) => Some(*p),
+                _ => None,
             };
-            let v4 = self.v4.range((lo, Unbounded));
             out.extend(
-                v4.filter_map(|(p, d)| d.selection().map(|b| (IpNet::V4(*p), b)))
+                self.v4
+                    .after(lo)
+                    .filter_map(|(p, d)| d.selection().map(|b| (IpNet::V4(p), b)))
                     .take(max),
             );
         }
         if out.len() < max {
             let lo = match after {
-                Some(IpNet::V6(p)) => Excluded(*p),
-                _ => Unbounded,
+                Some(IpNet::V6(p)) => Some(*p),
+                _ => None,
             };
-            let v6 = self.v6.range((lo, Unbounded));
             let rest = max - out.len();
             out.extend(
-                v6.filter_map(|(p, d)| d.selection().map(|b| (IpNet::V6(*p), b)))
+                self.v6
+                    .after(lo)
+                    .filter_map(|(p, d)| d.selection().map(|b| (IpNet::V6(p), b)))
                     .take(rest),
             );
         }
@@ -437,16 +491,16 @@ impl LocRib {
 
     /// Every prefix for which `source` has a path: that source's Adj-RIB-In.
     pub fn prefixes_from(&self, source: Source) -> Vec<IpNet> {
-        let has = |d: &Destination| d.candidates().iter().any(|c| c.source == source);
+        let has = |d: Destination<'_>| d.candidates().iter().any(|c| c.source == source);
         self.v4
-            .iter()
-            .filter(|(_, d)| has(d))
-            .map(|(p, _)| IpNet::V4(*p))
+            .after(None)
+            .filter(|(_, d)| has(*d))
+            .map(|(p, _)| IpNet::V4(p))
             .chain(
                 self.v6
-                    .iter()
-                    .filter(|(_, d)| has(d))
-                    .map(|(p, _)| IpNet::V6(*p)),
+                    .after(None)
+                    .filter(|(_, d)| has(*d))
+                    .map(|(p, _)| IpNet::V6(p)),
             )
             .collect()
     }
@@ -461,18 +515,19 @@ impl LocRib {
     }
 }
 
-/// How far [`walk_map_sorted`] steps along the table towards the next key before it
+/// How far [`walk_table_sorted`] steps along the table towards the next key before it
 /// searches for it instead.
 const NEAR_STEPS: usize = 8;
 
-/// Looks up ascending keys by walking the map alongside them: a key a few entries after
+/// Looks up ascending keys by walking the table alongside them: a key a few entries after
 /// the previous one is reached by stepping, a distant one by a fresh search, so a sparse
 /// set of keys costs no more than separate searches.
-fn walk_map_sorted<'a, K: Ord + Copy, V>(
-    map: &'a BTreeMap<K, V>,
+fn walk_table_sorted<'a, K: Ord + Copy>(
+    table: &'a Table<K>,
     keys: impl Iterator<Item = K>,
-    f: &mut impl FnMut(Option<&'a V>),
+    f: &mut impl FnMut(Option<Destination<'a>>),
 ) {
+    let map = &table.one;
     let mut it = map.range::<K, _>(..);
     let mut cur = it.next();
     for k in keys {
@@ -489,12 +544,14 @@ fn walk_map_sorted<'a, K: Ord + Copy, V>(
             cur = it.next();
             steps += 1;
         }
-        f(cur.filter(|(ck, _)| **ck == k).map(|(_, v)| v));
+        f(cur
+            .filter(|(ck, _)| **ck == k)
+            .map(|(ck, c)| table.view(ck, c)));
     }
 }
 
 fn update_in<K: Ord + Copy>(
-    map: &mut BTreeMap<K, Destination>,
+    table: &mut Table<K>,
     key: K,
     source: Source,
     candidate: Option<Arc<Candidate>>,
@@ -506,14 +563,66 @@ fn update_in<K: Ord + Copy>(
         best_source: None,
     };
     let has = candidate.is_some();
-    // One walk down the tree for the common cases (a new prefix, a path replaced).
-    let mut entry = match map.entry(key) {
+    // A prefix with several paths (never looked for while there is none).
+    if !table.many.is_empty() {
+        if let Some(m) = table.many.get_mut(&key) {
+            let pos = m.candidates.iter().position(|c| c.source == source);
+            let had = pos.is_some();
+            match (pos, &candidate) {
+                (None, None) => return unchanged(had, has),
+                (Some(i), Some(c)) if m.candidates.get(i) == Some(c) => return unchanged(had, has),
+                _ => {}
+            }
+            let before = Destination::Many(m).selection();
+            let mut paths = std::mem::take(&mut m.candidates);
+            match (pos, candidate) {
+                (Some(i), Some(c)) => paths[i] = c,
+                (None, Some(c)) => paths.push(c),
+                (Some(i), None) => {
+                    paths.swap_remove(i);
+                }
+                (None, None) => {}
+            }
+            let after = if paths.len() >= 2 {
+                *m = ManyPaths::from_paths(paths);
+                let after = Destination::Many(m).selection();
+                // The `one` entry keeps one of the current paths (not a replaced one).
+                if let (Some(slot), Some(first)) = (table.one.get_mut(&key), m.candidates.first()) {
+                    *slot = first.clone();
+                }
+                after
+            } else {
+                table.many.remove(&key);
+                match paths.pop() {
+                    Some(c) => {
+                        let after = Destination::One(&c).selection();
+                        table.one.insert(key, c);
+                        after
+                    }
+                    None => {
+                        table.one.remove(&key);
+                        None
+                    }
+                }
+            };
+            let best_changed = before != after;
+            return Updated {
+                had,
+                has,
+                best_changed,
+                best_source: after.filter(|_| best_changed).map(|b| b.best.source),
+            };
+        }
+    }
+    // No path or one: one walk down the tree for the common cases (a new prefix, a path
+    // replaced).
+    let mut entry = match table.one.entry(key) {
         Entry::Vacant(v) => {
             let Some(c) = candidate else {
                 return unchanged(false, false);
             };
             let best_source = Some(c.source);
-            v.insert(Destination::One(c));
+            v.insert(c);
             return Updated {
                 had: false,
                 has,
@@ -523,52 +632,42 @@ fn update_in<K: Ord + Copy>(
         }
         Entry::Occupied(e) => e,
     };
-    let d = entry.get_mut();
-    let pos = d.candidates().iter().position(|c| c.source == source);
-    let had = pos.is_some();
-    // The common case, one path replaced by a new one from the same source, in place.
-    if let (Destination::One(only), Some(0), Some(c)) = (&mut *d, pos, &candidate) {
-        if only == c {
-            return unchanged(had, has);
-        }
-        *only = c.clone();
-        return Updated {
-            had,
-            has,
-            best_changed: true,
-            best_source: Some(c.source),
+    let only = entry.get_mut();
+    if only.source == source {
+        return match candidate {
+            Some(c) if *only == c => unchanged(true, true),
+            Some(c) => {
+                *only = c;
+                Updated {
+                    had: true,
+                    has: true,
+                    best_changed: true,
+                    best_source: Some(source),
+                }
+            }
+            None => {
+                entry.remove();
+                Updated {
+                    had: true,
+                    has: false,
+                    best_changed: true,
+                    best_source: None,
+                }
+            }
         };
     }
-    if pos.is_none() && candidate.is_none() {
-        return unchanged(had, has);
-    }
-    if let (Some(i), Some(c)) = (pos, &candidate) {
-        if d.candidates().get(i) == Some(c) {
-            return unchanged(had, has);
-        }
-    }
-    let before = d.selection();
-    let mut paths = entry.remove().into_paths();
-    match (pos, candidate) {
-        (Some(i), Some(c)) => paths[i] = c,
-        (None, Some(c)) => paths.push(c),
-        (Some(i), None) => {
-            paths.swap_remove(i);
-        }
-        (None, None) => {}
-    }
-    let after = match Destination::from_paths(paths) {
-        Some(d) => {
-            let sel = d.selection();
-            map.insert(key, d);
-            sel
-        }
-        None => None,
+    // A second source for the prefix: it joins `many`.
+    let Some(c) = candidate else {
+        return unchanged(false, false);
     };
+    let before = Destination::One(only).selection();
+    let m = ManyPaths::from_paths(vec![only.clone(), c]);
+    let after = Destination::Many(&m).selection();
+    table.many.insert(key, m);
     let best_changed = before != after;
     Updated {
-        had,
-        has,
+        had: false,
+        has: true,
         best_changed,
         best_source: after.filter(|_| best_changed).map(|b| b.best.source),
     }
@@ -580,7 +679,12 @@ fn update_in<K: Ord + Copy>(
 /// set; the final tie breaks (BGP Identifier, CLUSTER_LIST length, peer address) choose
 /// the single best.
 pub fn select(candidates: &[Candidate]) -> Option<Best> {
-    Destination::from_paths(candidates.iter().cloned().map(Arc::new).collect())?.selection()
+    let mut paths: Vec<Arc<Candidate>> = candidates.iter().cloned().map(Arc::new).collect();
+    match paths.len() {
+        0 => None,
+        1 => paths.pop().and_then(|c| Destination::One(&c).selection()),
+        _ => Destination::Many(&ManyPaths::from_paths(paths)).selection(),
+    }
 }
 
 /// [`select`] as indices: the best path and a bit mask of the multipath set (the first
@@ -755,6 +859,89 @@ mod tests {
         assert!(u.best_changed && u.had && !u.has);
         assert!(rib.best(&p).is_none());
         assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn a_prefix_moves_between_one_and_many_paths_and_stays_consistent() {
+        let mut rib = LocRib::default();
+        let p: IpNet = "10.244.1.0/26".parse().expect("prefix");
+        let q: IpNet = "10.244.2.0/26".parse().expect("prefix");
+        let v6: IpNet = "fd00:10:244:1::/122".parse().expect("prefix");
+        let a = cand([10, 0, 0, 1], true, |_| {});
+        let b = cand([10, 0, 0, 2], true, |_| {});
+        let c = cand([10, 0, 0, 3], true, |x| x.local_pref = Some(50));
+        let nh = |r: &LocRib, x: &IpNet| r.best(x).map(|b| b.next_hops.to_vec());
+        // Neighbours with one path each, before and after, so paging crosses the prefix.
+        for x in [q, v6] {
+            rib.update(x, a.source, Some(a.clone()));
+        }
+        let u = rib.update(p, a.source, Some(a.clone()));
+        assert_eq!((u.had, u.has, u.best_changed), (false, true, true));
+        assert_eq!(u.best_source, Some(a.source));
+        // A second source: multipath, a first (lower identifier).
+        let u = rib.update(p, b.source, Some(b.clone()));
+        assert_eq!((u.had, u.has, u.best_changed), (false, true, true));
+        assert_eq!(u.best_source, Some(a.source));
+        assert_eq!(
+            nh(&rib, &p),
+            Some(vec![a.route.next_hop.address, b.route.next_hop.address])
+        );
+        // A third, worse one: nothing visible moves.
+        let u = rib.update(p, c.source, Some(c.clone()));
+        assert_eq!(
+            (u.had, u.has, u.best_changed, u.best_source),
+            (false, true, false, None)
+        );
+        assert_eq!(rib.len(), 3);
+        assert_eq!(
+            rib.candidate(&p, c.source).map(|x| x.source),
+            Some(c.source)
+        );
+        // The best path replaced by a worse one from the same source: b is best alone.
+        let worse_a = cand([10, 0, 0, 1], true, |x| x.local_pref = Some(10));
+        let u = rib.update(p, a.source, Some(worse_a.clone()));
+        assert_eq!((u.had, u.has, u.best_changed), (true, true, true));
+        assert_eq!(u.best_source, Some(b.source));
+        assert_eq!(nh(&rib, &p), Some(vec![b.route.next_hop.address]));
+        // Sorted lookups, paging and the Adj-RIB-In view agree with single lookups.
+        let mut keys = vec![p, q, v6];
+        keys.sort();
+        let sorted: Vec<Option<Source>> = rib
+            .best_candidates_sorted(&keys)
+            .into_iter()
+            .map(|x| x.map(|x| x.source))
+            .collect();
+        let single: Vec<Option<Source>> = keys
+            .iter()
+            .map(|k| rib.best_candidate(k).map(|x| x.source))
+            .collect();
+        assert_eq!(sorted, single);
+        let page: Vec<(IpNet, Source)> = rib
+            .page(None, 10)
+            .into_iter()
+            .map(|(k, b)| (k, b.best.source))
+            .collect();
+        assert_eq!(page, vec![(p, b.source), (q, a.source), (v6, a.source)]);
+        assert_eq!(rib.page(Some(&p), 1)[0].0, q);
+        assert_eq!(rib.prefixes_from(c.source), vec![p]);
+        assert_eq!(rib.prefixes_from(a.source), vec![p, q, v6]);
+        // Down to two paths, then one, then none.
+        let u = rib.update(p, b.source, None);
+        assert_eq!((u.had, u.has, u.best_changed), (true, false, true));
+        assert_eq!(u.best_source, Some(c.source));
+        let u = rib.update(p, c.source, None);
+        assert_eq!((u.had, u.has, u.best_changed), (true, false, true));
+        assert_eq!(u.best_source, Some(a.source));
+        assert_eq!(nh(&rib, &p), Some(vec![a.route.next_hop.address]));
+        assert!(rib.candidate(&p, c.source).is_none());
+        let u = rib.update(p, a.source, None);
+        assert_eq!(
+            (u.had, u.has, u.best_changed, u.best_source),
+            (true, false, true, None)
+        );
+        assert!(rib.best(&p).is_none());
+        assert_eq!(rib.prefixes().collect::<Vec<_>>(), vec![q, v6]);
+        assert_eq!(rib.len(), 2);
     }
 
     #[test]
