@@ -183,6 +183,13 @@ impl<K: Ord + Copy> Queue<K> {
             let at = self.ready.len() - n;
             out.extend(self.ready.drain(at..).rev());
         }
+        // A full table waits here while the kernel takes it a chunk at a time: give the
+        // memory back as it drains (each halving copies what is left once), so it is free
+        // for the kernel's own bookkeeping growing meanwhile.
+        if self.ready.capacity() > QUEUE_COMPACT_MIN && self.ready.len() < self.ready.capacity() / 2
+        {
+            self.ready.shrink_to_fit();
+        }
         if refilled {
             // Entries from before and after the refill may repeat each other.
             out.sort_unstable();

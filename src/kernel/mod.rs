@@ -94,6 +94,7 @@ use installed::Installed;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -343,23 +344,17 @@ impl Kernel {
         changes: Vec<(IpNet, Option<RouteKind>)>,
     ) -> Result<ApplyStats, KernelError> {
         self.ready().await?;
-        let mut dedup: HashMap<IpNet, Option<RouteKind>> = HashMap::with_capacity(changes.len());
-        for (prefix, kind) in changes {
-            dedup.insert(prefix.trunc(), kind);
-        }
-        self.apply_changes(dedup).await
+        self.apply_changes(changes).await
     }
 
     /// Tries again the routes whose next hops did not resolve and those that conflicted.
     pub async fn retry_pending(&mut self) -> Result<ApplyStats, KernelError> {
-        let mut changes: HashMap<IpNet, Option<RouteKind>> = self
+        let mut changes: Vec<(IpNet, Option<RouteKind>)> = self
             .pending
             .iter()
             .map(|(p, u)| (*p, Some(u.kind.clone())))
             .collect();
-        for (p, k) in &self.conflicts {
-            changes.insert(*p, Some(k.clone()));
-        }
+        changes.extend(self.conflicts.iter().map(|(p, k)| (*p, Some(k.clone()))));
         self.ready().await?;
         self.apply_changes(changes).await
     }
@@ -417,10 +412,13 @@ impl Kernel {
         // Ours at another metric (an earlier configuration): delete those first, on their own,
         // so their answers cannot be mistaken for those of the routes at our metric.
         if !strays.is_empty() {
-            let msgs: Vec<Msg> = strays
-                .iter()
-                .map(|(p, metric)| netlink::del_route(p, self.table, *metric))
-                .collect();
+            let (table, strays_ref) = (self.table, &strays);
+            // By index: a closure over references would make the future's `Send` depend on
+            // every lifetime (rustc cannot prove it, and `tokio::spawn` needs it).
+            let msgs = (0..strays.len()).map(move |i| {
+                let (p, metric) = &strays_ref[i];
+                netlink::del_route(p, table, *metric)
+            });
             let (rejections, requests) = self.send(msgs).await?;
             stats.requests += requests;
             stats.deleted += strays.len();
@@ -434,15 +432,12 @@ impl Kernel {
             }
         }
 
-        let mut changes: HashMap<IpNet, Option<RouteKind>> = desired
-            .iter()
-            .map(|(p, k)| (p.trunc(), Some(k.clone())))
-            .collect();
+        // Removals first: a desired route for the same prefix comes later and wins.
+        let mut changes: Vec<(IpNet, Option<RouteKind>)> = Vec::new();
         if !keep_others {
-            for p in self.installed.keys() {
-                changes.entry(p).or_insert(None);
-            }
+            changes.extend(self.installed.keys().map(|p| (p, None)));
         }
+        changes.extend(desired.iter().map(|(p, k)| (*p, Some(k.clone()))));
         let s = self.apply_changes(changes).await?;
         stats.added += s.added;
         stats.replaced += s.replaced;
@@ -529,19 +524,16 @@ impl Kernel {
     }
 
     fn metric_for(&self, prefix: &IpNet) -> u32 {
-        match prefix {
-            IpNet::V6(_) if self.metric == 0 => IP6_RT_PRIO_USER,
-            _ => self.metric,
-        }
+        metric_for(self.metric, prefix)
     }
 
     /// Resolves every distinct next hop of `changes`.
     async fn resolve_all(
         &self,
-        changes: &HashMap<IpNet, Option<RouteKind>>,
+        changes: &[(IpNet, Option<RouteKind>)],
     ) -> Result<HashMap<NextHop, Result<Resolution, String>>, NlError> {
         let mut wanted: HashSet<&NextHop> = HashSet::new();
-        for kind in changes.values() {
+        for (_, kind) in changes {
             if let Some(RouteKind::Unicast(nhs)) = kind {
                 wanted.extend(nhs.iter());
             }
@@ -611,11 +603,21 @@ impl Kernel {
         })
     }
 
-    /// The heart of apply: resolve, diff against our bookkeeping, send, account.
+    /// The heart of apply: resolve, diff against our bookkeeping, send, account. Later
+    /// entries for the same prefix win.
     async fn apply_changes(
         &mut self,
-        changes: HashMap<IpNet, Option<RouteKind>>,
+        mut changes: Vec<(IpNet, Option<RouteKind>)>,
     ) -> Result<ApplyStats, KernelError> {
+        // In place, without a second copy of the changes: prefix order (stable, so the
+        // last entry of a prefix ends up last), then one entry per prefix, the last.
+        for c in changes.iter_mut() {
+            c.0 = c.0.trunc();
+        }
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.reverse();
+        changes.dedup_by(|a, b| a.0 == b.0);
+        changes.reverse();
         let resolved = match self.resolve_all(&changes).await {
             Ok(r) => r,
             Err(e) => return Err(self.fail(e)),
@@ -668,7 +670,9 @@ impl Kernel {
             return Ok(stats);
         }
 
-        let msgs: Vec<Msg> = ops.iter().map(|op| self.op_msg(op)).collect();
+        // Built as the window takes them: a chunk's messages are never all in memory.
+        let (table, metric, ops_ref) = (self.table, self.metric, &ops);
+        let msgs = (0..ops.len()).map(move |i| op_msg(&ops_ref[i], table, metric));
         let (rejections, requests) = self.send(msgs).await?;
         stats.requests = requests;
 
@@ -683,18 +687,19 @@ impl Kernel {
             }
         }
         let mut failures: Vec<(IpNet, String)> = Vec::new();
+        let mut done: Vec<(IpNet, Option<Fib>)> = Vec::with_capacity(ops.len());
         for op in ops {
             let is_delete = matches!(op.kind, OpKind::Delete);
             let rejection = rejected.get(&(op.prefix, is_delete)).copied();
             match (op.kind, rejection) {
                 (OpKind::Delete, None) => {
-                    self.installed.remove(&op.prefix);
+                    done.push((op.prefix, None));
                     stats.deleted += 1;
                 }
                 (OpKind::Delete, Some(r))
                     if matches!(r.errno, netlink::ENOENT | netlink::ESRCH) =>
                 {
-                    self.installed.remove(&op.prefix);
+                    done.push((op.prefix, None));
                     stats.deleted += 1;
                 }
                 (OpKind::Create, Some(r)) if r.errno == netlink::EEXIST => {
@@ -711,19 +716,20 @@ impl Kernel {
                 }
                 (OpKind::Create, None) => {
                     if let Some(f) = op.fib {
-                        self.installed.insert(op.prefix, f);
+                        done.push((op.prefix, Some(f)));
                     }
                     stats.added += 1;
                 }
                 (OpKind::Replace, None) => {
                     if let Some(f) = op.fib {
-                        self.installed.insert(op.prefix, f);
+                        done.push((op.prefix, Some(f)));
                     }
                     stats.replaced += 1;
                 }
                 (_, Some(r)) => failures.push((op.prefix, describe(r))),
             }
         }
+        self.installed.commit(done);
         for r in &unattributed {
             // An echo we could not read: our bookkeeping may be off.
             self.stale = true;
@@ -763,30 +769,22 @@ impl Kernel {
 
     /// Sends messages in batches with a bounded window; returns every rejection and the
     /// number of datagrams.
-    async fn send(&mut self, msgs: Vec<Msg>) -> Result<(Vec<Rejection>, usize), KernelError> {
-        // Half the receive buffer for the rejections of one datagram, should all of it fail.
-        let budget = self.nl.rcvbuf() / 2;
-        let mut batches: Vec<Vec<Msg>> = Vec::new();
-        let mut cur: Vec<Msg> = Vec::new();
-        let (mut bytes, mut cost) = (0, 0);
-        for m in msgs {
-            let len = rtnetlink::packet_core::Emitable::buffer_len(&m);
-            let c = self.rejection_cost + 2 * len;
-            if !cur.is_empty()
-                && (cur.len() >= BATCH_MESSAGES || bytes + len > BATCH_BYTES || cost + c > budget)
-            {
-                batches.push(std::mem::take(&mut cur));
-                (bytes, cost) = (0, 0);
-            }
-            bytes += len;
-            cost += c;
-            cur.push(m);
-        }
-        if !cur.is_empty() {
-            batches.push(cur);
-        }
-        let requests = batches.len();
-        match self.nl.send_all(batches, WINDOW).await {
+    async fn send(
+        &mut self,
+        msgs: impl Iterator<Item = Msg> + Send,
+    ) -> Result<(Vec<Rejection>, usize), KernelError> {
+        let made = AtomicUsize::new(0);
+        let batches = Batches {
+            msgs: msgs.peekable(),
+            // Half the receive buffer for the rejections of one datagram, should all of it
+            // fail.
+            budget: self.nl.rcvbuf() / 2,
+            rejection_cost: self.rejection_cost,
+            made: &made,
+        };
+        let sent = self.nl.send_all(batches, WINDOW).await;
+        let requests = made.load(Ordering::Relaxed);
+        match sent {
             Ok(rejections) => Ok((rejections, requests)),
             Err(NlError::Overrun) => {
                 // Answers were lost, and with them the requests still waiting for them.
@@ -830,27 +828,67 @@ impl Kernel {
             },
         }
     }
+}
 
-    fn op_msg(&self, op: &Op) -> Msg {
-        match (&op.kind, &op.fib) {
-            (OpKind::Delete, _) | (_, None) => {
-                netlink::del_route(&op.prefix, self.table, self.metric_for(&op.prefix))
-            }
-            (OpKind::Create, Some(fib)) => netlink::new_route(
-                &op.prefix,
-                self.table,
-                self.metric,
-                fib,
-                NLM_F_CREATE | NLM_F_EXCL,
-            ),
-            (OpKind::Replace, Some(fib)) => netlink::new_route(
-                &op.prefix,
-                self.table,
-                self.metric,
-                fib,
-                NLM_F_CREATE | NLM_F_REPLACE,
-            ),
+/// The route message of an op, in `table` at `metric`.
+fn op_msg(op: &Op, table: u32, metric: u32) -> Msg {
+    match (&op.kind, &op.fib) {
+        (OpKind::Delete, _) | (_, None) => {
+            netlink::del_route(&op.prefix, table, metric_for(metric, &op.prefix))
         }
+        (OpKind::Create, Some(fib)) => {
+            netlink::new_route(&op.prefix, table, metric, fib, NLM_F_CREATE | NLM_F_EXCL)
+        }
+        (OpKind::Replace, Some(fib)) => {
+            netlink::new_route(&op.prefix, table, metric, fib, NLM_F_CREATE | NLM_F_REPLACE)
+        }
+    }
+}
+
+/// The metric the kernel stores for our routes to `prefix` at `metric`.
+fn metric_for(metric: u32, prefix: &IpNet) -> u32 {
+    match prefix {
+        IpNet::V6(_) if metric == 0 => IP6_RT_PRIO_USER,
+        _ => metric,
+    }
+}
+
+/// Route messages cut into datagrams as the window asks for them: at most
+/// [`BATCH_MESSAGES`] and [`BATCH_BYTES`] each, and no more than half the receive buffer
+/// could take back should every message of the datagram be rejected.
+struct Batches<'a, I: Iterator<Item = Msg>> {
+    msgs: std::iter::Peekable<I>,
+    budget: usize,
+    rejection_cost: usize,
+    /// Datagrams made so far.
+    made: &'a AtomicUsize,
+}
+
+impl<I: Iterator<Item = Msg>> Iterator for Batches<'_, I> {
+    type Item = Vec<Msg>;
+
+    fn next(&mut self) -> Option<Vec<Msg>> {
+        let mut cur: Vec<Msg> = Vec::new();
+        let (mut bytes, mut cost) = (0, 0);
+        while let Some(m) = self.msgs.peek() {
+            let len = rtnetlink::packet_core::Emitable::buffer_len(m);
+            let c = self.rejection_cost + 2 * len;
+            if !cur.is_empty()
+                && (cur.len() >= BATCH_MESSAGES
+                    || bytes + len > BATCH_BYTES
+                    || cost + c > self.budget)
+            {
+                break;
+            }
+            bytes += len;
+            cost += c;
+            cur.extend(self.msgs.next());
+        }
+        if cur.is_empty() {
+            return None;
+        }
+        self.made.fetch_add(1, Ordering::Relaxed);
+        Some(cur)
     }
 }
 

@@ -115,7 +115,7 @@ impl Netlink {
     /// the receive buffer overflowed (answers lost), which ends the wait at once.
     pub async fn send_all(
         &mut self,
-        batches: Vec<Vec<Msg>>,
+        batches: impl Iterator<Item = Vec<Msg>> + Send,
         window: usize,
     ) -> Result<Vec<Rejection>, NlError> {
         let Netlink {
