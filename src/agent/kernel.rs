@@ -19,6 +19,8 @@ use tracing::{error, info, warn};
 /// Most route changes handed to the kernel in one go (bounds memory while the kernel,
 /// the slowest stage, catches up with a full table).
 const KERNEL_CHUNK: usize = 16_384;
+/// Route changes installed between two [`release_free_memory`] calls while a table loads.
+const TRIM_EVERY: usize = 8 * KERNEL_CHUNK;
 /// How often routes with unresolved next hops are tried again.
 const RETRY_UNRESOLVED: Duration = Duration::from_secs(2);
 
@@ -125,8 +127,14 @@ pub async fn kernel_task(
                 // busy with a batch of UPDATEs) while a full table arrives.
                 while events.try_recv().is_ok() {}
                 let mut chunk = take_chunk(&handle).await?;
+                let mut untrimmed = 0;
                 while !chunk.is_empty() {
                     let t = Instant::now();
+                    untrimmed += chunk.len();
+                    if untrimmed >= TRIM_EVERY {
+                        untrimmed = 0;
+                        release_free_memory();
+                    }
                     let (applied, next) = tokio::join!(kernel.apply(chunk), take_chunk(&handle));
                     if let Err(e) = applied {
                         warn!(error = %e, "installing routes failed; reconciling the table");
@@ -140,6 +148,9 @@ pub async fn kernel_task(
                         break;
                     }
                     chunk = next?;
+                }
+                if untrimmed >= KERNEL_CHUNK {
+                    release_free_memory();
                 }
             }
             _ = retry.tick() => {
@@ -177,6 +188,22 @@ pub async fn kernel_task(
                 }
             }
         }
+    }
+}
+
+/// Gives the allocator's free memory back to the system. While a full table loads, the
+/// speaker's thread frees what it held for the kernel (the changes waiting, the chunks taken)
+/// while this task's bookkeeping grows, and glibc keeps each thread's freed memory in that
+/// thread's arena, resident, where the other thread cannot reuse it: without this the
+/// agent's peak RSS was about 10 MiB above its live data at the end of a 1M-route load.
+/// `malloc_trim(0)` returns every arena's free pages (a walk of the free lists, not of the
+/// heap), so the peak follows what is live.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only walks glibc's own free lists, under
+    // each arena's lock.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
