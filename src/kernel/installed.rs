@@ -112,7 +112,7 @@ impl<K: Ord + Copy> Table<K> {
             return;
         }
         // Stable: for a prefix given twice, the later entry ends up last and is kept.
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.sort_by_key(|a| a.0);
         let mut i = 0;
         let mut kept = 0;
         while i < changes.len() {

@@ -614,7 +614,7 @@ impl Kernel {
         for c in changes.iter_mut() {
             c.0 = c.0.trunc();
         }
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.sort_by_key(|a| a.0);
         changes.reverse();
         changes.dedup_by(|a, b| a.0 == b.0);
         changes.reverse();
