@@ -326,7 +326,7 @@ fn reflector_row(name: &str, r: &Value) -> String {
 /// two ferrovia reflectors, then two BIRD reflectors (the anchor, same run), then the mesh
 /// mode for each peer count of FERROVIA_SIM_MESH (default 50,100,199). FERROVIA_SIM_STEADY
 /// sets the seconds of steady state measured after convergence (default 30 for the
-/// largest mesh, 5 elsewhere). Prints the JSON reports (`BENCH` lines) and Markdown tables.
+/// largest mesh, 5 elsewhere); FERROVIA_SIM_ANCHOR=0 leaves BIRD out. Prints the JSON reports (`BENCH` lines) and Markdown tables.
 #[test]
 #[ignore = "benchmark: run on a quiet machine with --release --ignored --nocapture"]
 fn benchmark_reflectors_and_mesh() {
@@ -337,17 +337,24 @@ fn benchmark_reflectors_and_mesh() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let short = steady.min(5).to_string();
+    // FERROVIA_SIM_ANCHOR=0: ferrovia's reflectors only, no BIRD run (for development; a
+    // result for docs/BENCHMARKS.md needs the anchor of the same run).
+    let anchor = std::env::var("FERROVIA_SIM_ANCHOR").map_or(true, |v| v != "0");
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
     for &n in &ns {
         let t = std::time::Instant::now();
         let f = reflectors_run(ReflectorKind::Ferrovia, "benf", n, &short, false);
-        let b = reflectors_run(ReflectorKind::Bird, "benb", n, &short, false);
         println!("BENCH ferrovia-reflectors {f}");
+        rows.push(reflector_row("ferrovia", &f));
+        if !anchor {
+            eprintln!("N = {n}: {:.0} s (no anchor)", t.elapsed().as_secs_f64());
+            continue;
+        }
+        let b = reflectors_run(ReflectorKind::Bird, "benb", n, &short, false);
         println!("BENCH bird-reflectors {b}");
         eprintln!("N = {n}: {:.0} s", t.elapsed().as_secs_f64());
-        rows.push(reflector_row("ferrovia", &f));
         rows.push(reflector_row("BIRD 2", &b));
         ratios.push(format!(
             "| {n} | {:.2}× | {:.2}× | {:.2}× |",

@@ -227,9 +227,20 @@ impl Ferrovia {
             });
         let conf = self.conf_path.to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
+        // FERROVIA_TEST_AGENT_PREFIX: words run before the agent (which they must exec, so the
+        // pid stays the agent's), `{name}` being the agent's name — for profiling, e.g.
+        // `env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so
+        // DUMP_HEAPTRACK_OUTPUT=/tmp/heaptrack-{name}.raw`.
+        let prefix: Vec<String> = std::env::var("FERROVIA_TEST_AGENT_PREFIX")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|w| w.replace("{name}", &self.cfg.name))
+            .collect();
+        let mut argv: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        argv.extend([bin.as_str(), "agent", "--config", &conf]);
         self.proc = Some(Proc::spawn(
             &self.ns,
-            &[&bin, "agent", "--config", &conf],
+            &argv,
             &self.log,
             &[
                 ("FERROVIA_LOG", "debug"),
