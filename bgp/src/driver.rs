@@ -16,12 +16,14 @@ use crate::fsm::{ConnId, Direction};
 use crate::gtsm;
 use crate::md5;
 use crate::speaker::{Action, Event, PeerConfig, Speaker, SpeakerError};
+use bytes::{Buf, Bytes};
 use ipnet::IpNet;
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -110,8 +112,10 @@ pub enum DriverError {
 /// Most BGP bytes handled between two flushes (a flush packs and sends UPDATEs).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// A connection's writer joins queued messages into one write of up to this many bytes.
+/// A connection's writer joins queued messages into one write of up to this many bytes ...
 const WRITE_CHUNK: usize = 64 * 1024;
+/// ... and this many messages.
+const WRITE_MESSAGES: usize = 512;
 
 /// A connection's read buffer starts this small ...
 const READ_BUFFER_MIN: usize = 4096;
@@ -214,7 +218,7 @@ impl Handle {
 
 struct ConnTask {
     peer: IpAddr,
-    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer: mpsc::UnboundedSender<Bytes>,
     writer_task: JoinHandle<()>,
     reader_task: JoinHandle<()>,
 }
@@ -740,31 +744,27 @@ impl Driver {
         let (mut rd, mut wr) = stream.into_split();
         // Unbounded as a channel, bounded by the speaker: it stops generating UPDATEs for
         // a peer whose written-but-unreported bytes reach its send window.
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Bytes>();
         let written_tx = self.io_tx.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(first) = wrx.recv().await {
                 // Whatever else is queued goes out in the same write (a reflector sends each
                 // client thousands of small UPDATEs, one system call each before), and one
-                // report covers the burst.
+                // report covers the burst. The write is vectored: the messages are shared
+                // (one encoding for every peer of an export class), and a copy joined per
+                // connection would be a send window of memory per stalled peer.
                 let mut n = first.len();
-                let res = match wrx.try_recv() {
-                    Err(_) => wr.write_all(&first).await,
-                    Ok(second) => {
-                        let mut out = first;
-                        out.reserve(second.len());
-                        out.extend_from_slice(&second);
-                        while out.len() < WRITE_CHUNK {
-                            match wrx.try_recv() {
-                                Ok(more) => out.extend_from_slice(&more),
-                                Err(_) => break,
-                            }
+                let mut burst = vec![first];
+                while n < WRITE_CHUNK && burst.len() < WRITE_MESSAGES {
+                    match wrx.try_recv() {
+                        Ok(more) => {
+                            n += more.len();
+                            burst.push(more);
                         }
-                        n = out.len();
-                        wr.write_all(&out).await
+                        Err(_) => break,
                     }
-                };
-                if res.is_err() {
+                }
+                if write_all_vectored(&mut wr, &mut burst).await.is_err() {
                     break;
                 }
                 if written_tx.send(Io::Written(peer, id, n)).await.is_err() {
@@ -953,6 +953,40 @@ impl Driver {
         if let Some(tx) = &self.events {
             if tx.send(ev).is_err() {
                 self.events = None;
+            }
+        }
+    }
+}
+
+/// Writes every buffer, in order, with vectored writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bufs: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    loop {
+        while bufs.get(at).is_some_and(Bytes::is_empty) {
+            at += 1;
+        }
+        let Some(rest) = bufs.get(at..).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        let slices: Vec<IoSlice<'_>> = rest.iter().map(|b| IoSlice::new(b)).collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        drop(slices);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(b) = bufs.get_mut(at) else {
+                break;
+            };
+            if n >= b.len() {
+                n -= b.len();
+                at += 1;
+            } else {
+                b.advance(n);
+                n = 0;
             }
         }
     }

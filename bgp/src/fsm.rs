@@ -165,6 +165,9 @@ struct Conn {
     keepalive_deadline: Option<Instant>,
 }
 
+/// Capacity of a session's output queue kept once it is empty.
+const OUTPUTS_KEPT: usize = 16;
+
 /// Hold time used while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 pub const LARGE_HOLD_TIME: Duration = Duration::from_secs(240);
 
@@ -269,7 +272,13 @@ impl Session {
 
     /// Next output to act on.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        // A burst (many UPDATEs in one read) is not allowed to leave its capacity behind
+        // in each of a thousand sessions.
+        if out.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
+            self.outputs = VecDeque::new();
+        }
+        out
     }
 
     /// The earliest deadline the driver must wake us at.
@@ -476,18 +485,6 @@ impl Session {
             self.schedule_retry(now);
         }
         self.update_state();
-    }
-
-    /// Queue bytes (an encoded UPDATE) on the Established connection.
-    /// Returns false when the session is not Established.
-    pub fn send_established(&mut self, bytes: Vec<u8>) -> bool {
-        match self.established_conn() {
-            Some(id) => {
-                self.outputs.push_back(Output::Send(id, bytes));
-                true
-            }
-            None => false,
-        }
     }
 
     /// Ask the peer to resend its routes for a family (RFC 2918), when it supports it.

@@ -21,6 +21,7 @@ use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach
 use crate::policy::{self, ExportTarget, MaxPrefixAction, PeerPolicy, Rejected};
 use crate::rib::{Candidate, Change, LocRib, PrefixSet, Route, Source};
 use crate::wire;
+use bytes::Bytes;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -109,8 +110,15 @@ pub const MIN_EXPORT_BATCH: usize = 64;
 /// is exported without sharing rather than growing the cache.
 pub const EXPORT_CACHE_LIMIT: usize = 262_144;
 
-/// Bytes of encoded UPDATEs kept for the other peers of one flush.
-pub const ENCODE_CACHE_BYTES: usize = 8 << 20;
+/// Bytes of encoded UPDATEs kept for the other peers of a class (counting
+/// [`ENCODE_ENTRY_OVERHEAD`] per entry); past it the cache is emptied.
+pub const ENCODE_CACHE_BYTES: usize = 4 << 20;
+
+/// What an encode cache entry costs besides its messages' bytes (key, prefixes, map slot).
+const ENCODE_ENTRY_OVERHEAD: usize = 160;
+
+/// Capacity of the action queue kept once it is empty.
+const ACTIONS_KEPT: usize = 1024;
 
 /// Export classes (update groups) remembered before the list is emptied.
 const EXPORT_CLASSES_LIMIT: usize = 4096;
@@ -127,7 +135,7 @@ pub enum Action {
     Connect(IpAddr),
     /// Write bytes on a connection of this peer; report them with [`Speaker::written`]
     /// once written.
-    Send(IpAddr, ConnId, Vec<u8>),
+    Send(IpAddr, ConnId, Bytes),
     /// Close a connection of this peer (after writing what was queued for it).
     Close(IpAddr, ConnId),
 }
@@ -334,13 +342,15 @@ type SourceKey = (Source, bool, bool, Ipv4Addr);
 /// An exported route's address, the session's 4-octet AS, the prefixes of one family.
 type EncodeKey = (usize, bool, Vec<IpNet>);
 
-/// Encoded UPDATEs of one flush, by exported route, family and prefixes: the peers of a
-/// class that send the same routes in the same step get the same bytes, encoded once.
+/// Encoded UPDATEs by exported route, family and prefixes: the peers of a class that send
+/// the same routes get the same bytes, encoded once and shared (the writer queues of a
+/// thousand clients hold references to one copy, not a copy each). Kept across flushes,
+/// bounded by [`ENCODE_CACHE_BYTES`].
 #[derive(Default)]
 struct EncodeCache {
     /// Keyed by the route's address; the entry keeps the route alive so the address is not
     /// reused while the entry exists.
-    messages: HashMap<EncodeKey, (Arc<Route>, Vec<Vec<u8>>)>,
+    messages: HashMap<EncodeKey, (Arc<Route>, Vec<Bytes>)>,
     bytes: usize,
 }
 
@@ -875,7 +885,12 @@ impl Speaker {
 
     /// Next I/O for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        // The queue of a flush to a thousand peers is large; its capacity is not kept.
+        if a.is_none() && self.actions.capacity() > ACTIONS_KEPT {
+            self.actions = VecDeque::new();
+        }
+        a
     }
 
     /// Next notification for the agent.
@@ -982,7 +997,6 @@ impl Speaker {
         for addr in addrs {
             self.flush_peer(addr);
         }
-        self.encode_cache = EncodeCache::default();
         if self.has_changes() && !self.changes_signalled {
             self.changes_signalled = true;
             self.events.push_back(Event::RoutesChanged);
@@ -1087,7 +1101,8 @@ impl Speaker {
                         continue;
                     }
                     *queued += b.len();
-                    self.actions.push_back(Action::Send(addr, c, b))
+                    self.actions
+                        .push_back(Action::Send(addr, c, Bytes::from(b)))
                 }
                 fsm::Output::Close(c) => {
                     if let Some(p) = self.peers.get_mut(&addr) {
@@ -1506,6 +1521,12 @@ impl Speaker {
             return k as u32;
         }
         if self.classes.len() >= EXPORT_CLASSES_LIMIT {
+            // The class numbers are reused: the Adj-RIBs-Out stop sharing their routes
+            // by class number first.
+            for p in self.peers.values_mut() {
+                p.adj_out.detach(&self.prefix_ids);
+            }
+            self.prefix_ids.forget_classes();
             self.classes.clear();
             self.export_cache.clear();
         }
@@ -1618,7 +1639,10 @@ impl Speaker {
                         p.eor_sent = true;
                     }
                     if let Some(ctx) = p.negotiated.as_ref().map(|n| n.context) {
-                        let messages = eor.iter().map(|f| wire::end_of_rib(*f, &ctx)).collect();
+                        let messages = eor
+                            .iter()
+                            .map(|f| Bytes::from(wire::end_of_rib(*f, &ctx)))
+                            .collect();
                         self.send_updates(addr, messages);
                     }
                 }
@@ -1660,10 +1684,19 @@ impl Speaker {
                 (None, None) => {}
             }
         }
+        // Groups in prefix order: the same step of another peer of the class then finds
+        // the same groups in the encode cache.
+        let mut groups: Vec<(Arc<Route>, Vec<IpNet>)> = groups.into_iter().collect();
+        groups.sort_unstable_by(|a, b| a.1.first().cmp(&b.1.first()));
+        for (route, prefixes) in &groups {
+            for prefix in prefixes {
+                self.adj_out_insert(addr, class, *prefix, route.clone());
+            }
+        }
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
-        let mut messages: Vec<Vec<u8>> = Vec::new();
+        let mut messages: Vec<Bytes> = Vec::new();
         for prefix in &withdrawn {
             p.adj_out.remove(&mut self.prefix_ids, prefix);
         }
@@ -1674,19 +1707,15 @@ impl Speaker {
                 .copied()
                 .collect();
             if !w.is_empty() {
-                messages.extend(wire::pack_updates(&w, None, &ctx));
+                messages.extend(
+                    wire::pack_updates(&w, None, &ctx)
+                        .into_iter()
+                        .map(Bytes::from),
+                );
             }
         }
-        // Groups in prefix order: the same step of another peer of the class then finds
-        // the same groups in the encode cache.
-        let mut groups: Vec<(Arc<Route>, Vec<IpNet>)> = groups.into_iter().collect();
-        groups.sort_unstable_by(|a, b| a.1.first().cmp(&b.1.first()));
         let cache = &mut self.encode_cache;
         for (route, prefixes) in groups {
-            for prefix in &prefixes {
-                p.adj_out
-                    .insert(&mut self.prefix_ids, *prefix, route.clone());
-            }
             for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
                 let ps: Vec<IpNet> = prefixes
                     .iter()
@@ -1705,32 +1734,60 @@ impl Speaker {
                     next_hop: route.next_hop,
                     prefixes: key.2.clone(),
                 };
-                let m = wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx);
-                let size: usize = m.iter().map(Vec::len).sum();
-                if cache.bytes + size <= ENCODE_CACHE_BYTES {
-                    cache.bytes += size;
-                    messages.extend(m.iter().cloned());
-                    cache.messages.insert(key, (route.clone(), m));
-                } else {
-                    messages.extend(m);
+                let m: Vec<Bytes> = wire::pack_updates(&[], Some((&route.attrs, &reach)), &ctx)
+                    .into_iter()
+                    .map(Bytes::from)
+                    .collect();
+                let size = m.iter().map(Bytes::len).sum::<usize>()
+                    + ENCODE_ENTRY_OVERHEAD
+                    + key.2.len() * std::mem::size_of::<IpNet>();
+                if cache.bytes + size > ENCODE_CACHE_BYTES {
+                    cache.messages = HashMap::new();
+                    cache.bytes = 0;
                 }
+                cache.bytes += size;
+                messages.extend(m.iter().cloned());
+                cache.messages.insert(key, (route.clone(), m));
             }
         }
         self.send_updates(addr, messages);
     }
 
-    fn send_updates(&mut self, addr: IpAddr, messages: Vec<Vec<u8>>) {
+    /// Records `route` as advertised to `addr` for `prefix`. When that replaces the
+    /// class's shared route for the prefix, the other peers of the class that hold the old
+    /// one keep it as their own (see [`crate::adj_rib_out`]).
+    fn adj_out_insert(&mut self, addr: IpAddr, class: u32, prefix: IpNet, route: Arc<Route>) {
+        if self.prefix_ids.replaces_reference(class, &prefix, &route) {
+            for q in self.peers.values_mut() {
+                q.adj_out.keep_own(&self.prefix_ids, class, &prefix);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.adj_out.insert(&mut self.prefix_ids, class, prefix, route);
+        }
+    }
+
+    fn send_updates(&mut self, addr: IpAddr, messages: Vec<Bytes>) {
         if messages.is_empty() {
             return;
         }
+        // Whatever the session has to say goes first.
+        self.drain_session(addr);
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
+        // Straight to the driver, not through the session's output queue: a burst of
+        // UPDATEs left each session's queue with the capacity of its largest burst (about
+        // 50 KiB per client of a reflector with 1,000 clients, half its memory).
+        let Some(conn) = p.session.established_conn() else {
+            return;
+        };
         p.stats.updates_sent += messages.len() as u64;
+        let queued = p.queued.entry(conn).or_default();
         for m in messages {
-            p.session.send_established(m);
+            *queued += m.len();
+            self.actions.push_back(Action::Send(addr, conn, m));
         }
-        self.drain_session(addr);
     }
 }
 
