@@ -92,18 +92,20 @@ pub const EXPORT_BATCH: usize = 2048;
 
 /// Bytes of unwritten UPDATEs all Established peers together may have waiting in the
 /// speaker's and driver's hands (not the kernel's socket buffers): each peer's window is
-/// its share of this, between [`MIN_SEND_WINDOW`] and [`SEND_WINDOW`]. Up to 64 peers each
+/// its share of this, between [`MIN_SEND_WINDOW`] and [`SEND_WINDOW`]. Up to 16 peers each
 /// keep the full window; a route reflector's thousand clients, all sent the whole table at
-/// once when they connect together, get 16 KiB each: their UPDATEs wait as RIB state
-/// rather than as encoded bytes (at N = 1,000 the queued UPDATEs were most of a reflector's
-/// memory, about 150 KiB per client).
-pub const SEND_BUDGET: usize = 16 << 20;
+/// once when they connect together, get 4 KiB each: their UPDATEs wait as RIB state rather
+/// than as queued messages (the encoded bytes are shared between the peers of a class, but
+/// each queued message still costs a reference in a channel and a writer's burst, about as
+/// much as its bytes; with 16 KiB windows they were a third of a reflector's heap at
+/// N = 1,000).
+pub const SEND_BUDGET: usize = 4 << 20;
 
 /// The smallest send window a peer gets, however many peers share [`SEND_BUDGET`].
-pub const MIN_SEND_WINDOW: usize = 16 * 1024;
+pub const MIN_SEND_WINDOW: usize = 4 * 1024;
 
 /// The fewest prefixes an export step looks at.
-pub const MIN_EXPORT_BATCH: usize = 64;
+pub const MIN_EXPORT_BATCH: usize = 32;
 
 /// Entries of the shared export cache (prefix × export class) before it is emptied: a
 /// route reflector's clients share their exports up to this many, beyond it a full table
