@@ -23,7 +23,7 @@ use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -741,7 +741,7 @@ impl Driver {
         };
         let id = self.next_conn;
         self.next_conn += 1;
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         // Unbounded as a channel, bounded by the speaker: it stops generating UPDATEs for
         // a peer whose written-but-unreported bytes reach its send window.
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Bytes>();
@@ -775,25 +775,29 @@ impl Driver {
         });
         let io_tx = self.io_tx.clone();
         let reader_task = tokio::spawn(async move {
-            // Small while the peer sends little (a reflector holds a thousand idle
-            // sessions: a 64 KiB buffer each was most of its memory per session), doubled
-            // up to READ_BUFFER_MAX while reads fill it (a full table arriving).
-            let mut buf = vec![0u8; READ_BUFFER_MIN];
+            // No buffer while the peer is quiet (a reflector holds a thousand idle
+            // sessions: a buffer each, even of 4 KiB, was megabytes): one is taken when the
+            // socket is readable and handed over with the data. Its size starts small and
+            // doubles up to READ_BUFFER_MAX while reads fill it (a full table arriving).
+            let mut size = READ_BUFFER_MIN;
             loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                if rd.readable().await.is_err() {
+                    break;
+                }
+                let mut buf = vec![0u8; size];
+                match rd.try_read(&mut buf) {
+                    Ok(0) => break,
                     Ok(n) => {
-                        if io_tx
-                            .send(Io::Data(peer, id, buf[..n].to_vec()))
-                            .await
-                            .is_err()
-                        {
+                        if n == size && size < READ_BUFFER_MAX {
+                            size *= 2;
+                        }
+                        buf.truncate(n);
+                        if io_tx.send(Io::Data(peer, id, buf)).await.is_err() {
                             return;
                         }
-                        if n == buf.len() && buf.len() < READ_BUFFER_MAX {
-                            buf.resize(buf.len() * 2, 0);
-                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
             let _ = io_tx.send(Io::Closed(peer, id)).await;
