@@ -4,11 +4,14 @@
 use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smallvec::{smallvec, SmallVec};
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
-use std::ops::Bound::{Excluded, Unbounded};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::Arc;
+use table::{Found, LsmMap};
+
+mod table;
 
 /// Attributes plus next hop of a route; shared by every prefix of one UPDATE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -275,26 +278,27 @@ impl<'a> Destination<'a> {
 }
 
 /// One family's prefixes. `one` holds every prefix of the table with its path when it has
-/// a single one (8 bytes a value, so a B-tree leaf is smaller and an insert moves less);
+/// a single one (8 bytes a value; an [`LsmMap`], so a full table arriving in hash order is
+/// inserted in bulk rather than by a cold tree walk per prefix);
 /// a prefix with several paths is in `many` too, and its `one` entry then only marks it
 /// present (it holds one of its paths). Reads check `many` first, and only when it is not
 /// empty: a full table from one peer never looks at it.
 #[derive(Debug)]
 struct Table<K> {
-    one: BTreeMap<K, Arc<Candidate>>,
+    one: LsmMap<K, Arc<Candidate>>,
     many: BTreeMap<K, ManyPaths>,
 }
 
 impl<K> Default for Table<K> {
     fn default() -> Self {
         Table {
-            one: BTreeMap::new(),
+            one: LsmMap::default(),
             many: BTreeMap::new(),
         }
     }
 }
 
-impl<K: Ord + Copy> Table<K> {
+impl<K: Ord + Copy + Hash> Table<K> {
     fn get(&self, key: &K) -> Option<Destination<'_>> {
         self.one.get(key).map(|c| self.view(key, c))
     }
@@ -321,7 +325,7 @@ impl<K: Ord + Copy> Table<K> {
             None => Unbounded,
         };
         self.one
-            .range((lo, Unbounded))
+            .range_from(lo)
             .map(move |(k, c)| (*k, self.view(k, c)))
     }
 }
@@ -358,6 +362,22 @@ impl LocRib {
             IpNet::V4(p) => update_in(&mut self.v4, p, source, candidate),
             IpNet::V6(p) => update_in(&mut self.v6, p, source, candidate),
         }
+    }
+
+    /// Prepares the updates of many prefixes about to come one by one (the prefixes of one
+    /// UPDATE): what each insert looks at first is fetched from memory for all of them at
+    /// once. Changes nothing visible.
+    pub fn warm(&self, prefixes: &[IpNet]) {
+        let v4 = prefixes.iter().filter_map(|p| match p {
+            IpNet::V4(p) => Some(*p),
+            IpNet::V6(_) => None,
+        });
+        self.v4.one.warm(v4);
+        let v6 = prefixes.iter().filter_map(|p| match p {
+            IpNet::V4(_) => None,
+            IpNet::V6(p) => Some(*p),
+        });
+        self.v6.one.warm(v6);
     }
 
     fn dest(&self, prefix: &IpNet) -> Option<Destination<'_>> {
@@ -426,9 +446,14 @@ impl LocRib {
     pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.v4
             .one
-            .keys()
-            .map(|p| IpNet::V4(*p))
-            .chain(self.v6.one.keys().map(|p| IpNet::V6(*p)))
+            .range_from(Unbounded)
+            .map(|(p, _)| IpNet::V4(*p))
+            .chain(
+                self.v6
+                    .one
+                    .range_from(Unbounded)
+                    .map(|(p, _)| IpNet::V6(*p)),
+            )
     }
 
     /// Up to `max` prefixes of `family` that sort after `after` (all when `None`), in
@@ -440,11 +465,7 @@ impl LocRib {
                     Some(IpNet::V4(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self
-                    .v4
-                    .one
-                    .range((lo, Unbounded))
-                    .map(|(p, _)| IpNet::V4(*p));
+                let keys = self.v4.one.range_from(lo).map(|(p, _)| IpNet::V4(*p));
                 keys.take(max).collect()
             }
             Family::Ipv6Unicast => {
@@ -452,11 +473,7 @@ impl LocRib {
                     Some(IpNet::V6(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self
-                    .v6
-                    .one
-                    .range((lo, Unbounded))
-                    .map(|(p, _)| IpNet::V6(*p));
+                let keys = self.v6.one.range_from(lo).map(|(p, _)| IpNet::V6(*p));
                 keys.take(max).collect()
             }
         }
@@ -529,13 +546,13 @@ const NEAR_STEPS: usize = 8;
 /// Looks up ascending keys by walking the table alongside them: a key a few entries after
 /// the previous one is reached by stepping, a distant one by a fresh search, so a sparse
 /// set of keys costs no more than separate searches.
-fn walk_table_sorted<'a, K: Ord + Copy>(
+fn walk_table_sorted<'a, K: Ord + Copy + Hash>(
     table: &'a Table<K>,
     keys: impl Iterator<Item = K>,
     f: &mut impl FnMut(Option<Destination<'a>>),
 ) {
     let map = &table.one;
-    let mut it = map.range::<K, _>(..);
+    let mut it = map.range_from(Unbounded);
     let mut cur = it.next();
     for k in keys {
         let mut steps = 0;
@@ -544,7 +561,7 @@ fn walk_table_sorted<'a, K: Ord + Copy>(
                 break;
             }
             if steps == NEAR_STEPS {
-                it = map.range(k..);
+                it = map.range_from(Included(k));
                 cur = it.next();
                 break;
             }
@@ -557,7 +574,7 @@ fn walk_table_sorted<'a, K: Ord + Copy>(
     }
 }
 
-fn update_in<K: Ord + Copy>(
+fn update_in<K: Ord + Copy + Hash>(
     table: &mut Table<K>,
     key: K,
     source: Source,
@@ -621,25 +638,20 @@ fn update_in<K: Ord + Copy>(
             };
         }
     }
-    // No path or one: one walk down the tree for the common cases (a new prefix, a path
-    // replaced).
-    let mut entry = match table.one.entry(key) {
-        Entry::Vacant(v) => {
-            let Some(c) = candidate else {
-                return unchanged(false, false);
-            };
-            let best_source = Some(c.source);
-            v.insert(c);
+    // No path or one: the common cases (a new prefix, a path replaced).
+    let new_source = candidate.as_ref().map(|c| c.source);
+    let (only, candidate) = match table.one.find_or_insert(key, candidate) {
+        Found::Absent => return unchanged(false, false),
+        Found::Inserted => {
             return Updated {
                 had: false,
                 has,
                 best_changed: true,
-                best_source,
-            };
+                best_source: new_source,
+            }
         }
-        Entry::Occupied(e) => e,
+        Found::Present(only, candidate) => (only, candidate),
     };
-    let only = entry.get_mut();
     if only.source == source {
         return match candidate {
             Some(c) if *only == c => unchanged(true, true),
@@ -653,7 +665,7 @@ fn update_in<K: Ord + Copy>(
                 }
             }
             None => {
-                entry.remove();
+                table.one.remove(&key);
                 Updated {
                     had: true,
                     has: false,

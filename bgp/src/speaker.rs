@@ -1412,6 +1412,7 @@ impl Speaker {
                             peer_id,
                         })
                     });
+                self.loc_rib.warm(&reach.prefixes);
                 for prefix in &reach.prefixes {
                     if !families.contains(&Family::of(prefix)) {
                         continue;
