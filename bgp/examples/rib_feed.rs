@@ -109,7 +109,11 @@ fn established(now: Instant) -> Speaker {
     let bytes = wire::encode(&Message::Keepalive, &CTX).expect("KEEPALIVE encodes");
     s.received(now, wall, peer, 1, &bytes);
     s.track_changes(true);
+    // The driver flushes after every event: the session's first flush (its initial
+    // resend, of an empty table) comes before any route arrives.
+    s.flush();
     while s.poll_action().is_some() {}
+    while s.poll_event().is_some() {}
     s
 }
 

@@ -42,7 +42,7 @@ fn main() {
                 peer_id: Ipv4Addr::new(1, 1, 1, 1),
             }));
         }
-        rib.update_shared(p.into(), Source::Peer(peer), c.clone());
+        rib.update_shared(p.into(), Source::Peer(peer), c.as_ref());
     }
     let after = rss_kib();
     println!(

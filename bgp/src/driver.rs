@@ -784,14 +784,15 @@ impl Driver {
                 if rd.readable().await.is_err() {
                     break;
                 }
-                let mut buf = vec![0u8; size];
-                match rd.try_read(&mut buf) {
+                // Uninitialised room: a read of a few hundred bytes does not first clear
+                // 64 KiB.
+                let mut buf = Vec::with_capacity(size);
+                match rd.try_read_buf(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
                         if n == size && size < READ_BUFFER_MAX {
                             size *= 2;
                         }
-                        buf.truncate(n);
                         if io_tx.send(Io::Data(peer, id, buf)).await.is_err() {
                             return;
                         }

@@ -3,14 +3,17 @@
 
 use crate::message::{Family, NextHop, PathAttributes};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use paths::{PathId, Paths};
 use smallvec::{smallvec, SmallVec};
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
-use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
-use table::{Found, LsmMap};
+use table::{PrefixMap, Slot};
 
+mod paths;
+mod slots;
 mod table;
 
 /// Attributes plus next hop of a route; shared by every prefix of one UPDATE.
@@ -278,32 +281,36 @@ impl<'a> Destination<'a> {
 }
 
 /// One family's prefixes. `one` holds every prefix of the table with its path when it has
-/// a single one (8 bytes a value; an [`LsmMap`], so a full table arriving in hash order is
-/// inserted in bulk rather than by a cold tree walk per prefix);
+/// a single one (a 4-byte id into `paths`, where the prefixes of one UPDATE share one entry;
+/// a [`PrefixMap`]: a hash table, so a full table arriving in hash order costs a probe per
+/// prefix rather than a cold tree walk);
 /// a prefix with several paths is in `many` too, and its `one` entry then only marks it
 /// present (it holds one of its paths). Reads check `many` first, and only when it is not
 /// empty: a full table from one peer never looks at it.
 #[derive(Debug)]
 struct Table<K> {
-    one: LsmMap<K, Arc<Candidate>>,
+    one: PrefixMap<K, PathId>,
     many: BTreeMap<K, ManyPaths>,
+    paths: Paths,
 }
 
 impl<K> Default for Table<K> {
     fn default() -> Self {
         Table {
-            one: LsmMap::default(),
+            one: PrefixMap::default(),
             many: BTreeMap::new(),
+            paths: Paths::default(),
         }
     }
 }
 
-impl<K: Ord + Copy + Hash> Table<K> {
+impl<K: Ord + Copy + Hash + Default> Table<K> {
     fn get(&self, key: &K) -> Option<Destination<'_>> {
-        self.one.get(key).map(|c| self.view(key, c))
+        let one = self.paths.get(*self.one.get(key)?)?;
+        Some(self.view(key, one))
     }
 
-    /// The destination of a prefix found in `one` with value `one`.
+    /// The destination of a prefix found in `one` with path `one`.
     fn view<'a>(&'a self, key: &K, one: &'a Arc<Candidate>) -> Destination<'a> {
         if !self.many.is_empty() {
             if let Some(m) = self.many.get(key) {
@@ -311,6 +318,26 @@ impl<K: Ord + Copy + Hash> Table<K> {
             }
         }
         Destination::One(one)
+    }
+
+    /// Sets the single path of `key` (in `one`), releasing the one it replaces.
+    fn set_one(&mut self, key: K, path: &Arc<Candidate>) {
+        if let Some(&held) = self.one.get(&key) {
+            if self.paths.get(held).is_some_and(|p| Arc::ptr_eq(p, path)) {
+                return;
+            }
+        }
+        let id = self.paths.intern(path);
+        if let Some(old) = self.one.insert(key, id) {
+            self.paths.release(old);
+        }
+    }
+
+    /// Removes `key` from `one`.
+    fn remove_one(&mut self, key: &K) {
+        if let Some(old) = self.one.remove(key) {
+            self.paths.release(old);
+        }
     }
 
     fn len(&self) -> usize {
@@ -326,7 +353,7 @@ impl<K: Ord + Copy + Hash> Table<K> {
         };
         self.one
             .range_from(lo)
-            .map(move |(k, c)| (*k, self.view(k, c)))
+            .filter_map(move |(k, id)| Some((k, self.view(&k, self.paths.get(*id)?))))
     }
 }
 
@@ -347,16 +374,18 @@ impl LocRib {
         source: Source,
         candidate: Option<Candidate>,
     ) -> Updated {
-        self.update_shared(prefix, source, candidate.map(Arc::new))
+        let candidate = candidate.map(Arc::new);
+        self.update_shared(prefix, source, candidate.as_ref())
     }
 
     /// [`LocRib::update`] with a candidate shared between prefixes (every prefix of one
-    /// UPDATE has the same path): the table keeps the `Arc`, not a copy.
+    /// UPDATE has the same path): the table keeps the `Arc` once for all of them, not a
+    /// copy or a reference count per prefix.
     pub fn update_shared(
         &mut self,
         prefix: IpNet,
         source: Source,
-        candidate: Option<Arc<Candidate>>,
+        candidate: Option<&Arc<Candidate>>,
     ) -> Updated {
         match prefix {
             IpNet::V4(p) => update_in(&mut self.v4, p, source, candidate),
@@ -365,8 +394,8 @@ impl LocRib {
     }
 
     /// Prepares the updates of many prefixes about to come one by one (the prefixes of one
-    /// UPDATE): what each insert looks at first is fetched from memory for all of them at
-    /// once. Changes nothing visible.
+    /// UPDATE): the table memory each will touch is fetched for all of them at once, so
+    /// the cache misses overlap instead of coming one per prefix. Changes nothing visible.
     pub fn warm(&self, prefixes: &[IpNet]) {
         let v4 = prefixes.iter().filter_map(|p| match p {
             IpNet::V4(p) => Some(*p),
@@ -398,8 +427,7 @@ impl LocRib {
     }
 
     /// [`LocRib::best_candidate`] for many prefixes at once, in ascending order (as
-    /// `IpNet` sorts: IPv4 first). A run of neighbouring prefixes, such as a full table's
-    /// worth of changes, then costs a step along the table each instead of a search.
+    /// `IpNet` sorts: IPv4 first); the results come in the same order.
     pub fn best_candidates_sorted(&self, prefixes: &[IpNet]) -> Vec<Option<&Candidate>> {
         let mut out = Vec::with_capacity(prefixes.len());
         self.walk_sorted(prefixes, |d| out.push(d.and_then(Destination::best)));
@@ -447,13 +475,8 @@ impl LocRib {
         self.v4
             .one
             .range_from(Unbounded)
-            .map(|(p, _)| IpNet::V4(*p))
-            .chain(
-                self.v6
-                    .one
-                    .range_from(Unbounded)
-                    .map(|(p, _)| IpNet::V6(*p)),
-            )
+            .map(|(p, _)| IpNet::V4(p))
+            .chain(self.v6.one.range_from(Unbounded).map(|(p, _)| IpNet::V6(p)))
     }
 
     /// Up to `max` prefixes of `family` that sort after `after` (all when `None`), in
@@ -465,7 +488,7 @@ impl LocRib {
                     Some(IpNet::V4(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self.v4.one.range_from(lo).map(|(p, _)| IpNet::V4(*p));
+                let keys = self.v4.one.range_from(lo).map(|(p, _)| IpNet::V4(p));
                 keys.take(max).collect()
             }
             Family::Ipv6Unicast => {
@@ -473,7 +496,7 @@ impl LocRib {
                     Some(IpNet::V6(p)) => Excluded(*p),
                     _ => Unbounded,
                 };
-                let keys = self.v6.one.range_from(lo).map(|(p, _)| IpNet::V6(*p));
+                let keys = self.v6.one.range_from(lo).map(|(p, _)| IpNet::V6(p));
                 keys.take(max).collect()
             }
         }
@@ -539,46 +562,33 @@ impl LocRib {
     }
 }
 
-/// How far [`walk_table_sorted`] steps along the table towards the next key before it
-/// searches for it instead.
-const NEAR_STEPS: usize = 8;
+/// Keys looked up per [`walk_table_sorted`] step: their slots are fetched together first.
+const WALK_STEP: usize = 256;
 
-/// Looks up ascending keys by walking the table alongside them: a key a few entries after
-/// the previous one is reached by stepping, a distant one by a fresh search, so a sparse
-/// set of keys costs no more than separate searches.
-fn walk_table_sorted<'a, K: Ord + Copy + Hash>(
+/// Looks up keys (a hash probe each), in the order given, a step of them at a time with
+/// their slots fetched together (the cache misses overlap).
+fn walk_table_sorted<'a, K: Ord + Copy + Hash + Default>(
     table: &'a Table<K>,
     keys: impl Iterator<Item = K>,
     f: &mut impl FnMut(Option<Destination<'a>>),
 ) {
-    let map = &table.one;
-    let mut it = map.range_from(Unbounded);
-    let mut cur = it.next();
-    for k in keys {
-        let mut steps = 0;
-        while let Some((ck, _)) = cur {
-            if *ck >= k {
-                break;
-            }
-            if steps == NEAR_STEPS {
-                it = map.range_from(Included(k));
-                cur = it.next();
-                break;
-            }
-            cur = it.next();
-            steps += 1;
+    let mut step: Vec<K> = Vec::with_capacity(WALK_STEP);
+    let mut keys = keys.peekable();
+    while keys.peek().is_some() {
+        step.clear();
+        step.extend(keys.by_ref().take(WALK_STEP));
+        table.one.warm(step.iter().copied());
+        for k in &step {
+            f(table.get(k));
         }
-        f(cur
-            .filter(|(ck, _)| **ck == k)
-            .map(|(ck, c)| table.view(ck, c)));
     }
 }
 
-fn update_in<K: Ord + Copy + Hash>(
+fn update_in<K: Ord + Copy + Hash + Default>(
     table: &mut Table<K>,
     key: K,
     source: Source,
-    candidate: Option<Arc<Candidate>>,
+    candidate: Option<&Arc<Candidate>>,
 ) -> Updated {
     let unchanged = |had: bool, has: bool| Updated {
         had,
@@ -592,7 +602,7 @@ fn update_in<K: Ord + Copy + Hash>(
         if let Some(m) = table.many.get_mut(&key) {
             let pos = m.candidates.iter().position(|c| c.source == source);
             let had = pos.is_some();
-            match (pos, &candidate) {
+            match (pos, candidate) {
                 (None, None) => return unchanged(had, has),
                 (Some(i), Some(c)) if m.candidates.get(i) == Some(c) => return unchanged(had, has),
                 _ => {}
@@ -600,8 +610,8 @@ fn update_in<K: Ord + Copy + Hash>(
             let before = Destination::Many(m).selection();
             let mut paths = std::mem::take(&mut m.candidates);
             match (pos, candidate) {
-                (Some(i), Some(c)) => paths[i] = c,
-                (None, Some(c)) => paths.push(c),
+                (Some(i), Some(c)) => paths[i] = c.clone(),
+                (None, Some(c)) => paths.push(c.clone()),
                 (Some(i), None) => {
                     paths.swap_remove(i);
                 }
@@ -611,8 +621,8 @@ fn update_in<K: Ord + Copy + Hash>(
                 *m = ManyPaths::from_paths(paths);
                 let after = Destination::Many(m).selection();
                 // The `one` entry keeps one of the current paths (not a replaced one).
-                if let (Some(slot), Some(first)) = (table.one.get_mut(&key), m.candidates.first()) {
-                    *slot = first.clone();
+                if let Some(first) = m.candidates.first().cloned() {
+                    table.set_one(key, &first);
                 }
                 after
             } else {
@@ -620,11 +630,11 @@ fn update_in<K: Ord + Copy + Hash>(
                 match paths.pop() {
                     Some(c) => {
                         let after = Destination::One(&c).selection();
-                        table.one.insert(key, c);
+                        table.set_one(key, &c);
                         after
                     }
                     None => {
-                        table.one.remove(&key);
+                        table.remove_one(&key);
                         None
                     }
                 }
@@ -639,24 +649,32 @@ fn update_in<K: Ord + Copy + Hash>(
         }
     }
     // No path or one: the common cases (a new prefix, a path replaced).
-    let new_source = candidate.as_ref().map(|c| c.source);
-    let (only, candidate) = match table.one.find_or_insert(key, candidate) {
-        Found::Absent => return unchanged(false, false),
-        Found::Inserted => {
+    let slot = match table.one.slot(key) {
+        Slot::Vacant(v) => {
+            let Some(c) = candidate else {
+                return unchanged(false, false);
+            };
+            v.insert(table.paths.intern(c));
             return Updated {
                 had: false,
                 has,
                 best_changed: true,
-                best_source: new_source,
-            }
+                best_source: Some(c.source),
+            };
         }
-        Found::Present(only, candidate) => (only, candidate),
+        Slot::Occupied(slot) => slot,
+    };
+    let only_id = *slot;
+    let Some(only) = table.paths.get(only_id) else {
+        // Not reachable: an id in the table always has its path.
+        return unchanged(false, false);
     };
     if only.source == source {
         return match candidate {
-            Some(c) if *only == c => unchanged(true, true),
+            Some(c) if only == c => unchanged(true, true),
             Some(c) => {
-                *only = c;
+                *slot = table.paths.intern(c);
+                table.paths.release(only_id);
                 Updated {
                     had: true,
                     has: true,
@@ -665,7 +683,7 @@ fn update_in<K: Ord + Copy + Hash>(
                 }
             }
             None => {
-                table.one.remove(&key);
+                table.remove_one(&key);
                 Updated {
                     had: true,
                     has: false,
@@ -680,7 +698,7 @@ fn update_in<K: Ord + Copy + Hash>(
         return unchanged(false, false);
     };
     let before = Destination::One(only).selection();
-    let m = ManyPaths::from_paths(vec![only.clone(), c]);
+    let m = ManyPaths::from_paths(vec![only.clone(), c.clone()]);
     let after = Destination::Many(&m).selection();
     table.many.insert(key, m);
     let best_changed = before != after;
@@ -961,6 +979,65 @@ mod tests {
         assert!(rib.best(&p).is_none());
         assert_eq!(rib.prefixes().collect::<Vec<_>>(), vec![q, v6]);
         assert_eq!(rib.len(), 2);
+    }
+
+    /// The prefixes of one UPDATE share one held path; replacing, moving through several
+    /// paths and withdrawing keep its count of users right, and the last one drops it.
+    #[test]
+    fn prefixes_of_one_update_share_one_path_until_the_last_goes() {
+        let mut rib = LocRib::default();
+        let a = Arc::new(cand([10, 0, 0, 1], true, |_| {}));
+        let b = Arc::new(cand([10, 0, 0, 2], true, |_| {}));
+        let a2 = Arc::new(cand([10, 0, 0, 1], true, |x| x.local_pref = Some(10)));
+        let p =
+            |i: u32| IpNet::V4(Ipv4Net::new(Ipv4Addr::from((20 << 24) + (i << 8)), 24).expect("p"));
+        for i in 0..1000 {
+            rib.update_shared(p(i), a.source, Some(&a));
+        }
+        assert_eq!(rib.v4.paths.live(), 1);
+        assert_eq!(
+            Arc::strong_count(&a),
+            2,
+            "held once for a thousand prefixes"
+        );
+        // The same again changes nothing.
+        for i in 0..1000 {
+            let u = rib.update_shared(p(i), a.source, Some(&a));
+            assert!(!u.best_changed);
+        }
+        assert_eq!(rib.v4.paths.live(), 1);
+        // Half replaced by a new path from the same peer.
+        for i in 0..500 {
+            let u = rib.update_shared(p(i), a.source, Some(&a2));
+            assert!(u.best_changed);
+        }
+        assert_eq!(rib.v4.paths.live(), 2);
+        // A second peer for a few: they go through `many` and back.
+        for i in 490..510 {
+            rib.update_shared(p(i), b.source, Some(&b));
+        }
+        for i in 490..510 {
+            let u = rib.update_shared(p(i), b.source, None);
+            assert!(u.had && !u.has);
+        }
+        assert_eq!(rib.v4.paths.live(), 2);
+        for i in 0..1000 {
+            let want = if i < 500 { &a2 } else { &a };
+            assert_eq!(rib.best_candidate(&p(i)), Some(&**want), "{i}");
+        }
+        // Withdrawn: the first path goes with its last prefix.
+        for i in 500..1000 {
+            rib.update_shared(p(i), a.source, None);
+        }
+        assert_eq!(rib.v4.paths.live(), 1);
+        assert_eq!(Arc::strong_count(&a), 1, "no longer held");
+        for i in 0..500 {
+            rib.update_shared(p(i), a.source, None);
+        }
+        assert_eq!(rib.v4.paths.live(), 0);
+        assert!(rib.is_empty());
+        assert_eq!(Arc::strong_count(&a2), 1);
+        assert_eq!(Arc::strong_count(&b), 1);
     }
 
     #[test]

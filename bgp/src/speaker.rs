@@ -1424,7 +1424,7 @@ impl Speaker {
                     let cand = match checked {
                         Ok(cand) => {
                             announced.get_or_insert(Family::of(prefix));
-                            Some(cand.clone())
+                            Some(cand)
                         }
                         Err(why) => {
                             *refused.entry(why).or_default() += 1;
@@ -1495,10 +1495,11 @@ impl Speaker {
     }
 
     fn rib_update(&mut self, prefix: IpNet, source: Source, cand: Option<Candidate>) {
-        self.rib_update_shared(prefix, source, cand.map(Arc::new));
+        let cand = cand.map(Arc::new);
+        self.rib_update_shared(prefix, source, cand.as_ref());
     }
 
-    fn rib_update_shared(&mut self, prefix: IpNet, source: Source, cand: Option<Arc<Candidate>>) {
+    fn rib_update_shared(&mut self, prefix: IpNet, source: Source, cand: Option<&Arc<Candidate>>) {
         let u = self.loc_rib.update_shared(prefix, source, cand);
         if let Source::Peer(a) = source {
             if let Some(p) = self.peers.get_mut(&a) {
