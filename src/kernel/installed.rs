@@ -49,12 +49,21 @@ impl Installed {
         id
     }
 
+    #[cfg(test)]
     pub fn get(&self, p: &IpNet) -> Option<&Fib> {
-        let id = match p {
-            IpNet::V4(p) => self.v4.get(p),
-            IpNet::V6(p) => self.v6.get(p),
-        }?;
-        self.fibs.get(id as usize)
+        self.lookup().get(p)
+    }
+
+    /// Lookups for prefixes that come in ascending order (a sorted batch of changes): each
+    /// search starts from where the last one ended, a few steps through nearby entries
+    /// instead of a binary search of the whole table. Prefixes out of order are still
+    /// found, by a whole search.
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup {
+            installed: self,
+            v4: 0,
+            v6: 0,
+        }
     }
 
     /// Sets (`Some`) or removes (`None`) each prefix's route; later entries for the same
@@ -86,6 +95,24 @@ impl Installed {
     }
 }
 
+/// See [`Installed::lookup`].
+pub(super) struct Lookup<'a> {
+    installed: &'a Installed,
+    /// Where the last IPv4 and IPv6 searches ended.
+    v4: usize,
+    v6: usize,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn get(&mut self, p: &IpNet) -> Option<&'a Fib> {
+        let id = match p {
+            IpNet::V4(p) => self.installed.v4.get_from(&mut self.v4, p),
+            IpNet::V6(p) => self.installed.v6.get_from(&mut self.v6, p),
+        }?;
+        self.installed.fibs.get(id as usize)
+    }
+}
+
 /// One family: sorted prefixes and their Fib ids, side by side.
 #[derive(Debug)]
 struct Table<K> {
@@ -103,8 +130,37 @@ impl<K> Default for Table<K> {
 }
 
 impl<K: Ord + Copy> Table<K> {
-    fn get(&self, k: &K) -> Option<u32> {
-        self.keys.binary_search(k).ok().map(|i| self.ids.get(i))
+    /// [`Table::get`] searching from `cursor` on, which it then moves to where `k` is or
+    /// would go.
+    fn get_from(&self, cursor: &mut usize, k: &K) -> Option<u32> {
+        let found = self.search_from(*cursor, k);
+        let (Ok(at) | Err(at)) = found;
+        *cursor = at;
+        found.ok().map(|i| self.ids.get(i))
+    }
+
+    /// Where `k` is (`Ok`) or would go (`Err`), searching from `from` on: a gallop (1, 2,
+    /// 4 ... entries ahead) and a binary search of the last step. Keys searched in
+    /// ascending order, each from where the last ended, cost a few steps through nearby
+    /// memory. A `k` that sorts before `from` is searched for in the whole table.
+    fn search_from(&self, from: usize, k: &K) -> Result<usize, usize> {
+        let from = match from.checked_sub(1).and_then(|i| self.keys.get(i)) {
+            Some(before) if before >= k => 0,
+            _ => from.min(self.keys.len()),
+        };
+        let rest = self.keys.get(from..).unwrap_or_default();
+        let mut bound = 1;
+        while rest.get(bound).is_some_and(|x| x < k) {
+            bound *= 2;
+        }
+        // rest[bound / 2] < k when bound > 1; k is at or before rest[bound].
+        let lo = bound / 2;
+        let hi = (bound + 1).min(rest.len());
+        let window = rest.get(lo..hi).unwrap_or_default();
+        match window.binary_search(k) {
+            Ok(i) => Ok(from + lo + i),
+            Err(i) => Err(from + lo + i),
+        }
     }
 
     fn commit(&mut self, mut changes: Vec<(K, Option<u32>)>) {
@@ -128,17 +184,29 @@ impl<K: Ord + Copy> Table<K> {
 
         // Replacements in place; removals marked; new prefixes kept for the merge.
         let mut removed: Vec<usize> = Vec::new();
-        let mut added: Vec<(K, u32)> = Vec::new();
+        // New prefixes with where they go (their index among the old entries).
+        let mut added: Vec<(K, u32, usize)> = Vec::new();
+        let mut cursor = 0;
         for (k, id) in changes {
-            match (self.keys.binary_search(&k), id) {
+            let found = self.search_from(cursor, &k);
+            let (Ok(at) | Err(at)) = found;
+            cursor = at;
+            match (found, id) {
                 (Ok(at), Some(id)) => self.ids.set(at, id),
                 (Ok(at), None) => removed.push(at),
-                (Err(_), Some(id)) => added.push((k, id)),
+                (Err(at), Some(id)) => added.push((k, id, at)),
                 (Err(_), None) => {}
             }
         }
         if !removed.is_empty() {
             self.remove_sorted(&removed);
+            // The entries moved: find where the new ones go again.
+            let mut cursor = 0;
+            for (k, _, at) in added.iter_mut() {
+                let (Ok(i) | Err(i)) = self.search_from(cursor, k);
+                cursor = i;
+                *at = i;
+            }
         }
         if !added.is_empty() {
             self.merge(&added);
@@ -163,9 +231,10 @@ impl<K: Ord + Copy> Table<K> {
         self.shrink();
     }
 
-    /// Merges new prefixes (ascending, none present) in place, from the back: only entries
-    /// after the first new prefix move.
-    fn merge(&mut self, added: &[(K, u32)]) {
+    /// Merges new prefixes (ascending, none present, each with its index among the
+    /// present ones) in place, from the back: the entries between two new prefixes move
+    /// as one block, and only entries after the first new prefix move.
+    fn merge(&mut self, added: &[(K, u32, usize)]) {
         let old = self.keys.len();
         let new = old + added.len();
         if self.keys.capacity() < new {
@@ -174,23 +243,18 @@ impl<K: Ord + Copy> Table<K> {
             self.keys.reserve_exact(want - old);
             self.ids.reserve_exact(want - old);
         }
-        let (last, _) = added[added.len() - 1];
+        let (last, _, _) = added[added.len() - 1];
         self.keys.resize(new, last);
         self.ids.resize(new);
-        let mut r = old;
-        let mut a = added.len();
-        let mut w = new;
-        while a > 0 {
-            w -= 1;
-            if r > 0 && self.keys[r - 1] > added[a - 1].0 {
-                r -= 1;
-                self.keys[w] = self.keys[r];
-                self.ids.copy(r, w);
-            } else {
-                a -= 1;
-                self.keys[w] = added[a].0;
-                self.ids.set(w, added[a].1);
-            }
+        // Old entries [at, end) go up by the number of new prefixes at or before them.
+        let mut end = old;
+        for (n, &(k, id, at)) in added.iter().enumerate().rev() {
+            let at = at.min(end);
+            self.keys.copy_within(at..end, at + n + 1);
+            self.ids.copy_within(at..end, at + n + 1);
+            self.keys[at + n] = k;
+            self.ids.set(at + n, id);
+            end = at;
         }
     }
 
@@ -246,6 +310,13 @@ impl Ids {
         match self {
             Ids::Narrow(v) => v[to] = v[from],
             Ids::Wide(v) => v[to] = v[from],
+        }
+    }
+
+    fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
+        match self {
+            Ids::Narrow(v) => v.copy_within(from, to),
+            Ids::Wide(v) => v.copy_within(from, to),
         }
     }
 
@@ -366,6 +437,29 @@ mod tests {
             );
             for (p, f) in &model {
                 assert_eq!(i.get(p), Some(f), "round {round}: {p}");
+            }
+            // One lookup for many prefixes, ascending (a sorted batch) and then in any
+            // order, present or not: the same answers as the model.
+            let mut probes: Vec<IpNet> = (0..400)
+                .map(|_| {
+                    let n = rnd(4000);
+                    format!("10.{}.{}.0/24", n >> 8, n & 255)
+                        .parse()
+                        .expect("p")
+                })
+                .chain(model.keys().copied().step_by(7))
+                .collect();
+            probes.sort();
+            let mut look = i.lookup();
+            for p in &probes {
+                assert_eq!(look.get(p), model.get(p), "ascending, round {round}: {p}");
+            }
+            probes.reverse();
+            let third = probes.len() / 3;
+            probes.rotate_left(third);
+            let mut look = i.lookup();
+            for p in &probes {
+                assert_eq!(look.get(p), model.get(p), "any order, round {round}: {p}");
             }
         }
         assert!(

@@ -624,6 +624,8 @@ impl Kernel {
         };
         let mut stats = ApplyStats::default();
         let mut ops: Vec<Op> = Vec::new();
+        // The changes are sorted: each lookup starts where the last one ended.
+        let mut installed = self.installed.lookup();
 
         for (prefix, kind) in changes {
             self.pending.remove(&prefix);
@@ -647,7 +649,7 @@ impl Kernel {
                     fib
                 }
             };
-            let op = match (target, self.installed.get(&prefix)) {
+            let op = match (target, installed.get(&prefix)) {
                 (None, None) => None,
                 (None, Some(_)) => Some((OpKind::Delete, None)),
                 (Some(t), Some(cur)) if *cur == t => {
