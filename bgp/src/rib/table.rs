@@ -306,6 +306,21 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
 
+    /// The first `n` keys after `lo`, as the model has them.
+    fn check_after(map: &PrefixMap<u32, u32>, want: &BTreeMap<u32, u32>, lo: u32, n: usize) {
+        let got: Vec<u32> = map
+            .range_from(Bound::Excluded(lo))
+            .take(n)
+            .map(|(k, _)| k)
+            .collect();
+        let exp: Vec<u32> = want
+            .range((Bound::Excluded(lo), Bound::Unbounded))
+            .take(n)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(got, exp, "after {lo}");
+    }
+
     fn check_walks(map: &PrefixMap<u32, u32>, want: &BTreeMap<u32, u32>) {
         let all: Vec<(u32, u32)> = map
             .range_from(Bound::Unbounded)
@@ -314,17 +329,7 @@ mod tests {
         let expected: Vec<(u32, u32)> = want.iter().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(all, expected);
         for lo in [0u32, 1, 99_999, 150_000, 199_999] {
-            let got: Vec<u32> = map
-                .range_from(Bound::Excluded(lo))
-                .take(50)
-                .map(|(k, _)| k)
-                .collect();
-            let exp: Vec<u32> = want
-                .range((Bound::Excluded(lo), Bound::Unbounded))
-                .take(50)
-                .map(|(k, _)| *k)
-                .collect();
-            assert_eq!(got, exp);
+            check_after(map, want, lo, 50);
             let got: Vec<u32> = map
                 .range_from(Bound::Included(lo))
                 .take(50)
@@ -368,18 +373,7 @@ mod tests {
                     _ => assert_eq!(map.remove(&k), want.remove(&k)),
                 }
                 if (i as usize + 1).is_multiple_of(walk_every) {
-                    let lo = rng.gen_range(0..200_000u32);
-                    let got: Vec<u32> = map
-                        .range_from(Bound::Excluded(lo))
-                        .take(20)
-                        .map(|(k, _)| k)
-                        .collect();
-                    let exp: Vec<u32> = want
-                        .range((Bound::Excluded(lo), Bound::Unbounded))
-                        .take(20)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    assert_eq!(got, exp);
+                    check_after(&map, &want, rng.gen_range(0..200_000u32), 20);
                     let index = map.index.borrow();
                     if index.built && !index.recent.is_empty() {
                         kept_up += 1;
