@@ -133,6 +133,7 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
     Abandon(oneshot::Sender<()>),
     BfdAdminDown(oneshot::Sender<Duration>),
+    StopConnecting(oneshot::Sender<()>),
 }
 
 enum Io {
@@ -211,6 +212,17 @@ impl Handle {
         self.send(Command::BfdAdminDown(tx)).await?;
         rx.await.map_err(|_| DriverError::Stopped)
     }
+    /// The first step of a restart: no BGP connection is opened or accepted from now on;
+    /// the sessions up stay up. A peer that closes its session when our BFD goes AdminDown
+    /// (BIRD's `bfd graceful`) must not get a new one from us for the moments before we
+    /// go: it would see that one drop too, in the middle of its graceful restart, and flush
+    /// our routes.
+    pub async fn stop_connecting(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::StopConnecting(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
     async fn send(&self, c: Command) -> Result<(), DriverError> {
         self.tx.send(c).await.map_err(|_| DriverError::Stopped)
     }
@@ -241,6 +253,9 @@ struct Driver {
     /// Range peers that lost a connection: removed at the end of the step if it was their
     /// last one.
     range_closed: Vec<IpAddr>,
+    /// Set by [`Handle::stop_connecting`] (a restart is under way): no BGP connection is
+    /// opened or accepted any more.
+    no_new_connections: bool,
     bfd: Bfd,
 }
 
@@ -313,6 +328,7 @@ pub async fn spawn(
         events,
         from_range: std::collections::HashSet::new(),
         range_closed: Vec::new(),
+        no_new_connections: false,
         bfd: Bfd::default(),
     };
     if let Some((fd, v6)) = listener_fd {
@@ -610,6 +626,10 @@ impl Driver {
                 );
                 self.bfd.leaving = Some((now + wait, wait, tx));
             }
+            Command::StopConnecting(tx) => {
+                self.no_new_connections = true;
+                let _ = tx.send(());
+            }
             Command::Shutdown(_) | Command::Abandon(_) => {}
         }
     }
@@ -681,11 +701,15 @@ impl Driver {
                         }
                     }
                 }
+                if self.no_new_connections {
+                    debug!(%peer, "refused a connection: leaving");
+                    return 0;
+                }
                 debug!(%peer, "accepted a connection");
                 self.start_conn(peer, stream, Direction::Incoming, now);
             }
             Io::Connected(peer, stream) => {
-                if !self.speaker.is_peer(&peer) {
+                if !self.speaker.is_peer(&peer) || self.no_new_connections {
                     return 0;
                 }
                 debug!(%peer, "connected");
@@ -816,6 +840,9 @@ impl Driver {
     }
 
     fn connect(&self, peer: IpAddr) {
+        if self.no_new_connections {
+            return;
+        }
         let Some(spec) = self.peers.get(&peer) else {
             return;
         };

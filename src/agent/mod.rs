@@ -365,7 +365,9 @@ pub async fn run(mut loaded: Loaded) -> Result<()> {
         Exit::Restart => {
             info!("SIGTERM: restarting; sessions close without a NOTIFICATION so that graceful-restart peers keep our routes; kernel routes and pods stay");
             // No CEASE: the sessions just drop, so that peers with graceful restart keep
-            // our routes while the agent restarts. BFD goes AdminDown first.
+            // our routes while the agent restarts. BFD goes AdminDown first; a session a
+            // peer closes meanwhile stays closed.
+            handle.stop_connecting().await;
             bfd_admin_down(&handle).await;
             handle.abandon().await;
             sup.shutdown().await;
