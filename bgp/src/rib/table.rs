@@ -170,13 +170,7 @@ impl<K, V> Default for PrefixMap<K, V> {
     fn default() -> Self {
         PrefixMap {
             map: Slots::default(),
-            index: RefCell::new(Index {
-                built: false,
-                main: Vec::new(),
-                recent: Vec::new(),
-                added: Vec::new(),
-                removed: 0,
-            }),
+            index: RefCell::new(Index::default()),
         }
     }
 }
