@@ -21,6 +21,7 @@ pub mod bfd_socket;
 pub mod driver;
 pub mod fsm;
 pub mod gtsm;
+pub mod journal;
 pub mod md5;
 pub mod message;
 pub mod policy;

@@ -426,16 +426,8 @@ impl LocRib {
         self.dest(prefix).and_then(Destination::best)
     }
 
-    /// [`LocRib::best_candidate`] for many prefixes at once, in ascending order (as
-    /// `IpNet` sorts: IPv4 first); the results come in the same order.
-    pub fn best_candidates_sorted(&self, prefixes: &[IpNet]) -> Vec<Option<&Candidate>> {
-        let mut out = Vec::with_capacity(prefixes.len());
-        self.walk_sorted(prefixes, |d| out.push(d.and_then(Destination::best)));
-        out
-    }
-
-    /// [`LocRib::best`] for many prefixes at once, in ascending order (see
-    /// [`LocRib::best_candidates_sorted`]).
+    /// [`LocRib::best`] for many prefixes at once, in ascending order (as `IpNet` sorts:
+    /// IPv4 first); the results come in the same order.
     pub fn selections_sorted(&self, prefixes: &[IpNet]) -> Vec<Option<Best>> {
         let mut out = Vec::with_capacity(prefixes.len());
         self.walk_sorted(prefixes, |d| out.push(d.and_then(Destination::selection)));
@@ -944,9 +936,9 @@ mod tests {
         let mut keys = vec![p, q, v6];
         keys.sort();
         let sorted: Vec<Option<Source>> = rib
-            .best_candidates_sorted(&keys)
+            .selections_sorted(&keys)
             .into_iter()
-            .map(|x| x.map(|x| x.source))
+            .map(|x| x.map(|x| x.best.source))
             .collect();
         let single: Vec<Option<Source>> = keys
             .iter()
@@ -1111,14 +1103,17 @@ mod tests {
             )
             .collect();
         asked.sort();
-        let walked = rib.best_candidates_sorted(&asked);
         let sel = rib.selections_sorted(&asked);
-        assert_eq!(walked.len(), asked.len());
+        assert_eq!(sel.len(), asked.len());
         let mut found = 0;
         for (i, p) in asked.iter().enumerate() {
-            assert_eq!(walked[i], rib.best_candidate(p), "{p}");
             assert_eq!(sel[i], rib.best(p), "{p}");
-            found += usize::from(walked[i].is_some());
+            assert_eq!(
+                sel[i].as_ref().map(|s| &s.best),
+                rib.best_candidate(p),
+                "{p}"
+            );
+            found += usize::from(sel[i].is_some());
         }
         assert_eq!(
             found,

@@ -17,6 +17,7 @@
 
 use crate::adj_rib_out::{AdjRibOut, PrefixIds};
 use crate::fsm::{self, ConnId, Direction, DownReason, Negotiated, Session, SessionConfig, State};
+use crate::journal::ChangeJournal;
 use crate::message::{notif, Family, NextHop, Notification, PathAttributes, Reach, Update};
 use crate::policy::{self, ExportTarget, MaxPrefixAction, PeerPolicy, Rejected};
 use crate::rib::{Candidate, Change, LocRib, PrefixSet, Route, Source};
@@ -125,9 +126,9 @@ const ACTIONS_KEPT: usize = 1024;
 /// Export classes (update groups) remembered before the list is emptied.
 const EXPORT_CLASSES_LIMIT: usize = 4096;
 
-/// Changed prefixes a peer may have waiting; past this its families are resent in full
-/// (a cursor over the Loc-RIB) instead, so a stalled peer costs bounded memory whatever
-/// the churn.
+/// Changed prefixes a peer may have waiting in the change journal; past this its families
+/// are resent in full (a cursor over the Loc-RIB) instead, so a stalled peer costs bounded
+/// memory whatever the churn.
 pub const PENDING_LIMIT: usize = 65_536;
 
 /// I/O the speaker asks the driver to do.
@@ -281,45 +282,62 @@ struct Stale {
 }
 
 /// The part of a peer's Adj-RIB-Out not computed yet. Bounded whatever the Loc-RIB size
-/// or churn: a cursor per family being resent and at most [`PENDING_LIMIT`] prefixes.
+/// or churn: a cursor per family being resent, a position in the speaker's change journal
+/// at most [`PENDING_LIMIT`] behind its end, and the withdrawals a resend found.
 #[derive(Debug, Default)]
 struct Export {
     /// Families being resent in full, with the last Loc-RIB prefix already looked at
     /// (`None`: not started).
     resend: BTreeMap<Family, Option<IpNet>>,
-    /// Prefixes whose selection changed and that this peer has not been looked at for.
-    pending: BTreeSet<IpNet>,
+    /// Position in the change journal: the changes from here on are still to be looked at.
+    seen: u64,
+    /// Advertised prefixes a completed resend found gone from the Loc-RIB.
+    withdraw: Vec<IpNet>,
     /// End-of-RIB owed for these families once their first resend is complete.
     eor: Vec<Family>,
 }
 
 impl Export {
-    fn clear(&mut self) {
+    /// Starts over with nothing to do, the journal read up to `end`.
+    fn clear(&mut self, end: u64) {
         self.resend.clear();
-        self.pending.clear();
+        self.seen = end;
+        self.withdraw = Vec::new();
         self.eor.clear();
     }
 
-    fn is_idle(&self) -> bool {
-        self.resend.is_empty() && self.pending.is_empty() && self.eor.is_empty()
+    /// Nothing to do with the journal ending at `end`.
+    fn is_idle(&self, end: u64) -> bool {
+        self.resend.is_empty()
+            && self.seen >= end
+            && self.withdraw.is_empty()
+            && self.eor.is_empty()
     }
 
-    /// Records a changed prefix. A prefix still ahead of a resend cursor is covered by the
-    /// resend (unless it left the Loc-RIB: the cursor would not see it). Past
-    /// [`PENDING_LIMIT`] the pending prefixes fold into full resends.
-    fn changed(&mut self, prefix: IpNet, in_loc_rib: bool, families: &[Family]) {
-        let family = Family::of(&prefix);
+    /// Whether a changed prefix read from the journal is to be looked at now. A prefix
+    /// still ahead of a resend cursor is covered by the resend (unless it left the
+    /// Loc-RIB: the cursor would not see it).
+    fn wants(
+        &self,
+        prefix: &IpNet,
+        in_loc_rib: impl FnOnce() -> bool,
+        families: &[Family],
+    ) -> bool {
+        let family = Family::of(prefix);
         if !families.contains(&family) {
-            return;
+            return false;
         }
-        if let Some(cursor) = self.resend.get(&family) {
-            if in_loc_rib && cursor.is_none_or(|c| prefix > c) {
-                return;
-            }
+        match self.resend.get(&family) {
+            Some(cursor) if cursor.is_none_or(|c| *prefix > c) => !in_loc_rib(),
+            _ => true,
         }
-        self.pending.insert(prefix);
-        if self.pending.len() > PENDING_LIMIT {
-            self.pending.clear();
+    }
+
+    /// Past [`PENDING_LIMIT`] changes behind the journal's end, the peer's families are
+    /// resent in full from the start instead and the journal is read from its end.
+    fn fold_if_behind(&mut self, journal: &ChangeJournal, families: &[Family]) {
+        if journal.behind(self.seen) > PENDING_LIMIT as u64 {
+            self.seen = journal.end();
             for f in families {
                 self.resend.insert(*f, None);
             }
@@ -417,6 +435,8 @@ pub struct Speaker {
     encode_cache: EncodeCache,
     /// Numbers of the prefixes in the peers' Adj-RIBs-Out.
     prefix_ids: PrefixIds,
+    /// Prefixes whose selection changed, until every Established peer has looked at them.
+    journal: ChangeJournal,
     /// Each peer's send window now ([`SEND_BUDGET`] shared by the Established peers; set at
     /// every flush).
     window: usize,
@@ -454,6 +474,7 @@ impl Speaker {
             export_cache: HashMap::new(),
             encode_cache: EncodeCache::default(),
             prefix_ids: PrefixIds::default(),
+            journal: ChangeJournal::default(),
             window: SEND_WINDOW,
         }
     }
@@ -962,43 +983,34 @@ impl Speaker {
             }
         }
         if !dirty.is_empty() && wanted {
-            // The best path of each changed prefix now (None: gone from the Loc-RIB); not
-            // needed when they all come from one source.
-            let best = match uniform {
-                Some(_) => Vec::new(),
-                None => self.loc_rib.best_candidates_sorted(&dirty),
-            };
-            let ids = &self.prefix_ids;
+            // Recorded once for every peer; each reads them as its send window allows.
+            let before = self.journal.end();
+            self.journal.record(&dirty);
+            let end = self.journal.end();
             for (addr, p) in self.peers.iter_mut() {
-                if nothing_for(addr, p) {
-                    continue;
-                }
                 let Some(n) = p.negotiated.as_ref() else {
                     continue;
                 };
-                let own = Source::Peer(*addr);
-                for (i, prefix) in dirty.iter().enumerate() {
-                    let (has, from_own) = match uniform {
-                        Some(s) => (true, s == own),
-                        None => {
-                            let b = best.get(i).copied().flatten();
-                            (b.is_some(), b.is_some_and(|b| b.source == own))
-                        }
-                    };
-                    // Split horizon: a best path is never exported to the peer it came
-                    // from, so that peer has nothing to look at for the prefix unless an
-                    // earlier export of it is to be withdrawn.
-                    if from_own && p.adj_out.get(ids, prefix).is_none() {
-                        continue;
-                    }
-                    p.export.changed(*prefix, has, &n.families);
+                if p.export.seen >= before && nothing_for(addr, p) {
+                    // Nothing in these changes for the peer and nothing read before them.
+                    p.export.seen = end;
                 }
+                p.export.fold_if_behind(&self.journal, &n.families);
             }
         }
         let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
             self.flush_peer(addr);
         }
+        // What every Established peer has read is not needed any more.
+        let read = self
+            .peers
+            .values()
+            .filter(|p| p.negotiated.is_some())
+            .map(|p| p.export.seen)
+            .min()
+            .unwrap_or_else(|| self.journal.end());
+        self.journal.drop_before(read);
         if self.has_changes() && !self.changes_signalled {
             self.changes_signalled = true;
             self.events.push_back(Event::RoutesChanged);
@@ -1024,6 +1036,12 @@ impl Speaker {
         &self.loc_rib
     }
 
+    /// Changed prefixes recorded for the peers and not yet read by every Established one
+    /// (at most [`PENDING_LIMIT`] after a flush, plus that flush's own).
+    pub fn unread_changes(&self) -> usize {
+        self.journal.len()
+    }
+
     /// Status of every peer.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         self.peers
@@ -1033,7 +1051,8 @@ impl Speaker {
                 stats.prefixes_received = p.received;
                 stats.prefixes_sent = p.adj_out.len();
                 stats.send_queue = p.send_queue();
-                stats.export_waiting = p.negotiated.is_some() && !p.export.is_idle();
+                stats.export_waiting =
+                    p.negotiated.is_some() && !p.export.is_idle(self.journal.end());
                 stats.stale_prefixes = p.stale.as_ref().map_or(0, |s| s.prefixes.len());
                 stats.eor_sent = p.eor_sent;
                 stats.eor_received = p
@@ -1177,7 +1196,7 @@ impl Speaker {
             cluster_id: self.config.cluster_id,
             client: p.config.route_reflector_client,
         });
-        p.export.clear();
+        p.export.clear(self.journal.end());
         p.export.resend = n.families.iter().map(|f| (*f, None)).collect();
         p.export.eor = n.families.clone();
         p.conn = Some(conn);
@@ -1323,7 +1342,7 @@ impl Speaker {
             p.eor_received.clear();
             p.eor_sent = false;
             p.adj_out.clear(&mut self.prefix_ids);
-            p.export.clear();
+            p.export.clear(self.journal.end());
             p.conn = None;
             p.negotiated = None;
             p.target = None;
@@ -1605,14 +1624,33 @@ impl Speaker {
             let Some(p) = self.peers.get_mut(&addr) else {
                 return;
             };
-            if p.negotiated.is_none() || p.send_queue() >= window || p.export.is_idle() {
+            let end = self.journal.end();
+            if p.send_queue() >= window || p.export.is_idle(end) {
                 return;
             }
+            let Some(n) = p.negotiated.as_ref() else {
+                return;
+            };
             let mut batch: Vec<IpNet> = Vec::new();
             while batch.len() < step {
-                match p.export.pending.pop_first() {
+                match p.export.withdraw.pop() {
                     Some(prefix) => batch.push(prefix),
                     None => break,
+                }
+            }
+            while batch.len() < step && p.export.seen < end {
+                let at = p.export.seen;
+                p.export.seen += 1;
+                let Some(prefix) = self.journal.get(at) else {
+                    continue;
+                };
+                let loc_rib = &self.loc_rib;
+                if p.export.wants(
+                    &prefix,
+                    || loc_rib.best_candidate(&prefix).is_some(),
+                    &n.families,
+                ) {
+                    batch.push(prefix);
                 }
             }
             if batch.len() < step {
@@ -1626,7 +1664,7 @@ impl Speaker {
                         let gone = p.adj_out.prefixes(&self.prefix_ids).filter(|q| {
                             Family::of(q) == family && self.loc_rib.best_candidate(q).is_none()
                         });
-                        p.export.pending.extend(gone);
+                        p.export.withdraw.extend(gone);
                     } else if let Some(last) = next.last() {
                         p.export.resend.insert(family, Some(*last));
                     }
@@ -1637,7 +1675,7 @@ impl Speaker {
                 if self.hold_eor {
                     return;
                 }
-                if p.export.resend.is_empty() && p.export.pending.is_empty() {
+                if p.export.resend.is_empty() && p.export.withdraw.is_empty() {
                     let eor = std::mem::take(&mut p.export.eor);
                     if !eor.is_empty() {
                         p.eor_sent = true;
@@ -1825,41 +1863,48 @@ mod tests {
         e.resend
             .insert(Family::Ipv4Unicast, Some(net("10.0.5.0/24")));
         // Ahead of the cursor and still in the Loc-RIB: the resend will get to it.
-        e.changed(net("10.0.9.0/24"), true, &families);
+        assert!(!e.wants(&net("10.0.9.0/24"), || true, &families));
         // Ahead of the cursor but gone from the Loc-RIB: the scan would not see it.
-        e.changed(net("10.0.8.0/24"), false, &families);
+        assert!(e.wants(&net("10.0.8.0/24"), || false, &families));
         // Behind the cursor: the resend has passed it.
-        e.changed(net("10.0.1.0/24"), true, &families);
+        assert!(e.wants(&net("10.0.1.0/24"), || true, &families));
         // Another family, not being resent.
-        e.changed(net("2001:db8::/48"), true, &families);
+        assert!(e.wants(&net("2001:db8::/48"), || true, &families));
         // A family the session did not negotiate: nothing to send.
-        e.changed(net("2001:db8::/48"), true, &[Family::Ipv4Unicast]);
-        let pending: Vec<IpNet> = e.pending.iter().copied().collect();
-        assert_eq!(
-            pending,
-            vec![net("10.0.1.0/24"), net("10.0.8.0/24"), net("2001:db8::/48")]
-        );
+        assert!(!e.wants(&net("2001:db8::/48"), || true, &[Family::Ipv4Unicast]));
     }
 
     #[test]
-    fn too_many_pending_prefixes_fold_into_full_resends() {
+    fn a_peer_too_far_behind_the_journal_folds_into_full_resends() {
         let families = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+        let mut journal = ChangeJournal::default();
         let mut e = Export::default();
-        let n = u32::try_from(PENDING_LIMIT).expect("fits") + 1;
-        for i in 0..n {
-            let p = IpNet::V4(
-                ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).expect("prefix"),
-            );
-            e.changed(p, true, &families);
-            assert!(e.pending.len() <= PENDING_LIMIT);
-        }
-        assert!(e.pending.is_empty());
+        e.clear(journal.end());
+        let n = u32::try_from(PENDING_LIMIT).expect("fits");
+        let all: Vec<IpNet> = (0..n)
+            .map(|i| {
+                IpNet::V4(
+                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24)
+                        .expect("prefix"),
+                )
+            })
+            .collect();
+        journal.record(&all);
+        e.fold_if_behind(&journal, &families);
+        assert!(
+            e.resend.is_empty(),
+            "at the limit the journal is still read"
+        );
+        assert_eq!(e.seen, 0);
+        journal.record(&[net("10.255.0.0/24")]);
+        e.fold_if_behind(&journal, &families);
+        assert_eq!(e.seen, journal.end(), "the journal is read from its end");
         assert_eq!(
             e.resend.keys().copied().collect::<Vec<_>>(),
             families.to_vec()
         );
         assert!(e.resend.values().all(Option::is_none), "from the start");
-        assert!(!e.is_idle());
+        assert!(!e.is_idle(journal.end()));
     }
 
     #[test]

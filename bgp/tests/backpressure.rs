@@ -196,6 +196,9 @@ fn a_peer_that_stops_reading_gets_its_window_and_the_rest_later() {
     assert!(st.export_waiting);
     assert_eq!(st.send_queue, stalled.unwritten);
     assert!(!status(&s, READER).export_waiting);
+    // What the stalled peer has not read is kept once, for it alone.
+    let unread = s.unread_changes();
+    assert!(unread > 0 && unread <= want.len(), "{unread} changes kept");
 
     // The peer reads again: everything arrives, then End-of-RIB.
     let unwritten = std::mem::take(&mut views.get_mut(&STALLED).expect("seen").unwritten);
@@ -206,6 +209,7 @@ fn a_peer_that_stops_reading_gets_its_window_and_the_rest_later() {
     assert!(stalled.end_of_rib);
     assert!(!status(&s, STALLED).export_waiting);
     assert_eq!(status(&s, STALLED).prefixes_sent, want.len());
+    assert_eq!(s.unread_changes(), 0, "read by every peer: dropped");
 }
 
 #[test]
@@ -235,12 +239,18 @@ fn churn_while_stalled_costs_bounded_state_and_ends_in_the_right_table() {
         pump(&mut s, &mut views, false);
         assert_has_all(&views[&READER], &want, "reading peer");
         assert!(views[&STALLED].unwritten < 2 * SEND_WINDOW);
+        let unread = s.unread_changes();
+        assert!(
+            unread <= PENDING_LIMIT,
+            "{unread} changes kept for the stalled peer"
+        );
     }
     let unwritten = std::mem::take(&mut views.get_mut(&STALLED).expect("seen").unwritten);
     s.written(STALLED, 2, unwritten);
     pump(&mut s, &mut views, true);
     assert_has_all(&views[&STALLED], &want, "peer that read again");
     assert_eq!(status(&s, STALLED).prefixes_sent, want.len());
+    assert_eq!(s.unread_changes(), 0);
 }
 
 #[test]
