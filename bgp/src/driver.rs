@@ -230,7 +230,7 @@ impl Handle {
 
 struct ConnTask {
     peer: IpAddr,
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: mpsc::UnboundedSender<Vec<Bytes>>,
     writer_task: JoinHandle<()>,
     reader_task: JoinHandle<()>,
 }
@@ -768,22 +768,21 @@ impl Driver {
         let (rd, mut wr) = stream.into_split();
         // Unbounded as a channel, bounded by the speaker: it stops generating UPDATEs for
         // a peer whose written-but-unreported bytes reach its send window.
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Bytes>();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<Bytes>>();
         let written_tx = self.io_tx.clone();
         let writer_task = tokio::spawn(async move {
-            while let Some(first) = wrx.recv().await {
+            while let Some(mut burst) = wrx.recv().await {
                 // Whatever else is queued goes out in the same write (a reflector sends each
                 // client thousands of small UPDATEs, one system call each before), and one
                 // report covers the burst. The write is vectored: the messages are shared
                 // (one encoding for every peer of an export class), and a copy joined per
                 // connection would be a send window of memory per stalled peer.
-                let mut n = first.len();
-                let mut burst = vec![first];
+                let mut n: usize = burst.iter().map(Bytes::len).sum();
                 while n < WRITE_CHUNK && burst.len() < WRITE_MESSAGES {
                     match wrx.try_recv() {
                         Ok(more) => {
-                            n += more.len();
-                            burst.push(more);
+                            n += more.iter().map(Bytes::len).sum::<usize>();
+                            burst.extend(more);
                         }
                         Err(_) => break,
                     }
@@ -890,10 +889,38 @@ impl Driver {
 
     /// Carries out what the speaker asked for and passes its news on.
     fn pump(&mut self) {
-        while let Some(action) = self.speaker.poll_action() {
-            self.act(action);
-        }
+        self.run_actions();
         self.pump_events();
+    }
+
+    /// Carries out what the speaker asked for.
+    fn run_actions(&mut self) {
+        // A connection's messages of one flush go to its writer as one batch: a channel
+        // entry per message kept a reflector's thousand writer channels at several blocks
+        // each (about 4 KB a connection, held after the flood).
+        let mut batches: Vec<(ConnId, Vec<Bytes>)> = Vec::new();
+        while let Some(action) = self.speaker.poll_action() {
+            match action {
+                Action::Send(_, conn, bytes) => match batches.last_mut() {
+                    Some((c, batch)) if *c == conn => batch.push(bytes),
+                    _ => batches.push((conn, vec![bytes])),
+                },
+                other => {
+                    self.send_batches(&mut batches);
+                    self.act(other);
+                }
+            }
+        }
+        self.send_batches(&mut batches);
+    }
+
+    /// Hands each connection its messages, in order.
+    fn send_batches(&mut self, batches: &mut Vec<(ConnId, Vec<Bytes>)>) {
+        for (conn, batch) in batches.drain(..) {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.writer.send(batch);
+            }
+        }
     }
 
     fn act(&mut self, action: Action) {
@@ -901,7 +928,7 @@ impl Driver {
             Action::Connect(peer) => self.connect(peer),
             Action::Send(_, conn, bytes) => {
                 if let Some(c) = self.conns.get(&conn) {
-                    let _ = c.writer.send(bytes);
+                    let _ = c.writer.send(vec![bytes]);
                 }
             }
             Action::Close(_, conn) => {
@@ -976,9 +1003,7 @@ impl Driver {
         }
         // Removing a peer can queue more work (withdrawals towards the others).
         self.speaker.flush();
-        while let Some(action) = self.speaker.poll_action() {
-            self.act(action);
-        }
+        self.run_actions();
     }
 
     fn emit(&mut self, ev: Event) {

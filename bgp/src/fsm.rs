@@ -165,9 +165,6 @@ struct Conn {
     keepalive_deadline: Option<Instant>,
 }
 
-/// Capacity of a session's output queue kept once it is empty.
-const OUTPUTS_KEPT: usize = 16;
-
 /// Hold time used while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 pub const LARGE_HOLD_TIME: Duration = Duration::from_secs(240);
 
@@ -273,9 +270,9 @@ impl Session {
     /// Next output to act on.
     pub fn poll_output(&mut self) -> Option<Output> {
         let out = self.outputs.pop_front();
-        // A burst (many UPDATEs in one read) is not allowed to leave its capacity behind
-        // in each of a thousand sessions.
-        if out.is_none() && self.outputs.capacity() > OUTPUTS_KEPT {
+        // An idle session holds no queue (a reflector has a thousand of them; a queue of
+        // a few outputs is most of a kilobyte).
+        if out.is_none() && self.outputs.capacity() > 0 {
             self.outputs = VecDeque::new();
         }
         out
@@ -370,6 +367,10 @@ impl Session {
                 return;
             }
         }
+        // Mostly the only one: room for exactly one (a Vec's first growth makes four).
+        if self.conns.capacity() == 0 {
+            self.conns.reserve_exact(1);
+        }
         self.conns.push(Conn {
             id,
             dir,
@@ -439,7 +440,9 @@ impl Session {
         // Keep the unfinished tail for the next read, if the connection is still there.
         if let Some(conn) = self.conns.iter_mut().find(|c| c.id == id) {
             buf.drain(..at.min(buf.len()));
-            conn.buf = buf;
+            // Nothing left over (the usual case between a quiet peer's messages): no
+            // buffer is kept.
+            conn.buf = if buf.is_empty() { Vec::new() } else { buf };
         }
         if self.started && self.conns.is_empty() && !self.connecting && self.retry_at.is_none() {
             self.schedule_retry(now);

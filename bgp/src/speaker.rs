@@ -403,7 +403,9 @@ impl DirtySource {
 /// The speaker.
 pub struct Speaker {
     config: SpeakerConfig,
-    peers: BTreeMap<IpAddr, Peer>,
+    /// Boxed: a `Peer` is over a kilobyte, and B-tree nodes hold eleven values each
+    /// whether full or not.
+    peers: BTreeMap<IpAddr, Box<Peer>>,
     loc_rib: LocRib,
     originated: BTreeMap<IpNet, Arc<Route>>,
     /// Prefixes whose Loc-RIB selection changed since the last flush.
@@ -551,7 +553,7 @@ impl Speaker {
         let ebgp = config.remote_as != self.config.local_as;
         self.peers.insert(
             address,
-            Peer {
+            Box::new(Peer {
                 config,
                 session,
                 ebgp,
@@ -571,7 +573,7 @@ impl Speaker {
                 restart_pending: None,
                 restart_at: None,
                 bfd: None,
-            },
+            }),
         );
         self.now = Some(now);
         let restarting = self.restarting;
