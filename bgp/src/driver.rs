@@ -900,16 +900,7 @@ impl Driver {
         // each (about 4 KB a connection, held after the flood).
         let mut batches: Vec<(ConnId, Vec<Bytes>)> = Vec::new();
         while let Some(action) = self.speaker.poll_action() {
-            match action {
-                Action::Send(_, conn, bytes) => match batches.last_mut() {
-                    Some((c, batch)) if *c == conn => batch.push(bytes),
-                    _ => batches.push((conn, vec![bytes])),
-                },
-                other => {
-                    self.send_batches(&mut batches);
-                    self.act(other);
-                }
-            }
+            self.act(action, &mut batches);
         }
         self.send_batches(&mut batches);
     }
@@ -923,15 +914,18 @@ impl Driver {
         }
     }
 
-    fn act(&mut self, action: Action) {
+    /// Carries out one action; messages wait in `batches` (consecutive ones for the same
+    /// connection joined) until [`Driver::send_batches`].
+    fn act(&mut self, action: Action, batches: &mut Vec<(ConnId, Vec<Bytes>)>) {
         match action {
             Action::Connect(peer) => self.connect(peer),
-            Action::Send(_, conn, bytes) => {
-                if let Some(c) = self.conns.get(&conn) {
-                    let _ = c.writer.send(vec![bytes]);
-                }
-            }
+            Action::Send(_, conn, bytes) => match batches.last_mut() {
+                Some((c, batch)) if *c == conn => batch.push(bytes),
+                _ => batches.push((conn, vec![bytes])),
+            },
             Action::Close(_, conn) => {
+                // What was queued before the close goes out first.
+                self.send_batches(batches);
                 if let Some(c) = self.conns.remove(&conn) {
                     // Dropping the sender lets the writer flush what is queued and
                     // shut the socket down; the reader stops now.
